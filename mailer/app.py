@@ -1,0 +1,50 @@
+"""The composition root: builds the I/O pieces (engine, key ring, stores, transports) from config.
+
+The CLI, the daemon and the tests assemble the same pieces through this object; nothing else
+reads the environment or constructs an engine on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from mailer.clock import Clock, system_clock
+from mailer.config import DEFAULT_CONFIG_NAME, Config, load_config
+from mailer.db import open_engine
+
+__all__ = ["App", "config_path_from"]
+
+log = logging.getLogger("newsletter")
+
+
+def config_path_from(option: str | None, environ: Mapping[str, str]) -> Path:
+    """``--config`` wins, then ``$NEWSLETTER_CONFIG``, then ``./newsletter.toml``."""
+    if option:
+        return Path(option)
+    return Path(environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_NAME)
+
+
+@dataclass
+class App:
+    """Lazily built services for one process. Cheap to create; pieces are built on first use."""
+
+    config: Config
+    clock: Clock = system_clock
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @classmethod
+    def from_path(cls, path: Path | str, environ: Mapping[str, str] | None = None,
+                  clock: Clock = system_clock) -> App:
+        env = dict(os.environ) if environ is None else dict(environ)
+        return cls(config=load_config(path, env), clock=clock, environ=env)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return open_engine(self.config.storage.database)

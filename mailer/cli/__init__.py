@@ -1,0 +1,14 @@
+"""The ``newsletter`` CLI. Each stage registers its commands from its own module below."""
+
+from __future__ import annotations
+
+import sys
+
+from mailer.cli import pipeline  # noqa: F401  (registers commands)
+from mailer.cli.base import cli, run_cli
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    sys.exit(run_cli())

@@ -1,0 +1,66 @@
+"""The ``newsletter`` command group and the shared plumbing every command module uses."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import update_wrapper
+from typing import Any, TypeVar
+
+import click
+
+from mailer.app import App, config_path_from
+from mailer.errors import NewsletterError
+
+__all__ = ["cli", "pass_app", "run_cli"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", default=None,
+              help="Config file (default: $NEWSLETTER_CONFIG or ./newsletter.toml).")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail (never addresses).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """Censorship-resistant bilingual newsletter: feeds in, encrypted list, mirrored mail out."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = {"config_path": config_path_from(config_path, os.environ), "verbose": verbose}
+
+
+def pass_app(fn: F) -> F:
+    """Load and validate the config once, then hand the command an ``App``."""
+
+    @click.pass_context
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        obj = ctx.find_object(dict)
+        assert obj is not None
+        if "app" not in obj:
+            obj["app"] = App.from_path(obj["config_path"])
+        return ctx.invoke(fn, obj["app"], *args, **kwargs)
+
+    return update_wrapper(wrapper, fn)  # type: ignore[return-value]
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI; a ``NewsletterError`` becomes one line on stderr and its exit code."""
+    try:
+        cli.main(args=argv, prog_name="newsletter", standalone_mode=False)
+    except NewsletterError as exc:
+        click.echo(f"newsletter: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.Abort:
+        click.echo("newsletter: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""Pipeline commands: poll, send, run, preview (registered on import)."""

@@ -1,0 +1,809 @@
+"""Load and validate the TOML config once, into frozen typed objects.
+
+Nothing reads the TOML file or the environment after ``load_config`` returns: secrets named by
+``*_env`` keys are resolved here. Every error names the file, the dotted key and its line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from mailer.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_NAME",
+    "Config",
+    "DeliverySettings",
+    "FeedSettings",
+    "FetchSettings",
+    "ImageSettings",
+    "MirrorSettings",
+    "MirrorSite",
+    "NewsletterSettings",
+    "RelaySettings",
+    "ScheduleSettings",
+    "StorageSettings",
+    "WebSettings",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+]
+
+DEFAULT_CONFIG_NAME = "newsletter.toml"
+KNOWN_LANGUAGES = ("zh-Hans", "zh-Hant", "en")
+
+# Provider answers that mean "we refused the content", not "the address is bad" (issue 7).
+DEFAULT_CONTENT_REJECTIONS = (
+    r"(?i)mail content denied",
+    r"(?i)inappropriate (words|content)",
+    r"DT:SPM",
+    r"(?i)content.*(rejected|refused|blocked)",
+    r"(?i)spam",
+)
+
+
+# --------------------------------------------------------------------------- settings objects
+
+
+@dataclass(frozen=True)
+class NewsletterSettings:
+    """``[newsletter]``: who sends, in which languages, and how editions are shaped."""
+
+    from_addr: str
+    public_url: str
+    languages: tuple[str, ...]
+    name: Mapping[str, str]
+    mode: Literal["digest", "per-post"] = "digest"
+    reply_to: str | None = None
+    bilingual: tuple[str, ...] = ()
+    list_id: str = ""
+    feedback_id: str | None = None
+    unsubscribe_mailto: str | None = None
+    editors: tuple[str, ...] = ()
+    require_approval: bool = False
+    taiwan_phrases: bool = True
+    templates_dir: Path | None = None
+    content_rejection_alert: float = 0.05
+
+    @property
+    def default_language(self) -> str:
+        return self.languages[0]
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """Every language a subscriber may choose: the single ones, then the bilingual pairs."""
+        return self.languages + self.bilingual
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """``[storage]``: where state lives. The key file may sit outside the data folder."""
+
+    database: str
+    key_file: Path
+    passphrase: str | None = field(default=None, repr=False)
+    normalise_gmail_dots: bool = False
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """``[fetch]``: limits every feed fetch obeys."""
+
+    user_agent: str = "newsletter-pipeline/0.1 (+https://github.com/; feed reader for an email digest)"
+    concurrency: int = 16
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    max_redirects: int = 5
+    max_body: int = 20 * 1024 * 1024
+    proxy: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """One ``[[feeds]]`` table. ``url`` is an http(s) URL or a resolved local path."""
+
+    url: str
+    language: str = "auto"
+    backlog_days: int = 7
+    proxy: str | None = None
+    name: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return not self.url.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """``[schedule]``: the timetable; cron is read in ``timezone``."""
+
+    timezone: str = "UTC"
+    poll_every: timedelta = timedelta(minutes=15)
+    digest: str = "0 8 * * mon,thu"
+    hold: timedelta = timedelta(0)
+    misfire_grace: timedelta = timedelta(hours=1)
+    retry_every: timedelta = timedelta(minutes=5)
+    mirror_check_every: timedelta = timedelta(hours=6)
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """One ``[[delivery.relays]]`` table; ``password`` was read from ``password_env`` at load."""
+
+    host: str
+    port: int = 587
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    connections: int = 8
+    rate: float = 50.0
+    weight: int = 1
+    ca_file: Path | None = None
+    timeout: float = 60.0
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """``[delivery]``: the transport, retries and how replies are classified."""
+
+    transport: Literal["smtp", "maildir"] = "maildir"
+    maildir: Path = Path("data/outbox")
+    relays: tuple[RelaySettings, ...] = ()
+    max_attempts: int = 8
+    max_age: timedelta = timedelta(days=3)
+    backoff_base: timedelta = timedelta(minutes=1)
+    commit_every: int = 64
+    content_rejections: tuple[str, ...] = DEFAULT_CONTENT_REJECTIONS
+    domain_rates: Mapping[str, float] = field(default_factory=dict)
+    envelope_from: str | None = None
+
+
+@dataclass(frozen=True)
+class MirrorSite:
+    """One ``[[mirrors.sites]]`` entry."""
+
+    url: str
+    status: Literal["active", "reserve", "retired"] = "active"
+    kind: Literal["https", "onion", "ipfs"] = "https"
+    added: date | None = None
+    retired: date | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    """``[mirrors]``: origins to match, sites to hand out, and the partition secret."""
+
+    origins: tuple[str, ...] = ()
+    per_recipient: int = 3
+    secret: bytes | None = field(default=None, repr=False)
+    period: timedelta = timedelta(days=7)
+    canary_path: str = "/"
+    proxy: str | None = None
+    onion_proxy: str | None = None
+    down_after: int = 3
+    sites: tuple[MirrorSite, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> tuple[MirrorSite, ...]:
+        return tuple(s for s in self.sites if s.status == "active")
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """``[images]``: inline images fetched at build time, within a per-message budget."""
+
+    fetch: bool = True
+    budget: int = 1_500_000
+    max_dimension: int = 1200
+    proxy: str | None = None
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """``[web]``: the public subscribe / confirm / unsubscribe endpoints."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    rate_limit: int = 20
+    confirm_ttl: timedelta = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated config. ``path`` is the file it came from."""
+
+    path: Path
+    newsletter: NewsletterSettings
+    storage: StorageSettings
+    feeds: tuple[FeedSettings, ...]
+    schedule: ScheduleSettings
+    delivery: DeliverySettings
+    mirrors: MirrorSettings
+    fetch: FetchSettings = FetchSettings()
+    images: ImageSettings = ImageSettings()
+    web: WebSettings = WebSettings()
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+
+
+def parse_duration(text: str | int | float) -> timedelta:
+    """``"15m"``, ``"1h"``, ``"7d"``; a bare number means seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration such as '15m'")
+    if isinstance(text, int | float):
+        return timedelta(seconds=text)
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"expected a duration such as '30s', '15m', '1h' or '7d', not {text!r}")
+    return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+
+
+def parse_size(text: str | int) -> int:
+    """``"20MB"``, ``"1.5 MB"``, ``"512KiB"``; a bare integer means bytes."""
+    if isinstance(text, bool):
+        raise ValueError("expected a size such as '20MB'")
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"expected a size such as '1.5MB', not {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+
+
+def _locate(text: str, dotted: str) -> int | None:
+    """Find the line of a dotted key (``feeds[1].url``) by scanning the TOML text.
+
+    tomllib keeps no positions, so we follow table headers and array-of-table counts ourselves.
+    """
+    parts = re.findall(r"([^.\[\]]+)(?:\[(\d+)\])?", dotted)
+    want = [(name, int(idx) if idx else None) for name, idx in parts]
+    counts: dict[str, int] = {}
+    table: list[tuple[str, int | None]] = []
+    header_line: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^\[\[\s*([^\]]+?)\s*\]\]", line)
+        if m:
+            name = m.group(1).replace('"', "")
+            counts[name] = counts.get(name, -1) + 1
+            table = _expand(name, counts)
+            header_line[_fmt(table)] = lineno
+            continue
+        m = re.match(r"^\[\s*([^\]]+?)\s*\]", line)
+        if m:
+            name = m.group(1).replace('"', "")
+            table = _expand(name, counts)
+            header_line[_fmt(table)] = lineno
+            continue
+        m = re.match(r"^\"?([A-Za-z0-9_\-]+)\"?\s*=", line)
+        if m and [*table, (m.group(1), None)] == want[: len(table) + 1] and len(want) >= len(table) + 1:
+            if len(want) == len(table) + 1 or want[len(table)][1] is not None:
+                return lineno
+    return header_line.get(_fmt(want))
+
+
+def _expand(name: str, counts: dict[str, int]) -> list[tuple[str, int | None]]:
+    out: list[tuple[str, int | None]] = []
+    prefix = ""
+    for part in name.split("."):
+        prefix = f"{prefix}.{part}" if prefix else part
+        out.append((part, counts.get(prefix)))
+    return out
+
+
+def _fmt(path: list[tuple[str, int | None]]) -> str:
+    return ".".join(f"{n}[{i}]" if i is not None else n for n, i in path)
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """A view of one TOML table that records which keys were read, to reject unknown ones."""
+
+    def __init__(self, loader: _Loader, data: Mapping[str, Any], prefix: str) -> None:
+        self._loader = loader
+        self._data = data
+        self._prefix = prefix
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}.{name}" if self._prefix else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return self._loader.error(self.key(name), message)
+
+    def has(self, name: str) -> bool:
+        return name in self._data
+
+    def get(self, name: str, kind: type[T] | tuple[type, ...], default: Any = ...) -> Any:
+        self._seen.add(name)
+        if name not in self._data:
+            if default is ...:
+                raise self._loader.error(self.key(name), "is required", at=self._prefix)
+            return default
+        value = self._data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            raise self.error(name, f"must be {_article(names)}, not {type(value).__name__}")
+        return value
+
+    def convert(self, name: str, kind: type | tuple[type, ...], fn: Callable[[Any], T], default: Any = ...) -> T:
+        raw = self.get(name, kind, default)
+        if raw is default and default is not ...:
+            return raw  # type: ignore[no-any-return]
+        try:
+            return fn(raw)
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+
+    def strings(self, name: str, default: Any = ...) -> tuple[str, ...]:
+        value = self.get(name, list, default)
+        if value is default and default is not ...:
+            return tuple(value)
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{name}[{i}]", "must be a string")
+        return tuple(value)
+
+    def table(self, name: str) -> _Section:
+        value = self.get(name, dict, {})
+        return _Section(self._loader, value, self.key(name))
+
+    def tables(self, name: str) -> list[_Section]:
+        value = self.get(name, list, [])
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.error(f"{name}[{i}]", "must be a table")
+            out.append(_Section(self._loader, item, self.key(f"{name}[{i}]")))
+        return out
+
+    def done(self) -> None:
+        """Reject keys nobody read: a typo must not be silently ignored."""
+        for name in self._data:
+            if name not in self._seen:
+                raise self.error(name, "is not a known key")
+
+
+def _article(names: str) -> str:
+    return ("an " if names[:1] in "aeiou" else "a ") + names
+
+
+class _Loader:
+    def __init__(self, path: Path, text: str, environ: Mapping[str, str]) -> None:
+        self.path = path
+        self.text = text
+        self.environ = environ
+        self.warnings: list[str] = []
+
+    def error(self, key: str, message: str, at: str | None = None) -> ConfigError:
+        line = _locate(self.text, key)
+        if line is None and at:
+            line = _locate(self.text, at)
+        return ConfigError(message, path=self.path, key=key, line=line)
+
+    def resolve(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    def secret(self, section: _Section, name: str) -> str | None:
+        env_name = section.get(name, str, None)
+        if env_name is None:
+            return None
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
+            raise section.error(name, "must name an environment variable")
+        return self.environ.get(env_name)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _language(value: str) -> str:
+    if value not in KNOWN_LANGUAGES:
+        raise ValueError(f"unknown language {value!r}; choose from {', '.join(KNOWN_LANGUAGES)}")
+    return value
+
+
+def _url(value: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"{value!r} is not an absolute {'/'.join(schemes)} URL")
+    if any(c in value for c in "\r\n \t"):
+        raise ValueError(f"{value!r} contains white space")
+    return value.rstrip("/")
+
+
+def _address(value: str) -> str:
+    if "\r" in value or "\n" in value or "@" not in value:
+        raise ValueError(f"{value!r} is not an email address")
+    return value
+
+
+def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
+    languages = s.strings("languages", ["zh-Hans", "zh-Hant", "en"])
+    if not languages:
+        raise s.error("languages", "must name at least one language")
+    for i, lang in enumerate(languages):
+        try:
+            _language(lang)
+        except ValueError as exc:
+            raise s.error(f"languages[{i}]", str(exc)) from None
+    bilingual = s.strings("bilingual", [])
+    for i, pair in enumerate(bilingual):
+        halves = pair.split("+")
+        if len(halves) != 2 or any(h not in languages for h in halves) or halves[0] == halves[1]:
+            raise s.error(f"bilingual[{i}]", f"{pair!r} must be two configured languages, like 'zh-Hans+en'")
+    names_sec = s.table("name")
+    names: dict[str, str] = {}
+    for lang in languages:
+        names[lang] = names_sec.get(lang, str, "Newsletter")
+    names_sec.done()
+    mode = s.get("mode", str, "digest")
+    if mode not in ("digest", "per-post"):
+        raise s.error("mode", "must be 'digest' or 'per-post'")
+    from_addr = s.convert("from", str, _address)
+    public_url = s.convert("public_url", str, _url)
+    default_list_id = f"<newsletter.{urlsplit(public_url).hostname}>"
+    list_id = s.get("list_id", str, default_list_id)
+    templates = s.get("templates", str, None)
+    threshold = s.get("content_rejection_alert", float, 0.05)
+    out = NewsletterSettings(
+        from_addr=from_addr,
+        public_url=public_url,
+        languages=languages,
+        name=names,
+        mode=mode,
+        reply_to=s.convert("reply_to", str, _address, None),
+        bilingual=bilingual,
+        list_id=list_id,
+        feedback_id=s.get("feedback_id", str, None),
+        unsubscribe_mailto=s.convert("unsubscribe_mailto", str, _address, None),
+        editors=s.strings("editors", []),
+        require_approval=s.get("require_approval", bool, False),
+        taiwan_phrases=s.get("taiwan_phrases", bool, True),
+        templates_dir=ld.resolve(templates) if templates else None,
+        content_rejection_alert=float(threshold),
+    )
+    s.done()
+    return out
+
+
+def _storage(ld: _Loader, s: _Section) -> StorageSettings:
+    database = s.get("database", str, "sqlite:///data/newsletter.db")
+    m = re.match(r"^sqlite(\+\w+)?:///(.+)$", database)
+    if m and m.group(2) != ":memory:" and not m.group(2).startswith("/"):
+        database = f"sqlite{m.group(1) or ''}:///{ld.resolve(m.group(2))}"
+    elif not database.startswith(("sqlite", "postgresql")):
+        raise s.error("database", "must be a sqlite:/// or postgresql+psycopg:// URL")
+    out = StorageSettings(
+        database=database,
+        key_file=ld.resolve(s.get("key_file", str, "data/keys.json")),
+        passphrase=ld.secret(s, "passphrase_env"),
+        normalise_gmail_dots=s.get("normalise_gmail_dots", bool, False),
+    )
+    s.done()
+    return out
+
+
+def _proxy(value: str) -> str:
+    return _url(value, schemes=("http", "https", "socks5", "socks5h"))
+
+
+def _fetch(s: _Section) -> FetchSettings:
+    d = FetchSettings()
+    out = FetchSettings(
+        user_agent=s.get("user_agent", str, d.user_agent),
+        concurrency=s.get("concurrency", int, d.concurrency),
+        connect_timeout=float(s.get("connect_timeout", float, d.connect_timeout)),
+        read_timeout=float(s.get("read_timeout", float, d.read_timeout)),
+        max_redirects=s.get("max_redirects", int, d.max_redirects),
+        max_body=s.convert("max_body", (str, int), parse_size, d.max_body),
+        proxy=s.convert("proxy", str, _proxy, None),
+    )
+    if out.concurrency < 1:
+        raise s.error("concurrency", "must be at least 1")
+    s.done()
+    return out
+
+
+def _feed(ld: _Loader, s: _Section) -> FeedSettings:
+    url = s.get("url", str)
+    if url.startswith(("http://", "https://")):
+        try:
+            url = _url(url)
+        except ValueError as exc:
+            raise s.error("url", str(exc)) from None
+    elif "://" in url:
+        raise s.error("url", f"{url!r}: only http(s) URLs and local paths are supported")
+    else:
+        url = str(ld.resolve(url))
+    language = s.get("language", str, "auto")
+    if language != "auto":
+        try:
+            _language(language)
+        except ValueError as exc:
+            raise s.error("language", str(exc)) from None
+    backlog = s.get("backlog_days", int, 7)
+    if backlog < 0:
+        raise s.error("backlog_days", "must not be negative")
+    out = FeedSettings(
+        url=url, language=language, backlog_days=backlog,
+        proxy=s.convert("proxy", str, _proxy, None), name=s.get("name", str, None),
+    )
+    s.done()
+    return out
+
+
+_CRON_FIELD = re.compile(r"^[\w*/,\-]+$")
+
+
+def _cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(f"{value!r} is not a 5-field cron expression like '0 8 * * mon,thu'")
+    return value
+
+
+def _schedule(s: _Section) -> ScheduleSettings:
+    tz = s.get("timezone", str, "UTC")
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise s.error("timezone", f"unknown time zone {tz!r}") from None
+    d = ScheduleSettings()
+    dur = (str, int, float)
+    out = ScheduleSettings(
+        timezone=tz,
+        poll_every=s.convert("poll_every", dur, parse_duration, d.poll_every),
+        digest=s.convert("digest", str, _cron, d.digest),
+        hold=s.convert("hold", dur, parse_duration, d.hold),
+        misfire_grace=s.convert("misfire_grace", dur, parse_duration, d.misfire_grace),
+        retry_every=s.convert("retry_every", dur, parse_duration, d.retry_every),
+        mirror_check_every=s.convert("mirror_check_every", dur, parse_duration, d.mirror_check_every),
+    )
+    if out.poll_every <= timedelta(0):
+        raise s.error("poll_every", "must be positive")
+    s.done()
+    return out
+
+
+def _relay(ld: _Loader, s: _Section, check_password: bool) -> RelaySettings:
+    security = s.get("security", str, "starttls")
+    if security not in ("none", "starttls", "tls"):
+        raise s.error("security", "must be 'none', 'starttls' or 'tls'")
+    host = s.get("host", str)
+    if not host or any(c in host for c in "\r\n /"):
+        raise s.error("host", f"{host!r} is not a host name")
+    username = s.get("username", str, None)
+    password = ld.secret(s, "password_env")
+    if username and password is None and check_password:
+        env = s.get("password_env", str, None)
+        raise s.error(
+            "password_env",
+            f"username is set, so the environment variable {env!r} must hold the password"
+            if env else "username is set, so password_env must name the variable with the password",
+        )
+    ca = s.get("ca_file", str, None)
+    out = RelaySettings(
+        host=host,
+        port=s.get("port", int, 587 if security == "starttls" else 465 if security == "tls" else 25),
+        security=security,
+        username=username,
+        password=password,
+        connections=s.get("connections", int, 8),
+        rate=float(s.get("rate", float, 50.0)),
+        weight=s.get("weight", int, 1),
+        ca_file=ld.resolve(ca) if ca else None,
+        timeout=float(s.get("timeout", float, 60.0)),
+        name=s.get("name", str, ""),
+    )
+    if not 0 < out.port < 65536:
+        raise s.error("port", "must be between 1 and 65535")
+    if out.connections < 1:
+        raise s.error("connections", "must be at least 1")
+    if out.rate < 0:
+        raise s.error("rate", "must not be negative (0 means unlimited)")
+    if out.weight < 1:
+        raise s.error("weight", "must be at least 1")
+    s.done()
+    return out
+
+
+def _delivery(ld: _Loader, s: _Section) -> DeliverySettings:
+    transport = s.get("transport", str, "maildir")
+    if transport not in ("smtp", "maildir"):
+        raise s.error("transport", "must be 'smtp' or 'maildir'")
+    relays = tuple(_relay(ld, r, transport == "smtp") for r in s.tables("relays"))
+    if transport == "smtp" and not relays:
+        raise s.error("relays", "transport is 'smtp', so at least one [[delivery.relays]] is needed")
+    patterns = s.strings("content_rejections", list(DEFAULT_CONTENT_REJECTIONS))
+    for i, pat in enumerate(patterns):
+        try:
+            re.compile(pat)
+        except re.error as exc:
+            raise s.error(f"content_rejections[{i}]", f"bad regular expression: {exc}") from None
+    rates_sec = s.table("domain_rates")
+    rates: dict[str, float] = {}
+    for domain in list(rates_sec._data):
+        rates[domain.lower()] = float(rates_sec.get(domain, float))
+    rates_sec.done()
+    d = DeliverySettings()
+    dur = (str, int, float)
+    out = DeliverySettings(
+        transport=transport,
+        maildir=ld.resolve(s.get("maildir", str, "data/outbox")),
+        relays=relays,
+        max_attempts=s.get("max_attempts", int, d.max_attempts),
+        max_age=s.convert("max_age", dur, parse_duration, d.max_age),
+        backoff_base=s.convert("backoff_base", dur, parse_duration, d.backoff_base),
+        commit_every=s.get("commit_every", int, d.commit_every),
+        content_rejections=patterns,
+        domain_rates=rates,
+        envelope_from=s.convert("envelope_from", str, _address, None),
+    )
+    s.done()
+    return out
+
+
+def _mirror_url(value: str) -> str:
+    return _url(value, schemes=("http", "https", "ipfs"))
+
+
+def _mirrors(ld: _Loader, s: _Section) -> MirrorSettings:
+    origins = s.strings("origins", [])
+    clean_origins = []
+    for i, origin in enumerate(origins):
+        try:
+            clean_origins.append(_url(origin))
+        except ValueError as exc:
+            raise s.error(f"origins[{i}]", str(exc)) from None
+    per_recipient = s.get("per_recipient", int, 3)
+    if per_recipient < 1:
+        raise s.error("per_recipient", "must be at least 1")
+    secret = ld.secret(s, "secret_env")
+    sites: list[MirrorSite] = []
+    seen: dict[str, int] = {}
+    warnings: list[str] = []
+    origin_hosts = {urlsplit(o).netloc.lower() for o in clean_origins}
+    for i, site in enumerate(s.tables("sites")):
+        url = site.convert("url", str, _mirror_url)
+        norm = url.lower()
+        if norm in seen:
+            raise site.error("url", f"duplicate of mirrors.sites[{seen[norm]}]")
+        seen[norm] = i
+        if urlsplit(url).netloc.lower() in origin_hosts and urlsplit(url).path in ("", "/"):
+            raise site.error("url", "is one of the origins; a mirror must be another address")
+        host = urlsplit(url).hostname or ""
+        kind = site.get("kind", str, "onion" if host.endswith(".onion") else "ipfs" if url.startswith("ipfs") or "/ipfs/" in url else "https")
+        if kind not in ("https", "onion", "ipfs"):
+            raise site.error("kind", "must be 'https', 'onion' or 'ipfs'")
+        status = site.get("status", str, "active")
+        if status not in ("active", "reserve", "retired"):
+            raise site.error("status", "must be 'active', 'reserve' or 'retired'")
+        if url.startswith("http://") and kind != "onion":
+            warnings.append(f"mirrors.sites[{i}] {url} is plain http: readers' traffic can be read and altered")
+        sites.append(MirrorSite(
+            url=url, status=status, kind=kind,
+            added=site.get("added", date, None), retired=site.get("retired", date, None),
+            note=site.get("note", str, ""),
+        ))
+        site.done()
+    active = sum(1 for x in sites if x.status == "active")
+    if sites and active < per_recipient:
+        warnings.append(f"only {active} active mirrors, fewer than per_recipient = {per_recipient}")
+    dur = (str, int, float)
+    out = MirrorSettings(
+        origins=tuple(clean_origins),
+        per_recipient=per_recipient,
+        secret=secret.encode() if secret else None,
+        period=s.convert("period", dur, parse_duration, timedelta(days=7)),
+        canary_path=s.get("canary_path", str, "/"),
+        proxy=s.convert("proxy", str, _proxy, None),
+        onion_proxy=s.convert("onion_proxy", str, _proxy, None),
+        down_after=s.get("down_after", int, 3),
+        sites=tuple(sites),
+        warnings=tuple(warnings),
+    )
+    s.done()
+    return out
+
+
+def _images(s: _Section) -> ImageSettings:
+    d = ImageSettings()
+    out = ImageSettings(
+        fetch=s.get("fetch", bool, d.fetch),
+        budget=s.convert("budget", (str, int), parse_size, d.budget),
+        max_dimension=s.get("max_dimension", int, d.max_dimension),
+        proxy=s.convert("proxy", str, _proxy, None),
+    )
+    s.done()
+    return out
+
+
+def _web(s: _Section) -> WebSettings:
+    d = WebSettings()
+    out = WebSettings(
+        host=s.get("host", str, d.host),
+        port=s.get("port", int, d.port),
+        rate_limit=s.get("rate_limit", int, d.rate_limit),
+        confirm_ttl=s.convert("confirm_ttl", (str, int, float), parse_duration, d.confirm_ttl),
+    )
+    s.done()
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate ``path``. Raise ``ConfigError`` naming file, key and line."""
+    path = Path(path).resolve()
+    environ = {} if environ is None else environ
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config: {exc}", path=path) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", path=path, line=int(m.group(1)) if m else None) from None
+    ld = _Loader(path, text, environ)
+    root = _Section(ld, data, "")
+    cfg = Config(
+        path=path,
+        newsletter=_newsletter(ld, root.table("newsletter")),
+        storage=_storage(ld, root.table("storage")),
+        feeds=tuple(_feed(ld, f) for f in root.tables("feeds")),
+        schedule=_schedule(root.table("schedule")),
+        delivery=_delivery(ld, root.table("delivery")),
+        mirrors=_mirrors(ld, root.table("mirrors")),
+        fetch=_fetch(root.table("fetch")),
+        images=_images(root.table("images")),
+        web=_web(root.table("web")),
+    )
+    root.done()
+    return cfg
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """Return a copy with some sections swapped (tests and hot reload use this)."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,58 @@
+"""Open the database: one engine factory for SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from mailer.errors import StorageError
+from mailer.schema import metadata
+
+__all__ = ["create_schema", "is_postgres", "is_sqlite", "open_engine"]
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the web endpoints read while a send writes; busy_timeout waits out short locks
+    # instead of failing; foreign keys are off by default in SQLite.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def open_engine(url: str, *, create: bool = True) -> Engine:
+    """Create an engine for ``url``; with ``create`` make the folder and tables if missing."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, poolclass=NullPool)
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    if create:
+        create_schema(engine)
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables. (Alembic migrations take over for upgrades: ``newsletter db upgrade``.)"""
+    try:
+        metadata.create_all(engine)
+    except OperationalError as exc:
+        raise StorageError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: "
+                           f"{exc.orig}") from None

@@ -1,0 +1,158 @@
+"""The pipeline's tables, added to the one MetaData from ``subscribers.schema``.
+
+Every table and query here must work on SQLite (the embedded default) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from subscribers.schema import metadata, subscribers
+
+__all__ = [
+    "daemon_lock",
+    "edition_posts",
+    "editions",
+    "feeds",
+    "metadata",
+    "mirror_exposure",
+    "mirror_state",
+    "outbox",
+    "posts",
+    "subscribers",
+]
+
+# Feed validators (conditional GET) and health, one row per configured feed URL.
+feeds = Table(
+    "feeds",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("url", Text, nullable=False, unique=True),
+    Column("name", Text, nullable=True),
+    Column("etag", Text, nullable=True),
+    Column("last_modified", Text, nullable=True),
+    Column("status", String(16), nullable=False, default="new"),  # new | ok | failing
+    Column("first_polled_at", DateTime(timezone=True), nullable=True),
+    Column("last_polled_at", DateTime(timezone=True), nullable=True),
+    Column("last_success_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", DateTime(timezone=True), nullable=True),
+    Column("failing_since", DateTime(timezone=True), nullable=True),
+)
+
+# A post is stored once per (feed, guid). ``is_new`` is false for backlog recorded as seen.
+posts = Table(
+    "posts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("feed_id", Integer, ForeignKey("feeds.id"), nullable=False),
+    Column("guid", Text, nullable=False),
+    Column("link", Text, nullable=True),
+    Column("title", Text, nullable=False),
+    Column("content_html", Text, nullable=False),
+    Column("language", String(16), nullable=False),
+    Column("published", DateTime(timezone=True), nullable=True),
+    Column("updated", DateTime(timezone=True), nullable=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("images_json", Text, nullable=False, default="[]"),
+    Column("is_new", Boolean, nullable=False, default=True),
+    Column("revision", Integer, nullable=False, default=1),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("feed_id", "guid"),
+)
+
+# Editions: draft -> scheduled -> approved -> sending -> sent (cancelled / missed / held aside).
+editions = Table(
+    "editions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(16), nullable=False),  # digest | per-post
+    Column("state", String(16), nullable=False, index=True),
+    Column("notes_json", Text, nullable=False, default="{}"),  # intro note per language
+    Column("scheduled_at", DateTime(timezone=True), nullable=True),
+    Column("approved_at", DateTime(timezone=True), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("state_reason", Text, nullable=True),
+    Column("total", Integer, nullable=True),  # recipients enqueued
+)
+
+edition_posts = Table(
+    "edition_posts",
+    metadata,
+    Column("edition_id", Integer, ForeignKey("editions.id"), primary_key=True),
+    Column("post_id", Integer, ForeignKey("posts.id"), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("excluded", Boolean, nullable=False, default=False),
+)
+
+# The outbox: one row per (edition, subscriber). Its state changes only when an SMTP reply
+# (or a Maildir write) is known, never when a batch is fetched (listmonk #3022).
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("edition_id", Integer, ForeignKey("editions.id"), primary_key=True),
+    Column("subscriber_id", BigInteger, primary_key=True),
+    Column("language", String(16), nullable=False),
+    Column("domain", String(255), nullable=False),  # recipient's domain only, for rates and reports
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("relay", String(255), nullable=True),
+    Column("last_code", Integer, nullable=True),
+    Column("last_reply", Text, nullable=True),  # the relay's words, with any address scrubbed
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Index("ix_outbox_claim", "edition_id", "state", "next_attempt_at"),
+)
+
+# Mirror health and exposure: counts only, never who received which mirror.
+mirror_state = Table(
+    "mirror_state",
+    metadata,
+    Column("url", Text, primary_key=True),
+    Column("healthy", Boolean, nullable=False, default=True),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("last_check_at", DateTime(timezone=True), nullable=True),
+    Column("last_ok_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("blocked_json", Text, nullable=False, default="{}"),  # {"CN": "2026-11-20T..."}
+    Column("first_sent_at", DateTime(timezone=True), nullable=True),
+    Column("last_sent_at", DateTime(timezone=True), nullable=True),
+)
+
+mirror_exposure = Table(
+    "mirror_exposure",
+    metadata,
+    Column("edition_id", Integer, ForeignKey("editions.id"), primary_key=True),
+    Column("mirror_url", Text, primary_key=True),
+    Column("recipients", Integer, nullable=False, default=0),
+    Column("first_sent_at", DateTime(timezone=True), nullable=False),
+)
+
+# One daemon per database: a row lease, renewed by heartbeat (PostgreSQL adds an advisory lock).
+daemon_lock = Table(
+    "daemon_lock",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,49 @@
+"""The roots of the project's exception tree (drawn in ``mailer.errors``).
+
+They live here, at the bottom of the import graph, because ``subscribers`` may not import
+``mailer`` yet its errors must share one root with everything else.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InputError",
+    "KeyStoreError",
+    "NewsletterError",
+    "StorageError",
+    "WrongKeyError",
+]
+
+
+class NewsletterError(Exception):
+    """Root of every error the project raises on purpose. ``exit_code`` is what the CLI returns."""
+
+    exit_code: int = 1
+
+
+class InputError(NewsletterError, ValueError):
+    """Bad input from a user: a CSV row, an argument, an unknown id."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, line: int | None = None, source: str | None = None) -> None:
+        self.line = line
+        self.source = source
+        where = f"{source}:{line}: " if source and line else (f"{source}: " if source else "")
+        super().__init__(f"{where}{message}")
+
+
+class KeyStoreError(NewsletterError):
+    """The key file is missing, unreadable, truncated or needs a passphrase that was not given."""
+
+    exit_code = 2
+
+
+class WrongKeyError(KeyStoreError):
+    """Stored data was sealed with a key this key file does not hold (or a different one)."""
+
+
+class StorageError(NewsletterError):
+    """The database cannot be reached or its schema is not the one this code expects."""
+
+    exit_code = 2

@@ -1,0 +1,73 @@
+"""The one SQLAlchemy MetaData, and the subscriber tables.
+
+MetaData lives here, at the bottom of the import graph, so that ``mailer.schema`` can add its
+tables to it while ``subscribers`` never imports ``mailer``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = ["import_progress", "key_rotation", "metadata", "subscribers"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# No column holds a plaintext address. ``id`` is chosen by us before the insert (random 63-bit)
+# so the AEAD ciphertext can be bound to it as associated data in the same statement.
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("email_index", LargeBinary(32), nullable=False, unique=True),  # blind index (keyed hash)
+    Column("email_ct", LargeBinary, nullable=False),  # nonce || AES-256-GCM(address), AD = id
+    Column("key_id", String(32), nullable=False, index=True),
+    Column("extra_ct", LargeBinary, nullable=True),  # other personal fields, sealed the same way
+    Column("language", String(16), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("domain_class", String(32), nullable=True),  # coarse provider bucket for rate limits
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("state_changed_at", DateTime(timezone=True), nullable=False),
+    Column("confirmed_at", DateTime(timezone=True), nullable=True),
+    Column("unsubscribed_at", DateTime(timezone=True), nullable=True),
+    Column("bounced_at", DateTime(timezone=True), nullable=True),
+    Column("complained_at", DateTime(timezone=True), nullable=True),
+)
+
+# Resumable re-encryption: one row per rotation, with the highest subscriber id done so far.
+key_rotation = Table(
+    "key_rotation",
+    metadata,
+    Column("new_key_id", String(32), primary_key=True),
+    Column("last_id", BigInteger, nullable=False, default=-(2**63)),
+    Column("done", Integer, nullable=False, default=0),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+)
+
+# Resumable imports: the input is identified by a hash of its bytes, never by its content.
+import_progress = Table(
+    "import_progress",
+    metadata,
+    Column("source_hash", String(64), primary_key=True),
+    Column("line", BigInteger, nullable=False),
+    Column("report", Text, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
