@@ -9,9 +9,11 @@ from datetime import datetime
 __all__ = [
     "Edition",
     "EditionState",
+    "InlineImage",
     "OutboxState",
     "Post",
     "PostImage",
+    "RenderedVariant",
 ]
 
 
@@ -77,3 +79,29 @@ class Edition:
     notes: dict[str, str] = field(default_factory=dict)
     scheduled_at: datetime | None = None
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    """An image embedded as a ``cid:`` part, so the mail loads nothing remote."""
+
+    cid: str
+    content_type: str
+    data: bytes
+    filename: str = "image"
+
+
+@dataclass(frozen=True)
+class RenderedVariant:
+    """One (edition, language) rendering, CSS already inlined, with ``@@SLOT_NAME@@`` placeholders.
+
+    ``mirror_slots`` is how many ``M0..Mn`` slots the bodies use (the per-recipient mirror count).
+    """
+
+    language: str
+    subject: str
+    html: str
+    text: str
+    images: tuple[InlineImage, ...] = ()
+    mirror_slots: int = 0
+    content_language: str = ""
