@@ -12,12 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from mailer.clock import Clock, system_clock
 from mailer.config import DEFAULT_CONFIG_NAME, Config, load_config
 from mailer.db import open_engine
+
+if TYPE_CHECKING:
+    from mailer.editions.store import EditionStore
 
 __all__ = ["App", "config_path_from"]
 
@@ -48,3 +52,15 @@ class App:
     @cached_property
     def engine(self) -> Engine:
         return open_engine(self.config.storage.database)
+
+    @cached_property
+    def editions(self) -> EditionStore:
+        """Editions and their states; the approval gate comes from ``require_approval``."""
+        from mailer.editions.store import EditionStore
+
+        posts = getattr(self, "posts", None)  # the feeds stage's PostStore, once it exists
+        return EditionStore(
+            self.engine, self.clock,
+            require_approval=self.config.newsletter.require_approval,
+            load_posts=posts.load if posts is not None else None,
+        )
