@@ -174,7 +174,11 @@ class DeliverySettings:
 
 @dataclass(frozen=True)
 class MirrorSite:
-    """One ``[[mirrors.sites]]`` entry."""
+    """One ``[[mirrors.sites]]`` entry.
+
+    ``url`` is always the http(s) base a reader opens, without a trailing slash: an
+    ``ipfs://CID`` entry is stored as ``{gateway}/ipfs/CID`` at load time.
+    """
 
     url: str
     status: Literal["active", "reserve", "retired"] = "active"
@@ -186,7 +190,10 @@ class MirrorSite:
 
 @dataclass(frozen=True)
 class MirrorSettings:
-    """``[mirrors]``: origins to match, sites to hand out, and the partition secret."""
+    """``[mirrors]``: origins to match, sites to hand out, and the partition secret.
+
+    ``countries``: a mirror OONI shows blocked in one of these is no longer handed out.
+    """
 
     origins: tuple[str, ...] = ()
     per_recipient: int = 3
@@ -198,6 +205,9 @@ class MirrorSettings:
     down_after: int = 3
     sites: tuple[MirrorSite, ...] = ()
     warnings: tuple[str, ...] = ()
+    ipfs_gateway: str = "https://ipfs.io"
+    countries: tuple[str, ...] = ("CN",)
+    check_timeout: float = 20.0
 
     @property
     def active(self) -> tuple[MirrorSite, ...]:
@@ -307,9 +317,9 @@ def _locate(text: str, dotted: str) -> int | None:
             header_line[_fmt(table)] = lineno
             continue
         m = re.match(r"^\"?([A-Za-z0-9_\-]+)\"?\s*=", line)
-        if m and [*table, (m.group(1), None)] == want[: len(table) + 1] and len(want) >= len(table) + 1:
-            if len(want) == len(table) + 1 or want[len(table)][1] is not None:
-                return lineno
+        # The key itself, or an element inside it (``languages[1]``): report the key's line.
+        if m and len(want) > len(table) and want[: len(table)] == table and want[len(table)][0] == m.group(1):
+            return lineno
     return header_line.get(_fmt(want))
 
 
@@ -685,6 +695,48 @@ def _mirror_url(value: str) -> str:
     return _url(value, schemes=("http", "https", "ipfs"))
 
 
+def _same_place(a: str, b: str) -> bool:
+    """Two bases name the same place: scheme and host compare case-insensitively, paths exactly."""
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.netloc.lower(), pa.path.rstrip("/")) == (pb.netloc.lower(), pb.path.rstrip("/"))
+
+
+def _mirror_site(i: int, site: _Section, gateway: str, origin_hosts: set[str],
+                 warnings: list[str]) -> MirrorSite:
+    url = site.convert("url", str, _mirror_url)
+    if url.startswith("ipfs://"):
+        # A reader opens an IPFS mirror through an HTTP gateway; store the base they open.
+        url = f"{gateway}/ipfs/{url[len('ipfs://'):]}"
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host in origin_hosts:
+        raise site.error("url", "is on an origin's host; a mirror must be another address "
+                                "(the censor blocks the origin's host whatever the path)")
+    guess = "onion" if host.endswith(".onion") else "ipfs" if "/ipfs/" in url else "https"
+    kind = site.get("kind", str, guess)
+    if kind not in ("https", "onion", "ipfs"):
+        raise site.error("kind", "must be 'https', 'onion' or 'ipfs'")
+    if kind == "onion" and not host.endswith(".onion"):
+        raise site.error("kind", f"is 'onion' but {host!r} is not a .onion address")
+    status = site.get("status", str, "active")
+    if status not in ("active", "reserve", "retired"):
+        raise site.error("status", "must be 'active', 'reserve' or 'retired'")
+    added = site.get("added", date, None)
+    retired = site.get("retired", date, None)
+    if added and retired and retired < added:
+        raise site.error("retired", f"{retired} is before added = {added}")
+    if retired and status != "retired":
+        raise site.error("retired", f"is set but status is {status!r}; set status = 'retired'")
+    if parts.scheme == "http" and kind != "onion":
+        # Onion services authenticate themselves; anything else over http can be altered.
+        warnings.append(f"mirrors.sites[{i}] {url} is plain http: readers' traffic can be "
+                        "read and altered on the way")
+    out = MirrorSite(url=url, status=status, kind=kind, added=added, retired=retired,
+                     note=site.get("note", str, ""))
+    site.done()
+    return out
+
+
 def _mirrors(ld: _Loader, s: _Section) -> MirrorSettings:
     origins = s.strings("origins", [])
     clean_origins = []
@@ -696,49 +748,53 @@ def _mirrors(ld: _Loader, s: _Section) -> MirrorSettings:
     per_recipient = s.get("per_recipient", int, 3)
     if per_recipient < 1:
         raise s.error("per_recipient", "must be at least 1")
+    down_after = s.get("down_after", int, 3)
+    if down_after < 1:
+        raise s.error("down_after", "must be at least 1")
     secret = ld.secret(s, "secret_env")
+    gateway = s.convert("ipfs_gateway", str, lambda v: _url(v, schemes=("https", "http")),
+                        "https://ipfs.io")
+    countries = s.strings("countries", ["CN"])
+    for i, cc in enumerate(countries):
+        if not re.fullmatch(r"[A-Z]{2}", cc):
+            raise s.error(f"countries[{i}]", f"{cc!r} is not a two-letter country code like 'CN'")
+    canary = s.get("canary_path", str, "/")
+    if not canary.startswith("/"):
+        raise s.error("canary_path", "must start with '/' (it is appended to each mirror's base)")
     sites: list[MirrorSite] = []
-    seen: dict[str, int] = {}
     warnings: list[str] = []
-    origin_hosts = {urlsplit(o).netloc.lower() for o in clean_origins}
-    for i, site in enumerate(s.tables("sites")):
-        url = site.convert("url", str, _mirror_url)
-        norm = url.lower()
-        if norm in seen:
-            raise site.error("url", f"duplicate of mirrors.sites[{seen[norm]}]")
-        seen[norm] = i
-        if urlsplit(url).netloc.lower() in origin_hosts and urlsplit(url).path in ("", "/"):
-            raise site.error("url", "is one of the origins; a mirror must be another address")
-        host = urlsplit(url).hostname or ""
-        kind = site.get("kind", str, "onion" if host.endswith(".onion") else "ipfs" if url.startswith("ipfs") or "/ipfs/" in url else "https")
-        if kind not in ("https", "onion", "ipfs"):
-            raise site.error("kind", "must be 'https', 'onion' or 'ipfs'")
-        status = site.get("status", str, "active")
-        if status not in ("active", "reserve", "retired"):
-            raise site.error("status", "must be 'active', 'reserve' or 'retired'")
-        if url.startswith("http://") and kind != "onion":
-            warnings.append(f"mirrors.sites[{i}] {url} is plain http: readers' traffic can be read and altered")
-        sites.append(MirrorSite(
-            url=url, status=status, kind=kind,
-            added=site.get("added", date, None), retired=site.get("retired", date, None),
-            note=site.get("note", str, ""),
-        ))
-        site.done()
-    active = sum(1 for x in sites if x.status == "active")
+    origin_hosts = {(urlsplit(o).hostname or "").lower() for o in clean_origins}
+    for i, section in enumerate(s.tables("sites")):
+        site = _mirror_site(i, section, gateway, origin_hosts, warnings)
+        for j, earlier in enumerate(sites):
+            if _same_place(site.url, earlier.url):
+                raise section.error("url", f"duplicate of mirrors.sites[{j}] ({earlier.url})")
+        sites.append(site)
+    active = sum(1 for x in sites if x.status == "active" and x.kind != "onion")
     if sites and active < per_recipient:
-        warnings.append(f"only {active} active mirrors, fewer than per_recipient = {per_recipient}")
+        warnings.append(f"only {active} active web mirrors, fewer than per_recipient = "
+                        f"{per_recipient}: some recipients get the same mirror twice")
     dur = (str, int, float)
+    period = s.convert("period", dur, parse_duration, timedelta(days=7))
+    if period <= timedelta(0):
+        raise s.error("period", "must be positive")
+    timeout = float(s.get("check_timeout", float, 20.0))
+    if timeout <= 0:
+        raise s.error("check_timeout", "must be positive")
     out = MirrorSettings(
         origins=tuple(clean_origins),
         per_recipient=per_recipient,
         secret=secret.encode() if secret else None,
-        period=s.convert("period", dur, parse_duration, timedelta(days=7)),
-        canary_path=s.get("canary_path", str, "/"),
+        period=period,
+        canary_path=canary,
         proxy=s.convert("proxy", str, _proxy, None),
         onion_proxy=s.convert("onion_proxy", str, _proxy, None),
-        down_after=s.get("down_after", int, 3),
+        down_after=down_after,
         sites=tuple(sites),
         warnings=tuple(warnings),
+        ipfs_gateway=gateway,
+        countries=countries,
+        check_timeout=timeout,
     )
     s.done()
     return out

@@ -1,0 +1,121 @@
+"""Config: a bad file names the file, the key and the line; a good one becomes typed settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailer.config import load_config, parse_duration, parse_size
+from mailer.errors import ConfigError
+from tests.conftest import REPO
+
+GOOD = """\
+[newsletter]
+from = "Digest <digest@example.org>"
+public_url = "https://news.example.org"
+languages = ["zh-Hans", "en"]
+
+[storage]
+database = "sqlite:///data/x.db"
+key_file = "keys/k.json"
+
+[[feeds]]
+url = "https://a.example.org/feed"
+
+[[feeds]]
+url = "feeds/local.xml"
+language = "zh-Hant"
+
+[delivery]
+transport = "smtp"
+
+[[delivery.relays]]
+host = "127.0.0.1"
+port = 2525
+security = "none"
+username = "digest"
+password_env = "SMTP_PASSWORD"
+
+[mirrors]
+origins = ["https://example.blogspot.com"]
+secret_env = "MIRROR_SECRET"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "newsletter.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_default_loads() -> None:
+    cfg = load_config(REPO / "newsletter.toml", {})
+    assert cfg.delivery.transport == "maildir"
+    assert cfg.newsletter.languages == ("zh-Hans", "zh-Hant", "en")
+    assert cfg.storage.key_file == REPO / "data" / "keys.json"
+
+
+def test_relative_paths_resolve_against_the_config_folder_and_secrets_come_from_env(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD), {"SMTP_PASSWORD": "s3cret", "MIRROR_SECRET": "m"})
+    assert cfg.storage.database == f"sqlite:///{tmp_path / 'data/x.db'}"
+    assert cfg.storage.key_file == tmp_path / "keys/k.json"
+    assert cfg.feeds[1].url == str(tmp_path / "feeds/local.xml")
+    assert cfg.delivery.relays[0].password == "s3cret"
+    assert "s3cret" not in repr(cfg)
+    assert cfg.mirrors.secret == b"m"
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "line"),
+    [
+        (("language = \"zh-Hant\"", "langauge = \"zh-Hant\""), "feeds[1].langauge", 15),
+        (("language = \"zh-Hant\"", "language = \"fr\""), "feeds[1].language", 15),
+        (("port = 2525", "port = \"2525\""), "delivery.relays[0].port", 22),
+        (("languages = [\"zh-Hans\", \"en\"]", "languages = [\"zh-Hans\", 3]"), "newsletter.languages[1]", 4),
+        (("url = \"https://a.example.org/feed\"", "url = \"ftp://a.example.org/feed\""), "feeds[0].url", 11),
+    ],
+)
+def test_errors_name_file_key_and_line(tmp_path: Path, edit: tuple[str, str], key: str, line: int) -> None:
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"SMTP_PASSWORD": "x"})
+    err = info.value
+    assert (err.key, err.line, err.path) == (key, line, path)
+    assert str(path) in str(err)
+    assert key in str(err)
+
+
+def test_missing_password_env_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="SMTP_PASSWORD") as info:
+        load_config(write(tmp_path, GOOD), {})
+    assert info.value.key == "delivery.relays[0].password_env"
+    assert info.value.line == 25
+
+
+def test_toml_syntax_error_gives_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD.replace('port = 2525', 'port = = 2525')), {})
+    assert info.value.line == 22
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml", {})
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["s", "m", "h", "d"]))
+def test_durations_round_trip(n: int, unit: str) -> None:
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+    assert parse_duration(f"{n}{unit}") == timedelta(seconds=n * scale)
+
+
+@given(st.integers(min_value=0, max_value=10**9))
+def test_sizes(n: int) -> None:
+    assert parse_size(n) == n
+    assert parse_size(f"{n}KiB") == n * 1024
+    with pytest.raises(ValueError, match="size"):
+        parse_size(f"{n} furlongs")
