@@ -54,7 +54,8 @@ def check(tpl: MessageTemplate, v: RenderedVariant, p: PersonalSlots) -> EmailMe
     parts = list(msg.walk())
     text = next(x for x in parts if x.get_content_type() == "text/plain")
     htm = next(x for x in parts if x.get_content_type() == "text/html")
-    assert not text.defects and not htm.defects
+    assert not text.defects
+    assert not htm.defects
     assert text.get_content().replace("\r\n", "\n") == expected(v.text, values, escape=False)
     assert htm.get_content().replace("\r\n", "\n") == expected(v.html, values, escape=True)
     assert msg["To"] == p.address
