@@ -73,6 +73,7 @@ class NewsletterSettings:
     taiwan_phrases: bool = True
     templates_dir: Path | None = None
     content_rejection_alert: float = 0.05
+    sample_subscribers: bool = False  # embedded default: seed one example.org reader per language
 
     @property
     def default_language(self) -> str:
@@ -509,6 +510,7 @@ def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
         taiwan_phrases=s.get("taiwan_phrases", bool, True),
         templates_dir=ld.resolve(templates) if templates else None,
         content_rejection_alert=float(threshold),
+        sample_subscribers=s.get("sample_subscribers", bool, False),
     )
     s.done()
     return out
