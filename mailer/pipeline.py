@@ -1,0 +1,210 @@
+"""The path every send takes: poll → edition → render once per variant → outbox → transport.
+
+``send``, ``run --once``, the daemon's jobs and ``newsletter worker`` all call these functions, so
+there is one way an edition goes out. Each step is a stage's own function; this module only
+connects them and decides nothing a stage already decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parseaddr
+
+import httpx
+
+from mailer.app import App
+from mailer.delivery.engine import DeliveryEngine, DeliveryReport
+from mailer.delivery.outbox import OutboxRow
+from mailer.errors import EditionError
+from mailer.feeds.poll import PollReport, poll_feeds
+from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
+from mailer.models import EditionState
+from mailer.render.images import fetch_images
+from mailer.mirrors.exposure import record_exposure
+from mailer.render.variant import RenderContext, inline_css, render_variant
+from subscribers.lifecycle import Recipient
+
+__all__ = [
+    "PreparedEdition",
+    "RunSummary",
+    "SendSummary",
+    "ensure_sample_subscribers",
+    "header_settings",
+    "poll",
+    "prepare_edition",
+    "run_once",
+    "send_edition",
+    "send_new_posts",
+]
+
+log = logging.getLogger("newsletter.pipeline")
+
+SAMPLE_DOMAIN = "example.org"
+
+
+def header_settings(app: App) -> HeaderSettings:
+    """The headers every message shares, from ``[newsletter]``."""
+    nl = app.config.newsletter
+    domain = parseaddr(nl.from_addr)[1].rpartition("@")[2] or "localhost"
+    return HeaderSettings(
+        from_addr=nl.from_addr,
+        list_id=nl.list_id,
+        message_id_domain=domain,
+        reply_to=nl.reply_to,
+        feedback_id=nl.feedback_id,
+        unsubscribe_mailto=nl.unsubscribe_mailto,
+    )
+
+
+def ensure_sample_subscribers(app: App, notice: Callable[[str], None]) -> int:
+    """On an empty list with ``sample_subscribers`` on, add one example.org reader per choice."""
+    if not app.config.newsletter.sample_subscribers or app.subscribers.count(None) > 0:
+        return 0
+    added = 0
+    for choice in app.config.newsletter.choices:
+        local = "reader-" + choice.lower().replace("+", "-and-")
+        app.subscribers.add(f"{local}@{SAMPLE_DOMAIN}", choice, confirmed=True)
+        added += 1
+    notice(f"added {added} sample subscribers at {SAMPLE_DOMAIN} (one per language choice)")
+    return added
+
+
+async def poll(app: App, client: httpx.AsyncClient | None = None) -> PollReport:
+    """Fetch every configured feed; a broken feed is reported and the others go on."""
+    return await poll_feeds(app.config.feeds, store=app.post_store, fetch=app.config.fetch,
+                            clock=app.clock, client=client)
+
+
+@dataclass
+class PreparedEdition:
+    """An edition rendered once per language choice, ready to personalise per recipient."""
+
+    edition_id: int
+    templates: Mapping[str, MessageTemplate]
+    default_language: str
+    premailer_calls: int = 0
+    exposure: Counter[str] = field(default_factory=Counter)
+
+    def template_for(self, language: str) -> MessageTemplate:
+        return self.templates.get(language) or self.templates[self.default_language]
+
+
+def prepare_edition(app: App, edition_id: int, *, date: datetime | None = None,
+                    images_client: httpx.Client | None = None) -> PreparedEdition:
+    """Render and serialise every variant of ``edition_id``: premailer runs once per variant."""
+    edition = app.editions.load(edition_id)
+    if not edition.posts:
+        raise EditionError("has no posts to send", edition_id=edition_id)
+    now = date or app.clock()
+    images = {}
+    if app.config.images.fetch:
+        images = fetch_images(edition.posts, app.config.images, client=images_client)
+    calls = 0
+
+    def counted_inline(html: str) -> str:
+        nonlocal calls
+        calls += 1
+        return inline_css(html)
+
+    ctx = RenderContext.from_config(app.config, date=now, images=images, env=app.jinja,
+                                    inliner=counted_inline)
+    headers = header_settings(app)
+    templates = {
+        choice: MessageTemplate.build(render_variant(edition, choice, ctx), edition_id=edition_id,
+                                      headers=headers)
+        for choice in app.config.newsletter.choices
+    }
+    return PreparedEdition(edition_id, templates, app.config.newsletter.default_language, calls)
+
+
+def personaliser(app: App, prepared: PreparedEdition) -> Callable[[OutboxRow, Recipient], bytes]:
+    """Per recipient: the unsubscribe URL, this reader's mirrors, and the prepared bytes."""
+    base = app.config.newsletter.public_url
+    tokens = app.tokens
+    mirrors = app.mirrors
+
+    def message_for(row: OutboxRow, recipient: Recipient) -> bytes:
+        chosen = mirrors.for_subscriber(recipient.id)
+        prepared.exposure.update(set(chosen))
+        return prepared.template_for(recipient.language).personalise(PersonalSlots(
+            subscriber_id=recipient.id,
+            address=recipient.address,
+            unsubscribe_url=f"{base}/u/{tokens.unsubscribe_token(recipient.id)}",
+            mirrors=chosen,
+        ))
+
+    return message_for
+
+
+@dataclass(frozen=True)
+class SendSummary:
+    edition_id: int
+    enqueued: int
+    report: DeliveryReport
+
+
+async def send_edition(app: App, edition_id: int, *, progress: bool = False) -> SendSummary:
+    """Enqueue every active subscriber once, then deliver until nothing is due.
+
+    Safe to call again after a crash: enqueueing is idempotent and the outbox only hands out
+    rows whose reply is not yet known.
+    """
+    prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
+    info = app.editions.info(edition_id)
+    if info.state is not EditionState.SENDING:
+        app.editions.set_state(edition_id, EditionState.SENDING)
+    enqueued = await asyncio.to_thread(app.outbox.enqueue, edition_id, app.subscribers.stream_active())
+    app.editions.set_total(edition_id, app.outbox.total(edition_id))
+    engine = DeliveryEngine(
+        app.outbox,
+        app.transport,
+        recipients=app.subscribers.get_recipients,
+        message_for=personaliser(app, prepared),
+        envelope_from=app.config.delivery.envelope_from or parseaddr(app.config.newsletter.from_addr)[1],
+        settings=app.config.delivery,
+        clock=app.clock,
+        on_bounce=lambda sid: app.subscribers.set_state(sid, "bounced"),
+        progress=progress,
+    )
+    report = await engine.run(edition_id)
+    record_exposure(app.engine, edition_id, prepared.exposure, app.clock())
+    if app.outbox.unfinished(edition_id) == 0 and app.editions.info(edition_id).state is EditionState.SENDING:
+        app.editions.set_state(edition_id, EditionState.SENT)
+    return SendSummary(edition_id, enqueued, report)
+
+
+async def send_new_posts(app: App, *, progress: bool = False) -> SendSummary | None:
+    """``newsletter send``: one edition of every stored post not yet sent, delivered now."""
+    post_ids = app.editions.unsent_post_ids()
+    if not post_ids:
+        return None
+    edition_id = app.editions.create(post_ids, kind="per-post" if len(post_ids) == 1 else "digest")
+    if edition_id is None:
+        return None
+    app.editions.approve(edition_id)
+    return await send_edition(app, edition_id, progress=progress)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    poll: PollReport
+    sends: tuple[SendSummary, ...]
+    sample_subscribers: int = 0
+
+
+async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = False) -> RunSummary:
+    """``run --once``: poll once, send what is due, and send new posts as an edition now."""
+    seeded = ensure_sample_subscribers(app, notice)
+    report = await poll(app)
+    sends = []
+    for edition_id in app.editions.due(app.clock()):
+        sends.append(await send_edition(app, edition_id, progress=progress))
+    fresh = await send_new_posts(app, progress=progress)
+    if fresh is not None:
+        sends.append(fresh)
+    return RunSummary(report, tuple(sends), seeded)
