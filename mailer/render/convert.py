@@ -1,0 +1,115 @@
+"""Script conversion with OpenCC: a Chinese post reaches each reader in the reader's own script.
+
+Only text is converted, never markup or URLs: a link to ``/软件/`` must keep working after the
+visible text around it became ``軟體``. English has no Han characters, so OpenCC leaves it alone and
+a mixed post keeps both halves.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from functools import lru_cache
+from html.parser import HTMLParser
+
+import opencc
+
+__all__ = [
+    "CHINESE",
+    "conversion_for",
+    "convert_html",
+    "convert_text",
+    "has_han",
+]
+
+CHINESE = ("zh-Hans", "zh-Hant")
+
+# Attributes whose values are words a reader sees; every other attribute (href, src, ...) stays.
+_TEXT_ATTRS = frozenset({"alt", "title"})
+_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def has_han(text: str) -> bool:
+    """Whether there is anything for OpenCC to do (it costs a C call per string otherwise)."""
+    return _HAN.search(text) is not None
+
+
+def conversion_for(source: str, target: str, *, taiwan_phrases: bool) -> str | None:
+    """The OpenCC config that turns ``source`` text into ``target`` script, or None for none.
+
+    ``s2twp`` also swaps mainland words for Taiwan ones (软件 -> 軟體); ``s2t`` changes only the
+    characters, which Hong Kong and diaspora readers often prefer. A mixed post may hold either
+    script, so it is converted toward the target whichever it holds.
+    """
+    if target not in CHINESE or source == target or source == "en":
+        return None
+    if target == "zh-Hant":
+        return "s2twp" if taiwan_phrases else "s2t"
+    return "t2s"
+
+
+@lru_cache(maxsize=8)
+def _converter(config: str) -> opencc.OpenCC:
+    # Loading a config reads dictionaries from disk: do it once per process, not per post.
+    return opencc.OpenCC(config)
+
+
+def convert_text(text: str, config: str | None) -> str:
+    """Convert plain text (titles, alt text) with the named OpenCC config; None leaves it."""
+    if config is None or not has_han(text):
+        return text
+    return str(_converter(config).convert(text))
+
+
+class _TextConverter(HTMLParser):
+    """Re-emit HTML unchanged except for text nodes and alt/title attribute values."""
+
+    def __init__(self, config: str) -> None:
+        super().__init__(convert_charrefs=False)
+        self.config = config
+        self.out: list[str] = []
+
+    def _attrs(self, attrs: list[tuple[str, str | None]]) -> str:
+        parts = []
+        for name, value in attrs:
+            if value is None:
+                parts.append(f" {name}")
+                continue
+            if name in _TEXT_ATTRS:
+                value = convert_text(value, self.config)
+            parts.append(f' {name}="{html.escape(value, quote=True)}"')
+        return "".join(parts)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.out.append(f"<{tag}{self._attrs(attrs)}>")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.out.append(f"<{tag}{self._attrs(attrs)} />")
+
+    def handle_endtag(self, tag: str) -> None:
+        self.out.append(f"</{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        self.out.append(convert_text(data, self.config))
+
+    def handle_entityref(self, name: str) -> None:
+        self.out.append(f"&{name};")
+
+    def handle_charref(self, name: str) -> None:
+        self.out.append(f"&#{name};")
+
+    def handle_comment(self, data: str) -> None:
+        pass  # comments are never shown; dropping them also drops conditional-comment tricks
+
+    def handle_decl(self, decl: str) -> None:
+        self.out.append(f"<!{decl}>")
+
+
+def convert_html(fragment: str, config: str | None) -> str:
+    """Convert the visible text of an HTML fragment; tags, hrefs and srcs are left as they are."""
+    if config is None or not has_han(fragment):
+        return fragment
+    parser = _TextConverter(config)
+    parser.feed(fragment)
+    parser.close()
+    return "".join(parser.out)

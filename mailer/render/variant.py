@@ -1,0 +1,339 @@
+"""Render one (edition, language) variant: Jinja2, then premailer once, then the text part.
+
+Pure: the posts, the fetched images and the settings come in through ``RenderContext``; no
+network, no database, no subscriber. Per-recipient values are left as ``@@SLOT_NAME@@``
+placeholders (docs/architecture.md, "Slots") for ``MessageTemplate`` to fill in microseconds.
+"""
+
+from __future__ import annotations
+
+import html as htmllib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_date
+from jinja2 import Environment
+from markupsafe import Markup
+
+from mailer.config import Config, MirrorSettings, NewsletterSettings
+from mailer.errors import RenderError
+from mailer.mirrors.rewrite import add_mirror_links, mirror_alternatives
+from mailer.models import Edition, InlineImage, Post, RenderedVariant
+from mailer.render.catalog import BABEL_LOCALES, Translator, catalog_for
+from mailer.render.convert import CHINESE, conversion_for, convert_html, convert_text
+from mailer.render.env import make_environment
+from mailer.render.safe import make_self_contained, remote_references
+from mailer.render.text import Reference, html_to_text, wrap
+
+__all__ = [
+    "SINGLE_POST_KINDS",
+    "RenderContext",
+    "inline_css",
+    "layout_for",
+    "mirror_slot_count",
+    "order_posts",
+    "render_edition",
+    "render_variant",
+]
+
+SINGLE_POST_KINDS = frozenset({"post", "per-post", "single"})
+UNSUB_SLOT = "@@SLOT_UNSUB_URL@@"
+
+
+def inline_css(document: str) -> str:
+    """Inline the <style> rules into style attributes, so clients that drop <style> still get
+    the layout; media queries stay in a <style> block for clients that honour them.
+
+    premailer is told never to touch the network or the disk: no remote CSS, no link rewriting
+    (that would also rewrite our ``@@SLOT_...@@`` hrefs)."""
+    from premailer import Premailer
+
+    try:
+        return str(Premailer(
+            document,
+            base_url=None,
+            allow_network=False,
+            allow_loading_external_files=False,
+            disable_link_rewrites=True,
+            keep_style_tags=False,
+            strip_important=False,
+            remove_classes=False,
+            disable_validation=True,
+            cssutils_logging_level=50,
+            align_floating_images=True,
+        ).transform())
+    except Exception as exc:  # premailer raises many types; all mean "this variant is broken"
+        raise RenderError(f"inlining CSS failed: {exc}") from exc
+
+
+def mirror_slot_count(mirrors: MirrorSettings) -> int:
+    """How many ``M0..`` slots a message carries: per_recipient, capped by the mirrors there are.
+
+    Onion addresses are not partitioned (they cannot be blocked by DNS or SNI): they go into the
+    footer for everyone, so they do not count here."""
+    handed_out = [s for s in mirrors.active if s.kind != "onion"]
+    return min(mirrors.per_recipient, len(handed_out))
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Everything ``render_variant`` needs besides the edition; built once per edition."""
+
+    newsletter: NewsletterSettings
+    env: Environment
+    origins: tuple[str, ...] = ()
+    mirror_slots: int = 0
+    onions: tuple[str, ...] = ()
+    images: Mapping[str, InlineImage] = field(default_factory=dict)
+    date: datetime = field(default_factory=lambda: datetime.now(UTC))
+    timezone: str = "UTC"
+    strict: bool = False
+    inline_css: Callable[[str], str] = inline_css
+    text_width: int = 72
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        date: datetime,
+        images: Mapping[str, InlineImage] | None = None,
+        env: Environment | None = None,
+        strict: bool = False,
+        inliner: Callable[[str], str] = inline_css,
+    ) -> RenderContext:
+        return cls(
+            newsletter=config.newsletter,
+            env=env or make_environment(config.newsletter.templates_dir),
+            origins=config.mirrors.origins,
+            mirror_slots=mirror_slot_count(config.mirrors),
+            onions=tuple(s.url for s in config.mirrors.active if s.kind == "onion"),
+            images=images or {},
+            date=date,
+            timezone=config.schedule.timezone,
+            strict=strict,
+            inline_css=inliner,
+        )
+
+    @property
+    def override_dir(self) -> Path | None:
+        return self.newsletter.templates_dir
+
+
+def layout_for(edition: Edition) -> str:
+    """``post`` for a single-post edition, ``digest`` otherwise."""
+    return "post" if edition.kind in SINGLE_POST_KINDS else "digest"
+
+
+def _halves(choice: str) -> tuple[str, ...]:
+    return tuple(choice.split("+"))
+
+
+def _rank(post: Post, halves: tuple[str, ...]) -> int:
+    if post.language in halves:
+        return halves.index(post.language)
+    chinese_reader = any(h in CHINESE for h in halves)
+    if post.language == "mixed" or (chinese_reader and post.language in CHINESE):
+        return len(halves)  # readable after conversion, or half in the reader's language
+    return len(halves) + 1
+
+
+def order_posts(posts: Sequence[Post], choice: str) -> list[Post]:
+    """The reader's own-language posts first (in edition order), then the rest, stably."""
+    halves = _halves(choice)
+    return sorted(posts, key=lambda p: _rank(p, halves))
+
+
+_LANGUAGE_NAMES = {
+    "en": "English",
+    "zh-Hans": "Simplified Chinese",
+    "zh-Hant": "Traditional Chinese",
+    "mixed": "Chinese and English",
+}
+
+
+@dataclass(frozen=True)
+class _ShownPost:
+    """A post as one variant shows it: converted, cleaned, its links mirrored."""
+
+    anchor: str
+    title: str
+    html: Markup
+    text: str
+    references: tuple[Reference, ...]
+    link: str | None
+    link_alternatives: tuple[str, ...]
+    marker: str | None
+    published: str | None
+    images: tuple[InlineImage, ...]
+
+
+def _no_crlf(value: str) -> str:
+    """Header-bound text from feeds: CR/LF would let a post inject headers (RFC 5322 2.2)."""
+    return " ".join(value.replace("\r", " ").replace("\n", " ").split())
+
+
+class _Chrome:
+    """The catalog plus the formatting helpers one variant uses."""
+
+    def __init__(self, choice: str, ctx: RenderContext) -> None:
+        self.choice = choice
+        self.halves = _halves(choice)
+        self.catalog: Translator = catalog_for(
+            choice, override_dir=ctx.override_dir, strict=ctx.strict
+        )
+        self.tz = ZoneInfo(ctx.timezone)
+
+    def _(self, message: str, **values: object) -> str:
+        text = self.catalog.gettext(message)
+        return text % values if values else text
+
+    def date(self, when: datetime) -> str:
+        local = when.astimezone(self.tz) if when.tzinfo else when
+        parts = [format_date(local, format="long", locale=BABEL_LOCALES[h]) for h in self.halves]
+        return parts[0] if len(set(parts)) == 1 else " / ".join(parts)
+
+    def mirror_label(self, i: int) -> str:
+        return self._("mirror %(n)s", n=i + 1)
+
+    def marker(self, post: Post, target_config: str | None) -> str | None:
+        if post.language in self.halves:
+            return None
+        name = self._(_LANGUAGE_NAMES.get(post.language, "English"))
+        if target_config is not None and post.language in CHINESE:
+            return self._("Converted from %(language)s", language=name)
+        return self._("Written in %(language)s", language=name)
+
+
+def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _ShownPost:
+    target = next((h for h in chrome.halves if h in CHINESE), None)
+    config = (
+        conversion_for(post.language, target, taiwan_phrases=ctx.newsletter.taiwan_phrases)
+        if target else None
+    )
+    title = convert_text(_no_crlf(post.title), config) or chrome._("(untitled)")
+    body = convert_html(post.content_html, config)
+
+    def fallback(alt: str, url: str) -> str:
+        alt_text = convert_text(alt, config) or chrome._("image")
+        label = htmllib.escape(chrome._("Image: %(alt)s", alt=alt_text))
+        if not url:
+            return f"[{label}]"
+        href = htmllib.escape(url, quote=True)
+        return f'[{label} · <a href="{href}">{htmllib.escape(chrome._("view image"))}</a>]'
+
+    body, images = make_self_contained(body, ctx.images, fallback)
+    text_body = html_to_text(
+        body,
+        width=ctx.text_width,
+        alternatives=lambda url: mirror_alternatives(url, ctx.origins, ctx.mirror_slots),
+        image_label=lambda alt: f"[{chrome._('Image: %(alt)s', alt=alt or chrome._('image'))}]",
+    )
+    if ctx.mirror_slots and ctx.origins:
+        body = add_mirror_links(body, ctx.origins, ctx.mirror_slots, chrome.mirror_label)
+    link = post.link
+    return _ShownPost(
+        anchor=f"post-{index + 1}",
+        title=title,
+        html=Markup(body),  # noqa: S704  (cleaned by make_self_contained just above)
+        text=text_body.text,
+        references=tuple(text_body.references),
+        link=link,
+        link_alternatives=mirror_alternatives(link, ctx.origins, ctx.mirror_slots) if link else (),
+        marker=chrome.marker(post, config),
+        published=chrome.date(post.published) if post.published else None,
+        images=images,
+    )
+
+
+_FONTS = {
+    "zh-Hans": "'PingFang SC', 'Hiragino Sans GB', 'Microsoft YaHei', 'Noto Sans CJK SC', "
+               "'Source Han Sans SC', 'WenQuanYi Micro Hei', sans-serif",
+    "zh-Hant": "'PingFang TC', 'Microsoft JhengHei', 'Noto Sans CJK TC', 'Source Han Sans TC', "
+               "sans-serif",
+    "en": "Georgia, 'Times New Roman', serif",
+}
+
+
+def _html_lang(choice: str) -> str:
+    return _halves(choice)[0]
+
+
+def _content_language(choice: str) -> str:
+    return ", ".join(_halves(choice))
+
+
+def render_variant(edition: Edition, language: str, ctx: RenderContext) -> RenderedVariant:
+    """Render ``edition`` for readers of ``language`` (a single language or "zh-Hans+en")."""
+    if not edition.posts:
+        raise RenderError(f"edition {edition.id} has no posts to render")
+    chrome = _Chrome(language, ctx)
+    layout = layout_for(edition)
+    posts = [
+        _show_post(p, i, chrome, ctx) for i, p in enumerate(order_posts(edition.posts, language))
+    ]
+    name = ctx.newsletter.name.get(chrome.halves[0]) or next(iter(ctx.newsletter.name.values()))
+    date_text = chrome.date(ctx.date)
+    subject = _no_crlf(
+        posts[0].title if layout == "post" else f"{name} · {date_text}"
+    )
+    mirrors = tuple(f"@@SLOT_M{i}@@" for i in range(ctx.mirror_slots))
+    values = {
+        "_": chrome._,
+        "lang": _html_lang(language),
+        "languages": chrome.halves,
+        # Constant CSS of ours, not feed text: marked safe so the quotes survive autoescape.
+        "fonts": Markup(_FONTS[next((h for h in chrome.halves if h in CHINESE), "en")]),  # noqa: S704
+        "name": name,
+        "subject": subject,
+        "date": date_text,
+        "posts": posts,
+        "layout": layout,
+        "mirrors": mirrors,
+        "onions": ctx.onions,
+        "unsubscribe_url": UNSUB_SLOT,
+        "public_url": ctx.newsletter.public_url,
+        "mirror_label": chrome.mirror_label,
+        "wrap": lambda text, indent="": "\n".join(wrap(text, ctx.text_width, indent=indent)),
+    }
+    try:
+        document = ctx.env.get_template(f"email/{layout}.html").render(values)
+        text = ctx.env.get_template(f"email/{layout}.txt").render(values)
+    except RenderError:
+        raise
+    except Exception as exc:  # jinja2's errors: a broken override or a missing variable
+        raise RenderError(f"template email/{layout} failed for {language}: {exc}") from exc
+    document = ctx.inline_css(document)
+    found = remote_references(document)
+    if found:
+        raise RenderError(f"rendered {language} HTML is not self-contained: {', '.join(found)}")
+    images: dict[str, InlineImage] = {}
+    for post in posts:
+        for image in post.images:
+            images.setdefault(image.cid, image)
+    return RenderedVariant(
+        language=language,
+        subject=subject,
+        html=document,
+        text=_normalise_text(text),
+        images=tuple(images.values()),
+        mirror_slots=ctx.mirror_slots,
+        content_language=_content_language(language),
+    )
+
+
+def _normalise_text(text: str) -> str:
+    """At most one blank line in a row, no trailing spaces: templates need not be careful."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
+
+
+def render_edition(
+    edition: Edition, languages: Sequence[str], ctx: RenderContext
+) -> dict[str, RenderedVariant]:
+    """Every variant of one edition, keyed by subscriber choice."""
+    return {lang: render_variant(edition, lang, ctx) for lang in languages}

@@ -1,0 +1,182 @@
+"""render_variant: languages, script conversion, order, slots, premailer once, self-contained."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from mailer.errors import RenderError
+from mailer.models import Post
+from mailer.render.safe import remote_references
+from mailer.render.variant import RenderContext, order_posts, render_variant
+from tests.render.conftest import (
+    BUILD_DATE,
+    ORIGIN,
+     digest_edition,
+    sample_posts,
+    single_edition,
+    write_config,
+)
+
+LANGS = ["zh-Hans", "zh-Hant", "en", "zh-Hans+en", "zh-Hant+en"]
+
+
+def _counting(ctx: RenderContext) -> tuple[RenderContext, list[str]]:
+    calls: list[str] = []
+
+    def inliner(doc: str) -> str:
+        calls.append(doc)
+        return ctx.inline_css(doc)
+
+    return dataclasses.replace(ctx, inline_css=inliner), calls
+
+
+@pytest.mark.parametrize("language", LANGS)
+@pytest.mark.parametrize("kind", ["digest", "post"])
+def test_every_variant_renders_self_contained(ctx: RenderContext, language: str, kind: str) -> None:
+    edition = digest_edition() if kind == "digest" else single_edition()
+    counted, calls = _counting(ctx)
+    variant = render_variant(edition, language, counted)
+    assert len(calls) == 1, "premailer must run exactly once per variant"
+    assert variant.language == language
+    assert variant.mirror_slots == 2
+    for part in (variant.html, variant.text):
+        assert "@@SLOT_UNSUB_URL@@" in part
+        assert "@@SLOT_M0@@/" in part
+        assert "@@SLOT_M1@@/" in part
+        assert "@@SLOT_M2@@" not in part
+        assert ".onion/" in part
+    assert remote_references(variant.html) == []
+    assert "<style" not in variant.html or "@media" in variant.html
+    assert 'style="' in variant.html  # inlined, so clients that drop <style> keep the layout
+
+
+def test_zh_hant_gets_traditional_forms_of_simplified_text(ctx: RenderContext) -> None:
+    v = render_variant(digest_edition(), "zh-Hant", ctx)
+    # s2twp: characters and Taiwan phrases (软件 -> 軟體, 信息 -> 資訊).
+    assert "維權律師的軟體與資訊安全" in v.html
+    assert "維權律師的軟體與資訊安全" in v.text
+    assert "我們為維權律師提供了新的軟體培訓" in v.text
+    assert "维权律师" not in v.html + v.text
+    # The link target is untouched, its text converted.
+    assert f'href="{ORIGIN}/2026/11/training.html"' in v.html
+    assert "培訓說明" in v.html
+
+
+def test_zh_hans_gets_simplified_forms_of_traditional_text(ctx: RenderContext) -> None:
+    v = render_variant(digest_edition(), "zh-Hans", ctx)
+    assert "台湾的声援活动与网络资讯" in v.html or "台湾的声援活动与网路资讯" in v.html
+    assert "这是一篇繁体中文的文章" in v.text
+    assert "臺灣的聲援" not in v.html + v.text
+
+
+def test_taiwan_phrases_off_converts_characters_only(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, taiwan=False)
+    ctx = RenderContext.from_config(cfg, date=BUILD_DATE, strict=True)
+    v = render_variant(digest_edition(), "zh-Hant", ctx)
+    assert "維權律師的軟件與信息安全" in v.text
+
+
+def test_english_stays_and_mixed_keeps_both_halves(ctx: RenderContext) -> None:
+    v = render_variant(digest_edition(), "zh-Hant", ctx)
+    assert "Court hearing postponed again" in v.text
+    assert "We publish a joint statement calling for the release" in v.text
+    assert "我們發表聯合" in v.text  # s2twp: 声明 -> 宣告 (Taiwan usage)
+    en = render_variant(digest_edition(), "en", ctx)
+    assert "维权律师的软件与信息安全" in en.text  # Chinese posts reach English readers as written
+    assert "我们发表联合声明" in en.text
+
+
+def test_own_language_first_and_others_marked(ctx: RenderContext) -> None:
+    en = render_variant(digest_edition(), "en", ctx)
+    toc = en.text.split("\n\n")[1]
+    assert toc.splitlines()[1].startswith("1. Court hearing postponed again")
+    assert "(Written in Simplified Chinese)" in en.text
+    assert "(Written in Chinese and English)" in en.text
+    hant = render_variant(digest_edition(), "zh-Hant", ctx)
+    first = hant.text.split("本期內容:")[1].strip().splitlines()[0]
+    assert first.startswith("1. 臺灣的聲援活動")
+    assert "由簡體中文轉換" in hant.text
+    assert "英文文章" in hant.text
+
+
+def test_order_posts_is_stable_and_bilingual_aware() -> None:
+    posts = sample_posts()
+    order = [p.language for p in order_posts(posts, "zh-Hans+en")]
+    assert order == ["zh-Hans", "en", "zh-Hant", "mixed"]
+    assert [p.language for p in order_posts(posts, "en")] == ["en", "mixed", "zh-Hans", "zh-Hant"]
+
+
+def test_bilingual_chrome_shows_both_languages(ctx: RenderContext) -> None:
+    v = render_variant(digest_edition(), "zh-Hans+en", ctx)
+    assert "本期内容 / In this edition" in v.text
+    assert "退订 / Unsubscribe" in v.html
+    assert v.content_language == "zh-Hans, en"
+
+
+def test_text_part_has_full_text_and_numbered_references(ctx: RenderContext) -> None:
+    v = render_variant(digest_edition(), "en", ctx)
+    assert "The hearing of the twelve defendants was postponed for the third time." in v.text
+    assert "our earlier report[" in v.text
+    m = re.search(r"our earlier report\[(\d+)\]", v.text)
+    assert m is not None
+    n = m.group(1)
+    block = v.text.split(f"[{n}] {ORIGIN}/2026/10/background.html\n", 1)[1]
+    assert block.startswith("    @@SLOT_M0@@/2026/10/background.html\n    @@SLOT_M1@@/2026/10/background.html")
+    # A link to another site is referenced but gets no mirror alternatives.
+    assert re.search(r"\[\d+\] https://example.net/guide\n(?!    @@SLOT)", v.text)
+    assert "<" not in v.text.replace("<b>", "")
+
+
+def test_html_origin_links_get_mirror_alternatives(ctx: RenderContext) -> None:
+    v = render_variant(digest_edition(), "en", ctx)
+    assert 'href="@@SLOT_M0@@/2026/10/background.html"' in v.html
+    assert 'href="@@SLOT_M1@@/2026/11/hearing.html"' in v.html  # the "read online" link
+    assert 'href="@@SLOT_M0@@/guide"' not in v.html
+
+
+def test_subject_never_carries_crlf(ctx: RenderContext) -> None:
+    post = dataclasses.replace(sample_posts()[1], title="Evil\r\nBcc: victim@example.com")
+    v = render_variant(single_edition(post), "en", ctx)
+    assert "\r" not in v.subject
+    assert "\n" not in v.subject
+    assert v.subject == "Evil Bcc: victim@example.com"
+
+
+def test_hostile_post_html_is_neutralised(ctx: RenderContext) -> None:
+    post = Post(
+        guid="x", language="en", title="t",
+        content_html=(
+            '<p onclick="steal()">hi<script>alert(1)</script></p>'
+            '<p style="background:url(https://track.example/p.gif)">styled</p>'
+            '<img src="https://track.example/pixel.gif" width="1" height="1">'
+            '<iframe src="https://evil.example/"></iframe>'
+            '<a href="javascript:alert(1)">js</a>'
+        ),
+    )
+    v = render_variant(single_edition(post), "en", ctx)
+    assert remote_references(v.html) == []
+    assert "track.example/p.gif" not in v.html
+    assert "evil.example" not in v.html
+    assert "javascript:" not in v.html
+    assert "alert(1)" not in v.text
+
+
+def test_strict_catalog_fails_on_missing_translation(tmp_path: Path, ctx: RenderContext) -> None:
+    override = tmp_path / "override"
+    (override / "email").mkdir(parents=True)
+    (override / "email" / "post.txt").write_text('{{ _("A string nobody translated") }}\n')
+    cfg = write_config(tmp_path)
+    cfg = dataclasses.replace(
+        cfg, newsletter=dataclasses.replace(cfg.newsletter, templates_dir=override))
+    strict = RenderContext.from_config(cfg, date=ctx.date, strict=True)
+    with pytest.raises(RenderError, match="no translation"):
+        render_variant(single_edition(), "zh-Hans", strict)
+
+
+def test_empty_edition_is_an_error(ctx: RenderContext) -> None:
+    with pytest.raises(RenderError):
+        render_variant(digest_edition(posts=()), "en", ctx)
