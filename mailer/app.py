@@ -21,6 +21,8 @@ from mailer.config import DEFAULT_CONFIG_NAME, Config, load_config
 from mailer.db import open_engine
 
 if TYPE_CHECKING:
+    from jinja2 import Environment
+
     from mailer.editions.store import EditionStore
 
 __all__ = ["App", "config_path_from"]
@@ -52,6 +54,13 @@ class App:
     @cached_property
     def engine(self) -> Engine:
         return open_engine(self.config.storage.database)
+
+    @cached_property
+    def jinja(self) -> Environment:
+        """The one strict Jinja environment; the deployment's template folder is searched first."""
+        from mailer.render.env import make_environment
+
+        return make_environment(self.config.newsletter.templates_dir)
 
     @cached_property
     def editions(self) -> EditionStore:
