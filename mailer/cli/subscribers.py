@@ -1,0 +1,126 @@
+"""Subscriber commands: ``keys init|rotate``, ``subscribers import|export|count``, ``serve``.
+
+Output names subscribers by count or id only; problems in an import are reported by line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mailer.app import App
+from mailer.cli.base import cli, pass_app
+from mailer.errors import InputError
+
+__all__ = ["keys", "subscribers_group"]
+
+
+@cli.group("keys")
+def keys() -> None:
+    """The key file that encrypts the subscriber list."""
+
+
+@keys.command("init")
+@pass_app
+def keys_init(app: App) -> None:
+    """Create the key file named in the config (refuses to overwrite one)."""
+    from subscribers.keys import KeyRing
+
+    path = app.config.storage.key_file
+    KeyRing.create(path, app.config.storage.passphrase)
+    click.echo(f"created key file {path} (mode 0600)"
+               f"{', sealed with the passphrase' if app.config.storage.passphrase else ''}.")
+    click.echo("Back it up somewhere safe: without it the subscriber list cannot be read.")
+
+
+@keys.command("rotate")
+@click.option("--batch-size", default=2000, show_default=True, help="Rows re-encrypted per commit.")
+@pass_app
+def keys_rotate(app: App, batch_size: int) -> None:
+    """Add a new key, re-encrypt every row in batches (resumable), retire unused old keys."""
+    from subscribers.rotation import rotate
+
+    store = app.subscribers
+
+    def progress(done: int, total: int) -> None:
+        click.echo(f"re-encrypted {done}/{total}", err=True)
+
+    result = rotate(store, batch_size=batch_size, progress=progress)
+    verb = "resumed" if result.resumed else "started"
+    click.echo(f"rotation {verb}: new key {result.new_key_id}; {result.reencrypted} rows "
+               f"re-encrypted; retired {', '.join(result.retired) or 'no keys'}")
+
+
+@cli.group("subscribers")
+def subscribers_group() -> None:
+    """The encrypted subscriber list."""
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--confirmed", is_flag=True, help="The addresses already confirmed (opt-in done).")
+@click.option("--encoding", default=None, help="Input encoding (default: UTF-8 or GB18030, detected).")
+@click.option("--reactivate", is_flag=True,
+              help="Also re-activate unsubscribed, bounced and complained addresses.")
+@click.option("--batch-size", default=5000, show_default=True, hidden=True)
+@pass_app
+def subscribers_import(app: App, file: Path, confirmed: bool, encoding: str | None,
+                       reactivate: bool, batch_size: int) -> None:
+    """Import FILE: a CSV with header ``email,language`` (language optional), or a backup."""
+    from subscribers.importexport import RowProblem, import_file
+
+    def problem(p: RowProblem) -> None:
+        click.echo(f"{file}:{p.line}: {p.reason}", err=True)
+
+    report = import_file(app.subscribers, file, confirmed=confirmed, reactivate=reactivate,
+                         encoding=encoding, batch_size=batch_size, on_problem=problem)
+    if report.encoding == "backup":
+        click.echo(f"restored {report.restored} subscribers from the encrypted backup "
+                   f"({report.skipped} already present)")
+        return
+    resumed = f" (resumed after line {report.resumed_from})" if report.resumed_from else ""
+    click.echo(f"imported {report.inserted} new, {report.existing} already listed "
+               f"({report.changed} changed, {report.suppressed} left suppressed), "
+               f"{report.problem_count} problems{resumed}; encoding {report.encoding}")
+    if report.problem_count:
+        raise InputError(f"{report.problem_count} rows were not imported (see the lines above); "
+                         "the other rows were", source=str(file))
+
+
+@subscribers_group.command("export")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--plaintext", is_flag=True, help="Write addresses in clear (CSV). Handle with care.")
+@click.option("--encrypted", is_flag=True, help="Write a backup that only this key file opens.")
+@pass_app
+def subscribers_export(app: App, file: Path, plaintext: bool, encrypted: bool) -> None:
+    """Export the list to FILE: --encrypted backup, or --plaintext CSV of active subscribers."""
+    from subscribers.importexport import export_csv, export_encrypted, write_binary, write_text
+
+    if plaintext == encrypted:
+        raise InputError("choose --encrypted (a backup only the key file opens) or --plaintext "
+                         "(addresses in clear)", source=str(file))
+    store = app.subscribers
+    if encrypted:
+        n = write_binary(file, lambda fh: export_encrypted(store, fh))
+        click.echo(f"wrote an encrypted backup of {n} subscribers to {file}; "
+                   "restore it with 'newsletter subscribers import'")
+        return
+    click.echo(f"WARNING: {file} will hold subscribers' addresses in clear. Anyone who gets it "
+               "can put them at risk; delete it as soon as you are done.", err=True)
+    n = write_text(file, lambda fh: export_csv(store, fh))
+    click.echo(f"wrote {n} active subscribers to {file} (mode 0600)")
+
+
+@subscribers_group.command("count")
+@click.option("--all-states", is_flag=True, help="Show every state, not only active.")
+@pass_app
+def subscribers_count(app: App, all_states: bool) -> None:
+    """How many subscribers are active (or in each state)."""
+    store = app.subscribers
+    if all_states:
+        for state, n in store.counts().items():
+            click.echo(f"{state.value}: {n}")
+        return
+    click.echo(str(store.count()))
+

@@ -1,0 +1,116 @@
+"""Address validation and normalisation: pure functions, no DNS, no I/O.
+
+Two forms of an address matter:
+
+* the *delivery form*, what we encrypt and send to: the local part as the subscriber typed it
+  (Unicode NFC), the domain lower-cased and IDNA-encoded (``xn--``), since a relay without
+  SMTPUTF8 can still route to an ASCII domain;
+* the *index form*, what the blind index hashes: the delivery form, plus provider-specific
+  folding only when the config asks for it (``normalise_gmail_dots``: Gmail ignores dots and
+  ``+tags``). Mail providers treat the domain case-insensitively (RFC 5321 §2.4); the local part
+  belongs to the receiving server, so by default we leave it alone.
+
+Most real addresses are plain ASCII; they take a fast path that is provably a subset of what
+email-validator accepts (the tests check this with hypothesis), and everything else goes
+through email-validator itself.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import email_validator
+import idna
+
+__all__ = [
+    "GMAIL_DOMAINS",
+    "InvalidAddress",
+    "ascii_domain",
+    "delivery_form",
+    "domain_of",
+    "index_form",
+    "validate",
+]
+
+GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+# A dot-atom local part of the common characters and an ASCII host name with a letter TLD.
+# Lengths are checked separately (local <= 64, total <= 254, labels <= 63).
+_FAST = re.compile(
+    r"[A-Za-z0-9_%+\-]+(?:\.[A-Za-z0-9_%+\-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
+_SPECIAL = frozenset(getattr(email_validator, "SPECIAL_USE_DOMAIN_NAMES", ()))
+
+
+class InvalidAddress(ValueError):
+    """Not a deliverable-looking address. The message never repeats the address."""
+
+
+def ascii_domain(domain: str) -> str:
+    """Lower-case and IDNA-encode a domain: ``Bücher.DE`` -> ``xn--bcher-kva.de``."""
+    domain = domain.strip().rstrip(".")
+    if domain.isascii():
+        return domain.lower()
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise InvalidAddress("the domain is not a valid internationalised domain name") from None
+
+
+def _split(address: str) -> tuple[str, str]:
+    local, sep, domain = address.rpartition("@")
+    if not sep or not local or not domain:
+        raise InvalidAddress("an address needs a local part, '@' and a domain")
+    return local, domain
+
+
+def delivery_form(address: str) -> str:
+    """NFC, domain lower-cased and IDNA-encoded; the local part as given."""
+    local, domain = _split(unicodedata.normalize("NFC", address.strip()))
+    return f"{local}@{ascii_domain(domain)}"
+
+
+def index_form(address: str, *, gmail_dots: bool = False) -> str:
+    """What the blind index hashes: the delivery form, folded further only if configured."""
+    local, domain = _split(delivery_form(address))
+    if gmail_dots and domain in GMAIL_DOMAINS:
+        local = local.split("+", 1)[0].replace(".", "").lower()
+        domain = "gmail.com"
+    return f"{local}@{domain}"
+
+
+def domain_of(address: str) -> str:
+    """The part after the last ``@`` (already ASCII in the delivery form)."""
+    return address.rpartition("@")[2]
+
+
+def _fast_ok(address: str) -> bool:
+    if len(address) > 254 or not _FAST.fullmatch(address):
+        return False
+    local, _, domain = address.rpartition("@")
+    if len(local) > 64:
+        return False
+    tld = domain.rpartition(".")[2].lower()
+    return tld not in _SPECIAL and domain.lower() not in _SPECIAL
+
+
+def validate(address: str) -> str:
+    """Check ``address`` (syntax only, no DNS) and return its delivery form.
+
+    Raises ``InvalidAddress`` with a message that does not contain the address, so it can be
+    reported by line number without leaking it.
+    """
+    address = address.strip()
+    if _fast_ok(address):
+        local, _, domain = address.rpartition("@")
+        return f"{local}@{domain.lower()}"
+    try:
+        info = email_validator.validate_email(
+            address, check_deliverability=False, allow_smtputf8=True
+        )
+    except email_validator.EmailNotValidError:
+        raise InvalidAddress("not a valid email address") from None
+    local, _, _ = info.normalized.rpartition("@")
+    return f"{local}@{info.ascii_domain.lower()}"

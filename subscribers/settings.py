@@ -1,0 +1,40 @@
+"""Typed settings that ``mailer.app`` builds from the config and hands to ``subscribers``.
+
+``subscribers`` never imports ``mailer``: these small objects are the whole interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+__all__ = ["ListSettings", "PageSettings"]
+
+
+@dataclass(frozen=True)
+class ListSettings:
+    """What a subscriber may choose and how addresses are folded for the blind index."""
+
+    languages: tuple[str, ...] = ("zh-Hans", "zh-Hant", "en")
+    bilingual: tuple[str, ...] = ()
+    normalise_gmail_dots: bool = False
+
+    @property
+    def default_language(self) -> str:
+        return self.languages[0]
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self.languages + self.bilingual
+
+
+@dataclass(frozen=True)
+class PageSettings:
+    """The public web endpoints: where they live, how they are named, their limits."""
+
+    public_url: str = "http://127.0.0.1:8080"
+    names: Mapping[str, str] = field(default_factory=dict)
+    rate_limit: int = 20  # requests per minute per client address, on each form endpoint
+    confirm_ttl: timedelta = timedelta(days=7)
+    trust_forwarded: bool = False  # behind a reverse proxy: take the client from X-Forwarded-For

@@ -1,0 +1,414 @@
+"""The encrypted subscriber store: add, import batches, look up, stream, change state.
+
+Addresses exist in plaintext only in this process's memory: the table holds the AEAD ciphertext,
+the key id and the blind index. Rows are named by a random 63-bit id chosen before the insert, so
+the ciphertext can be bound to it in the same statement (and ids reveal nothing about sign-up
+order or list size).
+
+SQLAlchemy Core only; every query runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.engine import Connection, Row
+
+from subscribers.codec import Codec
+from subscribers.errors import InputError
+from subscribers.lifecycle import (
+    SUPPRESSED,
+    TIMESTAMP_COLUMN,
+    Event,
+    Recipient,
+    Subscriber,
+    SubscriberState,
+    next_state,
+)
+from subscribers.normalise import InvalidAddress, index_form, validate
+from subscribers.schema import subscribers as t
+from subscribers.settings import ListSettings
+
+__all__ = ["BatchResult", "SubscriberStore", "new_id"]
+
+log = logging.getLogger("newsletter.subscribers")
+
+# PostgreSQL and SQLite both accept this many bound values in one IN (...) comfortably.
+_IN_CHUNK = 2000
+
+
+def new_id() -> int:
+    """A random positive 63-bit id (BigInteger on both backends)."""
+    return secrets.randbits(63) or 1
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass
+class BatchResult:
+    """What one batch of new addresses did. Ids only, never addresses."""
+
+    inserted: int = 0
+    existing: int = 0
+    changed: int = 0  # existing rows whose state moved (confirmed, reactivated)
+    suppressed: int = 0  # existing rows left alone because they unsubscribed/bounced/complained
+    ids: list[int] = field(default_factory=list)  # one per input row, in order
+
+
+class SubscriberStore:
+    """I/O edge for the ``subscribers`` table; the engine, codec and clock are passed in."""
+
+    def __init__(self, engine: Engine, codec: Codec, clock: Callable[[], datetime],
+                 settings: ListSettings | None = None) -> None:
+        self.engine = engine
+        self.codec = codec
+        self.clock = clock
+        self.settings = settings or ListSettings()
+
+    # ------------------------------------------------------------------ helpers
+
+    def check_language(self, language: str | None) -> str:
+        """The language, defaulted; ``InputError`` if it is not one we offer."""
+        if not language:
+            return self.settings.default_language
+        if language not in self.settings.choices:
+            raise InputError(f"unknown language {language!r}; choose one of "
+                             f"{', '.join(self.settings.choices)}")
+        return language
+
+    def index_of(self, delivery_address: str) -> bytes:
+        return self.codec.blind_index(
+            index_form(delivery_address, gmail_dots=self.settings.normalise_gmail_dots))
+
+    def verify_key(self) -> None:
+        """Fail with ``WrongKeyError`` before any write if the key file cannot open the rows.
+
+        Every key id in use must be in the ring, and one row sealed by each must open.
+        """
+        with self.engine.connect() as conn:
+            kids = [r[0] for r in conn.execute(select(t.c.key_id).distinct())]
+            for kid in kids:
+                row = conn.execute(select(t.c.id, t.c.email_ct).where(t.c.key_id == kid)
+                                   .limit(1)).one()
+                self.codec.open(row.id, kid, row.email_ct)
+
+    def _record(self, row: Row[Any]) -> Subscriber:
+        return Subscriber(
+            id=row.id, language=row.language, state=SubscriberState(row.state),
+            key_id=row.key_id, created_at=_utc(row.created_at) or self.clock(),
+            state_changed_at=_utc(row.state_changed_at) or self.clock(),
+            confirmed_at=_utc(row.confirmed_at), unsubscribed_at=_utc(row.unsubscribed_at),
+            bounced_at=_utc(row.bounced_at), complained_at=_utc(row.complained_at),
+        )
+
+    _RECORD_COLS = (t.c.id, t.c.language, t.c.state, t.c.key_id, t.c.created_at,
+                    t.c.state_changed_at, t.c.confirmed_at, t.c.unsubscribed_at,
+                    t.c.bounced_at, t.c.complained_at)
+
+    def _new_row(self, sid: int, address: str, index: bytes, language: str,
+                 state: SubscriberState, now: datetime) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": sid, "email_index": index, "email_ct": self.codec.seal(sid, address.encode()),
+            "key_id": self.codec.current_key_id, "language": language, "state": state.value,
+            "created_at": now, "state_changed_at": now, "confirmed_at": None,
+            "unsubscribed_at": None, "bounced_at": None, "complained_at": None,
+        }
+        if state is not SubscriberState.PENDING:
+            row[TIMESTAMP_COLUMN[state]] = now
+        return row
+
+    @staticmethod
+    def _state_values(state: SubscriberState, now: datetime) -> dict[str, Any]:
+        values: dict[str, Any] = {"state": state.value, "state_changed_at": now}
+        values[TIMESTAMP_COLUMN[state]] = now
+        return values
+
+    # ------------------------------------------------------------------ writes
+
+    def add(self, address: str, language: str | None = None, *, confirmed: bool = False,
+            reactivate: bool = False) -> int:
+        """Add one address (or apply the import rules to an existing one); return its id."""
+        try:
+            delivery = validate(address)
+        except InvalidAddress as exc:
+            raise InputError(str(exc)) from None
+        lang = self.check_language(language)
+        event = Event.IMPORT_CONFIRMED if confirmed else Event.IMPORT
+        result = self.add_batch([(delivery, lang)], event, reactivate=reactivate)
+        return result.ids[0]
+
+    def subscribe(self, address: str, language: str | None = None) -> tuple[int, SubscriberState]:
+        """The subscribe form: new or suppressed addresses go to pending (double opt-in).
+
+        Returns the id and the state afterwards; the caller sends a confirmation only when it
+        is pending, but answers the visitor the same way whatever happened.
+        """
+        try:
+            delivery = validate(address)
+        except InvalidAddress as exc:
+            raise InputError(str(exc)) from None
+        lang = self.check_language(language)
+        index = self.index_of(delivery)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(t.c.id, t.c.state).where(t.c.email_index == index)).first()
+            if row is None:
+                sid = new_id()
+                conn.execute(t.insert(), [self._new_row(sid, delivery, index, lang,
+                                                        SubscriberState.PENDING, now)])
+                log.info("subscriber %d signed up (pending)", sid)
+                return sid, SubscriberState.PENDING
+            state = next_state(SubscriberState(row.state), Event.FORM)
+            values: dict[str, Any] = {"language": lang}
+            if state.value != row.state or state is SubscriberState.PENDING:
+                values.update(self._state_values(state, now))
+            conn.execute(update(t).where(t.c.id == row.id).values(**values))
+            log.info("subscriber %d used the subscribe form (%s -> %s)", row.id, row.state, state)
+            return int(row.id), state
+
+    def add_batch(self, rows: Sequence[tuple[str, str]], event: Event, *,
+                  reactivate: bool = False, conn: Connection | None = None,
+                  indexes: Sequence[bytes] | None = None) -> BatchResult:
+        """Insert or update a batch of (delivery address, language) in one transaction.
+
+        Addresses must already be validated and languages checked; ``indexes`` may carry their
+        blind indexes when the caller computed them already. Duplicates inside the batch map
+        to the same id.
+        """
+        if conn is None:
+            with self.engine.begin() as own:
+                return self.add_batch(rows, event, reactivate=reactivate, conn=own,
+                                      indexes=indexes)
+        now = self.clock()
+        if indexes is None:
+            indexes = [self.index_of(addr) for addr, _ in rows]
+        existing: dict[bytes, tuple[int, str]] = {}
+        unique = list(dict.fromkeys(indexes))
+        for start in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[start:start + _IN_CHUNK]
+            for r in conn.execute(select(t.c.email_index, t.c.id, t.c.state)
+                                  .where(t.c.email_index.in_(chunk))):
+                existing[bytes(r.email_index)] = (int(r.id), str(r.state))
+        result = BatchResult()
+        new_rows: list[dict[str, Any]] = []
+        changes: dict[int, SubscriberState] = {}
+        target_new = next_state(None, event)
+        for (addr, lang), index in zip(rows, indexes, strict=True):
+            hit = existing.get(index)
+            if hit is None:
+                sid = new_id()
+                new_rows.append(self._new_row(sid, addr, index, lang, target_new, now))
+                existing[index] = (sid, target_new.value)
+                result.inserted += 1
+                result.ids.append(sid)
+                continue
+            sid, state = hit
+            result.ids.append(sid)
+            result.existing += 1
+            after = next_state(SubscriberState(state), event, reactivate=reactivate)
+            if after.value != state:
+                changes[sid] = after
+                existing[index] = (sid, after.value)
+            elif SubscriberState(state) in SUPPRESSED:
+                result.suppressed += 1
+        if new_rows:
+            conn.execute(t.insert(), new_rows)
+        for sid, after in changes.items():
+            conn.execute(update(t).where(t.c.id == sid).values(**self._state_values(after, now)))
+        result.changed = len(changes)
+        return result
+
+    def set_state(self, subscriber_id: int, state: SubscriberState | str) -> bool:
+        """Force a state (operator action, bounce processing). True if the row changed."""
+        state = SubscriberState(state)
+        with self.engine.begin() as conn:
+            res = conn.execute(update(t).where(and_(t.c.id == subscriber_id,
+                                                    t.c.state != state.value))
+                               .values(**self._state_values(state, self.clock())))
+            changed = res.rowcount > 0
+        if changed:
+            log.info("subscriber %d is now %s", subscriber_id, state)
+        return changed
+
+    def apply(self, subscriber_id: int, event: Event) -> SubscriberState | None:
+        """Apply a lifecycle event; None if the id is unknown. Idempotent."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(t.c.state).where(t.c.id == subscriber_id)).first()
+            if row is None:
+                return None
+            before = SubscriberState(row.state)
+            after = next_state(before, event)
+            if after is not before:
+                conn.execute(update(t).where(and_(t.c.id == subscriber_id,
+                                                  t.c.state == before.value))
+                             .values(**self._state_values(after, self.clock())))
+                log.info("subscriber %d: %s -> %s (%s)", subscriber_id, before, after, event)
+            return after
+
+    def unsubscribe(self, subscriber_id: int) -> SubscriberState | None:
+        return self.apply(subscriber_id, Event.UNSUBSCRIBE)
+
+    def confirm(self, subscriber_id: int, issued_at: datetime | None = None) -> SubscriberState | None:
+        """Confirm a pending subscriber. A token issued before the subscriber's last state
+        change (e.g. before a later unsubscribe) confirms nothing."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(t.c.state, t.c.state_changed_at)
+                               .where(t.c.id == subscriber_id)).first()
+            if row is None:
+                return None
+            before = SubscriberState(row.state)
+            if before is not SubscriberState.PENDING:
+                return before
+            changed_at = _utc(row.state_changed_at)
+            if issued_at is not None and changed_at is not None and \
+                    issued_at.replace(microsecond=0) < changed_at.replace(microsecond=0):
+                return before
+            conn.execute(update(t).where(and_(t.c.id == subscriber_id,
+                                              t.c.state == before.value))
+                         .values(**self._state_values(SubscriberState.ACTIVE, self.clock())))
+            log.info("subscriber %d confirmed", subscriber_id)
+            return SubscriberState.ACTIVE
+
+    def set_language(self, subscriber_id: int, language: str) -> bool:
+        lang = self.check_language(language)
+        with self.engine.begin() as conn:
+            return conn.execute(update(t).where(t.c.id == subscriber_id)
+                                .values(language=lang)).rowcount > 0
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, subscriber_id: int) -> Subscriber | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*self._RECORD_COLS).where(t.c.id == subscriber_id)).first()
+        return self._record(row) if row is not None else None
+
+    def lookup(self, address: str) -> Subscriber | None:
+        """Find by address through the blind index: nothing is decrypted."""
+        try:
+            delivery = validate(address)
+        except InvalidAddress:
+            return None
+        index = self.index_of(delivery)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*self._RECORD_COLS).where(t.c.email_index == index)).first()
+        return self._record(row) if row is not None else None
+
+    def address_of(self, subscriber_id: int) -> str | None:
+        """Decrypt one address (to send a confirmation mail)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.c.id, t.c.key_id, t.c.email_ct)
+                               .where(t.c.id == subscriber_id)).first()
+        if row is None:
+            return None
+        return self.codec.open(row.id, row.key_id, row.email_ct).decode("utf-8")
+
+    def count(self, state: SubscriberState | str | None = SubscriberState.ACTIVE) -> int:
+        """Rows in ``state`` (active by default); ``None`` counts every row."""
+        q = select(func.count()).select_from(t)
+        if state is not None:
+            q = q.where(t.c.state == SubscriberState(state).value)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def counts(self) -> dict[SubscriberState, int]:
+        out = {s: 0 for s in SubscriberState}
+        with self.engine.connect() as conn:
+            for state, n in conn.execute(select(t.c.state, func.count()).group_by(t.c.state)):
+                out[SubscriberState(state)] = int(n)
+        return out
+
+    def _recipients(self, rows: Iterable[Row[Any]]) -> Iterator[Recipient]:
+        open_ = self.codec.open
+        for r in rows:
+            yield Recipient(r.id, open_(r.id, r.key_id, r.email_ct).decode("utf-8"), r.language)
+
+    def stream_active(self, batch_size: int = 2000) -> Iterator[Recipient]:
+        """Every active subscriber, decrypted a batch at a time (keyset pagination by id).
+
+        Each batch is its own short read, so a long send never holds a transaction open and a
+        state change committed meanwhile is seen by the next batch.
+        """
+        last = -1
+        q = (select(t.c.id, t.c.key_id, t.c.email_ct, t.c.language)
+             .where(t.c.state == SubscriberState.ACTIVE.value))
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(q.where(t.c.id > last).order_by(t.c.id)
+                                    .limit(batch_size)).all()
+            if not rows:
+                return
+            yield from self._recipients(rows)
+            last = rows[-1].id
+            if len(rows) < batch_size:
+                return
+
+    def stream_all(self, batch_size: int = 2000) -> Iterator[tuple[Row[Any], str]]:
+        """Every row with its decrypted address, in id order (export and backup)."""
+        last = -1
+        q = select(*self._RECORD_COLS, t.c.email_ct)
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(q.where(t.c.id > last).order_by(t.c.id)
+                                    .limit(batch_size)).all()
+            for r in rows:
+                yield r, self.codec.open(r.id, r.key_id, r.email_ct).decode("utf-8")
+            if len(rows) < batch_size:
+                return
+            last = rows[-1].id
+
+    def stream_active_ids(self, batch_size: int = 5000) -> Iterator[int]:
+        """Active ids only (enqueueing an edition needs no plaintext)."""
+        last = -1
+        while True:
+            with self.engine.connect() as conn:
+                ids = list(conn.execute(
+                    select(t.c.id).where(and_(t.c.state == SubscriberState.ACTIVE.value,
+                                              t.c.id > last))
+                    .order_by(t.c.id).limit(batch_size)).scalars())
+            yield from ids
+            if len(ids) < batch_size:
+                return
+            last = ids[-1]
+
+    def get_recipients(self, ids: Sequence[int]) -> dict[int, Recipient]:
+        """The still-active subscribers among ``ids``, decrypted.
+
+        The sender calls this right before each batch, so an unsubscribe committed a moment ago
+        is honoured before that recipient's turn.
+        """
+        out: dict[int, Recipient] = {}
+        wanted = list(dict.fromkeys(ids))
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start:start + _IN_CHUNK]
+                rows = conn.execute(select(t.c.id, t.c.key_id, t.c.email_ct, t.c.language)
+                                    .where(and_(t.c.id.in_(chunk),
+                                                t.c.state == SubscriberState.ACTIVE.value)))
+                for rec in self._recipients(rows):
+                    out[rec.id] = rec
+        return out
+
+    def insert_raw(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert fully formed rows (backup restore); rows whose id or address is already
+        present are skipped. Returns how many were inserted."""
+        ids = [r["id"] for r in rows]
+        taken_ids = set(conn.execute(select(t.c.id).where(t.c.id.in_(ids))).scalars())
+        idx = [r["email_index"] for r in rows]
+        taken_idx = {bytes(b) for b in
+                     conn.execute(select(t.c.email_index).where(t.c.email_index.in_(idx)))
+                     .scalars()}
+        fresh = [r for r in rows if r["id"] not in taken_ids and r["email_index"] not in taken_idx]
+        if fresh:
+            conn.execute(t.insert(), fresh)
+        return len(fresh)
+

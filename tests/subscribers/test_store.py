@@ -1,0 +1,90 @@
+"""SubscriberStore against real SQLite and PostgreSQL: nothing plaintext, states, streaming."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from subscribers.codec import Codec
+from subscribers.errors import InputError, WrongKeyError
+from subscribers.keys import KeyRing
+from subscribers.lifecycle import SubscriberState
+from subscribers.schema import subscribers as t
+from subscribers.store import SubscriberStore
+from tests.subscribers.conftest import LANGS, Clock
+
+
+def test_add_then_stream_and_lookup(store: SubscriberStore) -> None:
+    a = store.add("alice@qq.com", "zh-Hans", confirmed=True)
+    b = store.add("bob@163.com", "en", confirmed=True)
+    c = store.add("carol@126.com", None)  # pending: not streamed
+    got = {r.id: r for r in store.stream_active(batch_size=1)}
+    assert set(got) == {a, b}
+    assert got[a].address == "alice@qq.com" and got[a].language == "zh-Hans"
+    assert got[b].domain == "163.com"
+    assert store.count() == 2 and store.count(None) == 3
+    found = store.lookup("alice@QQ.COM")
+    assert found is not None and found.id == a
+    pending = store.get(c)
+    assert pending is not None and pending.state is SubscriberState.PENDING
+    assert pending.language == "zh-Hans"  # the first configured language is the default
+
+
+def test_rows_hold_no_plaintext(store: SubscriberStore) -> None:
+    store.add("secret.person@qq.com", "en", confirmed=True)
+    with store.engine.connect() as conn:
+        row = conn.execute(select(t)).one()
+    blob = b"".join(v if isinstance(v, bytes) else str(v).encode() for v in row)
+    assert b"secret.person" not in blob and b"qq.com" not in blob
+
+
+def test_same_address_is_one_subscriber(store: SubscriberStore) -> None:
+    a = store.add("dora@example.org", "en")
+    assert store.add("dora@EXAMPLE.org", "en", confirmed=True) == a
+    assert store.count() == 1  # the confirmed import promoted the pending row
+
+
+def test_bad_input_is_rejected_without_echoing_it(store: SubscriberStore) -> None:
+    with pytest.raises(InputError) as exc:
+        store.add("not-an-address", "en")
+    assert "not-an-address" not in str(exc.value)
+    with pytest.raises(InputError, match="unknown language"):
+        store.add("eve@example.org", "fr")
+
+
+def test_unsubscribe_is_seen_by_the_next_lookup(store: SubscriberStore) -> None:
+    ids = [store.add(f"user{i}@example.org", "en", confirmed=True) for i in range(5)]
+    first = store.get_recipients(ids)
+    assert set(first) == set(ids)
+    # A concurrent unsubscribe (the web endpoint, another connection) lands mid-send...
+    other = SubscriberStore(store.engine, store.codec, store.clock, LANGS)
+    assert other.unsubscribe(ids[2]) is SubscriberState.UNSUBSCRIBED
+    # ...and the sender's next pre-batch lookup no longer returns that recipient.
+    assert set(store.get_recipients(ids)) == set(ids) - {ids[2]}
+    assert ids[2] not in {r.id for r in store.stream_active()}
+
+
+def test_state_timestamps(store: SubscriberStore, clock: Clock) -> None:
+    sid = store.add("frank@example.org", "en")
+    clock.advance(hours=1)
+    assert store.confirm(sid) is SubscriberState.ACTIVE
+    clock.advance(hours=1)
+    assert store.set_state(sid, SubscriberState.BOUNCED)
+    rec = store.get(sid)
+    assert rec is not None and rec.state is SubscriberState.BOUNCED
+    assert rec.confirmed_at is not None and rec.bounced_at == clock.now
+    assert rec.created_at < rec.confirmed_at < rec.bounced_at
+
+
+def test_wrong_key_is_refused_before_any_write(store: SubscriberStore, tmp_path: object,
+                                               clock: Clock) -> None:
+    store.add("gina@example.org", "en", confirmed=True)
+    with store.engine.connect() as conn:
+        before = conn.execute(select(t)).all()
+    other = KeyRing.generate(store.codec.ring.path)
+    wrong = SubscriberStore(store.engine, Codec(other), clock, LANGS)
+    with pytest.raises(WrongKeyError) as exc:
+        wrong.verify_key()
+    assert exc.value.exit_code == 2
+    with store.engine.connect() as conn:
+        assert conn.execute(select(t)).all() == before
