@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from jinja2 import Environment
 
     from mailer.editions.store import EditionStore
+    from subscribers.keys import KeyRing
+    from subscribers.store import SubscriberStore
+    from subscribers.tokens import TokenSigner
 
 __all__ = ["App", "config_path_from"]
 
@@ -61,6 +64,44 @@ class App:
         from mailer.render.env import make_environment
 
         return make_environment(self.config.newsletter.templates_dir)
+
+    @cached_property
+    def keyring(self) -> KeyRing:
+        """The key file; generated (mode 0600, with a notice) on first use of an empty list."""
+        from sqlalchemy import func, select
+
+        from subscribers.keys import KeyRing
+        from subscribers.schema import subscribers
+
+        def empty_list() -> bool:
+            with self.engine.connect() as conn:
+                return not conn.execute(select(func.count()).select_from(subscribers)).scalar()
+
+        return KeyRing.load_or_create(self.config.storage.key_file,
+                                      self.config.storage.passphrase, log.warning, empty_list)
+
+    @cached_property
+    def subscribers(self) -> SubscriberStore:
+        """The encrypted subscriber list; refuses a key file that cannot open its rows."""
+        from subscribers.codec import Codec
+        from subscribers.settings import ListSettings
+        from subscribers.store import SubscriberStore
+
+        nl = self.config.newsletter
+        store = SubscriberStore(
+            self.engine, Codec(self.keyring), self.clock,
+            ListSettings(languages=nl.languages, bilingual=nl.bilingual,
+                         normalise_gmail_dots=self.config.storage.normalise_gmail_dots),
+        )
+        store.verify_key()
+        return store
+
+    @cached_property
+    def tokens(self) -> TokenSigner:
+        """Unsubscribe and confirmation tokens (the key file's token key survives rotation)."""
+        from subscribers.tokens import TokenSigner
+
+        return TokenSigner(self.keyring.token_key, self.clock, self.config.web.confirm_ttl)
 
     @cached_property
     def editions(self) -> EditionStore:
