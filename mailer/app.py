@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from jinja2 import Environment
 
     from mailer.editions.store import EditionStore
+    from mailer.mirrors.registry import MirrorRegistry
     from subscribers.keys import KeyRing
     from subscribers.store import SubscriberStore
     from subscribers.tokens import TokenSigner
@@ -107,6 +108,7 @@ class App:
     def editions(self) -> EditionStore:
         """Editions and their states; the approval gate comes from ``require_approval``."""
         from mailer.editions.store import EditionStore
+    from mailer.mirrors.registry import MirrorRegistry
 
         posts = getattr(self, "posts", None)  # the feeds stage's PostStore, once it exists
         return EditionStore(
@@ -114,3 +116,21 @@ class App:
             require_approval=self.config.newsletter.require_approval,
             load_posts=posts.load if posts is not None else None,
         )
+
+    @cached_property
+    def mirrors(self) -> MirrorRegistry:
+        """Mirror bases per recipient; the partition secret never changes while the list lives."""
+        from mailer.mirrors.registry import MirrorRegistry
+
+        secret = self.config.mirrors.secret
+        if secret is None:
+            keyring = getattr(self, "keyring", None)  # the subscribers stage's KeyRing
+            if keyring is not None:
+                secret = keyring.derive(b"newsletter/mirror-partition/v1")
+            else:
+                # TODO(lead): drop this once App.keyring exists. A fixed secret lets anyone
+                # who reads the code recompute which subscriber holds which mirror.
+                log.warning("mirrors: no secret_env and no key ring; using the fixed DEV secret")
+                secret = b"newsletter-dev-mirror-secret-not-for-production"
+        return MirrorRegistry(self.config.mirrors, self.engine, self.clock, secret,
+                              environ=self.environ, config_path=self.config.path)

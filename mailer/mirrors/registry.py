@@ -1,0 +1,291 @@
+"""The mirror registry: which bases each recipient gets, from config plus health, hot-reloadable.
+
+Operators rotate mirrors by editing ``[mirrors]`` in the config file; the daemon calls
+``reload`` on SIGHUP and ``reload_if_changed`` on a timer, with no restart. A file that fails
+validation is logged and ignored: the last good set stays in force, because a typo must not
+stop a send or hand out a reserve mirror.
+
+What is handed out (``candidates``): active, non-onion mirrors that the health check has not
+marked down and that OONI has not shown blocked in one of ``settings.countries``. Onion
+addresses are not partitioned: an onion address is reached through Tor, which the censor blocks
+as a whole rather than per address, so disclosing it burns nothing. Every footer shows them
+(``static_links``).
+
+Fewer candidates than slots: the recipient's chosen mirrors repeat in order, so every slot holds
+a working base (an email with an empty link is worse than one with a repeated link). No
+candidates at all (everything marked down, which more often means our checker lost its network
+than that every mirror died): active mirrors not known to be blocked are used regardless of
+health, and with none of those either, the first origin, so links still work over a VPN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from mailer.clock import Clock, as_utc
+from mailer.config import MirrorSettings, MirrorSite, load_config
+from mailer.errors import NewsletterError
+from mailer.mirrors.partition import Partitioner, period_index
+from mailer.schema import mirror_state
+
+__all__ = [
+    "MirrorHealth",
+    "MirrorRegistry",
+    "fill_slots",
+    "handed_out",
+    "load_health",
+]
+
+log = logging.getLogger("newsletter.mirrors")
+
+DEFAULT_REFRESH = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class MirrorHealth:
+    """One ``mirror_state`` row: what the checks, OONI and the sends have recorded."""
+
+    url: str
+    healthy: bool = True
+    consecutive_failures: int = 0
+    last_check_at: datetime | None = None
+    last_ok_at: datetime | None = None
+    last_error: str | None = None
+    blocked: Mapping[str, str] | None = None  # country -> ISO time of the measurement
+    first_sent_at: datetime | None = None
+    last_sent_at: datetime | None = None
+
+    def blocked_in(self, countries: Sequence[str]) -> bool:
+        return bool(self.blocked) and any(cc in (self.blocked or {}) for cc in countries)
+
+
+def load_health(engine: Engine) -> dict[str, MirrorHealth]:
+    """Every ``mirror_state`` row by URL. Mirrors never checked have no row and count healthy."""
+    out: dict[str, MirrorHealth] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(select(mirror_state)):
+            try:
+                blocked = json.loads(row.blocked_json or "{}")
+            except ValueError:
+                blocked = {}
+            out[row.url] = MirrorHealth(
+                url=row.url,
+                healthy=bool(row.healthy),
+                consecutive_failures=row.consecutive_failures or 0,
+                last_check_at=as_utc(row.last_check_at),
+                last_ok_at=as_utc(row.last_ok_at),
+                last_error=row.last_error,
+                blocked=blocked if isinstance(blocked, dict) else {},
+                first_sent_at=as_utc(row.first_sent_at),
+                last_sent_at=as_utc(row.last_sent_at),
+            )
+    return out
+
+
+def handed_out(settings: MirrorSettings, health: Mapping[str, MirrorHealth]) -> tuple[str, ...]:
+    """The partition's candidates: active web mirrors, healthy and not blocked (pure)."""
+    out = []
+    for site in settings.active:
+        if site.kind == "onion":
+            continue
+        h = health.get(site.url)
+        if h is not None and (not h.healthy or h.blocked_in(settings.countries)):
+            continue
+        out.append(site.url)
+    return tuple(out)
+
+
+def _fallback(settings: MirrorSettings, health: Mapping[str, MirrorHealth]) -> tuple[str, ...]:
+    unblocked = tuple(
+        s.url for s in settings.active
+        if s.kind != "onion"
+        and not (health.get(s.url) and health[s.url].blocked_in(settings.countries))
+    )
+    if unblocked:
+        return unblocked
+    return settings.origins[:1]
+
+
+def fill_slots(chosen: Sequence[str], slots: int) -> tuple[str, ...]:
+    """Exactly ``slots`` bases: the chosen ones in order, repeated when there are too few (pure)."""
+    if slots <= 0:
+        return ()
+    if not chosen:
+        return ("",) * slots
+    return tuple(chosen[i % len(chosen)] for i in range(slots))
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything ``for_subscriber`` reads, swapped as one reference so readers never see half."""
+
+    settings: MirrorSettings
+    health: Mapping[str, MirrorHealth]
+    partitioner: Partitioner
+    fallback: Partitioner | None
+    built_at: datetime
+
+
+def _fingerprint(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class MirrorRegistry:
+    """Hands each recipient ``slots`` mirror bases for the current rotation period.
+
+    Thread-safe for readers: the delivery loop calls ``for_subscriber`` while the scheduler
+    thread reloads; each call sees one consistent snapshot. Health is re-read from
+    ``mirror_state`` at most every ``refresh_every`` (and at once after ``refresh()``).
+    """
+
+    def __init__(
+        self, settings: MirrorSettings, engine: Engine, clock: Clock, secret: bytes, *,
+        environ: Mapping[str, str] | None = None, config_path: Path | str | None = None,
+        refresh_every: timedelta = DEFAULT_REFRESH,
+    ) -> None:
+        if not secret:
+            raise ValueError("the mirror partition needs a non-empty secret")
+        self._engine = engine
+        self._clock = clock
+        self._secret = secret
+        self._environ = dict(os.environ) if environ is None else dict(environ)
+        self._refresh_every = refresh_every
+        self._lock = threading.Lock()
+        self._settings = settings
+        self._snap: _Snapshot | None = None
+        self._fingerprint = _fingerprint(Path(config_path)) if config_path else None
+        for warning in settings.warnings:
+            log.warning("mirrors: %s", warning)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def settings(self) -> MirrorSettings:
+        return self._settings
+
+    @property
+    def slots(self) -> int:
+        """How many ``M0..Mn`` slots a rendering should carry: ``per_recipient``."""
+        return self._settings.per_recipient
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        return self._settings.origins
+
+    def _build(self, settings: MirrorSettings, now: datetime) -> _Snapshot:
+        health = load_health(self._engine)
+        candidates = handed_out(settings, health)
+        fallback = None
+        if not candidates:
+            spare = _fallback(settings, health)
+            log.warning("mirrors: no healthy active mirror to hand out; using %s",
+                        ", ".join(spare) or "nothing")
+            fallback = Partitioner(self._secret, spare, settings.per_recipient)
+        return _Snapshot(settings, health, Partitioner(self._secret, candidates,
+                                                       settings.per_recipient),
+                         fallback, now)
+
+    def _snapshot(self, now: datetime) -> _Snapshot:
+        snap = self._snap
+        if snap is None or snap.settings is not self._settings \
+                or now - snap.built_at >= self._refresh_every or now < snap.built_at:
+            with self._lock:
+                snap = self._snap
+                if snap is None or snap.settings is not self._settings \
+                        or now - snap.built_at >= self._refresh_every or now < snap.built_at:
+                    snap = self._snap = self._build(self._settings, now)
+        return snap
+
+    def refresh(self) -> None:
+        """Re-read health now (after a check or an OONI import)."""
+        with self._lock:
+            self._snap = None
+
+    def candidates(self) -> tuple[str, ...]:
+        """The bases currently handed out (active, healthy, not blocked)."""
+        return self._snapshot(self._clock()).partitioner.candidates
+
+    def health(self) -> Mapping[str, MirrorHealth]:
+        return self._snapshot(self._clock()).health
+
+    def period(self, now: datetime | None = None) -> int:
+        return period_index(now or self._clock(), self._settings.period)
+
+    def for_subscriber(self, subscriber_id: int, slots: int | None = None) -> tuple[str, ...]:
+        """This recipient's mirror bases for this period: exactly ``slots`` (default ``self.slots``).
+
+        Pass ``slots`` = the variant's ``mirror_slots`` so that a reload changing
+        ``per_recipient`` mid-send cannot leave a rendered slot unfilled.
+        """
+        now = self._clock()
+        snap = self._snapshot(now)
+        want = snap.settings.per_recipient if slots is None else slots
+        period = period_index(now, snap.settings.period)
+        part = snap.fallback or snap.partitioner
+        chosen = part.choose(period, subscriber_id)
+        if want > len(chosen) and len(part.candidates) > len(chosen):
+            # More slots than per_recipient (a reload lowered it mid-send): choose afresh.
+            chosen = Partitioner(self._secret, part.candidates, want).choose(period, subscriber_id)
+        return fill_slots(chosen[:want], want)
+
+    def static_links(self) -> tuple[MirrorSite, ...]:
+        """Onion mirrors every footer shows (see the module docstring for why they are not split)."""
+        snap = self._snapshot(self._clock())
+        out = []
+        for site in snap.settings.active:
+            if site.kind != "onion":
+                continue
+            h = snap.health.get(site.url)
+            if h is not None and (not h.healthy or h.blocked_in(snap.settings.countries)):
+                continue
+            out.append(site)
+        return tuple(out)
+
+    # ------------------------------------------------------------------ rotation
+
+    def apply(self, settings: MirrorSettings) -> None:
+        """Swap in already-validated settings (tests and importers use this)."""
+        for warning in settings.warnings:
+            log.warning("mirrors: %s", warning)
+        with self._lock:
+            self._settings = settings
+            self._snap = None
+
+    def reload(self, config_path: Path | str) -> bool:
+        """Re-read ``[mirrors]`` from the file. False, with the reason logged, keeps the old set."""
+        path = Path(config_path)
+        try:
+            settings = load_config(path, self._environ).mirrors
+        except NewsletterError as exc:
+            log.error("mirrors: reload of %s failed, keeping the last good set: %s", path, exc)
+            return False
+        self._fingerprint = _fingerprint(path)
+        old = {s.url: s.status for s in self._settings.sites}
+        new = {s.url: s.status for s in settings.sites}
+        changes = [f"{u}: {old.get(u, 'new')} -> {st}" for u, st in new.items() if old.get(u) != st]
+        changes += [f"{u}: removed" for u in old if u not in new]
+        self.apply(settings)
+        log.info("mirrors: reloaded %s (%s)", path, "; ".join(changes) or "no status changes")
+        return True
+
+    def reload_if_changed(self, config_path: Path | str) -> bool:
+        """Reload when the file's content differs from the last one seen; True if it reloaded."""
+        path = Path(config_path)
+        current = _fingerprint(path)
+        if current is None or current == self._fingerprint:
+            return False
+        self._fingerprint = current
+        return self.reload(path)

@@ -1,0 +1,165 @@
+"""MirrorRegistry: per-recipient bases from config plus health, hot reload, App.mirrors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, update
+
+from mailer.app import App
+from mailer.config import load_config
+from mailer.mirrors.registry import fill_slots
+from mailer.schema import mirror_state
+from tests.mirrors.conftest import Factory
+from tests.mirrors.helpers import NOW, Clock, write_config
+
+A, B, C, D = (f"https://m{i}.example.net" for i in "abcd")
+R = "https://reserve.example.net"
+ONION = "http://abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz2345.onion"
+SITES = [{"url": A}, {"url": B}, {"url": C}, {"url": R, "status": "reserve"},
+         {"url": D, "status": "retired", "retired": "2026-11-01"}, {"url": ONION}]
+
+
+def test_for_subscriber_gives_slots_active_only(
+    registry_factory: Factory, tmp_path: Path, db_url: str,
+) -> None:
+    reg, _ = registry_factory(tmp_path / "n.toml", db_url, SITES)
+    assert reg.slots == 2
+    assert set(reg.candidates()) == {A, B, C}
+    seen: Counter[str] = Counter()
+    for sub in range(300):
+        bases = reg.for_subscriber(sub)
+        assert len(set(bases)) == len(bases) == 2
+        assert bases == reg.for_subscriber(sub)
+        seen.update(bases)
+    assert set(seen) == {A, B, C}  # every active one is used; reserve, retired, onion never
+    assert [s.url for s in reg.static_links()] == [ONION]
+
+
+def test_period_rotation_changes_sets(registry_factory: Factory, tmp_path: Path) -> None:
+    clock = Clock()
+    reg, _ = registry_factory(tmp_path / "n.toml", f"sqlite:///{tmp_path / 'db'}", SITES, clock)
+    before = [reg.for_subscriber(s) for s in range(200)]
+    clock.now = NOW + timedelta(hours=1)
+    assert [reg.for_subscriber(s) for s in range(200)] == before
+    clock.now = NOW + timedelta(days=7)
+    after = [reg.for_subscriber(s) for s in range(200)]
+    assert sum(a != b for a, b in zip(before, after, strict=True)) > 50
+
+
+def test_unhealthy_and_blocked_are_not_handed_out(
+    registry_factory: Factory, tmp_path: Path, db_url: str,
+) -> None:
+    clock = Clock()
+    reg, engine = registry_factory(tmp_path / "n.toml", db_url, SITES, clock)
+    with engine.begin() as conn:
+        conn.execute(insert(mirror_state).values(url=A, healthy=False, consecutive_failures=3))
+        conn.execute(insert(mirror_state).values(url=B, healthy=True,
+                                                 blocked_json=json.dumps({"CN": "2026-11-20"})))
+        conn.execute(insert(mirror_state).values(url=C, healthy=True,
+                                                 blocked_json=json.dumps({"IR": "2026-11-20"})))
+    reg.refresh()
+    assert reg.candidates() == (C,)
+    # One candidate, two slots: it repeats rather than leaving a slot empty.
+    assert all(reg.for_subscriber(s) == (C, C) for s in range(50))
+
+
+def test_health_is_reread_after_refresh_interval(registry_factory: Factory, tmp_path: Path) -> None:
+    clock = Clock()
+    reg, engine = registry_factory(tmp_path / "n.toml", f"sqlite:///{tmp_path / 'db'}", SITES, clock)
+    assert set(reg.candidates()) == {A, B, C}
+    with engine.begin() as conn:
+        conn.execute(insert(mirror_state).values(url=A, healthy=False))
+    assert set(reg.candidates()) == {A, B, C}  # cached: the hot loop does not query per recipient
+    clock.now = NOW + timedelta(minutes=2)
+    assert set(reg.candidates()) == {B, C}
+    with engine.begin() as conn:
+        conn.execute(update(mirror_state).values(healthy=True))
+    reg.refresh()
+    assert set(reg.candidates()) == {A, B, C}
+
+
+def test_all_down_falls_back_to_unblocked_active(registry_factory: Factory, tmp_path: Path) -> None:
+    reg, engine = registry_factory(tmp_path / "n.toml", f"sqlite:///{tmp_path / 'db'}", SITES)
+    with engine.begin() as conn:
+        for url in (A, B, C):
+            conn.execute(insert(mirror_state).values(url=url, healthy=False))
+    reg.refresh()
+    assert reg.candidates() == ()
+    assert set(reg.for_subscriber(1)) <= {A, B, C}
+    assert len(set(reg.for_subscriber(1))) == 2
+    with engine.begin() as conn:
+        conn.execute(update(mirror_state).values(blocked_json='{"CN": "x"}'))
+    reg.refresh()
+    assert reg.for_subscriber(1) == ("https://citizens-rights.blogspot.com",) * 2
+
+
+def test_explicit_slots_override(registry_factory: Factory, tmp_path: Path) -> None:
+    reg, _ = registry_factory(tmp_path / "n.toml", f"sqlite:///{tmp_path / 'db'}", SITES)
+    three = reg.for_subscriber(9, slots=3)
+    assert len(set(three)) == 3
+    assert three[:2] == reg.for_subscriber(9)  # rendezvous order: more slots extend the list
+    assert reg.for_subscriber(9, slots=1) == three[:1]
+
+
+def test_fill_slots() -> None:
+    assert fill_slots(["a", "b"], 5) == ("a", "b", "a", "b", "a")
+    assert fill_slots(["a", "b", "c"], 2) == ("a", "b")
+    assert fill_slots([], 2) == ("", "")
+    assert fill_slots(["a"], 0) == ()
+
+
+def test_hot_reload_promotes_and_retires(registry_factory: Factory, tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    db = f"sqlite:///{tmp_path / 'db'}"
+    reg, _ = registry_factory(path, db, SITES)
+    before = {s: reg.for_subscriber(s) for s in range(400)}
+    assert not reg.reload_if_changed(path)
+    sites = [{"url": A}, {"url": B}, {"url": C, "status": "retired", "retired": "2026-11-23"},
+             {"url": R}, {"url": ONION}]
+    write_config(path, sites, db_url=db)
+    assert reg.reload_if_changed(path)
+    assert set(reg.candidates()) == {A, B, R}
+    after = {s: reg.for_subscriber(s) for s in range(400)}
+    for s in before:
+        if C not in before[s] and R not in after[s]:
+            assert after[s] == before[s]  # not holding the retired one, not taking the new one
+        assert C not in after[s]
+
+
+def test_bad_reload_keeps_last_good_set(
+    registry_factory: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "n.toml"
+    reg, _ = registry_factory(path, f"sqlite:///{tmp_path / 'db'}", SITES)
+    good = reg.candidates()
+    path.write_text(path.read_text() + '\n[[mirrors.sites]]\nurl = "not a url"\n')
+    with caplog.at_level(logging.ERROR, logger="newsletter.mirrors"):
+        assert not reg.reload(path)
+        assert not reg.reload_if_changed(path)
+    assert reg.candidates() == good
+    assert any("keeping the last good set" in r.getMessage() and "mirrors.sites[6].url"
+               in r.getMessage() for r in caplog.records)
+    path.write_text("this is = = not toml")
+    assert not reg.reload(path)
+    assert reg.candidates() == good
+
+
+def test_app_mirrors_uses_config_secret(tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    write_config(path, SITES, db_url=f"sqlite:///{tmp_path / 'db'}",
+                 extra='secret_env = "MIRROR_SECRET"')
+    app1 = App.from_path(path, environ={"MIRROR_SECRET": "one"}, clock=Clock())
+    app2 = App.from_path(path, environ={"MIRROR_SECRET": "two"}, clock=Clock())
+    assert app1.config.mirrors.secret == b"one"
+    a = [app1.mirrors.for_subscriber(s) for s in range(100)]
+    b = [app2.mirrors.for_subscriber(s) for s in range(100)]
+    assert a != b
+    assert a == [App.from_path(path, environ={"MIRROR_SECRET": "one"},
+                               clock=Clock()).mirrors.for_subscriber(s) for s in range(100)]
+    assert load_config(path, {}).mirrors.secret is None
