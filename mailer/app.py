@@ -108,7 +108,6 @@ class App:
     def editions(self) -> EditionStore:
         """Editions and their states; the approval gate comes from ``require_approval``."""
         from mailer.editions.store import EditionStore
-    from mailer.mirrors.registry import MirrorRegistry
 
         posts = getattr(self, "posts", None)  # the feeds stage's PostStore, once it exists
         return EditionStore(
