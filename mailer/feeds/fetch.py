@@ -1,0 +1,133 @@
+"""Fetch one feed: httpx over http(s) (with proxies, limits and conditional GET) or a local file.
+
+This is the only module here that touches the network or the disk. Every failure becomes a
+``FetchError`` naming the feed, so the poller can record it and go on with the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from mailer.config import FeedSettings, FetchSettings
+from mailer.errors import FetchError
+
+__all__ = ["FetchOutcome", "FetchResult", "Validators", "build_client", "fetch_feed"]
+
+
+class FetchOutcome(enum.StrEnum):
+    FETCHED = "fetched"
+    NOT_MODIFIED = "not-modified"
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What the last successful fetch told us, sent back for a conditional GET (RFC 9110 §13)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    outcome: FetchOutcome
+    validators: Validators
+    body: bytes = b""
+    content_type: str | None = None
+    final_url: str | None = None
+
+
+def build_client(fetch: FetchSettings, proxy: str | None = None) -> httpx.AsyncClient:
+    """One client per proxy. Redirects are followed, at most ``max_redirects`` of them."""
+    return httpx.AsyncClient(
+        headers={
+            "User-Agent": fetch.user_agent,
+            "Accept": "application/atom+xml, application/rss+xml, application/rdf+xml;q=0.9, "
+                      "application/xml;q=0.8, text/xml;q=0.8, */*;q=0.1",
+            # httpx decodes these; brotli and zstd would need extra packages (and add little).
+            "Accept-Encoding": "gzip, deflate",
+        },
+        timeout=httpx.Timeout(
+            connect=fetch.connect_timeout, read=fetch.read_timeout,
+            write=fetch.read_timeout, pool=fetch.connect_timeout + fetch.read_timeout,
+        ),
+        follow_redirects=True,
+        max_redirects=fetch.max_redirects,
+        proxy=proxy or fetch.proxy,
+        limits=httpx.Limits(max_connections=fetch.concurrency,
+                            max_keepalive_connections=fetch.concurrency),
+        trust_env=False,
+    )
+
+
+async def fetch_feed(feed: FeedSettings, validators: Validators, *, client: httpx.AsyncClient | None,
+                     fetch: FetchSettings) -> FetchResult:
+    """Fetch ``feed``; NOT_MODIFIED when the server (or the file's mtime) says nothing changed."""
+    if feed.is_local:
+        return await asyncio.to_thread(_read_local, feed.url, validators, fetch.max_body)
+    assert client is not None, "an http client is needed for http(s) feeds"
+    headers = {}
+    if validators.etag:
+        headers["If-None-Match"] = validators.etag
+    if validators.last_modified:
+        headers["If-Modified-Since"] = validators.last_modified
+    try:
+        async with client.stream("GET", feed.url, headers=headers) as resp:
+            if resp.status_code == 304:
+                return FetchResult(FetchOutcome.NOT_MODIFIED, validators, final_url=str(resp.url))
+            if resp.status_code != 200:
+                raise FetchError(f"HTTP {resp.status_code} {resp.reason_phrase}".strip(),
+                                 feed=feed.url, status=resp.status_code)
+            declared = resp.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > fetch.max_body:
+                raise FetchError(f"body of {declared} bytes is over the {fetch.max_body}-byte limit",
+                                 feed=feed.url, status=200)
+            chunks: list[bytes] = []
+            size = 0
+            # Count decoded bytes: a small gzip body can inflate to gigabytes.
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > fetch.max_body:
+                    raise FetchError(f"body is over the {fetch.max_body}-byte limit",
+                                     feed=feed.url, status=200)
+                chunks.append(chunk)
+            return FetchResult(
+                FetchOutcome.FETCHED,
+                Validators(resp.headers.get("etag"), resp.headers.get("last-modified")),
+                body=b"".join(chunks), content_type=resp.headers.get("content-type"),
+                final_url=str(resp.url),
+            )
+    except httpx.TooManyRedirects:
+        raise FetchError(f"more than {fetch.max_redirects} redirects (a loop?)", feed=feed.url) from None
+    except httpx.TimeoutException as exc:
+        raise FetchError(f"timed out ({type(exc).__name__})", feed=feed.url) from None
+    except httpx.RemoteProtocolError as exc:
+        raise FetchError(f"connection broke off: {exc}", feed=feed.url) from None
+    except (httpx.HTTPError, OSError) as exc:
+        raise FetchError(f"{type(exc).__name__}: {exc}", feed=feed.url) from None
+
+
+def _read_local(path: str, validators: Validators, max_body: int) -> FetchResult:
+    """A local file's (mtime, size) plays the part of Last-Modified."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        stamp = f"{st.st_mtime_ns}:{st.st_size}"
+        if validators.last_modified == stamp:
+            return FetchResult(FetchOutcome.NOT_MODIFIED, validators, final_url=path)
+        if st.st_size > max_body:
+            raise FetchError(f"file of {st.st_size} bytes is over the {max_body}-byte limit", feed=path)
+        with p.open("rb") as fh:
+            body = fh.read(max_body + 1)
+    except FileNotFoundError:
+        raise FetchError("no such file", feed=path) from None
+    except OSError as exc:
+        raise FetchError(f"cannot read: {os.strerror(exc.errno or 0) or exc}", feed=path) from None
+    if len(body) > max_body:
+        raise FetchError(f"file is over the {max_body}-byte limit", feed=path)
+    return FetchResult(FetchOutcome.FETCHED, Validators(None, stamp), body=body, final_url=path)

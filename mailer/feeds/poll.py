@@ -1,0 +1,143 @@
+"""Poll every configured feed concurrently; one broken feed never stops the others.
+
+A feed that keeps failing is logged once when it starts failing and once when it recovers,
+not on every poll (an operator reading the log of a 15-minute poller would otherwise drown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import httpx
+
+from mailer.clock import Clock
+from mailer.config import FeedSettings, FetchSettings
+from mailer.errors import FeedError
+from mailer.feeds.fetch import FetchOutcome, build_client, fetch_feed
+from mailer.feeds.parse import parse_feed
+from mailer.feeds.store import FeedState, FeedStatus, PostStore, StoreResult
+
+__all__ = ["FeedOutcome", "PollReport", "poll_feeds"]
+
+log = logging.getLogger("newsletter.feeds")
+
+
+@dataclass(frozen=True)
+class FeedOutcome:
+    """One feed's poll: ``error`` is set when it failed; ``changed`` when its health flipped."""
+
+    url: str
+    result: StoreResult = field(default_factory=StoreResult)
+    not_modified: bool = False
+    error: str | None = None
+    warning: str | None = None
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class PollReport:
+    """The whole poll. ``failed`` and ``recovered`` hold feed URLs."""
+
+    feeds: int
+    new: int
+    updated: int
+    backlog: int
+    not_modified: int
+    failed: tuple[str, ...]
+    newly_failing: tuple[str, ...]
+    recovered: tuple[str, ...]
+    outcomes: tuple[FeedOutcome, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+async def poll_feeds(feeds: Sequence[FeedSettings], *, store: PostStore, fetch: FetchSettings,
+                     clock: Clock, client: httpx.AsyncClient | None = None) -> PollReport:
+    """Fetch, parse and store every feed, at most ``fetch.concurrency`` at a time.
+
+    ``client`` serves feeds without their own proxy (tests pass one); feeds with a ``proxy``
+    get a client of their own. ``clock`` is the store's; it is accepted here for symmetry with
+    the other stages and so a caller can assert what "now" the poll used.
+    """
+    del clock  # the store dates its writes with its own clock
+    states = await asyncio.to_thread(store.ensure_feeds, feeds)
+    limit = asyncio.Semaphore(fetch.concurrency)
+    async with AsyncExitStack() as stack:
+        clients: dict[str | None, httpx.AsyncClient] = {}
+        if client is not None:
+            clients[None] = client
+        for f in feeds:
+            key = f.proxy
+            if not f.is_local and key not in clients:
+                clients[key] = await stack.enter_async_context(build_client(fetch, key))
+
+        async def one(f: FeedSettings) -> FeedOutcome:
+            async with limit:
+                return await _poll_one(f, states[f.url], store=store, fetch=fetch,
+                                       client=None if f.is_local else clients[f.proxy])
+
+        outcomes = await asyncio.gather(*(one(f) for f in feeds))
+    failed = tuple(o.url for o in outcomes if o.error)
+    return PollReport(
+        feeds=len(feeds),
+        new=sum(o.result.new for o in outcomes),
+        updated=sum(o.result.updated for o in outcomes),
+        backlog=sum(o.result.backlog for o in outcomes),
+        not_modified=sum(o.not_modified for o in outcomes),
+        failed=failed,
+        newly_failing=tuple(o.url for o in outcomes if o.error and o.changed),
+        recovered=tuple(o.url for o in outcomes if not o.error and o.changed),
+        outcomes=tuple(outcomes),
+    )
+
+
+async def _poll_one(feed: FeedSettings, state: FeedState, *, store: PostStore,
+                    fetch: FetchSettings, client: httpx.AsyncClient | None) -> FeedOutcome:
+    try:
+        got = await fetch_feed(feed, state.validators, client=client, fetch=fetch)
+        if got.outcome is FetchOutcome.NOT_MODIFIED:
+            await asyncio.to_thread(store.record_not_modified, state.id)
+            return _healthy(feed, state, FeedOutcome(feed.url, not_modified=True))
+        parsed = await asyncio.to_thread(
+            parse_feed, got.body, feed_url=feed.url, language=feed.language,
+            content_type=got.content_type,
+        )
+        if parsed.warning:
+            log.warning("feed %s: %s", feed.url, parsed.warning)
+        result = await asyncio.to_thread(
+            store.record_success, state.id, got.validators, parsed.posts,
+            backlog_days=feed.backlog_days,
+        )
+        return _healthy(feed, state, FeedOutcome(feed.url, result=result, warning=parsed.warning))
+    except FeedError as exc:
+        message = _reason(exc)
+    except Exception as exc:  # a parser bug on one feed's bytes must not stop the others
+        log.exception("feed %s: unexpected error", feed.url)
+        message = f"unexpected {type(exc).__name__}: {exc}"
+    await asyncio.to_thread(store.record_failure, state.id, message)
+    changed = state.status is not FeedStatus.FAILING
+    if changed:
+        log.warning("feed %s is failing: %s", feed.url, message)
+    else:
+        log.debug("feed %s still failing: %s", feed.url, message)
+    return FeedOutcome(feed.url, error=message, changed=changed)
+
+
+def _reason(exc: FeedError) -> str:
+    text = str(exc)
+    prefix = f"{exc.feed}: " if exc.feed else ""
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
+def _healthy(feed: FeedSettings, state: FeedState, outcome: FeedOutcome) -> FeedOutcome:
+    if state.status is FeedStatus.FAILING:
+        log.warning("feed %s has recovered", feed.url)
+        return FeedOutcome(outcome.url, outcome.result, outcome.not_modified, None,
+                           outcome.warning, changed=True)
+    return outcome
