@@ -230,6 +230,11 @@ class EditionStore:
         state = EditionState(state)
         with self.engine.begin() as conn:
             info = self._info(conn, edition_id)
+            if info.state is S.PAUSED and state is S.SENDING:
+                # Only an explicit resume restarts a paused send: a sender that was already
+                # on its way must not undo an editor's (or a stopping daemon's) pause.
+                raise EditionError("is paused; resume it with: newsletter editions resume "
+                                   f"{edition_id}", edition_id=edition_id)
             self._check(info, state)
             values: dict[str, Any] = {}
             if state is S.SENDING and info.started_at is None:
@@ -238,11 +243,14 @@ class EditionStore:
                 values["finished_at"] = self.clock()
             self._cas(conn, info, state, reason, **values)
 
-    def schedule(self, edition_id: int, at: datetime) -> None:
-        """Give the edition a send time in the future. Approval is kept: the content is the same."""
+    def schedule(self, edition_id: int, at: datetime, *, allow_past: bool = False) -> None:
+        """Give the edition a send time in the future. Approval is kept: the content is the same.
+
+        ``allow_past`` is for the daemon, which schedules digests at the moment they fire.
+        """
         at = _aware(at)
         now = self.clock()
-        if at <= now:
+        if at <= now and not allow_past:
             raise EditionError(f"the time {at.isoformat()} is in the past (now {now.isoformat()})",
                                edition_id=edition_id)
         with self.engine.begin() as conn:

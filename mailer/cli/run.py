@@ -1,0 +1,71 @@
+"""``newsletter run [--once] [--standby]``: the scheduler daemon, or one pass of it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from mailer.app import App
+from mailer.cli.base import cli, pass_app
+from mailer.errors import LockError
+
+__all__ = ["run"]
+
+
+@cli.command()
+@click.option("--once", is_flag=True,
+              help="Poll once, send what is due, and exit (no timetable, no waiting).")
+@click.option("--standby", is_flag=True,
+              help="If another daemon holds this database, wait and take over when it stops.")
+@pass_app
+def run(app: App, once: bool, standby: bool) -> None:
+    """The scheduler daemon: polls, digests, per-post editions, retries, mirror checks.
+
+    One daemon per database: a second one refuses to start (exit 2) unless --standby.
+    SIGTERM/SIGINT stop it gracefully; SIGHUP reloads the config.
+    """
+    if once:
+        sys.exit(asyncio.run(_once(app)))
+    from scheduler import Daemon
+
+    asyncio.run(Daemon(app, standby=standby).run())
+
+
+async def _once(app: App) -> int:
+    """One pass under the daemon's lock, so it never races a running daemon."""
+    from mailer.cli.pipeline import print_send
+    from mailer.editions.runner import process_due
+    from mailer.lock import DatabaseLock
+    from mailer.pipeline import run_once, send_edition
+    from scheduler import LOCK_NAME
+
+    lock = DatabaseLock(app.engine, LOCK_NAME, clock=app.clock)
+    if not lock.acquire(wait=False):
+        holder = lock.holder()
+        raise LockError(f"a daemon ({holder.owner if holder else 'another process'}) is running "
+                        f"on this database; it already does what run --once would")
+    sends = []
+    try:
+        async def send(edition_id: int) -> None:
+            sends.append(await send_edition(app, edition_id, progress=sys.stderr.isatty()))
+
+        # Editors' scheduled editions first, through the policy (approval gate, misfire grace).
+        for eid, decision in await process_due(app, send):
+            if decision.value != "send":
+                click.echo(f"edition {eid}: {decision.value} (see: newsletter editions show {eid})")
+        summary = await run_once(app, lambda line: click.echo(line, err=True),
+                                 progress=sys.stderr.isatty())
+    finally:
+        lock.release()
+    poll = summary.poll
+    click.echo(f"feeds polled: {poll.feeds}, new posts: {poll.new}"
+               f"{f', failing feeds: {len(poll.failed)}' if poll.failed else ''}")
+    all_sends = [*sends, *summary.sends]
+    if not all_sends:
+        click.echo("nothing to send: no new posts and no edition due")
+    for s in all_sends:
+        print_send(app, s)
+    failed = any(s.report.failed or (s.report.sent == 0 and s.report.deferred) for s in all_sends)
+    return 1 if failed else 0
