@@ -1,0 +1,289 @@
+"""``newsletter editions …``: the editors' commands. Times are shown in the zone and in UTC."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+from sqlalchemy import func, select
+
+from mailer.app import App
+from mailer.cli.base import cli, pass_app
+from mailer.editions.store import EditionInfo
+from mailer.errors import EditionError, InputError
+from mailer.models import EditionState
+
+__all__ = ["editions", "format_when", "parse_local_time"]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+_TIME = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{1,2}):(\d{2})\s*$")
+
+
+def parse_local_time(text: str, timezone: str) -> datetime:
+    """``"2026-11-24 08:00"`` read in ``timezone`` → aware UTC.
+
+    A wall time the DST change skips (02:30 on a spring-forward night) or repeats (01:30 on a
+    fall-back night) is refused: guessing would send an hour early or late.
+    """
+    m = _TIME.match(text)
+    if not m:
+        raise InputError(f"--at {text!r}: write the time as 'YYYY-MM-DD HH:MM'")
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputError(f"--tz {timezone!r}: unknown time zone") from None
+    try:
+        y, mo, d, h, mi = (int(g) for g in m.groups())
+        naive = datetime(y, mo, d, h, mi)
+    except ValueError as exc:
+        raise InputError(f"--at {text!r}: {exc}") from None
+    first, second = naive.replace(tzinfo=zone, fold=0), naive.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() != second.utcoffset():
+        back = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+        if back != naive:
+            raise InputError(f"--at {text!r} does not exist in {timezone}: the clocks skip it "
+                             f"(daylight saving time begins)")
+        raise InputError(f"--at {text!r} happens twice in {timezone} (daylight saving time "
+                         f"ends); give the time in UTC with --tz UTC")
+    return first.astimezone(UTC)
+
+
+def format_when(at: datetime | None, timezone: str) -> str:
+    """``2026-11-24 08:00 Asia/Shanghai (00:00 UTC)``, or ``-``."""
+    if at is None:
+        return "-"
+    local = at.astimezone(ZoneInfo(timezone))
+    utc = at.astimezone(UTC)
+    same_day = local.date() == utc.date()
+    return (f"{local:%Y-%m-%d %H:%M} {timezone} "
+            f"({utc:%H:%M} UTC)" if same_day else
+            f"{local:%Y-%m-%d %H:%M} {timezone} ({utc:%Y-%m-%d %H:%M} UTC)")
+
+
+def parse_post_list(text: str) -> list[int]:
+    """``"1,2, 5"`` → ``[1, 2, 5]``; anything else is a clear input error."""
+    try:
+        ids = [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise InputError(f"--posts {text!r}: give post ids separated by commas, like 1,2,5") \
+            from None
+    if not ids:
+        raise InputError("--posts: name at least one post")
+    return ids
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@cli.group()
+def editions() -> None:
+    """Editions: list, inspect, create, schedule, approve, hold, cancel, test-send, report."""
+
+
+def _tz(app: App) -> str:
+    return app.config.schedule.timezone
+
+
+def _row(info: EditionInfo, tz: str) -> str:
+    shown = len(info.post_ids) - len(info.excluded_ids)
+    return (f"{info.id:>5}  {info.state.value:<9}  {info.kind:<8}  {shown:>3} post(s)  "
+            f"{format_when(info.scheduled_at, tz)}")
+
+
+@editions.command("list")
+@click.option("--state", "states", multiple=True,
+              type=click.Choice([s.value for s in EditionState]), help="Only these states.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@pass_app
+def list_(app: App, states: Sequence[str], limit: int) -> None:
+    """Editions, newest first: id, state, kind, posts, send time."""
+    wanted = [EditionState(s) for s in states] if states else None
+    infos = app.editions.find(wanted, limit=limit)
+    if not infos:
+        click.echo("no editions")
+        return
+    click.echo(f"{'id':>5}  {'state':<9}  {'kind':<8}  {'posts':>12}  send time")
+    for info in infos:
+        click.echo(_row(info, _tz(app)))
+
+
+def _recipients_per_language(app: App) -> dict[str, int]:
+    from subscribers.schema import subscribers
+
+    with app.engine.connect() as conn:
+        rows = conn.execute(select(subscribers.c.language, func.count())
+                            .where(subscribers.c.state == "active")
+                            .group_by(subscribers.c.language)).all()
+    return {str(lang): int(n) for lang, n in rows}
+
+
+@editions.command()
+@click.argument("edition_id", type=int)
+@pass_app
+def show(app: App, edition_id: int) -> None:
+    """Posts, languages, recipients per language, schedule and state of one edition."""
+    info = app.editions.info(edition_id)
+    tz = _tz(app)
+    posts = {p.id: p for p in app.editions.load(edition_id).posts}
+    click.echo(f"edition {info.id} ({info.kind}): {info.state.value}"
+               f"{f' ({info.reason})' if info.reason else ''}")
+    click.echo(f"  send time: {format_when(info.scheduled_at, tz)}")
+    click.echo(f"  approved:  {format_when(info.approved_at, tz)}")
+    click.echo(f"  created:   {format_when(info.created_at, tz)}")
+    if info.started_at or info.finished_at:
+        click.echo(f"  started:   {format_when(info.started_at, tz)}; "
+                   f"finished: {format_when(info.finished_at, tz)}")
+    click.echo("  posts:")
+    for pid in info.post_ids:
+        if pid in info.excluded_ids:
+            click.echo(f"    {pid:>5}  (excluded)")
+            continue
+        post = posts.get(pid)
+        title = post.title if post else "?"
+        lang = post.language if post else "?"
+        click.echo(f"    {pid:>5}  [{lang}] {title}")
+    langs = sorted({p.language for p in posts.values()})
+    click.echo(f"  post languages: {', '.join(langs) or '-'}")
+    for lang, note in sorted(info.notes.items()):
+        click.echo(f"  note ({lang}): {note[:70]}{'…' if len(note) > 70 else ''}")
+    per = _recipients_per_language(app)
+    click.echo("  recipients per language: " + (", ".join(
+        f"{choice} {per.get(choice, 0)}" for choice in app.config.newsletter.choices) or "-"))
+    if info.total is not None:
+        click.echo(f"  enqueued: {info.total}")
+
+
+@editions.command()
+@click.option("--posts", "posts_opt", metavar="1,2,…", help="These posts (default: every unsent).")
+@click.option("--note-file", "note_files", multiple=True, metavar="LANG=FILE",
+              help="An intro note for one language, from a UTF-8 text file. Repeatable.")
+@click.option("--kind", type=click.Choice(["digest", "per-post"]), default="digest",
+              show_default=True)
+@pass_app
+def create(app: App, posts_opt: str | None, note_files: Sequence[str], kind: str) -> None:
+    """Create a draft edition (then: schedule, approve)."""
+    notes = {}
+    for item in note_files:
+        lang, sep, file = item.partition("=")
+        if not sep or not file:
+            raise InputError(f"--note-file {item!r}: write it as LANG=FILE, like en=intro.txt")
+        if lang not in app.config.newsletter.languages:
+            raise InputError(f"--note-file {item!r}: {lang!r} is not one of the configured "
+                             f"languages ({', '.join(app.config.newsletter.languages)})")
+        try:
+            notes[lang] = Path(file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--note-file {item!r}: cannot read: {exc}") from None
+    ids = parse_post_list(posts_opt) if posts_opt is not None else None
+    eid = app.editions.create(ids, kind=kind, notes=notes)
+    if eid is None:
+        click.echo("nothing to put in an edition: no stored post is waiting")
+        return
+    info = app.editions.info(eid)
+    click.echo(f"edition {eid} created (draft) with {len(info.post_ids)} post(s): "
+               f"{', '.join(map(str, info.post_ids))}")
+
+
+@editions.command()
+@click.argument("edition_id", type=int)
+@click.option("--at", "at_text", required=True, metavar="'YYYY-MM-DD HH:MM'",
+              help="Local send time, in --tz.")
+@click.option("--tz", "tz_opt", default=None, help="Time zone of --at (default: schedule.timezone).")
+@pass_app
+def schedule(app: App, edition_id: int, at_text: str, tz_opt: str | None) -> None:
+    """Set (or change) an edition's send time."""
+    at = parse_local_time(at_text, tz_opt or _tz(app))
+    app.editions.schedule(edition_id, at)
+    info = app.editions.info(edition_id)
+    click.echo(f"edition {edition_id} {info.state.value}: {format_when(at, _tz(app))}")
+    if app.config.newsletter.require_approval and info.approved_at is None:
+        click.echo(f"approval is required: newsletter editions approve {edition_id}")
+
+
+def _simple(name: str, action: str, help_text: str) -> None:
+    @editions.command(name=name, help=help_text)
+    @click.argument("edition_id", type=int)
+    @pass_app
+    def command(app: App, edition_id: int) -> None:
+        getattr(app.editions, action)(edition_id)
+        info = app.editions.info(edition_id)
+        when = (f", sends {format_when(info.scheduled_at, _tz(app))}"
+                if info.state in (EditionState.SCHEDULED, EditionState.APPROVED) else "")
+        if info.state is EditionState.APPROVED and info.scheduled_at is None:
+            when = ", sends at the daemon's next tick (no time set)"
+        click.echo(f"edition {edition_id} {info.state.value}{when}")
+
+
+_simple("approve", "approve", "Approve an edition for sending at its time (now if held/missed).")
+_simple("hold", "hold", "Hold an edition: it will not be sent until resumed or approved.")
+_simple("cancel", "cancel", "Cancel an edition; its posts become unsent again.")
+_simple("pause", "pause", "Pause an edition while it is sending (no more messages go out).")
+_simple("resume", "resume", "Resume a paused or held edition.")
+
+
+@editions.command()
+@click.argument("edition_id", type=int)
+@click.argument("post_id", type=int)
+@pass_app
+def exclude(app: App, edition_id: int, post_id: int) -> None:
+    """Leave one post out of an edition (withdraws an approval)."""
+    app.editions.exclude(edition_id, post_id)
+    click.echo(f"edition {edition_id}: post {post_id} excluded")
+
+
+@editions.command()
+@click.argument("edition_id", type=int)
+@click.argument("post_ids", type=int, nargs=-1, required=True)
+@pass_app
+def reorder(app: App, edition_id: int, post_ids: Sequence[int]) -> None:
+    """Put these posts first, in this order; the rest follow (withdraws an approval)."""
+    app.editions.reorder(edition_id, list(post_ids))
+    info = app.editions.info(edition_id)
+    click.echo(f"edition {edition_id}: order {' '.join(map(str, info.post_ids))}")
+
+
+@editions.command("test-send")
+@click.argument("edition_id", type=int)
+@click.option("--to", "to_addr", required=True, metavar="ADDR",
+              help="Where the test goes (never logged or stored).")
+@click.option("--language", default=None, help="Language choice (default: the first one).")
+@pass_app
+def test_send(app: App, edition_id: int, to_addr: str, language: str | None) -> None:
+    """Send the real rendered mail, marked as a test, outside the outbox and its totals."""
+    from mailer.editions.testsend import send_test
+
+    choice = language or app.config.newsletter.default_language
+    if choice not in app.config.newsletter.choices:
+        raise InputError(f"--language {choice!r}: choose from "
+                         f"{', '.join(app.config.newsletter.choices)}")
+    if "@" not in to_addr or any(c in to_addr for c in "\r\n <>,"):
+        raise InputError("--to: give one plain email address")
+    result = asyncio.run(send_test(app, edition_id, to_addr, choice))
+    if not result.accepted:
+        click.echo(f"test of edition {edition_id} refused: {result.code}", err=True)
+        raise SystemExit(1)
+    click.echo(f"test of edition {edition_id} ({choice}) sent to the address given")
+
+
+@editions.command()
+@click.argument("edition_id", type=int)
+@click.option("--top", type=int, default=None, help="Only the busiest N domains.")
+@pass_app
+def report(app: App, edition_id: int, top: int | None) -> None:
+    """Per-domain outcomes of an edition: what qq.com or 163.com did with it."""
+    from mailer.delivery.report import edition_report, format_report
+
+    info = app.editions.info(edition_id)
+    if info.state in (EditionState.DRAFT, EditionState.SCHEDULED, EditionState.APPROVED,
+                      EditionState.HELD):
+        raise EditionError(f"is {info.state.value}: nothing was sent yet", edition_id=edition_id)
+    click.echo(f"edition {edition_id}: {info.state.value}; "
+               f"finished {format_when(info.finished_at, _tz(app))}")
+    click.echo(format_report(edition_report(app.engine, edition_id), top=top))
