@@ -5,7 +5,9 @@ Output names subscribers by count or id only; problems in an import are reported
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,7 +15,10 @@ from mailer.app import App
 from mailer.cli.base import cli, pass_app
 from mailer.errors import InputError
 
-__all__ = ["keys", "subscribers_group"]
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+__all__ = ["build_web_app", "keys", "serve", "subscribers_group"]
 
 
 @cli.group("keys")
@@ -124,3 +129,51 @@ def subscribers_count(app: App, all_states: bool) -> None:
         return
     click.echo(str(store.count()))
 
+
+
+def build_web_app(app: App) -> Starlette:
+    """Wire the public endpoints to this config's store, tokens, templates and transport."""
+    from email.utils import parseaddr
+
+    from subscribers.settings import PageSettings
+    from subscribers.web import make_web_app
+
+    cfg = app.config
+    envelope_from = cfg.delivery.envelope_from or parseaddr(cfg.newsletter.from_addr)[1]
+
+    async def deliver(recipient: str, data: bytes) -> None:
+        await app.transport.send(envelope_from, recipient, data)
+
+    settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
+                            rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl)
+    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, deliver=deliver,
+                        from_addr=cfg.newsletter.from_addr, clock=app.clock)
+
+
+@cli.command("serve")
+@click.option("--host", default=None, help="Address to bind (default: [web] host).")
+@click.option("--port", default=None, type=int, help="Port (default: [web] port; 0 picks one).")
+@pass_app
+def serve(app: App, host: str | None, port: int | None) -> None:
+    """Serve the subscribe / confirm / unsubscribe pages (Starlette + uvicorn)."""
+    import socket
+
+    import uvicorn
+
+    host = host or app.config.web.host
+    port = app.config.web.port if port is None else port
+    web = build_web_app(app)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    bound = sock.getsockname()[1]
+    click.echo(f"serving on http://{host}:{bound}", err=True)
+    sys.stderr.flush()
+    # No access log: request paths carry unsubscribe tokens, and logs outlive their purpose.
+    config = uvicorn.Config(web, access_log=False, log_level="warning", lifespan="off",
+                            server_header=False, proxy_headers=False)
+    uvicorn.Server(config).run(sockets=[sock])

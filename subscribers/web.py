@@ -1,0 +1,341 @@
+"""The public endpoints: subscribe, confirm, unsubscribe (Starlette).
+
+* ``GET/POST /subscribe``: a bilingual form. The answer to a well-formed address is the same
+  whether or not it is on the list, so the form cannot enumerate subscribers; the confirmation
+  mail is sent in the background so timing tells little either.
+* ``GET /confirm/TOKEN``: double opt-in; confirming twice is harmless.
+* ``GET /u/TOKEN``: a bilingual page with a button and a language switch.
+* ``POST /u/TOKEN``: RFC 8058 one-click. Idempotent, no cookie, no login, 200 even when already
+  unsubscribed: mail providers post here with nothing but ``List-Unsubscribe=One-Click``.
+
+Every response carries security headers and a CSP that allows only this server; the forms have
+CSRF protection (a signed token bound to a SameSite cookie); POSTs are rate limited per client.
+Logs name subscribers by id and never print a token or an address.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from jinja2 import Environment
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from subscribers.errors import InputError
+from subscribers.lifecycle import SubscriberState
+from subscribers.mail import confirmation_message
+from subscribers.settings import PageSettings
+from subscribers.store import SubscriberStore
+from subscribers.tokens import BadToken, TokenSigner
+
+__all__ = ["Deliver", "RateLimiter", "SecurityHeaders", "make_web_app", "page_languages"]
+
+log = logging.getLogger("newsletter.web")
+
+# ``deliver(recipient_address, message_bytes)``: the caller's transport (SMTP pool or Maildir).
+Deliver = Callable[[str, bytes], Awaitable[Any]]
+
+CSRF_COOKIE = "nl_csrf"
+_PAGE_LANGS = ("zh-Hans", "zh-Hant", "en")
+
+
+class RateLimiter:
+    """A token bucket per client: ``per_minute`` requests, refilled continuously.
+
+    Bounded memory: the least recently seen clients are dropped beyond ``max_clients``.
+    """
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic,
+                 max_clients: int = 50_000) -> None:
+        self.capacity = float(max(per_minute, 1))
+        self.rate = self.capacity / 60.0
+        self.clock = clock
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, client: str) -> bool:
+        now = self.clock()
+        tokens, last = self._buckets.pop(client, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        self._buckets[client] = (tokens - 1.0 if ok else tokens, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return ok
+
+
+class SecurityHeaders:
+    """ASGI middleware: strict CSP (nothing from outside this server), no referrer (the URL
+    holds a token), no framing, no caching of personal pages."""
+
+    def __init__(self, app: ASGIApp, https: bool) -> None:
+        self.app = app
+        headers = {
+            b"content-security-policy": b"default-src 'none'; style-src 'self'; img-src 'self'; "
+                                        b"form-action 'self'; frame-ancestors 'none'; "
+                                        b"base-uri 'none'",
+            b"x-content-type-options": b"nosniff",
+            b"x-frame-options": b"DENY",
+            b"referrer-policy": b"no-referrer",
+            b"cache-control": b"no-store",
+            b"cross-origin-opener-policy": b"same-origin",
+            b"cross-origin-resource-policy": b"same-origin",
+            b"permissions-policy": b"camera=(), microphone=(), geolocation=(), interest-cohort=()",
+        }
+        if https:
+            headers[b"strict-transport-security"] = b"max-age=31536000"
+        self.headers = list(headers.items())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                existing = {k.lower() for k, _ in message.get("headers", [])}
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [
+                    (k, v) for k, v in self.headers if k not in existing]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def page_languages(choice: str | None, accept_language: str = "") -> tuple[str, ...]:
+    """The languages a page shows: the reader's, then English (or Simplified for English).
+
+    Pure: ``choice`` may be a bilingual pair; otherwise guess from ``Accept-Language``.
+    """
+    primary = None
+    if choice:
+        first = choice.split("+", 1)[0]
+        if first in _PAGE_LANGS:
+            primary = first
+    if primary is None:
+        for part in accept_language.split(","):
+            tag = part.split(";", 1)[0].strip().lower()
+            if tag.startswith(("zh-hant", "zh-tw", "zh-hk", "zh-mo")):
+                primary = "zh-Hant"
+            elif tag.startswith("zh"):
+                primary = "zh-Hans"
+            elif tag.startswith("en"):
+                primary = "en"
+            if primary:
+                break
+    primary = primary or "zh-Hans"
+    return (primary, "en") if primary != "en" else ("en", "zh-Hans")
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    store: SubscriberStore
+    tokens: TokenSigner
+    env: Environment
+    settings: PageSettings
+    strings: Mapping[str, Any]
+    deliver: Deliver | None
+    from_addr: str
+    clock: Callable[[], datetime]
+    limiter: RateLimiter
+    base_path: str
+    secure_cookie: bool
+
+
+def _load_strings(env: Environment) -> dict[str, Any]:
+    assert env.loader is not None
+    source, _, _ = env.loader.get_source(env, "web/strings.json")
+    data: dict[str, Any] = json.loads(source)
+    return data
+
+
+def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
+                 settings: PageSettings, *, deliver: Deliver | None, from_addr: str,
+                 clock: Callable[[], datetime]) -> Starlette:
+    """Build the ASGI app. ``env`` is the project's one strict Jinja environment."""
+    parts = urlsplit(settings.public_url)
+    ctx = _Ctx(
+        store=store, tokens=tokens, env=env, settings=settings, strings=_load_strings(env),
+        deliver=deliver, from_addr=from_addr, clock=clock,
+        limiter=RateLimiter(settings.rate_limit), base_path=parts.path.rstrip("/"),
+        secure_cookie=parts.scheme == "https",
+    )
+
+    def client(request: Request) -> str:
+        if settings.trust_forwarded:
+            fwd = request.headers.get("x-forwarded-for", "")
+            if fwd:
+                return fwd.split(",")[0].strip()
+        return request.client.host if request.client else "unknown"
+
+    def render(name: str, langs: tuple[str, ...], status: int = 200,
+               **extra: Any) -> HTMLResponse:
+        blocks = [{"lang": lang, "t": ctx.strings[lang]} for lang in langs]
+        names = ctx.strings["language_names"]
+        switch = [(code, names.get(code, code)) for code in _PAGE_LANGS]
+        site = settings.names.get(langs[0]) or settings.names.get("en") or ""
+        html = ctx.env.get_template(f"web/{name}").render(
+            blocks=blocks, base_path=ctx.base_path, site_name=site, switch=switch,
+            page_lang=langs[0], title_key=extra.pop("title_key", "subscribe_title"), **extra)
+        return HTMLResponse(html, status_code=status)
+
+    def message(langs: tuple[str, ...], title: str, body: str, status: int = 200,
+                link: str = "", link_key: str = "resubscribe",
+                background: BackgroundTask | None = None) -> HTMLResponse:
+        resp = render("message.html", langs, status, title_key=title, body_key=body, link=link,
+                      link_key=link_key)
+        resp.background = background
+        return resp
+
+    def limited(request: Request, langs: tuple[str, ...]) -> HTMLResponse | None:
+        if ctx.limiter.allow(client(request)):
+            return None
+        resp = message(langs, "too_many_title", "too_many_body", 429)
+        resp.headers["retry-after"] = "60"
+        return resp
+
+    def chosen_langs(request: Request, fallback: str | None = None) -> tuple[str, ...]:
+        lang = request.query_params.get("lang")
+        return page_languages(lang if lang in _PAGE_LANGS else fallback,
+                              request.headers.get("accept-language", ""))
+
+    def subscribe_form(request: Request, langs: tuple[str, ...], *, status: int = 200,
+                       error: str = "", selected: str | None = None) -> HTMLResponse:
+        nonce = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(16)
+        names = ctx.strings["language_names"]
+        choices = [(c, names.get(c, c)) for c in store.settings.choices]
+        resp = render("subscribe.html", langs, status, csrf=tokens.csrf_token(nonce),
+                      choices=choices, selected=selected or langs[0], error=error)
+        resp.set_cookie(CSRF_COOKIE, nonce, max_age=7200, httponly=True, samesite="strict",
+                        secure=ctx.secure_cookie, path=f"{ctx.base_path}/subscribe")
+        return resp
+
+    async def subscribe_get(request: Request) -> Response:
+        return subscribe_form(request, chosen_langs(request))
+
+    async def subscribe_post(request: Request) -> Response:
+        langs = chosen_langs(request)
+        if (resp := limited(request, langs)) is not None:
+            return resp
+        form = await request.form()
+        csrf = str(form.get("csrf") or "")
+        nonce = request.cookies.get(CSRF_COOKIE, "")
+        language = str(form.get("language") or "")
+        if language in store.settings.choices:
+            langs = page_languages(language)
+        if not nonce or not tokens.verify_csrf(csrf, nonce):
+            return subscribe_form(request, langs, status=403, error="bad_form")
+        address = str(form.get("email") or "")[:320]
+        try:
+            sid, state = await run_in_threadpool(store.subscribe, address, language or None)
+        except InputError:
+            return subscribe_form(request, langs, status=400, error="invalid_email",
+                                  selected=language or None)
+        task = None
+        if state is SubscriberState.PENDING and ctx.deliver is not None:
+            task = BackgroundTask(send_confirmation, sid)
+        # The same page whatever happened: new, pending, already active or re-subscribing.
+        return message(langs, "check_title", "check_body", background=task)
+
+    async def send_confirmation(sid: int) -> None:
+        try:
+            record = await run_in_threadpool(store.get, sid)
+            address = await run_in_threadpool(store.address_of, sid)
+            if record is None or address is None or ctx.deliver is None:
+                return
+            url = f"{settings.public_url}/confirm/{tokens.confirm_token(sid)}"
+            data = confirmation_message(from_addr=ctx.from_addr, to=address,
+                                        language=record.language, url=url,
+                                        names=settings.names, now=ctx.clock())
+            await ctx.deliver(address, data)
+            log.info("confirmation sent to subscriber %d", sid)
+        except Exception as exc:  # a failed confirmation must not take the server down
+            log.warning("confirmation for subscriber %d failed: %s", sid, type(exc).__name__)
+
+    async def confirm(request: Request) -> Response:
+        langs = chosen_langs(request)
+        if (resp := limited(request, langs)) is not None:
+            return resp
+        try:
+            tok = tokens.verify_confirm(request.path_params["token"])
+        except BadToken:
+            return message(langs, "confirm_bad_title", "confirm_bad_body", 400,
+                           link=f"{ctx.base_path}/subscribe")
+        state = await run_in_threadpool(store.confirm, tok.subscriber_id, tok.issued_at)
+        record = await run_in_threadpool(store.get, tok.subscriber_id)
+        if record is not None and "lang" not in request.query_params:
+            langs = page_languages(record.language)
+        if state is SubscriberState.ACTIVE:
+            return message(langs, "confirmed_title", "confirmed_body")
+        return message(langs, "confirm_bad_title", "confirm_bad_body", 400,
+                       link=f"{ctx.base_path}/subscribe")
+
+    def verify_unsub(request: Request) -> int | None:
+        try:
+            return tokens.verify_unsubscribe(request.path_params["token"])
+        except BadToken:
+            return None
+
+    async def unsubscribe_get(request: Request) -> Response:
+        langs = chosen_langs(request)
+        sid = verify_unsub(request)
+        if sid is None:
+            return message(langs, "bad_link_title", "bad_link_body", 404)
+        record = await run_in_threadpool(store.get, sid)
+        if record is not None and "lang" not in request.query_params:
+            langs = page_languages(record.language)
+        already = record is None or record.state not in (SubscriberState.ACTIVE,
+                                                         SubscriberState.PENDING)
+        return render("unsubscribe.html", langs, title_key="unsub_title", already=already,
+                      action=f"{ctx.base_path}/u/{request.path_params['token']}")
+
+    async def unsubscribe_post(request: Request) -> Response:
+        langs = chosen_langs(request)
+        sid = verify_unsub(request)
+        if sid is None:
+            return message(langs, "bad_link_title", "bad_link_body", 404)
+        # No rate limit here: a valid token is proof enough, and a provider's one-click POST
+        # must never be refused. Idempotent: already unsubscribed (or gone) is still 200.
+        await run_in_threadpool(store.unsubscribe, sid)
+        if "lang" not in request.query_params:
+            record = await run_in_threadpool(store.get, sid)
+            if record is not None:
+                langs = page_languages(record.language)
+        return message(langs, "unsub_done_title", "unsub_done_body",
+                       link=f"{ctx.base_path}/subscribe?lang={langs[0]}")
+
+    async def site_css(request: Request) -> Response:
+        assert ctx.env.loader is not None
+        css, _, _ = ctx.env.loader.get_source(ctx.env, "web/site.css")
+        return Response(css, media_type="text/css",
+                        headers={"cache-control": "public, max-age=86400"})
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    routes = [
+        Route("/subscribe", subscribe_get, methods=["GET"]),
+        Route("/subscribe", subscribe_post, methods=["POST"]),
+        Route("/confirm/{token}", confirm, methods=["GET"]),
+        Route("/u/{token}", unsubscribe_get, methods=["GET"]),
+        Route("/u/{token}", unsubscribe_post, methods=["POST"]),
+        Route("/site.css", site_css, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(SecurityHeaders, https=ctx.secure_cookie)
+    return app
