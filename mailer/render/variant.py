@@ -219,12 +219,21 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
     body = convert_html(post.content_html, config)
 
     def fallback(alt: str, url: str) -> str:
+        # Not embedded (past the budget, or the fetch failed): the alt text, the image's own
+        # link, and a mirror link (to the image if it lives on an origin, else to the post,
+        # which shows it), since the image host itself is often blocked.
         alt_text = convert_text(alt, config) or chrome._("image")
         label = htmllib.escape(chrome._("Image: %(alt)s", alt=alt_text))
         if not url:
             return f"[{label}]"
         href = htmllib.escape(url, quote=True)
-        return f'[{label} · <a href="{href}">{htmllib.escape(chrome._("view image"))}</a>]'
+        out = f'[{label} · <a href="{href}">{htmllib.escape(chrome._("view image"))}</a>'
+        alts = mirror_alternatives(url, ctx.origins, ctx.mirror_slots) or (
+            mirror_alternatives(post.link, ctx.origins, ctx.mirror_slots) if post.link else ())
+        for i, alt_url in enumerate(alts):
+            out += f' · <a href="{htmllib.escape(alt_url, quote=True)}">'
+            out += f"{htmllib.escape(chrome.mirror_label(i))}</a>"
+        return out + "]"
 
     body, images = make_self_contained(body, ctx.images, fallback)
     text_body = html_to_text(
