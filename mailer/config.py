@@ -106,6 +106,8 @@ class FetchSettings:
     max_redirects: int = 5
     max_body: int = 20 * 1024 * 1024
     proxy: str | None = None
+    # Whole-fetch limit: a server that dribbles a byte every few seconds never trips read_timeout.
+    deadline: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -547,9 +549,16 @@ def _fetch(s: _Section) -> FetchSettings:
         max_redirects=s.get("max_redirects", int, d.max_redirects),
         max_body=s.convert("max_body", (str, int), parse_size, d.max_body),
         proxy=s.convert("proxy", str, _proxy, None),
+        deadline=float(s.get("deadline", float, d.deadline)),
     )
     if out.concurrency < 1:
         raise s.error("concurrency", "must be at least 1")
+    if out.deadline <= 0 or out.connect_timeout <= 0 or out.read_timeout <= 0:
+        raise s.error("deadline" if out.deadline <= 0 else
+                      "connect_timeout" if out.connect_timeout <= 0 else "read_timeout",
+                      "must be positive")
+    if out.max_redirects < 0:
+        raise s.error("max_redirects", "must not be negative")
     s.done()
     return out
 

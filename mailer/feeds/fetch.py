@@ -40,6 +40,9 @@ class FetchResult:
     body: bytes = b""
     content_type: str | None = None
     final_url: str | None = None
+    # The connection broke off mid-body: parse what came, but keep the old validators so that
+    # the next poll fetches the whole feed again instead of getting a 304 for a broken copy.
+    truncated: bool = False
 
 
 def build_client(fetch: FetchSettings, proxy: str | None = None) -> httpx.AsyncClient:
@@ -77,31 +80,12 @@ async def fetch_feed(feed: FeedSettings, validators: Validators, *, client: http
     if validators.last_modified:
         headers["If-Modified-Since"] = validators.last_modified
     try:
-        async with client.stream("GET", feed.url, headers=headers) as resp:
-            if resp.status_code == 304:
-                return FetchResult(FetchOutcome.NOT_MODIFIED, validators, final_url=str(resp.url))
-            if resp.status_code != 200:
-                raise FetchError(f"HTTP {resp.status_code} {resp.reason_phrase}".strip(),
-                                 feed=feed.url, status=resp.status_code)
-            declared = resp.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > fetch.max_body:
-                raise FetchError(f"body of {declared} bytes is over the {fetch.max_body}-byte limit",
-                                 feed=feed.url, status=200)
-            chunks: list[bytes] = []
-            size = 0
-            # Count decoded bytes: a small gzip body can inflate to gigabytes.
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > fetch.max_body:
-                    raise FetchError(f"body is over the {fetch.max_body}-byte limit",
-                                     feed=feed.url, status=200)
-                chunks.append(chunk)
-            return FetchResult(
-                FetchOutcome.FETCHED,
-                Validators(resp.headers.get("etag"), resp.headers.get("last-modified")),
-                body=b"".join(chunks), content_type=resp.headers.get("content-type"),
-                final_url=str(resp.url),
-            )
+        async with asyncio.timeout(fetch.deadline):
+            return await _get(feed, validators, headers, client, fetch)
+    except FetchError:
+        raise
+    except TimeoutError:
+        raise FetchError(f"took longer than the {fetch.deadline:g}s deadline", feed=feed.url) from None
     except httpx.TooManyRedirects:
         raise FetchError(f"more than {fetch.max_redirects} redirects (a loop?)", feed=feed.url) from None
     except httpx.TimeoutException as exc:
@@ -110,6 +94,42 @@ async def fetch_feed(feed: FeedSettings, validators: Validators, *, client: http
         raise FetchError(f"connection broke off: {exc}", feed=feed.url) from None
     except (httpx.HTTPError, OSError) as exc:
         raise FetchError(f"{type(exc).__name__}: {exc}", feed=feed.url) from None
+
+
+async def _get(feed: FeedSettings, validators: Validators, headers: dict[str, str],
+               client: httpx.AsyncClient, fetch: FetchSettings) -> FetchResult:
+    async with client.stream("GET", feed.url, headers=headers) as resp:
+        if resp.status_code == 304:
+            return FetchResult(FetchOutcome.NOT_MODIFIED, validators, final_url=str(resp.url))
+        if resp.status_code != 200:
+            raise FetchError(f"HTTP {resp.status_code} {resp.reason_phrase}".strip(),
+                             feed=feed.url, status=resp.status_code)
+        declared = resp.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > fetch.max_body:
+            raise FetchError(f"body of {declared} bytes is over the {fetch.max_body}-byte limit",
+                             feed=feed.url, status=200)
+        chunks: list[bytes] = []
+        size = 0
+        # Count decoded bytes: a small gzip body can inflate to gigabytes.
+        truncated = False
+        try:
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > fetch.max_body:
+                    raise FetchError(f"body is over the {fetch.max_body}-byte limit",
+                                     feed=feed.url, status=200)
+                chunks.append(chunk)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.DecodingError):
+            if not chunks:
+                raise
+            truncated = True
+        return FetchResult(
+            FetchOutcome.FETCHED,
+            validators if truncated else
+            Validators(resp.headers.get("etag"), resp.headers.get("last-modified")),
+            body=b"".join(chunks), content_type=resp.headers.get("content-type"),
+            final_url=str(resp.url), truncated=truncated,
+        )
 
 
 def _read_local(path: str, validators: Validators, max_body: int) -> FetchResult:

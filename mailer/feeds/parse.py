@@ -178,16 +178,19 @@ def _post(entry: Mapping[str, Any], feed_url: str, base: str | None, feed_lang: 
     if not raw.strip() and not title:
         return None
     clean = sanitise_html(raw, link or base)
+    content = clean.html
+    if content and not content.startswith("<"):
+        content = f"<p>{content}</p>"  # bare text (RSS 0.9x descriptions): give it a paragraph
     if not title:
-        title = strip_tags(clean.html)[:80]
+        title = strip_tags(content)[:80]
     published = _when(entry.get("published_parsed")) or _when(entry.get("updated_parsed"))
     lang = detect_language(
-        title + " " + strip_tags(clean.html),
+        title + " " + strip_tags(content),
         declared=content_lang or entry.get("language") or feed_lang, override=override,
     )
     return Post(
-        guid=post_guid(entry.get("id"), link, title, clean.html),
-        title=title, content_html=clean.html, language=lang, link=link,
+        guid=post_guid(entry.get("id"), link, title, content),
+        title=title, content_html=content, language=lang, link=link,
         published=published, updated=_when(entry.get("updated_parsed")),
         images=clean.images, feed_url=feed_url,
     )

@@ -66,6 +66,7 @@ async def poll_feeds(feeds: Sequence[FeedSettings], *, store: PostStore, fetch: 
     the other stages and so a caller can assert what "now" the poll used.
     """
     del clock  # the store dates its writes with its own clock
+    feeds = list({f.url: f for f in feeds}.values())  # a feed listed twice is polled once
     states = await asyncio.to_thread(store.ensure_feeds, feeds)
     limit = asyncio.Semaphore(fetch.concurrency)
     async with AsyncExitStack() as stack:
@@ -108,13 +109,17 @@ async def _poll_one(feed: FeedSettings, state: FeedState, *, store: PostStore,
             parse_feed, got.body, feed_url=feed.url, language=feed.language,
             content_type=got.content_type,
         )
-        if parsed.warning:
-            log.warning("feed %s: %s", feed.url, parsed.warning)
+        warning = "; ".join(w for w in (
+            f"transfer cut short after {len(got.body)} bytes" if got.truncated else None,
+            parsed.warning,
+        ) if w) or None
+        if warning:
+            log.warning("feed %s: %s", feed.url, warning)
         result = await asyncio.to_thread(
             store.record_success, state.id, got.validators, parsed.posts,
             backlog_days=feed.backlog_days,
         )
-        return _healthy(feed, state, FeedOutcome(feed.url, result=result, warning=parsed.warning))
+        return _healthy(feed, state, FeedOutcome(feed.url, result=result, warning=warning))
     except FeedError as exc:
         message = _reason(exc)
     except Exception as exc:  # a parser bug on one feed's bytes must not stop the others
