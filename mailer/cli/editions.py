@@ -200,6 +200,10 @@ def create(app: App, posts_opt: str | None, note_files: Sequence[str], kind: str
 def schedule(app: App, edition_id: int, at_text: str, tz_opt: str | None) -> None:
     """Set (or change) an edition's send time."""
     at = parse_local_time(at_text, tz_opt or _tz(app))
+    now = app.clock()
+    if at <= now:
+        raise EditionError(f"{format_when(at, tz_opt or _tz(app))} is in the past "
+                           f"(now {format_when(now, tz_opt or _tz(app))})", edition_id=edition_id)
     app.editions.schedule(edition_id, at)
     info = app.editions.info(edition_id)
     click.echo(f"edition {edition_id} {info.state.value}: {format_when(at, _tz(app))}")

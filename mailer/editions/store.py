@@ -344,6 +344,9 @@ class EditionStore:
 
     def _check(self, info: EditionInfo, target: EditionState) -> None:
         if target not in TRANSITIONS[info.state]:
+            if info.state in (S.SENT, S.CANCELLED):
+                raise EditionError(f"was already {info.state}; it cannot become {target} "
+                                   f"(create a new edition instead)", edition_id=info.id)
             raise EditionError(f"cannot go from {info.state} to {target}", edition_id=info.id)
         if (target is S.SENDING and info.state is not S.PAUSED and self.require_approval
                 and info.approved_at is None):

@@ -115,7 +115,7 @@ def test_sent_edition_cannot_be_touched(engine: Engine, store: EditionStore) -> 
     for action in (lambda: store.schedule(eid, T0 + timedelta(days=1)),
                    lambda: store.approve(eid), lambda: store.cancel(eid),
                    lambda: store.set_state(eid, S.SENDING)):
-        with pytest.raises(EditionError, match=f"edition {eid}: cannot go from sent"):
+        with pytest.raises(EditionError, match=f"edition {eid}: was already sent"):
             action()
     with pytest.raises(EditionError, match="can no longer change"):
         store.exclude(eid, info.post_ids[0])
