@@ -21,6 +21,7 @@ from mailer.render.env import TEMPLATES_DIR
 
 __all__ = [
     "BilingualCatalog",
+    "Lazy",
     "MessageCatalog",
     "Translator",
     "catalog_for",
@@ -34,6 +35,17 @@ BABEL_LOCALES = {"zh-Hans": "zh_Hans_CN", "zh-Hant": "zh_Hant_TW", "en": "en"}
 
 def locale_dir(templates_dir: Path = TEMPLATES_DIR) -> Path:
     return templates_dir / "locale"
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A msgid used as a ``%(name)s`` value, translated by whichever catalog formats it.
+
+    A bilingual catalog formats each half in its own language, so "Written in %(language)s"
+    becomes "简体中文文章 / Written in Simplified Chinese", not a tangle of both in both.
+    """
+
+    msgid: str
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,14 @@ class MessageCatalog:
         if found is None:
             return message
         return found if isinstance(found, str) else found[0]
+
+    def translate(self, message: str, values: Mapping[str, object]) -> str:
+        """``gettext`` then ``%`` formatting, translating any ``Lazy`` value in this language."""
+        text = self.gettext(message)
+        if not values:
+            return text
+        return text % {k: self.gettext(v.msgid) if isinstance(v, Lazy) else v
+                       for k, v in values.items()}
 
     def ngettext(self, singular: str, plural: str, n: int) -> str:
         found = self._lookup(singular)
@@ -86,6 +106,10 @@ class BilingualCatalog:
 
     def gettext(self, message: str) -> str:
         return self._join(self.first.gettext(message), self.second.gettext(message))
+
+    def translate(self, message: str, values: Mapping[str, object]) -> str:
+        return self._join(self.first.translate(message, values),
+                          self.second.translate(message, values))
 
     def ngettext(self, singular: str, plural: str, n: int) -> str:
         return self._join(

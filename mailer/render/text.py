@@ -104,7 +104,7 @@ class _Walker(HTMLParser):
         self.width = width
         self.alternatives = alternatives
         self.image_label = image_label
-        self.blocks: list[str] = []
+        self.blocks: list[tuple[str, bool]] = []  # (text, is a list item)
         self.buf: list[str] = []
         self.skip = 0
         self.pre = 0
@@ -121,7 +121,7 @@ class _Walker(HTMLParser):
         self.buf = []
         if self.pre:
             if text.strip("\n"):
-                self.blocks.append(text.strip("\n"))
+                self.blocks.append((text.strip("\n"), False))
             return
         text = " ".join(text.split())
         if not text:
@@ -131,7 +131,7 @@ class _Walker(HTMLParser):
         hang = indent + " " * display_width(self.prefix)
         lines = wrap(text, self.width, indent=first, subsequent=hang)
         self.prefix = ""
-        self.blocks.append("\n".join(lines))
+        self.blocks.append(("\n".join(lines), bool(self.list_stack)))
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -164,7 +164,7 @@ class _Walker(HTMLParser):
                 self.prefix = "* "
             self.prefix = "  " * max(0, len(self.list_stack) - 1) + self.prefix
         elif tag == "hr":
-            self.blocks.append("-" * 20)
+            self.blocks.append(("-" * 20, False))
         elif tag == "img":
             self.buf.append(f" {self.image_label(a.get('alt') or '')} ")
         elif tag == "a":
@@ -219,5 +219,15 @@ def html_to_text(
     walker.feed(fragment)
     walker.close()
     walker.flush()
-    text = "\n\n".join(b for b in walker.blocks if b.strip())
+    # Paragraphs are separated by a blank line; items of one list are kept together.
+    parts: list[str] = []
+    previous_item = False
+    for block, item in walker.blocks:
+        if not block.strip():
+            continue
+        if parts:
+            parts.append("\n" if item and previous_item else "\n\n")
+        parts.append(block)
+        previous_item = item
+    text = "".join(parts)
     return TextBody(text=text, references=walker.refs)

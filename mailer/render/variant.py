@@ -23,7 +23,7 @@ from mailer.config import Config, MirrorSettings, NewsletterSettings
 from mailer.errors import RenderError
 from mailer.mirrors.rewrite import add_mirror_links, mirror_alternatives
 from mailer.models import Edition, InlineImage, Post, RenderedVariant
-from mailer.render.catalog import BABEL_LOCALES, Translator, catalog_for
+from mailer.render.catalog import BABEL_LOCALES, Lazy, Translator, catalog_for
 from mailer.render.convert import CHINESE, conversion_for, convert_html, convert_text
 from mailer.render.env import make_environment
 from mailer.render.safe import make_self_contained, remote_references
@@ -189,8 +189,7 @@ class _Chrome:
         self.tz = ZoneInfo(ctx.timezone)
 
     def _(self, message: str, **values: object) -> str:
-        text = self.catalog.gettext(message)
-        return text % values if values else text
+        return self.catalog.translate(message, values)
 
     def date(self, when: datetime) -> str:
         local = when.astimezone(self.tz) if when.tzinfo else when
@@ -203,7 +202,7 @@ class _Chrome:
     def marker(self, post: Post, target_config: str | None) -> str | None:
         if post.language in self.halves:
             return None
-        name = self._(_LANGUAGE_NAMES.get(post.language, "English"))
+        name = Lazy(_LANGUAGE_NAMES.get(post.language, "English"))
         if target_config is not None and post.language in CHINESE:
             return self._("Converted from %(language)s", language=name)
         return self._("Written in %(language)s", language=name)
@@ -307,7 +306,8 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
         "unsubscribe_url": UNSUB_SLOT,
         "public_url": ctx.newsletter.public_url,
         "mirror_label": chrome.mirror_label,
-        "wrap": lambda text, indent="": "\n".join(wrap(text, ctx.text_width, indent=indent)),
+        "wrap": lambda text, indent="", hang=None: "\n".join(
+            wrap(text, ctx.text_width, indent=indent, subsequent=hang)),
     }
     try:
         document = ctx.env.get_template(f"email/{layout}.html").render(values)
