@@ -42,7 +42,10 @@ def pass_app(fn: F) -> F:
         obj = ctx.find_object(dict)
         assert obj is not None
         if "app" not in obj:
-            obj["app"] = App.from_path(obj["config_path"])
+            app = obj["app"] = App.from_path(obj["config_path"])
+            # Give pooled connections back when the command ends (PostgreSQL warns otherwise).
+            ctx.find_root().call_on_close(
+                lambda: app.engine.dispose() if "engine" in app.__dict__ else None)
         return ctx.invoke(fn, obj["app"], *args, **kwargs)
 
     return update_wrapper(wrapper, fn)  # type: ignore[return-value]
