@@ -226,7 +226,8 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
         if not url:
             return f"[{label}]"
         href = htmllib.escape(url, quote=True)
-        out = f'[{label} · <a href="{href}">{htmllib.escape(chrome._("view image"))}</a>'
+        view = htmllib.escape(chrome._("view image"))
+        out = f'[{label} · <a href="{href}">{view}</a>'
         alts = mirror_alternatives(url, ctx.origins, ctx.mirror_slots) or (
             mirror_alternatives(post.link, ctx.origins, ctx.mirror_slots) if post.link else ())
         for i, alt_url in enumerate(alts):
