@@ -20,9 +20,11 @@ LANGUAGES = ("en", "zh-Hans", "zh-Hant", "mixed")
 _SAMPLE = 4000
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
-# One Chinese character carries about as much as three Latin letters (a word is ~5 letters,
-# ~1.7 characters), so we weigh them so before comparing the shares.
-_HAN_WEIGHT = 3
+_WORD = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*")
+# An English word carries about as much as 1.7 Chinese characters (average word lengths in
+# parallel texts), so words are weighed so before comparing the two shares. Counting words,
+# not letters, keeps "Amnesty International" in a Chinese post from making it "mixed".
+_WORD_WEIGHT = 1.7
 _MIXED_LOW, _MIXED_HIGH = 0.2, 0.8
 
 _HANT_TAGS = ("zh-hant", "zh-tw", "zh-hk", "zh-mo", "zh-yue")
@@ -74,10 +76,10 @@ def detect_language(text: str, *, declared: str | None = None, override: str = "
     declared_lang = declared_language(declared)
     sample = text[:_SAMPLE]
     han_chars = _HAN.findall(sample)
-    han, latin = len(han_chars), len(_LATIN.findall(sample))
-    if han == 0 and latin == 0:
+    han, words = len(han_chars), len(_WORD.findall(sample))
+    if han == 0 and words == 0:
         return declared_lang or default
-    share = han * _HAN_WEIGHT / (han * _HAN_WEIGHT + latin)
+    share = han / (han + words * _WORD_WEIGHT)
     if share <= _MIXED_LOW:
         return "en"
     if share < _MIXED_HIGH:
