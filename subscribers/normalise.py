@@ -113,4 +113,6 @@ def validate(address: str) -> str:
     except email_validator.EmailNotValidError:
         raise InvalidAddress("not a valid email address") from None
     local, _, _ = info.normalized.rpartition("@")
+    if len(local.encode("utf-8")) > 64:  # RFC 5321 §4.5.3.1.1; relays refuse longer ones
+        raise InvalidAddress("the part before '@' is longer than 64 octets")
     return f"{local}@{info.ascii_domain.lower()}"

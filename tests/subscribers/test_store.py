@@ -20,13 +20,17 @@ def test_add_then_stream_and_lookup(store: SubscriberStore) -> None:
     c = store.add("carol@126.com", None)  # pending: not streamed
     got = {r.id: r for r in store.stream_active(batch_size=1)}
     assert set(got) == {a, b}
-    assert got[a].address == "alice@qq.com" and got[a].language == "zh-Hans"
+    assert got[a].address == "alice@qq.com"
+    assert got[a].language == "zh-Hans"
     assert got[b].domain == "163.com"
-    assert store.count() == 2 and store.count(None) == 3
+    assert store.count() == 2
+    assert store.count(None) == 3
     found = store.lookup("alice@QQ.COM")
-    assert found is not None and found.id == a
+    assert found is not None
+    assert found.id == a
     pending = store.get(c)
-    assert pending is not None and pending.state is SubscriberState.PENDING
+    assert pending is not None
+    assert pending.state is SubscriberState.PENDING
     assert pending.language == "zh-Hans"  # the first configured language is the default
 
 
@@ -35,7 +39,8 @@ def test_rows_hold_no_plaintext(store: SubscriberStore) -> None:
     with store.engine.connect() as conn:
         row = conn.execute(select(t)).one()
     blob = b"".join(v if isinstance(v, bytes) else str(v).encode() for v in row)
-    assert b"secret.person" not in blob and b"qq.com" not in blob
+    assert b"secret.person" not in blob
+    assert b"qq.com" not in blob
 
 
 def test_same_address_is_one_subscriber(store: SubscriberStore) -> None:
@@ -71,8 +76,10 @@ def test_state_timestamps(store: SubscriberStore, clock: Clock) -> None:
     clock.advance(hours=1)
     assert store.set_state(sid, SubscriberState.BOUNCED)
     rec = store.get(sid)
-    assert rec is not None and rec.state is SubscriberState.BOUNCED
-    assert rec.confirmed_at is not None and rec.bounced_at == clock.now
+    assert rec is not None
+    assert rec.state is SubscriberState.BOUNCED
+    assert rec.confirmed_at is not None
+    assert rec.bounced_at == clock.now
     assert rec.created_at < rec.confirmed_at < rec.bounced_at
 
 

@@ -1,0 +1,50 @@
+"""The lifecycle rules, pure: double opt-in, suppression, re-subscription."""
+
+from __future__ import annotations
+
+import pytest
+
+from subscribers.lifecycle import SUPPRESSED, Event, Recipient, SubscriberState, next_state
+
+S = SubscriberState
+
+
+def test_new_addresses() -> None:
+    assert next_state(None, Event.FORM) is S.PENDING
+    assert next_state(None, Event.IMPORT) is S.PENDING
+    assert next_state(None, Event.IMPORT_CONFIRMED) is S.ACTIVE
+
+
+@pytest.mark.parametrize("state", sorted(SUPPRESSED))
+def test_imports_never_reactivate_without_the_flag(state: SubscriberState) -> None:
+    assert next_state(state, Event.IMPORT_CONFIRMED) is state
+    assert next_state(state, Event.IMPORT) is state
+    assert next_state(state, Event.IMPORT_CONFIRMED, reactivate=True) is S.ACTIVE
+    assert next_state(state, Event.IMPORT, reactivate=True) is S.PENDING
+
+
+@pytest.mark.parametrize("state", sorted(SUPPRESSED))
+def test_the_form_reactivates_only_through_double_opt_in(state: SubscriberState) -> None:
+    assert next_state(state, Event.FORM) is S.PENDING
+    assert next_state(S.PENDING, Event.CONFIRM) is S.ACTIVE
+
+
+def test_confirm_is_idempotent_and_never_undoes_an_unsubscribe() -> None:
+    assert next_state(S.ACTIVE, Event.CONFIRM) is S.ACTIVE
+    assert next_state(S.UNSUBSCRIBED, Event.CONFIRM) is S.UNSUBSCRIBED
+
+
+def test_terminal_events() -> None:
+    assert next_state(S.ACTIVE, Event.UNSUBSCRIBE) is S.UNSUBSCRIBED
+    assert next_state(S.UNSUBSCRIBED, Event.UNSUBSCRIBE) is S.UNSUBSCRIBED
+    assert next_state(S.ACTIVE, Event.BOUNCE) is S.BOUNCED
+    assert next_state(S.BOUNCED, Event.COMPLAINT) is S.COMPLAINED
+    assert next_state(S.COMPLAINED, Event.UNSUBSCRIBE) is S.COMPLAINED
+    assert next_state(S.ACTIVE, Event.FORM) is S.ACTIVE
+
+
+def test_recipient_never_shows_its_address() -> None:
+    r = Recipient(5, "hidden@QQ.com", "zh-Hans")
+    assert r.domain == "qq.com"
+    assert "hidden" not in repr(r)
+    assert "hidden" not in str(r)

@@ -1,0 +1,75 @@
+"""Key rotation: batches, interruption and resume, retirement, tokens still valid."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from subscribers.codec import Codec
+from subscribers.errors import WrongKeyError
+from subscribers.keys import KeyRing
+from subscribers.rotation import rotate
+from subscribers.schema import subscribers as t
+from subscribers.store import SubscriberStore
+from subscribers.tokens import TokenSigner
+from tests.subscribers.conftest import LANGS, Clock
+
+
+def key_ids_in_use(store: SubscriberStore) -> dict[str, int]:
+    with store.engine.connect() as conn:
+        return {k: n for k, n in conn.execute(select(t.c.key_id, func.count()).group_by(t.c.key_id))}
+
+
+def test_interrupted_rotation_resumes_and_retires(store: SubscriberStore, ring: KeyRing,
+                                                  clock: Clock) -> None:
+    ids = [store.add(f"r{i}@qq.com", "en", confirmed=True) for i in range(25)]
+    token = TokenSigner(ring.token_key, clock).unsubscribe_token(ids[0])
+    old = ring.current
+    progress: list[tuple[int, int]] = []
+    first = rotate(store, batch_size=10, stop_after=1, progress=lambda d, n: progress.append((d, n)))
+    assert progress == [(10, 25)]
+    assert not first.retired
+    mixed = key_ids_in_use(store)
+    assert mixed == {old: 15, first.new_key_id: 10}
+
+    # "A new process": reload the key file, which now holds both keys.
+    reloaded = KeyRing.load(ring.path)
+    assert set(reloaded.aead) == {old, first.new_key_id}
+    store2 = SubscriberStore(store.engine, Codec(reloaded), clock, LANGS)
+    store2.verify_key()
+    assert len(list(store2.stream_active())) == 25
+    # A subscriber added mid-rotation is sealed with the new key.
+    late = store2.add("late@qq.com", "en", confirmed=True)
+
+    second = rotate(store2, batch_size=10)
+    assert second.resumed
+    assert second.new_key_id == first.new_key_id
+    assert second.retired == (old,)
+    assert key_ids_in_use(store2) == {first.new_key_id: 26}
+    on_disk = json.loads(ring.path.read_text())
+    assert [k["id"] for k in on_disk["aead"]] == [first.new_key_id]
+
+    final = SubscriberStore(store.engine, Codec(KeyRing.load(ring.path)), clock, LANGS)
+    final.verify_key()
+    addresses = {r.id: r.address for r in final.stream_active()}
+    assert addresses[ids[7]] == "r7@qq.com"
+    assert addresses[late] == "late@qq.com"
+    signer = TokenSigner(KeyRing.load(ring.path).token_key, clock)
+    assert signer.verify_unsubscribe(token) == ids[0]
+    assert final.lookup("r3@qq.com") is not None  # the blind index did not change
+
+
+def test_a_wrong_key_file_touches_nothing(store: SubscriberStore, ring: KeyRing,
+                                          clock: Clock) -> None:
+    store.add("w@qq.com", "en", confirmed=True)
+    with store.engine.connect() as conn:
+        before = conn.execute(select(t)).all()
+    wrong = SubscriberStore(store.engine, Codec(KeyRing.generate(ring.path)), clock, LANGS)
+    with pytest.raises(WrongKeyError):
+        wrong.verify_key()
+    with pytest.raises(WrongKeyError):
+        rotate(wrong)
+    with store.engine.connect() as conn:
+        assert conn.execute(select(t)).all() == before
