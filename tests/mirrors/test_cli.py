@@ -1,0 +1,92 @@
+"""The ``newsletter mirrors`` commands end to end: real config file, database and HTTP server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import mailer.cli  # noqa: F401  (registers every command)
+from mailer.cli.base import run_cli
+from mailer.config import load_config
+from mailer.db import open_engine
+from mailer.mirrors.exposure import record_exposure
+from mailer.schema import editions
+from tests.mirrors.helpers import NOW, write_config
+from tests.support.http import HTTPServer, Reply
+
+DATA = Path(__file__).parent / "data"
+CF = "https://d1a2b3c4.cloudfront.net"
+NETLIFY = "https://citizens-rights-mirror.netlify.app"
+
+
+def _setup(tmp_path: Path) -> Path:
+    path = tmp_path / "newsletter.toml"
+    write_config(path, [{"url": CF, "added": "2026-10-01"}, {"url": NETLIFY},
+                        {"url": "https://cr-reserve.pages.dev", "status": "reserve"}],
+                 db_url=f"sqlite:///{tmp_path / 'n.db'}")
+    return path
+
+
+def test_ooni_then_list_shows_blocked_and_exposure(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = _setup(tmp_path)
+    engine = open_engine(load_config(path, {}).storage.database)
+    with engine.begin() as conn:
+        conn.execute(editions.insert().values(id=1, kind="digest", state="sent",
+                                              created_at=NOW, updated_at=NOW))
+    record_exposure(engine, 1, {CF: 40, NETLIFY: 38}, NOW)
+    engine.dispose()
+    sample = tmp_path / "ooni.jsonl"
+    shutil.copy(DATA / "ooni-web_connectivity.jsonl", sample)
+
+    assert run_cli(["--config", str(path), "mirrors", "ooni", str(sample)]) == 0
+    out = capsys.readouterr().out
+    assert "9 measurements read, 2 lines skipped" in out
+    assert f"BLOCKED  {CF} (active): dns at 2026-11-18 03:00; sent to 40 recipients in 1 " \
+           "editions since 2026-11-23 12:00" in out
+    assert "2 mirror(s) newly marked blocked in CN" in out
+    assert "ok       https://cr-reserve.pages.dev: 2 measurements" in out
+
+    assert run_cli(["--config", str(path), "mirrors", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "active https; up; BLOCKED in CN" in out
+    assert "added 2026-10-01" in out
+    assert "first sent 2026-11-23 12:00, last sent 2026-11-23 12:00, 40 recipients over 1" in out
+    assert "reserve https; unchecked" in out
+
+
+def test_import_prints_and_writes_only_when_asked(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = _setup(tmp_path)
+    before = path.read_text()
+    lst = str(DATA / "bypass-censorship-v2.json")
+    assert run_cli(["--config", str(path), "mirrors", "import", lst]) == 0
+    out = capsys.readouterr().out
+    assert "+ https://d9z8y7x6.cloudfront.net (https, reserve)" in out
+    assert f"= {CF} (already listed, active)" in out
+    assert "nothing written" in out
+    assert path.read_text() == before
+    assert run_cli(["--config", str(path), "mirrors", "import", lst, "--as", "active",
+                    "--write"]) == 0
+    sites = {s.url: s for s in load_config(path, {}).mirrors.sites}
+    assert sites["https://d9z8y7x6.cloudfront.net"].status == "active"
+    assert sites["https://d9z8y7x6.cloudfront.net"].note == "imported from bypass-censorship-v2.json"
+
+
+def test_check_exit_code_and_output(tmp_path: Path, http_server: HTTPServer,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    base = http_server.url("")
+    path = tmp_path / "newsletter.toml"
+    write_config(path, [{"url": "http://good.example"}, {"url": "http://bad.example"}],
+                 db_url=f"sqlite:///{tmp_path / 'n.db'}",
+                 extra=f'canary_path = "/c.html"\nproxy = "{base}"')
+    # Origin from the helper config: https://citizens-rights.blogspot.com, which the test proxy
+    # cannot serve (CONNECT), so content is judged by status alone; "bad" answers 500.
+    http_server.routes["http://good.example/c.html"] = Reply(body=b"<title>t</title>")
+    http_server.routes["http://bad.example/c.html"] = Reply(status=500)
+    assert run_cli(["--config", str(path), "mirrors", "check"]) == 1
+    out = capsys.readouterr().out
+    assert "ok   http://good.example [up]" in out
+    assert "FAIL http://bad.example [up] HTTP 500" in out
