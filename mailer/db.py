@@ -10,7 +10,6 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from mailer.errors import StorageError
-from mailer.schema import metadata
 
 __all__ = ["create_schema", "is_postgres", "is_sqlite", "open_engine"]
 
@@ -45,14 +44,24 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     if create:
-        create_schema(engine)
+        try:
+            create_schema(engine)
+        except BaseException:
+            engine.dispose()  # a refused database must not leave pooled connections behind
+            raise
     return engine
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables. (Alembic migrations take over for upgrades: ``newsletter db upgrade``.)"""
+    """Build a fresh database (stamped at the head migration), or check an existing one is current.
+
+    A database at an older revision raises ``StorageError``: ``newsletter db upgrade`` (see
+    ``mailer.migrate``) is an operator's step, never a side effect of opening the database.
+    """
+    from mailer.migrate import prepare_schema  # alembic is imported only when a schema is needed
+
     try:
-        metadata.create_all(engine)
+        prepare_schema(engine)
     except OperationalError as exc:
         raise StorageError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: "
                            f"{exc.orig}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from mailer.cli import db  # noqa: F401  (registers commands)
 from mailer.cli import editions  # noqa: F401  (registers commands)
 from mailer.cli import feeds  # noqa: F401  (registers commands)
 from mailer.cli import mirrors  # noqa: F401  (registers commands)
