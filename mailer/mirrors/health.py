@@ -17,10 +17,9 @@ import asyncio
 import hashlib
 import html
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import httpx
 from sqlalchemy import Engine, insert, update
@@ -30,9 +29,6 @@ from mailer.config import MirrorSettings, MirrorSite
 from mailer.mirrors.registry import MirrorHealth, load_health
 from mailer.schema import mirror_state
 
-if TYPE_CHECKING:
-    from mailer.app import App
-
 __all__ = [
     "Answer",
     "CheckResult",
@@ -41,7 +37,6 @@ __all__ = [
     "compare",
     "fingerprint",
     "next_state",
-    "run_health_check",
 ]
 
 MAX_BODY = 2 * 1024 * 1024
@@ -207,13 +202,3 @@ class MirrorChecker:
                                  .values(**values))
                 results.append(CheckResult(url, ok, detail, healthy, failures))
         return results
-
-
-async def run_health_check(app: App, client_factory: ClientFactory | None = None,
-                           ) -> Sequence[CheckResult]:
-    """What the scheduler's job and ``newsletter mirrors check`` run: check, then hand out anew."""
-    registry = app.mirrors
-    checker = MirrorChecker(registry.settings, app.engine, app.clock, client_factory)
-    results = await checker.check()
-    registry.refresh()
-    return results

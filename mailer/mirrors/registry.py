@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 
@@ -37,6 +38,9 @@ from mailer.config import MirrorSettings, MirrorSite, load_config
 from mailer.errors import NewsletterError
 from mailer.mirrors.partition import Partitioner, period_index
 from mailer.schema import mirror_state
+
+if TYPE_CHECKING:
+    from mailer.mirrors.health import CheckResult
 
 __all__ = [
     "MirrorHealth",
@@ -253,6 +257,17 @@ class MirrorRegistry:
                 continue
             out.append(site)
         return tuple(out)
+
+    async def check(self) -> Sequence[CheckResult]:
+        """Run the health check on the current settings, then hand out from the new state.
+
+        The daemon's ``mirrors`` job calls this every ``schedule.mirror_check_every``.
+        """
+        from mailer.mirrors.health import MirrorChecker  # health imports this module
+
+        results = await MirrorChecker(self._settings, self._engine, self._clock).check()
+        self.refresh()
+        return results
 
     # ------------------------------------------------------------------ rotation
 
