@@ -9,6 +9,7 @@ from mailer.cli import editions  # noqa: F401  (registers commands)
 from mailer.cli import feeds  # noqa: F401  (registers commands)
 from mailer.cli import mirrors  # noqa: F401  (registers commands)
 from mailer.cli import pipeline  # noqa: F401  (registers commands)
+from mailer.cli import preview  # noqa: F401  (registers commands)
 from mailer.cli import run  # noqa: F401  (registers commands)
 from mailer.cli import subscribers  # noqa: F401  (registers commands)
 from mailer.cli.base import cli, run_cli
