@@ -23,9 +23,9 @@ from mailer.delivery.outbox import OutboxRow
 from mailer.errors import EditionError
 from mailer.feeds.poll import PollReport, poll_feeds
 from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
+from mailer.mirrors.exposure import record_exposure
 from mailer.models import EditionState
 from mailer.render.images import fetch_images
-from mailer.mirrors.exposure import record_exposure
 from mailer.render.variant import RenderContext, inline_css, render_variant
 from subscribers.lifecycle import Recipient
 
