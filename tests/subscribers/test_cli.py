@@ -1,0 +1,131 @@
+"""The subscriber commands in-process: exit codes and one clear line on bad input or keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select
+
+from mailer.cli.base import run_cli
+from subscribers.keys import KeyRing
+from subscribers.schema import subscribers as t
+from tests.subscribers.support import write_config
+
+
+def cli(config: Path, *args: str) -> int:
+    return run_cli(["--config", str(config), *args])
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+def rows(config: Path) -> list[tuple[object, ...]]:
+    engine = create_engine(f"sqlite:///{config.parent / 'data' / 'newsletter.db'}")
+    with engine.connect() as conn:
+        out = [tuple(r) for r in conn.execute(select(t).order_by(t.c.id))]
+    engine.dispose()
+    return out
+
+
+def test_keys_init_refuses_to_overwrite(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(config, "keys", "init") == 0
+    key = config.parent / "secrets" / "keys.json"
+    before = key.read_bytes()
+    assert cli(config, "keys", "init") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "refusing to overwrite" in err
+    assert key.read_bytes() == before
+
+
+def test_import_count_export(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(config, "keys", "init") == 0
+    csv = config.parent / "in.csv"
+    csv.write_text("email,language\na@qq.com,en\nbad,en\nb@163.com,\n", encoding="utf-8")
+    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 2
+    err = capsys.readouterr().err
+    assert f"{csv}:3: bad address" in err
+    assert "bad," not in err  # the line number, never the content
+    assert cli(config, "subscribers", "count") == 0
+    assert capsys.readouterr().out.strip() == "2"
+    out = config.parent / "out.csv"
+    assert cli(config, "subscribers", "export", str(out)) == 2  # neither flag: refuse
+    assert not out.exists()
+    assert cli(config, "subscribers", "export", str(out), "--plaintext") == 0
+    assert "WARNING" in capsys.readouterr().err
+    assert out.read_text().splitlines() == ["email,language", "a@qq.com,en", "b@163.com,zh-Hans"]
+    assert out.stat().st_mode & 0o077 == 0
+
+
+def test_bad_header_is_one_line_naming_file_and_line(config: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(config, "keys", "init") == 0
+    csv = config.parent / "in.csv"
+    csv.write_text("name,lang\nx,y\n", encoding="utf-8")
+    assert cli(config, "subscribers", "import", str(csv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"newsletter: error: {csv}:1:")
+
+
+def test_wrong_key_exits_2_and_touches_nothing(config: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(config, "keys", "init") == 0
+    csv = config.parent / "in.csv"
+    csv.write_text("email\na@qq.com\nb@qq.com\n", encoding="utf-8")
+    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
+    before = rows(config)
+    key = config.parent / "secrets" / "keys.json"
+    key.unlink()
+    KeyRing.create(key)  # somebody else's key file
+    wrong = key.read_bytes()
+    capsys.readouterr()
+    for args in (["subscribers", "count"], ["keys", "rotate"],
+                 ["subscribers", "import", str(csv), "--confirmed", "--reactivate"]):
+        assert cli(config, *args) == 2
+        err = capsys.readouterr().err
+        assert "does not" in err
+        assert "a@qq.com" not in err
+    assert rows(config) == before
+    assert key.read_bytes() == wrong
+
+
+def test_missing_or_truncated_key_file(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(config, "keys", "init") == 0
+    csv = config.parent / "in.csv"
+    csv.write_text("email\na@qq.com\n", encoding="utf-8")
+    assert cli(config, "subscribers", "import", str(csv)) == 0
+    key = config.parent / "secrets" / "keys.json"
+    data = key.read_bytes()
+    key.write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert cli(config, "subscribers", "count") == 2
+    assert "truncated" in capsys.readouterr().err
+    key.unlink()
+    assert cli(config, "subscribers", "count") == 2
+    assert "restore the key file" in capsys.readouterr().err
+    assert not key.exists()  # never silently replaced while rows need the old one
+
+
+def test_rotate_reports_progress_and_retires(config: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(config, "keys", "init") == 0
+    csv = config.parent / "in.csv"
+    csv.write_text("email\n" + "".join(f"u{i}@qq.com\n" for i in range(12)), encoding="utf-8")
+    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
+    key = config.parent / "secrets" / "keys.json"
+    old = json.loads(key.read_text())["current"]
+    capsys.readouterr()
+    assert cli(config, "keys", "rotate", "--batch-size", "5") == 0
+    captured = capsys.readouterr()
+    assert "re-encrypted 5/12" in captured.err
+    assert "re-encrypted 12/12" in captured.err
+    assert f"retired {old}" in captured.out
+    doc = json.loads(key.read_text())
+    assert [k["id"] for k in doc["aead"]] == [doc["current"]]
+    assert {r[3] for r in rows(config)} == {doc["current"]}
+    assert cli(config, "subscribers", "count") == 0
+    assert capsys.readouterr().out.strip() == "12"

@@ -1,0 +1,105 @@
+"""The byte search: after import, send, rotation, backup and unsubscribe, no address appears in
+any byte the project wrote (database, WAL, backups) or logged."""
+
+from __future__ import annotations
+
+import email
+import re
+import sqlite3
+from email import policy
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.subscribers.support import run, serve, write_config
+
+pytestmark = pytest.mark.slow
+
+ADDRESSES = [
+    "zhang.wei.q7x3@qq.com",
+    "li.na.k2m9@163.com",
+    "chen.jie.w5t1@126.com",
+    "reader.h8v4@example.org",
+    "王小明z9p2@qq.com",
+]
+
+
+def needles(address: str) -> list[bytes]:
+    local = address.rpartition("@")[0]
+    return [address.encode(), local.encode(), address.encode("utf-16-le"),
+            address.upper().encode()]
+
+
+def project_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file the project wrote except the delivered mail itself."""
+    out = {}
+    for f in folder.rglob("*"):
+        if f.is_file() and "outbox" not in f.parts and f.suffix not in (".csv", ".toml"):
+            out[str(f.relative_to(folder))] = f.read_bytes()
+    return out
+
+
+def assert_clean(blobs: dict[str, bytes]) -> None:
+    for name, data in blobs.items():
+        for address in ADDRESSES:
+            for needle in needles(address):
+                assert needle not in data, f"{address!r} found in {name}"
+
+
+def test_no_address_in_any_byte_written(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    logs: list[str] = []
+
+    def cli(*args: str) -> None:
+        result = run(config, "-v", *args)
+        logs.extend([result.out, result.err])
+        assert result.code == 0, result.err
+
+    cli("keys", "init")
+    (tmp_path / "list.csv").write_text(
+        "email,language\n" + "".join(f"{a},{lang}\n" for a, lang in
+                                     zip(ADDRESSES, ["zh-Hans", "zh-Hant", "en", "zh-Hans+en", "zh-Hans"],
+                                         strict=True)),
+        encoding="utf-8")
+    cli("subscribers", "import", "list.csv", "--confirmed")
+    # Hold a connection open so SQLite keeps its WAL file (the last connection to close
+    # checkpoints and deletes it): the later writes stay in the WAL for the search.
+    holder = sqlite3.connect(tmp_path / "data" / "newsletter.db")
+    holder.execute("select count(*) from subscribers").fetchone()
+    cli("poll")
+    cli("send")
+    cli("keys", "rotate")
+    cli("subscribers", "export", "backup.bin", "--encrypted")
+    cli("subscribers", "count")
+
+    mails = sorted((tmp_path / "data" / "outbox" / "new").glob("*"))
+    assert len(mails) == len(ADDRESSES)  # the send really happened, one message each
+    # Positive control: the search finds an address where one must be (the delivered mail).
+    assert any(ADDRESSES[0].encode() in m.read_bytes() for m in mails)
+    first = email.message_from_bytes(mails[0].read_bytes(), policy=policy.default)
+    unsub = re.search(r"/u/([A-Za-z0-9_-]+)>", str(first["List-Unsubscribe"]))
+    assert unsub is not None
+
+    with serve(config) as server:
+        resp = httpx.post(f"{server.base}/u/{unsub.group(1)}",
+                          data={"List-Unsubscribe": "One-Click"}, timeout=30)
+        assert resp.status_code == 200
+        with httpx.Client(base_url=server.base, timeout=30) as client:
+            page = client.get("/subscribe")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert csrf is not None
+            form = client.post("/subscribe", data={"email": ADDRESSES[1], "language": "en",
+                                                   "csrf": csrf.group(1)})
+            assert form.status_code == 200
+        # While the server runs, the SQLite WAL and shared-memory files exist: search them too.
+        live = project_bytes(tmp_path)
+        assert any(name.endswith("-wal") for name in live)
+        assert_clean(live)
+    logs.append(server.log())
+    holder.close()
+
+    assert_clean(project_bytes(tmp_path))
+    assert_clean({f"log {i}": text.encode() for i, text in enumerate(logs)})
+    count = run(config, "subscribers", "count")
+    assert count.out.strip() == str(len(ADDRESSES) - 1)  # the one-click unsubscribe held
