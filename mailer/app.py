@@ -118,18 +118,11 @@ class App:
 
     @cached_property
     def mirrors(self) -> MirrorRegistry:
-        """Mirror bases per recipient; the partition secret never changes while the list lives."""
+        """Mirror bases per recipient. The partition secret is ``[mirrors] secret_env`` if set,
+        else derived from the key file's master secret: stable across restarts and data-key
+        rotations, and it moves with the list."""
         from mailer.mirrors.registry import MirrorRegistry
 
-        secret = self.config.mirrors.secret
-        if secret is None:
-            keyring = getattr(self, "keyring", None)  # the subscribers stage's KeyRing
-            if keyring is not None:
-                secret = keyring.derive(b"newsletter/mirror-partition/v1")
-            else:
-                # TODO(lead): drop this once App.keyring exists. A fixed secret lets anyone
-                # who reads the code recompute which subscriber holds which mirror.
-                log.warning("mirrors: no secret_env and no key ring; using the fixed DEV secret")
-                secret = b"newsletter-dev-mirror-secret-not-for-production"
+        secret = self.config.mirrors.secret or self.keyring.derive(b"mirror-partition/v1")
         return MirrorRegistry(self.config.mirrors, self.engine, self.clock, secret,
                               environ=self.environ, config_path=self.config.path)

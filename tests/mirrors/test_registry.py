@@ -163,3 +163,18 @@ def test_app_mirrors_uses_config_secret(tmp_path: Path) -> None:
     assert a == [App.from_path(path, environ={"MIRROR_SECRET": "one"},
                                clock=Clock()).mirrors.for_subscriber(s) for s in range(100)]
     assert load_config(path, {}).mirrors.secret is None
+
+
+def test_app_mirrors_secret_from_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    write_config(path, SITES, db_url=f"sqlite:///{tmp_path / 'db'}")
+
+    def sets() -> list[tuple[str, ...]]:
+        app = App.from_path(path, environ={}, clock=Clock())
+        return [app.mirrors.for_subscriber(s) for s in range(100)]
+
+    first = sets()  # creates the key file
+    assert (tmp_path / "data" / "keys.json").exists()
+    assert sets() == first  # stable across processes
+    (tmp_path / "data" / "keys.json").unlink()
+    assert sets() != first  # a new key file, a new partition
