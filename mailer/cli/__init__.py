@@ -12,6 +12,7 @@ from mailer.cli import pipeline  # noqa: F401  (registers commands)
 from mailer.cli import preview  # noqa: F401  (registers commands)
 from mailer.cli import run  # noqa: F401  (registers commands)
 from mailer.cli import subscribers  # noqa: F401  (registers commands)
+from mailer.cli import worker  # noqa: F401  (registers commands)
 from mailer.cli.base import cli, run_cli
 
 __all__ = ["cli", "main"]

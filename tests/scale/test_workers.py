@@ -1,0 +1,185 @@
+"""``newsletter worker``: several senders share an edition without overlap; a dead one's rows are
+reclaimed after the lease, with duplicates within the delivery bound (issue 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from mailer.app import App
+from mailer.cli.worker import (
+    ClaimOnceOutbox,
+    SenderWorker,
+    editions_unfinished,
+    editions_with_work,
+    start_edition,
+)
+from mailer.models import EditionState, OutboxState
+from mailer.schema import outbox
+from tests.scale.helpers import (
+    CountingHandler,
+    make_edition,
+    seed_subscribers,
+    spawn_cli,
+    write_config,
+)
+from tests.support.smtp import SMTPServer
+
+
+@pytest.fixture
+def sink() -> Iterator[CountingHandler]:
+    handler = CountingHandler()
+    server = SMTPServer(handler)  # type: ignore[arg-type]
+    server.start()
+    handler.port = server.port
+    yield handler
+    server.stop()
+
+
+def _app(tmp_path: Path, db_url: str, sink: CountingHandler, connections: int = 2) -> App:
+    cfg = write_config(tmp_path, db_url, sink.port, connections=connections)
+    return App.from_path(cfg, environ={})
+
+
+def _states(app: App, edition_id: int) -> dict[OutboxState, int]:
+    return {k: v for k, v in app.outbox.counts(edition_id).items() if v}
+
+
+async def test_two_workers_share_an_edition_without_overlap(
+        tmp_path: Path, db_url: str, sink: CountingHandler) -> None:
+    first = _app(tmp_path, db_url, sink)
+    addresses = seed_subscribers(first, 160)
+    edition_id = make_edition(first)
+    assert start_edition(first, edition_id) == 160
+    assert start_edition(first, edition_id) == 0  # enqueueing again adds nobody
+    assert editions_with_work(first.engine, first.clock()) == [edition_id]
+    second = App.from_path(first.config.path, environ={})
+    workers = [SenderWorker(app, batch_size=8, once=True, poll=0.1) for app in (first, second)]
+    reports = await asyncio.gather(*(w.run(handle_signals=False) for w in workers))
+    assert all(r.sent > 0 for r in reports), [r.summary() for r in reports]
+    assert sum(r.sent for r in reports) == 160
+    assert sink.per_rcpt == dict.fromkeys(addresses, 1)
+    assert _states(first, edition_id) == {OutboxState.SENT: 160}
+    assert first.editions.info(edition_id).state is EditionState.SENT
+    assert sum(len(r.finished) for r in reports) == 1  # exactly one worker marked it sent
+    assert editions_unfinished(first.engine) == []
+    for app in (first, second):
+        app.engine.dispose()
+
+
+async def test_a_dead_workers_rows_are_reclaimed_after_the_lease(
+        tmp_path: Path, db_url: str, sink: CountingHandler) -> None:
+    app = _app(tmp_path, db_url, sink)
+    addresses = seed_subscribers(app, 40)
+    edition_id = make_edition(app)
+    start_edition(app, edition_id)
+    # A worker that claimed 10 rows and died before sending any: its lease is all that is left.
+    dead = ClaimOnceOutbox(app.engine, app.clock).claim(edition_id, 10, "worker:dead:1:0",
+                                                        timedelta(seconds=1))
+    assert len(dead) == 10
+    started = time.monotonic()
+    worker = SenderWorker(app, once=True, poll=0.1, batch_size=16)
+    report = await worker.run(handle_signals=False)
+    assert time.monotonic() - started >= 0.5  # it had to wait for the lease to run out
+    assert report.sent == 40
+    assert sink.per_rcpt == dict.fromkeys(addresses, 1)
+    with app.engine.connect() as conn:
+        retried = conn.execute(select(func.count()).select_from(outbox).where(
+            outbox.c.edition_id == edition_id, outbox.c.attempts == 2)).scalar_one()
+    assert retried == 10
+    assert app.editions.info(edition_id).state is EditionState.SENT
+    app.engine.dispose()
+
+
+def test_a_claim_takes_at_most_its_limit(tmp_path: Path, db_url: str,
+                                         sink: CountingHandler) -> None:
+    # On PostgreSQL a LIMIT … FOR UPDATE SKIP LOCKED subquery under IN can be rescanned per row
+    # and take every row; a fresh, unanalysed table is exactly when that plan is chosen.
+    app = _app(tmp_path, db_url, sink)
+    seed_subscribers(app, 50)
+    edition_id = make_edition(app)
+    start_edition(app, edition_id)
+    box = ClaimOnceOutbox(app.engine, app.clock)
+    first = box.claim(edition_id, 10, "a", timedelta(minutes=1))
+    second = box.claim(edition_id, 10, "b", timedelta(minutes=1))
+    assert len(first) == 10
+    assert len(second) == 10
+    assert not {r.subscriber_id for r in first} & {r.subscriber_id for r in second}
+    assert _states(app, edition_id) == {OutboxState.SENDING: 20, OutboxState.QUEUED: 30}
+    app.engine.dispose()
+
+
+async def test_worker_leaves_paused_editions_alone(
+        tmp_path: Path, db_url: str, sink: CountingHandler) -> None:
+    app = _app(tmp_path, db_url, sink)
+    seed_subscribers(app, 20)
+    edition_id = make_edition(app)
+    start_edition(app, edition_id)
+    app.editions.pause(edition_id)
+    assert editions_with_work(app.engine, app.clock()) == []
+    report = await SenderWorker(app, once=True, poll=0.1).run(handle_signals=False)
+    assert report.sent == 0
+    assert sink.total == 0
+    assert _states(app, edition_id) == {OutboxState.QUEUED: 20}
+    app.engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(600)
+def test_three_worker_processes_one_sigkilled_everyone_gets_the_edition(
+        tmp_path: Path, postgres_url: str, sink: CountingHandler) -> None:
+    n, connections = 20_000, 2
+    app = _app(tmp_path, postgres_url, sink, connections=connections)
+    addresses = seed_subscribers(app, n)
+    edition_id = make_edition(app)
+    assert start_edition(app, edition_id) == n
+    cfg = app.config.path
+    args = ("worker", "--once", "--lease", "4s", "--poll", "0.5s", "--batch", "32")
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    procs = [spawn_cli(cfg, *args, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+             for log in logs]
+    victim = procs[0]
+    try:
+        deadline = time.monotonic() + 300
+        while sink.total < n // 4:
+            assert time.monotonic() < deadline, "workers made no progress"
+            assert victim.poll() is None, "the first worker ended before the kill"
+            time.sleep(0.05)
+        with app.engine.connect() as conn:
+            held = conn.execute(select(func.count()).select_from(outbox).where(
+                outbox.c.lease_owner.like(f"worker:%:{victim.pid}:%"),
+                outbox.c.state == OutboxState.SENDING.value)).scalar_one()
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+        assert 0 < sink.total < n, "the kill must land mid-send"
+        for proc, log in zip(procs[1:], logs[1:], strict=True):
+            assert proc.wait(400) == 0, log.read_text()[-2000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+            if proc.stderr is not None:
+                proc.stderr.close()
+    # Every recipient got the edition; duplicates stay within the dead worker's connections.
+    assert set(sink.per_rcpt) == set(addresses)
+    duplicates = sum(c - 1 for c in sink.per_rcpt.values())
+    assert duplicates <= connections, duplicates
+    assert _states(app, edition_id) == {OutboxState.SENT: n}
+    assert app.editions.info(edition_id).state is EditionState.SENT
+    with app.engine.connect() as conn:
+        retried = conn.execute(select(func.count()).select_from(outbox).where(
+            outbox.c.edition_id == edition_id, outbox.c.attempts >= 2)).scalar_one()
+    # The victim held claimed rows when it died, and they were sent by the others afterwards.
+    assert held > 0
+    assert retried > 0
+    app.engine.dispose()
