@@ -17,7 +17,7 @@ from mailer.errors import InputError, NewsletterError
 from mailer.mirrors.exposure import exposure_for
 from mailer.mirrors.health import MirrorChecker
 from mailer.mirrors.importers import append_sites, parse_mirror_list, plan_import
-from mailer.mirrors.ooni import blocked_mirrors, mark_blocked, read_measurements
+from mailer.mirrors.ooni import blocked_mirrors, clear_blocked, mark_blocked, read_measurements
 from mailer.mirrors.registry import MirrorHealth, load_health
 
 __all__ = ["mirrors_group"]
@@ -123,6 +123,17 @@ def ooni_command(app: App, file: Path, country: str) -> None:
     if newly:
         click.echo(f"{len(newly)} mirror(s) newly marked blocked in {country.upper()}; "
                    "they are no longer handed out")
+
+
+@mirrors_group.command("unblock")
+@click.argument("url")
+@click.option("--country", default="CN", show_default=True, help="Two-letter probe country.")
+@pass_app
+def unblock_command(app: App, url: str, country: str) -> None:
+    """Clear a mirror's OONI block mark for a country (it is handed out again if active)."""
+    if not clear_blocked(app.engine, url.rstrip("/"), country):
+        raise InputError(f"{url} is not marked blocked in {country.upper()}")
+    click.echo(f"{url}: block mark for {country.upper()} cleared")
 
 
 @mirrors_group.command("import")

@@ -9,7 +9,8 @@ A mirror counts as blocked in a country when its most recent measurement there r
 ``blocking`` type (dns, tcp_ip, http-failure, http-diff). DNS and TCP blocking hit a whole host,
 so they match any path on the mirror's host; http-level blocking must match the mirror's own
 path prefix (one bucket on a shared cloud host may be blocked while another is not). Marks are
-never removed here: a burned mirror stays out of circulation until an operator decides.
+never removed by a measurement: a burned mirror stays out of circulation until an operator
+decides (``newsletter mirrors unblock``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "Measurement",
     "OONIReport",
     "blocked_mirrors",
+    "clear_blocked",
     "mark_blocked",
     "parse_measurements",
     "read_measurements",
@@ -164,3 +166,16 @@ def mark_blocked(engine: Engine, blocked: Mapping[str, Measurement], country: st
                 conn.execute(update(mirror_state).where(mirror_state.c.url == url)
                              .values(blocked_json=json.dumps(marks, sort_keys=True)))
     return newly
+
+
+def clear_blocked(engine: Engine, url: str, country: str) -> bool:
+    """The operator's decision that a mirror works again in ``country``; True if it was marked."""
+    country = country.upper()
+    prev = load_health(engine).get(url)
+    if prev is None or country not in (prev.blocked or {}):
+        return False
+    marks = {cc: t for cc, t in (prev.blocked or {}).items() if cc != country}
+    with engine.begin() as conn:
+        conn.execute(update(mirror_state).where(mirror_state.c.url == url)
+                     .values(blocked_json=json.dumps(marks, sort_keys=True)))
+    return True

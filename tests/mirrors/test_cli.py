@@ -56,6 +56,14 @@ def test_ooni_then_list_shows_blocked_and_exposure(tmp_path: Path,
     assert "first sent 2026-11-23 12:00, last sent 2026-11-23 12:00, 40 recipients over 1" in out
     assert "reserve https; unchecked" in out
 
+    assert run_cli(["--config", str(path), "mirrors", "unblock", CF + "/"]) == 0
+    assert "block mark for CN cleared" in capsys.readouterr().out
+    assert run_cli(["--config", str(path), "mirrors", "unblock", CF]) == 2
+    assert "is not marked blocked in CN" in capsys.readouterr().err
+    assert run_cli(["--config", str(path), "mirrors", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("BLOCKED in CN") == 1  # netlify still is
+
 
 def test_import_prints_and_writes_only_when_asked(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:

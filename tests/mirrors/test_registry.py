@@ -9,11 +9,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import insert, update
 
 from mailer.app import App
-from mailer.config import load_config
-from mailer.mirrors.registry import fill_slots
+from mailer.config import MirrorSettings, MirrorSite, load_config
+from mailer.mirrors.partition import Partitioner
+from mailer.mirrors.registry import MirrorHealth, fill_slots, handed_out
 from mailer.schema import mirror_state
 from tests.mirrors.conftest import Factory
 from tests.mirrors.helpers import NOW, Clock, write_config
@@ -178,3 +181,26 @@ def test_app_mirrors_secret_from_key_file(tmp_path: Path) -> None:
     assert sets() == first  # stable across processes
     (tmp_path / "data" / "keys.json").unlink()
     assert sets() != first  # a new key file, a new partition
+
+
+_status = st.sampled_from(["active", "reserve", "retired"])
+_kind = st.sampled_from(["https", "onion", "ipfs"])
+
+
+@given(sites=st.lists(st.tuples(_status, _kind, st.booleans(), st.sampled_from(["", "CN", "IR"])),
+                      max_size=10), sub=st.integers(0, 2**40))
+def test_handed_out_is_exactly_the_active_healthy_unblocked_web_mirrors(
+    sites: list[tuple[str, str, bool, str]], sub: int,
+) -> None:
+    objs = tuple(MirrorSite(url=f"https://m{i}.example", status=status, kind=kind)  # type: ignore[arg-type]
+                 for i, (status, kind, _, _) in enumerate(sites))
+    health = {f"https://m{i}.example": MirrorHealth(url=f"https://m{i}.example", healthy=healthy,
+                                                   blocked={cc: "t"} if cc else {})
+              for i, (_, _, healthy, cc) in enumerate(sites)}
+    settings = MirrorSettings(origins=("https://o.example",), sites=objs, per_recipient=2)
+    got = handed_out(settings, health)
+    want = tuple(f"https://m{i}.example" for i, (status, kind, healthy, cc) in enumerate(sites)
+                 if status == "active" and kind != "onion" and healthy and cc != "CN")
+    assert got == want
+    chosen = Partitioner(b"s", got, 2).choose(5, sub)
+    assert set(chosen) <= set(want)  # reserve, retired, onion, down or blocked: never handed out
