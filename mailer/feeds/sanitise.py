@@ -65,13 +65,12 @@ _STYLE_PROPERTIES = frozenset({
 # A declaration that makes the element invisible or unreadably small.
 _HIDING = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*(hidden|collapse)|opacity\s*:\s*0(\.0*)?\s*(;|$)"
-    r"|font-size\s*:\s*0(\.\d+)?\s*(px|pt|em|rem|%)?\s*(;|$)|font-size\s*:\s*1px"
-    r"|(max-)?height\s*:\s*0+(px)?\s*(;|$)|text-indent\s*:\s*-\d{3,}"
+    r"|font-size\s*:\s*0(\.\d+)?\s*(px|pt|em|rem|%)?\s*(;|$|\")|font-size\s*:\s*1px"
+    r"|(max-)?height\s*:\s*0+(px)?\s*(;|$|\")|text-indent\s*:\s*-\d{3,}"
     r"|(left|top)\s*:\s*-\d{3,}",
     re.IGNORECASE,
 )
 _DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|jpg|gif|webp);base64,", re.IGNORECASE)
-_URL_ATTRS = frozenset({"href", "src", "cite"})
 
 # Hosts and paths of known open-tracking images, in case their size is not declared.
 _TRACKERS = re.compile(
@@ -79,7 +78,6 @@ _TRACKERS = re.compile(
     r"stats\.wordpress\.com/|pixel\.wp\.com/|feeds\.wordpress\.com/.*/(comments|go)/)",
     re.IGNORECASE,
 )
-_IMG = re.compile(r"<img\b([^>]*)>", re.IGNORECASE)
 _ATTR = re.compile(r'([a-zA-Z_:][-a-zA-Z0-9_:.]*)="([^"]*)"')
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
@@ -93,60 +91,87 @@ class SanitisedHTML:
     images: tuple[PostImage, ...]
 
 
-def _make_filter(base: str | None) -> _Filter:
-    return _Filter(base)
+_SCHEMES = {"http", "https", "mailto", "data"}
+
+# Built once: nh3 checks tags, attributes, URL schemes and style properties in Rust. We do not
+# pass an ``attribute_filter``: a Python call per attribute cost more than nh3 itself. What is
+# left (absolute links, data: URLs, hiding sizes, tracking pixels) is done in one pass below
+# over nh3's output, whose form is fixed: every attribute value is double-quoted with ``"``,
+# ``<`` and ``>`` escaped, and text never holds a raw ``<``, so a tag is ``<name ...>``.
+_CLEANER = nh3.Cleaner(
+    tags=set(ALLOWED_TAGS),
+    clean_content_tags=set(_DROP_WITH_CONTENT),
+    attributes={k: set(v) for k, v in _ATTRIBUTES.items()},
+    strip_comments=True,
+    link_rel=None,
+    url_schemes=set(_SCHEMES),
+    filter_style_properties=set(_STYLE_PROPERTIES),
+)
+_TAG_WITH_ATTRS = re.compile(r"<([a-z][a-z0-9]*)(\s[^>]*)>")
+_URL_TAGS = frozenset({"a", "img", "q", "blockquote"})
+# An <a> whose only URL is already absolute http(s): the common case, nothing to do.
+_LINK_DONE = re.compile(r'(?:\s(?!href=|src=|cite=)[a-z-]+="[^"]*")*\shref="https?://[^"]*"'
+                        r'(?:\s(?!href=|src=|cite=)[a-z-]+="[^"]*")*')
 
 
-class _Filter:
-    """nh3 calls this for every attribute it has already allowed (after its URL scheme check)."""
+def _attr_text(attrs: dict[str, str]) -> str:
+    return "".join(
+        f' {k}="{v.replace("&", "&amp;").replace(chr(34), "&quot;").replace("<", "&lt;").replace(">", "&gt;")}"'
+        for k, v in attrs.items()
+    )
 
-    __slots__ = ("base",)
+
+class _Fixer:
+    """The pass over nh3's output: one call per tag that has attributes."""
+
+    __slots__ = ("base", "images")
 
     def __init__(self, base: str | None) -> None:
         self.base = base
+        self.images: list[PostImage] = []
 
-    def __call__(self, tag: str, attr: str, value: str) -> str | None:
-        if attr in _URL_ATTRS:
-            v = value.strip()
-            if v[:5].lower() == "data:":
-                return v if tag == "img" and attr == "src" and _DATA_IMAGE.match(v) else None
-            if self.base and not urlsplit(v).scheme and not v.startswith("#"):
-                return urljoin(self.base, v)
-            return v
-        if attr == "style":
-            return None if _HIDING.search(value) else value
-        return value
+    def __call__(self, m: re.Match[str]) -> str:
+        name, raw = m.group(1), m.group(2)
+        # nh3 has already removed every style property outside the allowlist (display,
+        # visibility, opacity, position...); of those left, only a zero size can hide text.
+        style_work = 'style=""' in raw or (
+            ("font-size" in raw or "height" in raw) and _HIDING.search(raw) is not None)
+        if not style_work and (name not in _URL_TAGS or _LINK_DONE.fullmatch(raw)):
+            return m.group(0)
+        attrs = {k: html.unescape(v) for k, v in _ATTR.findall(raw)}
+        if "style" in attrs and (not attrs["style"].strip() or _HIDING.search(attrs["style"])):
+            del attrs["style"]
+        for key in ("href", "src", "cite"):
+            if key in attrs:
+                fixed = self._url(name, key, attrs[key])
+                if fixed is None:
+                    del attrs[key]
+                else:
+                    attrs[key] = fixed
+        if name == "img":
+            src = attrs.get("src")
+            if not src or _is_tracker(src, attrs):
+                return ""
+            self.images.append(PostImage(url=src, alt=attrs.get("alt", "")))
+        return f"<{name}{_attr_text(attrs)}>"
 
-
-_SCHEMES = {"http", "https", "mailto", "data"}
+    def _url(self, tag: str, attr: str, value: str) -> str | None:
+        v = value.strip()
+        if v[:5].lower() == "data:":
+            return v if tag == "img" and attr == "src" and _DATA_IMAGE.match(v) else None
+        if self.base and not v.startswith(("#", "http://", "https://")) and not urlsplit(v).scheme:
+            return urljoin(self.base, v)
+        return v
 
 
 def sanitise_html(fragment: str, base_url: str | None = None) -> SanitisedHTML:
     """Clean ``fragment``; relative links resolve against ``base_url`` (the entry's link)."""
-    cleaned = nh3.clean(
-        fragment,
-        tags=set(ALLOWED_TAGS),
-        clean_content_tags=set(_DROP_WITH_CONTENT),
-        attributes={k: set(v) for k, v in _ATTRIBUTES.items()},
-        attribute_filter=_make_filter(base_url),
-        strip_comments=True,
-        link_rel=None,
-        url_schemes=set(_SCHEMES),
-        filter_style_properties=set(_STYLE_PROPERTIES),
-    )
-    images: list[PostImage] = []
-
-    def image(m: re.Match[str]) -> str:
-        attrs = {k.lower(): html.unescape(v) for k, v in _ATTR.findall(m.group(1))}
-        src = attrs.get("src", "")
-        if not src or _is_tracker(src, attrs):
-            return ""
-        images.append(PostImage(url=src, alt=attrs.get("alt", "")))
-        return m.group(0)
-
-    if "<img" in cleaned:
-        cleaned = _IMG.sub(image, cleaned)
-    return SanitisedHTML(html=cleaned.strip(), images=tuple(images))
+    cleaned = _CLEANER.clean(fragment)
+    fixer = _Fixer(base_url)
+    cleaned = _TAG_WITH_ATTRS.sub(fixer, cleaned)
+    if "<img>" in cleaned:
+        cleaned = cleaned.replace("<img>", "")  # an image whose source was not allowed
+    return SanitisedHTML(html=cleaned.strip(), images=tuple(fixer.images))
 
 
 def _tiny(value: str | None) -> bool:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import codecs
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape as xml_escape
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailer.errors import NotAFeedError
-from mailer.feeds.parse import decode_feed, parse_feed
+from mailer.feeds.parse import _ESCAPED_ELEMENT, _as_cdata, decode_feed, parse_feed
 from tests.feeds.conftest import fixture_bytes
 
 
@@ -147,3 +151,33 @@ def test_plain_text_content_is_escaped() -> None:
 second paragraph</content></entry></feed>"""
     post = parse_feed(body, feed_url="x").posts[0]
     assert post.content_html == "<p>a &lt;b&gt; c</p><p>second paragraph</p>"
+
+
+_XML_TEXT = st.lists(
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Co", "Cn")),
+            max_size=20)
+    | st.sampled_from(["<", ">", "&", '"', "'", "]]>", "&amp;", "&#38;", "\n", "<p>", "中文"]),
+    max_size=60,
+).map("".join)
+
+
+def _content_text(doc: str) -> str | None:
+    return ElementTree.fromstring(doc).findtext("content")  # noqa: S314 (our own test strings)
+
+
+@given(_XML_TEXT)
+def test_escaped_content_as_cdata_is_the_same_xml(text: str) -> None:
+    # The speed-up rewrites escaped markup as CDATA; the parser must see the very same text.
+    escaped = xml_escape(text + " " * 256, {chr(34): "&quot;"})
+    doc = f"<feed><content type='html'>{escaped}</content></feed>"
+    rewritten = _ESCAPED_ELEMENT.sub(_as_cdata, doc)
+    assert ("<![CDATA[" in rewritten) == ("&" in escaped)
+    assert _content_text(rewritten) == _content_text(doc)
+
+
+def test_numeric_references_survive_the_rewrite() -> None:
+    text = "&lt;p&gt;a &#38;lt; b &amp;#38; c &#x4E2D;&lt;/p&gt;" + " " * 300
+    doc = f"<feed><content>{text}</content></feed>"
+    rewritten = _ESCAPED_ELEMENT.sub(_as_cdata, doc)
+    assert "CDATA" in rewritten
+    assert _content_text(rewritten) == "<p>a &lt; b &#38; c 中</p>" + " " * 300
