@@ -44,7 +44,7 @@ def test_retiring_one_moves_only_its_holders(sub: int, period: int, cands: list[
 
 
 def test_one_retirement_moves_about_one_in_n() -> None:
-    k, n, subs = 2, len(MIRRORS), range(20_000)
+    k, n, subs = 2, len(MIRRORS), range(8_000)
     part = Partitioner(SECRET, MIRRORS, k)
     smaller = Partitioner(SECRET, MIRRORS[1:], k)
     moved = sum(part.choose(7, s) != smaller.choose(7, s) for s in subs)
