@@ -23,7 +23,10 @@ from datetime import UTC, datetime, timedelta
 
 __all__ = ["EPOCH", "Partitioner", "choose_mirrors", "period_index"]
 
-EPOCH = datetime(1970, 1, 5, tzinfo=UTC)  # a Monday: weekly periods turn over on Monday 00:00 UTC
+# Periods turn over on Wednesdays 12:00 UTC (20:00 in Beijing), well away from the usual send
+# times (the default digest goes at 08:00 Beijing, Mon and Thu), so an edition's recipients
+# rarely straddle two periods.
+EPOCH = datetime(1970, 1, 7, 12, tzinfo=UTC)
 
 
 def period_index(now: datetime, period: timedelta) -> int:

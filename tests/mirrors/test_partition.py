@@ -83,11 +83,18 @@ def test_period_index_turns_over_on_period_boundaries() -> None:
     assert period_index(EPOCH, week) == 0
     assert period_index(EPOCH + week - timedelta(microseconds=1), week) == 0
     assert period_index(EPOCH + week, week) == 1
-    monday = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
-    assert period_index(monday, week) == period_index(monday + timedelta(days=6, hours=23), week)
-    assert period_index(monday - timedelta(seconds=1), week) == period_index(monday, week) - 1
-    assert period_index(monday, timedelta(days=1)) - period_index(monday - timedelta(days=1),
-                                                               timedelta(days=1)) == 1
+    wednesday_noon = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert wednesday_noon.weekday() == 2
+    p = period_index(wednesday_noon, week)
+    assert period_index(wednesday_noon + timedelta(days=6, hours=23), week) == p
+    assert period_index(wednesday_noon - timedelta(seconds=1), week) == p - 1
+    # The default digest (Mon and Thu 08:00 in Beijing = 00:00 UTC) is never on a boundary.
+    for day in (23, 26):
+        send = datetime(2026, 11, day, 0, 0, tzinfo=UTC)
+        assert period_index(send - timedelta(hours=2), week) == period_index(
+            send + timedelta(hours=2), week)
+    daily = timedelta(days=1)
+    assert period_index(wednesday_noon, daily) - period_index(wednesday_noon - daily, daily) == 1
 
 
 def test_no_candidates_or_zero_k() -> None:
