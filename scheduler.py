@@ -43,6 +43,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from mailer.app import App
 from mailer.config import Config, load_config
+from mailer.db import open_engine
 from mailer.editions.notify import Notifier
 from mailer.editions.runner import (
     DAEMON_PAUSE_REASON,
@@ -317,8 +318,11 @@ class Daemon:
     async def _serve(self) -> None:
         grace = int(self.config.schedule.misfire_grace.total_seconds())
         scheduler = AsyncIOScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=self.app.engine,
-                                                     tablename=JOBS_TABLE)},
+            # Its own engine: the job store disposes it on shutdown, which must not pull the
+            # pool from under the lock's session or the pipeline's connections.
+            jobstores={"default": SQLAlchemyJobStore(
+                engine=open_engine(self.config.storage.database, create=False),
+                tablename=JOBS_TABLE)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace},
             timezone=ZoneInfo(self.tz),
         )
@@ -332,6 +336,7 @@ class Daemon:
             await self._resume_interrupted()
             if not self.stopping:
                 scheduler.resume()
+            await self.process_due()  # editions that came due while no daemon ran
             self.log_next()
             self.started.set()
             await self.stop_event.wait()
@@ -346,6 +351,10 @@ class Daemon:
             scheduler.shutdown(wait=False)
             await asyncio.sleep(0)  # shutdown runs via call_soon
             self._scheduler = None
+            transport = self.app.__dict__.get("transport")
+            if transport is not None:  # close the relay connections politely (QUIT)
+                with contextlib.suppress(Exception):
+                    await transport.aclose()
 
     async def _heartbeat(self) -> None:
         every = max(self.lock.lease.total_seconds() / 3, 0.2)
@@ -533,12 +542,14 @@ class Daemon:
         return done
 
     async def _send(self, edition_id: int) -> None:
+        if edition_id in self._sending:  # a tick and a date job can both find it due
+            return
         store = self.app.editions
         info = store.info(edition_id)
         if info.state in (EditionState.SCHEDULED, EditionState.APPROVED, EditionState.DRAFT):
             store.set_state(edition_id, EditionState.SENDING)
-        log.info("sending edition %d", edition_id)
         self._sending.add(edition_id)
+        log.info("sending edition %d", edition_id)
         try:
             await self.actions.send(self.app, edition_id, self.stop_event)
         finally:

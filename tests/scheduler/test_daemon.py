@@ -1,0 +1,190 @@
+"""The daemon in-process under a controlled clock: restarts, misfires, approval, DST, job store.
+
+Real parts throughout: the database (SQLite and PostgreSQL), APScheduler's SQLAlchemy job store,
+the real send pipeline, and an aiosmtpd server that receives both the edition and the editors'
+reports. Only the wall clock is moved (time-machine); asyncio's monotonic timers run for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import time_machine
+from sqlalchemy import create_engine, text
+
+from mailer.app import App
+from mailer.models import EditionState as S
+from scheduler import JOBS_TABLE, Daemon
+from tests.editions.helpers import add_posts
+from tests.scheduler.helpers import make_app, write_config
+from tests.support.smtp import SMTPServer
+
+READER = "reader-one@example.com"
+EDITOR = "eds@example.net"
+
+
+async def until(pred: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    """Wait for a condition the daemon brings about (a bound on waiting, not a timing check)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not pred():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def daemon(config: Path) -> AsyncIterator[Daemon]:
+    """A daemon started on ``config`` with a fresh App (as a restarted process would have)."""
+    app = make_app(config)
+    d = Daemon(app, install_signals=False, lock_lease=timedelta(seconds=3))
+    task = asyncio.ensure_future(d.run())
+    try:
+        await asyncio.wait_for(d.started.wait(), 30)
+        yield d
+    finally:
+        d.request_stop()
+        await asyncio.wait_for(task, 60)
+        app.engine.dispose()
+
+
+def to(server: SMTPServer, address: str) -> list[str]:
+    return [str(r.message()["Subject"]) for r in server.received if address in r.rcpt_tos]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, db_url: str, smtp_server: SMTPServer) -> Callable[..., tuple[Path, App]]:
+    apps: list[App] = []
+
+    def make(**kw: object) -> tuple[Path, App]:
+        config = write_config(tmp_path, db_url, smtp_port=smtp_server.port,
+                              editors=(EDITOR,), **kw)  # type: ignore[arg-type]
+        app = make_app(config)
+        app.subscribers.add(READER, "en", confirmed=True)
+        apps.append(app)
+        return config, app
+
+    yield make  # type: ignore[misc]
+    for app in apps:
+        app.engine.dispose()
+
+
+async def test_restart_keeps_the_digest_and_sends_it_late_within_grace(
+        setup: Callable[..., tuple[Path, App]], smtp_server: SMTPServer) -> None:
+    config, app = setup(digest="0 8 * * *", grace="1h")
+    with time_machine.travel(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), tick=True):
+        async with daemon(config) as d:
+            assert d.next_runs()["digest"] == datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    add_posts(app.engine, 2)  # posts arrive while no daemon runs
+    # The daemon was down at 08:00 and comes back at 08:30: late, but within the hour of grace.
+    with time_machine.travel(datetime(2026, 11, 23, 8, 30, tzinfo=UTC), tick=True):
+        async with daemon(config) as d:
+            await until(lambda: [i.state for i in app.editions.find()] == [S.SENT],
+                        "the late digest sent")
+            await until(lambda: len(to(smtp_server, EDITOR)) == 1, "the editors' report")
+            assert d.next_runs()["digest"] == datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+    assert len(to(smtp_server, READER)) == 1
+    assert "Edition 1 sent" in to(smtp_server, EDITOR)[0]
+
+
+async def test_digest_missed_beyond_grace_is_marked_and_reported_not_sent(
+        setup: Callable[..., tuple[Path, App]], smtp_server: SMTPServer) -> None:
+    config, app = setup(digest="0 8 * * *", grace="1h")
+    with time_machine.travel(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), tick=True):
+        async with daemon(config):
+            pass
+    add_posts(app.engine, 2)
+    with time_machine.travel(datetime(2026, 11, 23, 10, 0, tzinfo=UTC), tick=True):
+        async with daemon(config) as d:
+            await until(lambda: [i.state for i in app.editions.find()] == [S.MISSED],
+                        "the digest marked missed")
+            await until(lambda: len(to(smtp_server, EDITOR)) == 1, "the editors' report")
+            assert d.next_runs()["digest"] == datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+    info = app.editions.find()[0]
+    assert info.scheduled_at == datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    assert info.reason is not None
+    assert "2h" in info.reason
+    assert to(smtp_server, READER) == []
+    assert "MISSED" in to(smtp_server, EDITOR)[0]
+
+
+async def test_scheduled_edition_survives_restart_and_misfire_policy_applies(
+        setup: Callable[..., tuple[Path, App]], smtp_server: SMTPServer) -> None:
+    config, app = setup(digest="0 8 1 1 *", grace="30m")
+    a, b = add_posts(app.engine, 2)
+    with time_machine.travel(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), tick=True):
+        soon = app.editions.create([a])
+        late = app.editions.create([b])
+        assert soon is not None
+        assert late is not None
+        app.editions.schedule(soon, datetime(2026, 11, 23, 7, 30, tzinfo=UTC))
+        app.editions.schedule(late, datetime(2026, 11, 23, 9, 30, tzinfo=UTC))
+        async with daemon(config) as d:
+            runs = d.next_runs()
+            assert runs[f"edition:{soon}"] == datetime(2026, 11, 23, 7, 30, tzinfo=UTC)
+            assert runs[f"edition:{late}"] == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    with time_machine.travel(datetime(2026, 11, 23, 7, 50, tzinfo=UTC), tick=True):
+        async with daemon(config) as d:  # 20 min late: within 30 min of grace
+            await until(lambda: app.editions.info(soon).state is S.SENT, "edition sent")
+            assert f"edition:{late}" in d.next_runs()  # still in the job store
+    with time_machine.travel(datetime(2026, 11, 23, 11, 0, tzinfo=UTC), tick=True):
+        async with daemon(config):  # 90 min late: missed
+            await until(lambda: app.editions.info(late).state is S.MISSED, "edition missed")
+    assert len(to(smtp_server, READER)) == 1
+
+
+async def test_approval_gate_holds_then_sends_after_approval(
+        setup: Callable[..., tuple[Path, App]], smtp_server: SMTPServer) -> None:
+    config, app = setup(digest="0 8 1 1 *", require_approval=True)
+    add_posts(app.engine, 1)
+    with time_machine.travel(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), tick=True):
+        eid = app.editions.create()
+        assert eid is not None
+        app.editions.schedule(eid, datetime(2026, 11, 23, 7, 0, 1, tzinfo=UTC))
+        async with daemon(config) as d:
+            await until(lambda: app.editions.info(eid).state is S.HELD, "edition held")
+            await until(lambda: len(to(smtp_server, EDITOR)) == 1, "the editors told")
+            assert to(smtp_server, READER) == []
+            assert "held" in to(smtp_server, EDITOR)[0]
+            app.editions.approve(eid)  # as `newsletter editions approve` would, from another process
+            await d.process_due()
+            await until(lambda: app.editions.info(eid).state is S.SENT, "sent once approved")
+    assert len(to(smtp_server, READER)) == 1
+
+
+async def test_digest_follows_local_time_across_dst(
+        setup: Callable[..., tuple[Path, App]], smtp_server: SMTPServer) -> None:
+    """08:00 in New York is 13:00 UTC before the spring change and 12:00 UTC after it."""
+    config, app = setup(digest="0 8 * * *", timezone="America/New_York")
+    add_posts(app.engine, 1)
+    with time_machine.travel(datetime(2026, 3, 7, 12, 59, 59, tzinfo=UTC), tick=True):
+        async with daemon(config) as d:
+            assert d.next_runs()["digest"] == datetime(2026, 3, 7, 13, 0, tzinfo=UTC)
+            await until(lambda: len(app.editions.find([S.SENT])) == 1, "the digest sent")
+            await until(lambda: d.next_runs()["digest"] > datetime(2026, 3, 7, 13, 0, tzinfo=UTC),
+                        "the next digest planned")
+            assert d.next_runs()["digest"] == datetime(2026, 3, 8, 12, 0, tzinfo=UTC)
+    assert len(to(smtp_server, READER)) == 1
+
+
+async def test_job_store_holds_no_address(
+        setup: Callable[..., tuple[Path, App]], db_url: str) -> None:
+    config, app = setup(mode="per-post")
+    add_posts(app.engine, 1)
+    with time_machine.travel(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), tick=True):
+        async with daemon(config) as d:
+            await until(lambda: bool(app.editions.find()), "a per-post edition")
+            assert "digest" not in d.next_runs()
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text(f"select id, job_state from {JOBS_TABLE}")).all()
+    engine.dispose()
+    assert {r[0] for r in rows} >= {"poll", "tick", "retry", "mirrors"}
+    for _, state in rows:
+        assert b"@" not in bytes(state)
+        assert READER.encode() not in bytes(state)
