@@ -11,7 +11,7 @@ from email.message import EmailMessage
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -169,6 +169,7 @@ def test_cids_are_deterministic() -> None:
     assert fit_images(fetched, ImageSettings()) == fit_images(fetched, ImageSettings())
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=3000))
 def test_encoded_size_matches_mime_base64(data: bytes) -> None:
     b64 = base64.b64encode(data)

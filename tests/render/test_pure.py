@@ -1,0 +1,112 @@
+"""Property tests of the pure helpers: wrapping, script conversion, self-containment."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailer.render.convert import conversion_for, convert_html, convert_text
+from mailer.render.safe import make_self_contained, remote_references
+from mailer.render.text import display_width, html_to_text, wrap
+
+CJK = st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5)
+WORDISH = st.text(alphabet=st.sampled_from("abcdefghij"), min_size=1, max_size=12)
+# No deadlines: the first OpenCC call loads its dictionaries, and the machine is shared.
+NO_DEADLINE = settings(deadline=None)
+
+TOKENS = st.lists(st.one_of(WORDISH, CJK, st.sampled_from(["，", "。", "（", "）", " ", "https://x.org/a/b"])),
+                  max_size=80)
+
+
+@NO_DEADLINE
+@given(TOKENS, st.integers(min_value=20, max_value=100))
+def test_wrap_keeps_every_character_and_respects_width(tokens: list[str], width: int) -> None:
+    text = "".join(tokens)
+    lines = wrap(text, width)
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+    for line in lines:
+        # A line may only be wider than asked when it is one unbreakable Latin word or URL
+        # (plus any punctuation glued to it): no space and no Han character to break at.
+        if display_width(line) > width:
+            assert " " not in line.strip()
+            assert not re.search(r"[\u4e00-\u9fff]", line)
+
+
+@NO_DEADLINE
+@given(st.lists(CJK, min_size=40, max_size=200))
+def test_wrap_never_starts_a_line_with_closing_punctuation(chars: list[str]) -> None:
+    text = "，".join("".join(chars[i:i + 5]) for i in range(0, len(chars), 5)) + "。"
+    for line in wrap(text, 30)[1:]:
+        assert line[0] not in "，。、）」"
+
+
+@NO_DEADLINE
+@given(st.text(alphabet=st.sampled_from("软件信息网络发表声明台湾 abc<>&\"'/"), max_size=60))
+def test_convert_html_changes_text_only(words: str) -> None:
+    href = "https://x.org/软件/信息.html"
+    fragment = f'<p class="信息"><a href="{href}" title="软件">{_escape(words)}</a></p>'
+    out = convert_html(fragment, "s2twp")
+    assert f'href="{href}"' in out
+    assert 'class="信息"' in out  # only alt and title are words a reader sees
+    assert 'title="軟體"' in out
+    assert out.startswith("<p ")
+    assert out.endswith("</a></p>")
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@NO_DEADLINE
+@given(st.text(alphabet=st.sampled_from("软件信息发表声明"), min_size=1, max_size=30))
+def test_simplified_to_traditional_and_back_round_trips_characters(text: str) -> None:
+    hant = convert_text(text, conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=False))
+    assert convert_text(hant, conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=False)) == text
+
+
+def test_conversion_choice() -> None:
+    assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=True) == "s2twp"
+    assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=False) == "s2t"
+    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True) == "t2s"
+    assert conversion_for("mixed", "zh-Hans", taiwan_phrases=True) == "t2s"
+    assert conversion_for("en", "zh-Hant", taiwan_phrases=True) is None
+    assert conversion_for("zh-Hant", "zh-Hant", taiwan_phrases=True) is None
+    assert conversion_for("zh-Hans", "en", taiwan_phrases=True) is None
+
+
+ATTACKS = st.sampled_from([
+    '<script>alert(1)</script>', '<img src="https://t.example/p.gif">', '<img src=//t.example/p>',
+    '<p onclick="x()">a</p>', '<div style="background:url(https://t.example/a)">b</div>',
+    '<style>@import url(https://t.example/a.css)</style>', '<link rel=stylesheet href=https://t/a.css>',
+    '<iframe src="https://t.example"></iframe>', '<table background="https://t.example/bg.png">',
+    '<a href="javascript:alert(1)">j</a>', '<svg><script>1</script></svg>', '<img srcset="https://t/a 2x">',
+    '<video poster="https://t/p.png"></video>', '<p>fine text</p>', '<a href="https://ok.example/">ok</a>',
+    '<IMG SRC="HTTPS://T.EXAMPLE/X">', '<p style="width: expression(alert(1))">e</p>', "<p>unclosed",
+])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ATTACKS, max_size=8))
+def test_make_self_contained_leaves_nothing_remote(pieces: list[str]) -> None:
+    html, images = make_self_contained("".join(pieces), {})
+    assert remote_references(html) == []
+    assert "javascript:" not in html.lower()
+    assert images == ()
+
+
+def test_html_to_text_numbers_each_link_once() -> None:
+    body = html_to_text(
+        '<p><a href="https://a.example/1">one</a> <a href="https://a.example/1">again</a> '
+        '<a href="https://a.example/2">two</a> https://a.example/3</p>',
+        alternatives=lambda url: ("@@SLOT_M0@@/1",) if url.endswith("/1") else (),
+    )
+    assert body.text == "one[1] again[1] two[2] https://a.example/3"
+    assert [(r.number, r.url, r.alternatives) for r in body.references] == [
+        (1, "https://a.example/1", ("@@SLOT_M0@@/1",)), (2, "https://a.example/2", ())]
+
+
+def test_html_to_text_keeps_preformatted_and_quotes() -> None:
+    body = html_to_text("<pre>  a\n    b</pre><blockquote><p>quoted words</p></blockquote>")
+    assert body.text == "  a\n    b\n\n> quoted words"
