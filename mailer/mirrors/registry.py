@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.clock import Clock, as_utc
 from mailer.config import MirrorSettings, MirrorSite, load_config
@@ -170,6 +171,7 @@ class MirrorRegistry:
         self._lock = threading.Lock()
         self._settings = settings
         self._snap: _Snapshot | None = None
+        self._stale = False
         self._fingerprint = _fingerprint(Path(config_path)) if config_path else None
         for warning in settings.warnings:
             log.warning("mirrors: %s", warning)
@@ -190,7 +192,13 @@ class MirrorRegistry:
         return self._settings.origins
 
     def _build(self, settings: MirrorSettings, now: datetime) -> _Snapshot:
-        health = load_health(self._engine)
+        try:
+            health = load_health(self._engine)
+        except SQLAlchemyError as exc:
+            # A send must not stop because a health read failed: keep what we knew, retry later.
+            log.warning("mirrors: cannot read mirror_state (%s); using the last known health",
+                        type(exc).__name__)
+            health = dict(self._snap.health) if self._snap is not None else {}
         candidates = handed_out(settings, health)
         fallback = None
         if not candidates:
@@ -202,21 +210,24 @@ class MirrorRegistry:
                                                        settings.per_recipient),
                          fallback, now)
 
+    def _due(self, snap: _Snapshot | None, now: datetime) -> bool:
+        return (snap is None or self._stale or snap.settings is not self._settings
+                or not snap.built_at <= now < snap.built_at + self._refresh_every)
+
     def _snapshot(self, now: datetime) -> _Snapshot:
         snap = self._snap
-        if snap is None or snap.settings is not self._settings \
-                or now - snap.built_at >= self._refresh_every or now < snap.built_at:
+        if self._due(snap, now):
             with self._lock:
                 snap = self._snap
-                if snap is None or snap.settings is not self._settings \
-                        or now - snap.built_at >= self._refresh_every or now < snap.built_at:
+                if self._due(snap, now):
+                    self._stale = False
                     snap = self._snap = self._build(self._settings, now)
+        assert snap is not None
         return snap
 
     def refresh(self) -> None:
-        """Re-read health now (after a check or an OONI import)."""
-        with self._lock:
-            self._snap = None
+        """Re-read health on the next call (after a check or an OONI import)."""
+        self._stale = True
 
     def candidates(self) -> tuple[str, ...]:
         """The bases currently handed out (active, healthy, not blocked)."""
@@ -277,7 +288,7 @@ class MirrorRegistry:
             log.warning("mirrors: %s", warning)
         with self._lock:
             self._settings = settings
-            self._snap = None
+            self._stale = True
 
     def reload(self, config_path: Path | str) -> bool:
         """Re-read ``[mirrors]`` from the file. False, with the reason logged, keeps the old set."""

@@ -204,3 +204,17 @@ def test_handed_out_is_exactly_the_active_healthy_unblocked_web_mirrors(
     assert got == want
     chosen = Partitioner(b"s", got, 2).choose(5, sub)
     assert set(chosen) <= set(want)  # reserve, retired, onion, down or blocked: never handed out
+
+
+def test_unreadable_health_keeps_the_last_known(registry_factory: Factory, tmp_path: Path) -> None:
+    clock = Clock()
+    reg, engine = registry_factory(tmp_path / "n.toml", f"sqlite:///{tmp_path / 'db'}", SITES, clock)
+    with engine.begin() as conn:
+        conn.execute(insert(mirror_state).values(url=A, healthy=False))
+    before = reg.for_subscriber(3)
+    assert A not in reg.candidates()
+    mirror_state.drop(engine)  # the health read now fails
+    clock.now = NOW + timedelta(minutes=5)
+    reg.refresh()
+    assert reg.for_subscriber(3) == before
+    assert A not in reg.candidates()
