@@ -10,7 +10,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
-    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -42,7 +41,7 @@ subscribers = Table(
     Column("key_id", String(32), nullable=False, index=True),
     Column("extra_ct", LargeBinary, nullable=True),  # other personal fields, sealed the same way
     Column("language", String(16), nullable=False),
-    Column("state", String(16), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
     Column("domain_class", String(32), nullable=True),  # coarse provider bucket for rate limits
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("state_changed_at", DateTime(timezone=True), nullable=False),
@@ -50,8 +49,6 @@ subscribers = Table(
     Column("unsubscribed_at", DateTime(timezone=True), nullable=True),
     Column("bounced_at", DateTime(timezone=True), nullable=True),
     Column("complained_at", DateTime(timezone=True), nullable=True),
-    # The sender streams active rows in id order: keyset pagination on (state, id).
-    Index("ix_subscribers_state_id", "state", "id"),
 )
 
 # Resumable re-encryption: one row per rotation, with the highest subscriber id done so far.

@@ -11,6 +11,7 @@ SQLAlchemy Core only; every query runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,12 @@ _IN_CHUNK = 2000
 def new_id() -> int:
     """A random positive 63-bit id (BigInteger on both backends)."""
     return secrets.randbits(63) or 1
+
+
+def new_ids(n: int) -> list[int]:
+    """``n`` random positive 63-bit ids from one read of the system CSPRNG."""
+    block = os.urandom(8 * n)
+    return [(int.from_bytes(block[i:i + 8], "big") >> 1) or 1 for i in range(0, 8 * n, 8)]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -87,8 +94,10 @@ class SubscriberStore:
         return language
 
     def index_of(self, delivery_address: str) -> bytes:
-        return self.codec.blind_index(
-            index_form(delivery_address, gmail_dots=self.settings.normalise_gmail_dots))
+        """Blind index of an address already in delivery form (what ``validate`` returns)."""
+        if not self.settings.normalise_gmail_dots:
+            return self.codec.blind_index(delivery_address)  # the delivery form is the index form
+        return self.codec.blind_index(index_form(delivery_address, gmail_dots=True))
 
     def verify_key(self) -> None:
         """Fail with ``WrongKeyError`` before any write if the key file cannot open the rows.
@@ -200,14 +209,15 @@ class SubscriberStore:
                                   .where(t.c.email_index.in_(chunk))):
                 existing[bytes(r.email_index)] = (int(r.id), str(r.state))
         result = BatchResult()
-        new_rows: list[dict[str, Any]] = []
+        new_rows: list[tuple[int, bytes, bytes, str]] = []
         changes: dict[int, SubscriberState] = {}
         target_new = next_state(None, event)
+        fresh_ids = iter(new_ids(len(rows)))
         for (addr, lang), index in zip(rows, indexes, strict=True):
             hit = existing.get(index)
             if hit is None:
-                sid = new_id()
-                new_rows.append(self._new_row(sid, addr, index, lang, target_new, now))
+                sid = next(fresh_ids)
+                new_rows.append((sid, index, addr.encode("utf-8"), lang))
                 existing[index] = (sid, target_new.value)
                 result.inserted += 1
                 result.ids.append(sid)
@@ -222,11 +232,40 @@ class SubscriberStore:
             elif SubscriberState(state) in SUPPRESSED:
                 result.suppressed += 1
         if new_rows:
-            conn.execute(t.insert(), new_rows)
+            self._bulk_insert(conn, new_rows, target_new, now)
         for sid, after in changes.items():
             conn.execute(update(t).where(t.c.id == sid).values(**self._state_values(after, now)))
         result.changed = len(changes)
         return result
+
+    def _bulk_insert(self, conn: Connection, rows: Sequence[tuple[int, bytes, bytes, str]],
+                     state: SubscriberState, now: datetime) -> None:
+        """Insert new rows with one driver-level executemany.
+
+        Imports are dominated by per-row overhead, so the statement is compiled once for the
+        connection's dialect, the batch's constant values (state, timestamps) are converted
+        once, and each row is a plain tuple of id, index, ciphertext, key id and language.
+        """
+        dialect = conn.dialect
+        cols = ["id", "email_index", "email_ct", "key_id", "language", "state", "created_at",
+                "state_changed_at", "confirmed_at"]
+        compiled = t.insert().compile(dialect=dialect, column_keys=cols)
+        to_db = t.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+        stamp = to_db(now) if to_db is not None else now
+        confirmed = stamp if state is SubscriberState.ACTIVE else None
+        sealed = self.codec.seal_many([r[0] for r in rows], [r[2] for r in rows])
+        kid = self.codec.current_key_id
+        values = [
+            {"id": sid, "email_index": index, "email_ct": ct, "key_id": kid, "language": lang,
+             "state": state.value, "created_at": stamp, "state_changed_at": stamp,
+             "confirmed_at": confirmed}
+            for (sid, index, _, lang), ct in zip(rows, sealed, strict=True)
+        ]
+        if compiled.positional:
+            order = compiled.positiontup or []
+            conn.exec_driver_sql(str(compiled), [tuple(v[k] for k in order) for v in values])
+        else:
+            conn.exec_driver_sql(str(compiled), values)
 
     def set_state(self, subscriber_id: int, state: SubscriberState | str) -> bool:
         """Force a state (operator action, bounce processing). True if the row changed."""
@@ -338,19 +377,20 @@ class SubscriberStore:
         Each batch is its own short read, so a long send never holds a transaction open and a
         state change committed meanwhile is seen by the next batch.
         """
+        # The filter on state is applied here, not in SQL: with ``state = 'active'`` in the
+        # WHERE clause SQLite may pick the state index and sort every remaining active row for
+        # each batch (quadratic on a large list); walking the primary key never does.
         last = -1
-        q = (select(t.c.id, t.c.key_id, t.c.email_ct, t.c.language)
-             .where(t.c.state == SubscriberState.ACTIVE.value))
+        active = SubscriberState.ACTIVE.value
+        q = select(t.c.id, t.c.key_id, t.c.email_ct, t.c.language, t.c.state)
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(q.where(t.c.id > last).order_by(t.c.id)
                                     .limit(batch_size)).all()
-            if not rows:
-                return
-            yield from self._recipients(rows)
-            last = rows[-1].id
+            yield from self._recipients(r for r in rows if r.state == active)
             if len(rows) < batch_size:
                 return
+            last = rows[-1].id
 
     def stream_all(self, batch_size: int = 2000) -> Iterator[tuple[Row[Any], str]]:
         """Every row with its decrypted address, in id order (export and backup)."""
@@ -369,16 +409,15 @@ class SubscriberStore:
     def stream_active_ids(self, batch_size: int = 5000) -> Iterator[int]:
         """Active ids only (enqueueing an edition needs no plaintext)."""
         last = -1
-        while True:
+        active = SubscriberState.ACTIVE.value
+        while True:  # primary-key walk, state filtered here (see ``stream_active``)
             with self.engine.connect() as conn:
-                ids = list(conn.execute(
-                    select(t.c.id).where(and_(t.c.state == SubscriberState.ACTIVE.value,
-                                              t.c.id > last))
-                    .order_by(t.c.id).limit(batch_size)).scalars())
-            yield from ids
-            if len(ids) < batch_size:
+                rows = conn.execute(select(t.c.id, t.c.state).where(t.c.id > last)
+                                    .order_by(t.c.id).limit(batch_size)).all()
+            yield from (int(r.id) for r in rows if r.state == active)
+            if len(rows) < batch_size:
                 return
-            last = ids[-1]
+            last = rows[-1].id
 
     def get_recipients(self, ids: Sequence[int]) -> dict[int, Recipient]:
         """The still-active subscribers among ``ids``, decrypted.

@@ -1,0 +1,159 @@
+"""Subscriber list speed: import and stream N subscribers against the raw crypto floor.
+
+    .venv/bin/python -m bench.subscribers [--rows 1000000] [--db sqlite|postgres]
+
+* import: ``import_file`` of an N-row CSV (validate, normalise, blind index, AES-256-GCM,
+  batched inserts, progress rows) into a fresh database, against the floor: the raw AES-GCM
+  seal + keyed-hash cost of the same rows, measured in this run on this machine.
+* stream: ``stream_active`` decrypting all N rows (in a child process so its peak RSS is its
+  own), against the floor of raw AES-GCM opens of the same ciphertexts.
+
+Targets (issue 3): import <= 60 s and <= 3x floor; stream <= 10 s with peak RSS < 300 MB.
+No address is printed: only counts and times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = ["main"]
+
+DOMAINS = ["qq.com", "163.com", "126.com", "gmail.com", "outlook.com", "yahoo.com.tw",
+           "sina.com", "foxmail.com", "example.org", "proton.me"]
+LANGS = ["zh-Hans", "zh-Hant", "en", "zh-Hans+en", ""]
+
+
+def make_csv(path: Path, rows: int, seed: int = 7) -> None:
+    rnd = random.Random(seed)
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("email,language\n")
+        for i in range(rows):
+            local = f"{rnd.choice(['li', 'wang', 'zhang', 'chen', 'reader'])}.{i:x}{rnd.randrange(1000)}"
+            fh.write(f"{local}@{rnd.choice(DOMAINS)},{rnd.choice(LANGS)}\n")
+
+
+def floor_seal(path: Path) -> float:
+    """Raw AES-GCM seal + keyed BLAKE2b of every address in the file, read into memory first."""
+    with path.open(encoding="utf-8") as fh:
+        next(fh)
+        addrs = [line.split(",", 1)[0].encode() for line in fh]
+    aead = AESGCM(os.urandom(32))
+    key = os.urandom(32)
+    blake = hashlib.blake2b
+    urandom = os.urandom
+    t0 = time.perf_counter()
+    for i, a in enumerate(addrs):
+        nonce = urandom(12)
+        aead.encrypt(nonce, a, b"email:" + i.to_bytes(8, "big"))
+        blake(a, key=key, digest_size=32).digest()
+    return time.perf_counter() - t0
+
+
+def floor_open(rows: int) -> float:
+    aead = AESGCM(os.urandom(32))
+    items = []
+    for i in range(rows):
+        nonce = os.urandom(12)
+        ad = b"email:" + i.to_bytes(8, "big")
+        items.append((nonce, aead.encrypt(nonce, b"reader.%d@qq.com" % i, ad), ad))
+    t0 = time.perf_counter()
+    for nonce, ct, ad in items:
+        aead.decrypt(nonce, ct, ad).decode()
+    return time.perf_counter() - t0
+
+
+def _store(url: str, key_path: Path) -> object:
+    from mailer.db import open_engine
+    from subscribers.codec import Codec
+    from subscribers.keys import KeyRing
+    from subscribers.settings import ListSettings
+    from subscribers.store import SubscriberStore
+
+    ring = KeyRing.load(key_path) if key_path.exists() else KeyRing.create(key_path)
+    return SubscriberStore(open_engine(url), Codec(ring), lambda: datetime.now(UTC),
+                           ListSettings(bilingual=("zh-Hans+en",)))
+
+
+def stream_child(url: str, key_path: str) -> None:
+    """Run in a child: stream every active subscriber and print time, count, peak RSS."""
+    store = _store(url, Path(key_path))
+    t0 = time.perf_counter()
+    n = 0
+    for r in store.stream_active(batch_size=2000):  # type: ignore[attr-defined]
+        n += len(r.address) > 0
+    elapsed = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{elapsed:.3f} {n} {rss:.1f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="bench.subscribers")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--stream-child", nargs=2, metavar=("URL", "KEY"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.stream_child:
+        stream_child(*args.stream_child)
+        return
+
+    from subscribers.importexport import import_file
+
+    with tempfile.TemporaryDirectory(prefix="bench-subscribers-") as tmp:
+        folder = Path(tmp)
+        csv_path = folder / "list.csv"
+        make_csv(csv_path, args.rows)
+        if args.db == "sqlite":
+            url = f"sqlite:///{folder / 'bench.db'}"
+            schema = None
+        else:
+            from sqlalchemy import create_engine, text
+
+            admin_url = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL",
+                                       "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+            schema = f"bench_{os.getpid()}"
+            admin = create_engine(admin_url)
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            url = f"{admin_url}?options=-csearch_path%3D{schema}"
+        key_path = folder / "keys.json"
+        try:
+            store = _store(url, key_path)
+            floor_in = floor_seal(csv_path)
+            t0 = time.perf_counter()
+            report = import_file(store, csv_path, confirmed=True,  # type: ignore[arg-type]
+                                 batch_size=5000)
+            took_in = time.perf_counter() - t0
+            floor_out = floor_open(report.inserted)
+            child = subprocess.run(
+                [sys.executable, "-m", "bench.subscribers", "--stream-child", url, str(key_path)],
+                capture_output=True, text=True, check=True)
+            took_out, streamed, rss = child.stdout.split()
+        finally:
+            if schema is not None:
+                with admin.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+                admin.dispose()
+    print(f"subscribers benchmark: {args.rows:,} rows on {args.db}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"  import : {took_in:7.2f} s ({report.inserted:,} inserted, {report.problem_count} "
+          f"problems); floor {floor_in:.2f} s; ratio {took_in / floor_in:.2f}  "
+          f"(targets: <= 60 s, <= 3x)")
+    print(f"  stream : {float(took_out):7.2f} s ({int(streamed):,} decrypted); floor "
+          f"{floor_out:.2f} s; ratio {float(took_out) / floor_out:.2f}; peak RSS "
+          f"{float(rss):.0f} MB  (targets: <= 10 s, < 300 MB)")
+
+
+if __name__ == "__main__":
+    main()
