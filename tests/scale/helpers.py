@@ -100,9 +100,14 @@ def make_edition(app: App) -> int:
     return edition_id
 
 
-def spawn_cli(config: Path, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
-    """``newsletter --config CONFIG ARGS`` as a real process."""
+def spawn_cli(config: Path, *args: str, log: Path | None = None,
+              **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``newsletter --config CONFIG ARGS`` as a real process; stderr to ``log`` if given."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-c", "from mailer.cli import main; main()", "--config", str(config),
-         *args], cwd=REPO, env=env, **kwargs)
+    argv = [sys.executable, "-c", "from mailer.cli import main; main()", "--config", str(config),
+            *args]
+    if log is None:
+        return subprocess.Popen(argv, cwd=REPO, env=env, **kwargs)
+    with log.open("wb") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(argv, cwd=REPO, env=env, stderr=err,
+                                stdout=subprocess.DEVNULL, **kwargs)
