@@ -129,9 +129,11 @@ def personaliser(app: App, prepared: PreparedEdition) -> Callable[[OutboxRow, Re
     mirrors = app.mirrors
 
     def message_for(row: OutboxRow, recipient: Recipient) -> bytes:
-        chosen = mirrors.for_subscriber(recipient.id)
+        template = prepared.template_for(recipient.language)
+        # The template fixes how many mirror slots it has; a reload mid-send cannot change that.
+        chosen = mirrors.for_subscriber(recipient.id, slots=template.mirror_slots)
         prepared.exposure.update(set(chosen))
-        return prepared.template_for(recipient.language).personalise(PersonalSlots(
+        return template.personalise(PersonalSlots(
             subscriber_id=recipient.id,
             address=recipient.address,
             unsubscribe_url=f"{base}/u/{tokens.unsubscribe_token(recipient.id)}",

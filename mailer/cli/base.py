@@ -54,7 +54,10 @@ def pass_app(fn: F) -> F:
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the CLI; a ``NewsletterError`` becomes one line on stderr and its exit code."""
     try:
-        cli.main(args=argv, prog_name="newsletter", standalone_mode=False)
+        # Without standalone mode click returns a command's ctx.exit(n) code instead of exiting.
+        rv = cli.main(args=argv, prog_name="newsletter", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            return rv
     except NewsletterError as exc:
         click.echo(f"newsletter: error: {exc}", err=True)
         return exc.exit_code
