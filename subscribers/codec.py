@@ -70,6 +70,12 @@ class Codec:
     def open(self, row_id: int, key_id: str, blob: bytes, field: bytes = b"email:") -> bytes:
         """Decrypt, or raise ``WrongKeyError`` naming the row and key id (never the content)."""
         aead = self._aead.get(key_id)
+        if aead is not None and len(blob) > NONCE_BYTES:
+            try:  # the hot path of every send: one dict lookup, one decrypt
+                return aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
+                                    field + _ROW.pack(row_id))
+            except InvalidTag:
+                pass
         if aead is None:
             raise WrongKeyError(
                 f"subscriber {row_id} is sealed with key {key_id!r}, which the key file "

@@ -98,7 +98,7 @@ def next_state(current: SubscriberState | None, event: Event, *,
     return current
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Recipient:
     """What the sender needs for one message: id, decrypted address, language."""
 

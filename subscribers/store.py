@@ -255,9 +255,15 @@ class SubscriberStore:
         confirmed = stamp if state is SubscriberState.ACTIVE else None
         sealed = self.codec.seal_many([r[0] for r in rows], [r[2] for r in rows])
         kid = self.codec.current_key_id
+        st = state.value
+        if compiled.positional and list(compiled.positiontup or []) == cols:
+            conn.exec_driver_sql(str(compiled), [
+                (sid, index, ct, kid, lang, st, stamp, stamp, confirmed)
+                for (sid, index, _, lang), ct in zip(rows, sealed, strict=True)])
+            return
         values = [
             {"id": sid, "email_index": index, "email_ct": ct, "key_id": kid, "language": lang,
-             "state": state.value, "created_at": stamp, "state_changed_at": stamp,
+             "state": st, "created_at": stamp, "state_changed_at": stamp,
              "confirmed_at": confirmed}
             for (sid, index, _, lang), ct in zip(rows, sealed, strict=True)
         ]
@@ -368,8 +374,8 @@ class SubscriberStore:
 
     def _recipients(self, rows: Iterable[Row[Any]]) -> Iterator[Recipient]:
         open_ = self.codec.open
-        for r in rows:
-            yield Recipient(r.id, open_(r.id, r.key_id, r.email_ct).decode("utf-8"), r.language)
+        for sid, kid, ct, lang, *_ in rows:
+            yield Recipient(sid, open_(sid, kid, ct).decode("utf-8"), lang)
 
     def stream_active(self, batch_size: int = 2000) -> Iterator[Recipient]:
         """Every active subscriber, decrypted a batch at a time (keyset pagination by id).
@@ -387,7 +393,7 @@ class SubscriberStore:
             with self.engine.connect() as conn:
                 rows = conn.execute(q.where(t.c.id > last).order_by(t.c.id)
                                     .limit(batch_size)).all()
-            yield from self._recipients(r for r in rows if r.state == active)
+            yield from self._recipients(r for r in rows if r[4] == active)
             if len(rows) < batch_size:
                 return
             last = rows[-1].id
