@@ -44,6 +44,11 @@ SINGLE_POST_KINDS = frozenset({"post", "per-post", "single"})
 UNSUB_SLOT = "@@SLOT_UNSUB_URL@@"
 
 
+_STYLE_BLOCK = re.compile(r"<style\b[^>]*>.*?</style\s*>", re.I | re.S)
+_IMPORT = re.compile(r"@import\b[^;]*;?", re.I)
+_LINK_TAG = re.compile(r"<link\b[^>]*>", re.I)
+
+
 def inline_css(document: str) -> str:
     """Inline the <style> rules into style attributes, so clients that drop <style> still get
     the layout; media queries stay in a <style> block for clients that honour them.
@@ -52,6 +57,10 @@ def inline_css(document: str) -> str:
     (that would also rewrite our ``@@SLOT_...@@`` hrefs)."""
     from premailer import Premailer
 
+    # premailer's allow_network=False does not reach cssutils, which fetches an @import by
+    # itself while parsing: drop @import rules (and <link> sheets) before premailer sees them.
+    document = _STYLE_BLOCK.sub(lambda m: _IMPORT.sub("", m.group(0)), document)
+    document = _LINK_TAG.sub("", document)
     try:
         return str(Premailer(
             document,

@@ -10,6 +10,7 @@ import pytest
 
 from mailer.errors import RenderError
 from mailer.models import Post
+from mailer.render.env import TEMPLATES_DIR
 from mailer.render.safe import remote_references
 from mailer.render.variant import RenderContext, order_posts, render_variant
 from tests.render.conftest import (
@@ -20,6 +21,7 @@ from tests.render.conftest import (
     single_edition,
     write_config,
 )
+from tests.support.http import HTTPServer, Reply
 
 LANGS = ["zh-Hans", "zh-Hant", "en", "zh-Hans+en", "zh-Hant+en"]
 
@@ -180,3 +182,34 @@ def test_strict_catalog_fails_on_missing_translation(tmp_path: Path, ctx: Render
 def test_empty_edition_is_an_error(ctx: RenderContext) -> None:
     with pytest.raises(RenderError):
         render_variant(digest_edition(posts=()), "en", ctx)
+
+
+def _override_base(tmp_path: Path, extra_head: str) -> RenderContext:
+    base = (TEMPLATES_DIR / "email" / "base.html").read_text(encoding="utf-8")
+    override = tmp_path / "override"
+    (override / "email").mkdir(parents=True)
+    (override / "email" / "base.html").write_text(base.replace("</head>", extra_head + "</head>"),
+                                                  encoding="utf-8")
+    cfg = write_config(tmp_path)
+    cfg = dataclasses.replace(
+        cfg, newsletter=dataclasses.replace(cfg.newsletter, templates_dir=override))
+    return RenderContext.from_config(cfg, date=BUILD_DATE, strict=True)
+
+
+def test_premailer_fetches_nothing_even_when_an_override_asks(
+    tmp_path: Path, http_server: HTTPServer
+) -> None:
+    http_server.routes["/x.css"] = Reply(body=b"p { color: red }", headers={"Content-Type": "text/css"})
+    css = http_server.url("/x.css")
+    ctx = _override_base(tmp_path, f'<style>@import url("{css}"); p {{ color: blue }}</style>'
+                                   f'<link rel="stylesheet" href="{css}">')
+    v = render_variant(digest_edition(), "en", ctx)
+    assert http_server.requests == []
+    assert css not in v.html
+    assert remote_references(v.html) == []
+
+
+def test_an_override_with_remote_css_url_fails_the_build(tmp_path: Path) -> None:
+    ctx = _override_base(tmp_path, "<style>p { background: url(https://t.example/a.png) }</style>")
+    with pytest.raises(RenderError, match="not self-contained"):
+        render_variant(digest_edition(), "en", ctx)
