@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import ssl
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import httpx
@@ -45,9 +47,16 @@ class FetchResult:
     truncated: bool = False
 
 
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """Loading the CA bundle takes ~0.2 s: do it once per process, not once per poll."""
+    return httpx.create_ssl_context()
+
+
 def build_client(fetch: FetchSettings, proxy: str | None = None) -> httpx.AsyncClient:
     """One client per proxy. Redirects are followed, at most ``max_redirects`` of them."""
     return httpx.AsyncClient(
+        verify=_tls_context(),
         headers={
             "User-Agent": fetch.user_agent,
             "Accept": "application/atom+xml, application/rss+xml, application/rdf+xml;q=0.9, "
@@ -99,6 +108,10 @@ async def fetch_feed(feed: FeedSettings, validators: Validators, *, client: http
 async def _get(feed: FeedSettings, validators: Validators, headers: dict[str, str],
                client: httpx.AsyncClient, fetch: FetchSettings) -> FetchResult:
     async with client.stream("GET", feed.url, headers=headers) as resp:
+        if resp.status_code != 200:
+            # Read the (empty or short) body, or httpcore drops the connection instead of
+            # keeping it alive for the next feed on the same host.
+            await resp.aread()
         if resp.status_code == 304:
             return FetchResult(FetchOutcome.NOT_MODIFIED, validators, final_url=str(resp.url))
         if resp.status_code != 200:

@@ -84,6 +84,8 @@ async def poll_feeds(feeds: Sequence[FeedSettings], *, store: PostStore, fetch: 
                                        client=None if f.is_local else clients[f.proxy])
 
         outcomes = await asyncio.gather(*(one(f) for f in feeds))
+    quiet = [states[o.url].id for o in outcomes if o.not_modified]
+    await asyncio.to_thread(store.record_not_modified, *quiet)
     failed = tuple(o.url for o in outcomes if o.error)
     return PollReport(
         feeds=len(feeds),
@@ -103,7 +105,7 @@ async def _poll_one(feed: FeedSettings, state: FeedState, *, store: PostStore,
     try:
         got = await fetch_feed(feed, state.validators, client=client, fetch=fetch)
         if got.outcome is FetchOutcome.NOT_MODIFIED:
-            await asyncio.to_thread(store.record_not_modified, state.id)
+            # recorded for all such feeds at once by poll_feeds
             return _healthy(feed, state, FeedOutcome(feed.url, not_modified=True))
         parsed = await asyncio.to_thread(
             parse_feed, got.body, feed_url=feed.url, language=feed.language,
