@@ -40,8 +40,8 @@ from mailer.schema import editions, outbox
 
 __all__ = [
     "DEFAULT_LEASE",
-    "ClaimOnceOutbox",
     "SenderWorker",
+    "WorkerOutbox",
     "WorkerReport",
     "editions_unfinished",
     "editions_with_work",
@@ -107,15 +107,21 @@ def start_edition(app: App, edition_id: int) -> int:
     return added
 
 
-class ClaimOnceOutbox(Outbox):
-    """``Outbox`` whose PostgreSQL ``claim`` cannot take more than ``limit`` rows.
+class WorkerOutbox(Outbox):
+    """``Outbox`` with PostgreSQL ``claim`` and ``renew`` that are safe with many workers.
 
-    WORKAROUND, to drop once ``Outbox.claim`` does the same: its
-    ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` may be planned as a nested
-    loop semi join that rescans the LIMIT subquery once per outer row (EXPLAIN ANALYZE shows
-    ``loops=N``; typical on a fresh, unanalysed table). Each rescan skips the rows the statement
-    already updated, so one claim takes the whole edition and the other workers get nothing.
-    A MATERIALIZED CTE is evaluated exactly once.
+    WORKAROUNDS, to drop once ``mailer.delivery.outbox.Outbox`` does the same:
+
+    * ``claim``: ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` may be
+      planned as a nested loop semi join that rescans the LIMIT subquery once per outer row
+      (EXPLAIN ANALYZE shows ``loops=N``; typical on a fresh, unanalysed table). Each rescan skips
+      the rows the statement already updated, so one claim takes the whole edition and the other
+      workers get nothing. A MATERIALIZED CTE is evaluated exactly once.
+    * ``renew``: one UPDATE over all of this worker's leased rows runs (in a thread) while the
+      group commit updates some of the same rows one by one in another transaction; they lock
+      in different orders and PostgreSQL aborts one with "deadlock detected", which stops the
+      worker. Renewing only the rows it can lock at once (``SKIP LOCKED``) never waits, so no
+      cycle can form; a row being recorded needs no renewal.
     """
 
     def claim(self, edition_id: int, limit: int, owner: str, lease: timedelta) -> list[OutboxRow]:
@@ -144,6 +150,27 @@ class ClaimOnceOutbox(Outbox):
             rows = conn.execute(stmt).all()
         return [OutboxRow(edition_id, int(r.subscriber_id), r.language, r.domain,
                           int(r.attempts), as_utc(r.created_at)) for r in rows]
+
+    def renew(self, edition_id: int, owner: str, lease: timedelta) -> int:
+        if self.engine.dialect.name != "postgresql":
+            return super().renew(edition_id, owner, lease)
+        now = self.clock()
+        mine = (
+            select(outbox.c.subscriber_id)
+            .where(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
+                   outbox.c.state == OutboxState.SENDING.value)
+            .with_for_update(skip_locked=True)
+            .cte("mine")
+            .prefix_with("MATERIALIZED")
+        )
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.edition_id == edition_id,
+                       outbox.c.subscriber_id.in_(select(mine.c.subscriber_id)))
+                .values(lease_expires_at=now + lease)
+            )
+        return int(result.rowcount)
 
 
 @dataclass
@@ -180,7 +207,7 @@ class SenderWorker:
         self._stopping = asyncio.Event()
         self._current: DeliveryEngine[Any] | None = None
         self._prepared: dict[int, Any] = {}
-        self.outbox = ClaimOnceOutbox(app.engine, app.clock)
+        self.outbox = WorkerOutbox(app.engine, app.clock)
 
     def stop(self, reason: str = "signal") -> None:
         """Finish the messages in flight, record them, release the rest, and return."""

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 
 from mailer.app import App
 from mailer.cli.worker import (
-    ClaimOnceOutbox,
     SenderWorker,
+    WorkerOutbox,
     editions_unfinished,
     editions_with_work,
     start_edition,
@@ -81,7 +81,7 @@ async def test_a_dead_workers_rows_are_reclaimed_after_the_lease(
     edition_id = make_edition(app)
     start_edition(app, edition_id)
     # A worker that claimed 10 rows and died before sending any: its lease is all that is left.
-    dead = ClaimOnceOutbox(app.engine, app.clock).claim(edition_id, 10, "worker:dead:1:0",
+    dead = WorkerOutbox(app.engine, app.clock).claim(edition_id, 10, "worker:dead:1:0",
                                                         timedelta(seconds=1))
     assert len(dead) == 10
     started = time.monotonic()
@@ -106,13 +106,35 @@ def test_a_claim_takes_at_most_its_limit(tmp_path: Path, db_url: str,
     seed_subscribers(app, 50)
     edition_id = make_edition(app)
     start_edition(app, edition_id)
-    box = ClaimOnceOutbox(app.engine, app.clock)
+    box = WorkerOutbox(app.engine, app.clock)
     first = box.claim(edition_id, 10, "a", timedelta(minutes=1))
     second = box.claim(edition_id, 10, "b", timedelta(minutes=1))
     assert len(first) == 10
     assert len(second) == 10
     assert not {r.subscriber_id for r in first} & {r.subscriber_id for r in second}
     assert _states(app, edition_id) == {OutboxState.SENDING: 20, OutboxState.QUEUED: 30}
+    app.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_renew_skips_rows_locked_by_a_commit_in_progress(
+        tmp_path: Path, postgres_url: str, sink: CountingHandler) -> None:
+    # The group commit updates rows one by one while the renewer runs in another thread; a renew
+    # that waited for those row locks could deadlock with it (PostgreSQL aborts one of them).
+    app = _app(tmp_path, postgres_url, sink)
+    seed_subscribers(app, 12)
+    edition_id = make_edition(app)
+    start_edition(app, edition_id)
+    box = WorkerOutbox(app.engine, app.clock)
+    rows = box.claim(edition_id, 10, "w", timedelta(minutes=1))
+    busy = rows[0].subscriber_id
+    with app.engine.connect() as other:
+        txn = other.begin()
+        other.execute(select(outbox.c.subscriber_id).where(
+            outbox.c.edition_id == edition_id, outbox.c.subscriber_id == busy).with_for_update())
+        assert box.renew(edition_id, "w", timedelta(minutes=5)) == 9  # did not wait for `busy`
+        txn.rollback()
+    assert box.renew(edition_id, "w", timedelta(minutes=5)) == 10
     app.engine.dispose()
 
 
