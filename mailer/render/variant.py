@@ -186,6 +186,13 @@ def _no_crlf(value: str) -> str:
     return " ".join(value.replace("\r", " ").replace("\n", " ").split())
 
 
+def _defuse(value: str) -> str:
+    """Feed text must never become a slot: a post quoting ``@@SLOT_TO@@`` would otherwise be
+    filled per recipient, or stop the whole edition as an unknown slot. A zero-width space
+    keeps it looking the same to the reader."""
+    return value.replace("@@SLOT_", "@\u200b@SLOT_") if "@@SLOT_" in value else value
+
+
 class _Chrome:
     """The catalog plus the formatting helpers one variant uses."""
 
@@ -223,8 +230,8 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
         conversion_for(post.language, target, taiwan_phrases=ctx.newsletter.taiwan_phrases)
         if target else None
     )
-    title = convert_text(_no_crlf(post.title), config) or chrome._("(untitled)")
-    body = convert_html(post.content_html, config)
+    title = convert_text(_defuse(_no_crlf(post.title)), config) or chrome._("(untitled)")
+    body = convert_html(_defuse(post.content_html), config)
 
     def fallback(alt: str, url: str) -> str:
         # Not embedded (past the budget, or the fetch failed): the alt text, the image's own
@@ -253,7 +260,7 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
     )
     if ctx.mirror_slots and ctx.origins:
         body = add_mirror_links(body, ctx.origins, ctx.mirror_slots, chrome.mirror_label)
-    link = post.link
+    link = _defuse(post.link) if post.link else None
     return _ShownPost(
         anchor=f"post-{index + 1}",
         title=title,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
 
 from mailer.errors import RenderError
+from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
 from mailer.models import Post
 from mailer.render.env import TEMPLATES_DIR
 from mailer.render.safe import remote_references
@@ -213,3 +215,20 @@ def test_an_override_with_remote_css_url_fails_the_build(tmp_path: Path) -> None
     ctx = _override_base(tmp_path, "<style>p { background: url(https://t.example/a.png) }</style>")
     with pytest.raises(RenderError, match="not self-contained"):
         render_variant(digest_edition(), "en", ctx)
+
+
+def test_slot_lookalikes_in_a_post_stay_text(ctx: RenderContext) -> None:
+    post = Post(guid="s", language="en", title="About @@SLOT_TO@@",
+                content_html="<p>Write @@SLOT_UNSUB_URL@@ or @@SLOT_M0@@ or @@SLOT_EVIL@@.</p>",
+                link=f"{ORIGIN}/2026/11/slots.html")
+    v = render_variant(single_edition(post), "en", ctx)
+    template = MessageTemplate.build(v, edition_id=1, headers=HeaderSettings(
+        from_addr="d@example.org", list_id="<l>", message_id_domain="example.org"))
+    raw = template.personalise(PersonalSlots(1, "r@example.com", "https://n.example/u/T",
+                                             ("https://m1.example", "https://m2.example")))
+    msg = message_from_bytes(raw, policy=policy.default)
+    body = msg.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "Write @\u200b@SLOT_UNSUB_URL@@ or @\u200b@SLOT_M0@@" in text
+    assert msg["Subject"] == "About @\u200b@SLOT_TO@@"
