@@ -15,11 +15,12 @@ import hashlib
 import os
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from subscribers.errors import WrongKeyError
+from subscribers.errors import KeyStoreError, WrongKeyError
 from subscribers.keys import KeyRing
 
 __all__ = ["NONCE_BYTES", "Codec"]
@@ -28,15 +29,46 @@ NONCE_BYTES = 12
 _ROW = struct.Struct(">q")
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino
+
+
 class Codec:
     """Seal and open fields with the ring's keys; compute blind indexes. Stateless per call."""
 
     def __init__(self, ring: KeyRing) -> None:
+        self._use(ring)
+
+    def _use(self, ring: KeyRing) -> None:
         self.ring = ring
         self._aead = {kid: AESGCM(k.key) for kid, k in ring.aead.items()}
         self._current = ring.current
         self._current_aead = self._aead[ring.current]
         self._index_key = ring.index_key
+        self._stamp = _stamp(ring.path)
+
+    def refresh(self) -> bool:
+        """Reload the key file if ``keys rotate`` rewrote it since we read it.
+
+        A long-running process (the daemon, ``serve``) must seal new rows with the new key and
+        open rows already re-encrypted, or a rotation would strand its writes under a key that
+        is about to be retired. Only a file with the same index and token keys is accepted.
+        """
+        stamp = _stamp(self.ring.path)
+        if stamp is None or stamp == self._stamp:
+            return False
+        try:
+            ring = KeyRing.load(self.ring.path, self.ring.passphrase)
+        except KeyStoreError:
+            return False  # caught mid-write or damaged: keep what we have
+        if ring.index_key != self.ring.index_key or ring.token_key != self.ring.token_key:
+            return False  # a different key file altogether: never switch silently
+        self._use(ring)
+        return True
 
     @property
     def current_key_id(self) -> str:
@@ -76,6 +108,8 @@ class Codec:
                                     field + _ROW.pack(row_id))
             except InvalidTag:
                 pass
+        if aead is None and self.refresh():
+            return self.open(row_id, key_id, blob, field)
         if aead is None:
             raise WrongKeyError(
                 f"subscriber {row_id} is sealed with key {key_id!r}, which the key file "

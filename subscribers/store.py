@@ -169,6 +169,7 @@ class SubscriberStore:
         lang = self.check_language(language)
         index = self.index_of(delivery)
         now = self.clock()
+        self.codec.refresh()
         with self.engine.begin() as conn:
             row = conn.execute(select(t.c.id, t.c.state).where(t.c.email_index == index)).first()
             if row is None:
@@ -199,6 +200,7 @@ class SubscriberStore:
                 return self.add_batch(rows, event, reactivate=reactivate, conn=own,
                                       indexes=indexes)
         now = self.clock()
+        self.codec.refresh()
         if indexes is None:
             indexes = [self.index_of(addr) for addr, _ in rows]
         existing: dict[bytes, tuple[int, str]] = {}

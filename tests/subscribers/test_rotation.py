@@ -73,3 +73,20 @@ def test_a_wrong_key_file_touches_nothing(store: SubscriberStore, ring: KeyRing,
         rotate(wrong)
     with store.engine.connect() as conn:
         assert conn.execute(select(t)).all() == before
+
+
+def test_a_running_process_follows_the_rotation(store: SubscriberStore, ring: KeyRing,
+                                                clock: Clock) -> None:
+    """The daemon or ``serve`` loaded the key file before the rotation and keeps running."""
+    ids = [store.add(f"d{i}@qq.com", "en", confirmed=True) for i in range(5)]
+    running = SubscriberStore(store.engine, Codec(KeyRing.load(ring.path)), clock, LANGS)
+    rotator = SubscriberStore(store.engine, Codec(KeyRing.load(ring.path)), clock, LANGS)
+    result = rotate(rotator, batch_size=2)
+    assert result.retired == (ring.current,)
+    # Rows re-encrypted under a key the running process never saw still open...
+    assert set(running.get_recipients(ids)) == set(ids)
+    # ...and what it writes now is sealed with the new key, not the retired one.
+    late = running.add("after@qq.com", "en", confirmed=True)
+    assert key_ids_in_use(store) == {result.new_key_id: 6}
+    fresh = SubscriberStore(store.engine, Codec(KeyRing.load(ring.path)), clock, LANGS)
+    assert fresh.get_recipients([late])[late].address == "after@qq.com"
