@@ -23,6 +23,8 @@ from mailer.db import open_engine
 if TYPE_CHECKING:
     from jinja2 import Environment
 
+    from mailer.delivery.outbox import Outbox
+    from mailer.delivery.transport import Transport
     from mailer.editions.store import EditionStore
     from mailer.mirrors.registry import MirrorRegistry
     from subscribers.keys import KeyRing
@@ -126,3 +128,21 @@ class App:
         secret = self.config.mirrors.secret or self.keyring.derive(b"mirror-partition/v1")
         return MirrorRegistry(self.config.mirrors, self.engine, self.clock, secret,
                               environ=self.environ, config_path=self.config.path)
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        """One row per (edition, subscriber); rows change only when a reply is known."""
+        from mailer.delivery.outbox import Outbox
+
+        return Outbox(self.engine, self.clock)
+
+    @cached_property
+    def transport(self) -> Transport:
+        """The SMTP pool over ``[[delivery.relays]]``, or the Maildir writer (embedded default)."""
+        from mailer.delivery.maildir import MaildirTransport
+        from mailer.delivery.smtp import SMTPTransport
+
+        delivery = self.config.delivery
+        if delivery.transport == "smtp":
+            return SMTPTransport(delivery.relays)
+        return MaildirTransport(delivery.maildir)

@@ -118,9 +118,11 @@ outbox = Table(
     Column("relay", String(255), nullable=True),
     Column("last_code", Integer, nullable=True),
     Column("last_reply", Text, nullable=True),  # the relay's words, with any address scrubbed
+    Column("created_at", DateTime(timezone=True), nullable=True),  # enqueue time: bounds retry age
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Index("ix_outbox_claim", "edition_id", "state", "next_attempt_at"),
+    Index("ix_outbox_lease", "lease_owner"),
 )
 
 # Mirror health and exposure: counts only, never who received which mirror.

@@ -82,6 +82,16 @@ class RecordingHandler:
         return "250 2.0.0 Ok: queued"
 
 
+class _EphemeralController(Controller):  # type: ignore[misc]
+    """aiosmtpd 1.4 connects to ``self.port`` to check readiness, which fails for port 0:
+    learn the bound port first."""
+
+    def _trigger_server(self) -> None:
+        if not self.port and self.server is not None:
+            self.port = int(self.server.sockets[0].getsockname()[1])
+        super()._trigger_server()
+
+
 class SMTPServer:
     """Start/stop an aiosmtpd Controller on 127.0.0.1 with an ephemeral port."""
 
@@ -89,7 +99,8 @@ class SMTPServer:
         self.handler = handler or RecordingHandler()
         kwargs.setdefault("decode_data", False)
         kwargs.setdefault("data_size_limit", 64 * 1024 * 1024)
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=0, **kwargs)
+        self.controller = _EphemeralController(self.handler, hostname="127.0.0.1", port=0,
+                                               **kwargs)
 
     @property
     def port(self) -> int:

@@ -1,0 +1,339 @@
+"""The delivery engine: claims outbox rows, sends through a transport, records every reply.
+
+How it stays exactly-once-ish (issue 7):
+
+- A worker per transport connection takes one row at a time, sends it, and waits until the
+  outcome is *committed* before taking the next (group commit: the outcomes of all workers that
+  answered meanwhile go in one transaction). So at any instant the messages delivered but not yet
+  recorded are at most one per connection: that is the duplicate bound after ``kill -9``.
+- Rows are claimed a small batch ahead with a lease (``Outbox.claim``); rows claimed but never
+  handed to the transport are released when the run stops, and a crashed run's rows come back
+  when their lease expires.
+- Between batches the edition's state is read: ``paused`` or ``cancelled`` stops the claiming;
+  the messages in flight finish and are recorded.
+- Recipients are looked up (``recipients``) just before their batch is queued; a subscriber
+  who is no longer active is recorded ``suppressed`` instead of being mailed.
+- SIGTERM (and SIGINT) do the same as a pause: finish in flight, record, release, return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Generic, Protocol, TypeVar
+
+from mailer.clock import Clock
+from mailer.config import DeliverySettings
+from mailer.delivery.classify import Classifier, SendResult
+from mailer.delivery.outbox import STOP_STATES, Outbox, OutboxRow, Outcome, RecipientLike
+from mailer.delivery.progress import NullProgress, Progress, progress_for
+from mailer.delivery.ratelimit import DomainLimits
+from mailer.delivery.transport import Transport
+from mailer.models import OutboxState
+
+__all__ = ["DeliveryEngine", "DeliveryReport", "Recipient"]
+
+log = logging.getLogger("newsletter.delivery")
+
+
+class Recipient(RecipientLike, Protocol):
+    """``subscribers.store.Recipient``: the decrypted address is used only for the envelope."""
+
+    @property
+    def address(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What one ``run`` did. ``stopped`` says why it returned: done, paused, cancelled, signal,
+    or deferred (only rows waiting for a retry time remain)."""
+
+    edition_id: int
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    bounced: int = 0
+    content_rejected: int = 0
+    suppressed: int = 0
+    remaining: int = 0
+    elapsed: float = 0.0
+    stopped: str = "done"
+    by_relay: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def attempted(self) -> int:
+        return self.sent + self.deferred + self.failed + self.bounced + self.content_rejected
+
+    @property
+    def rate(self) -> float:
+        return self.attempted / self.elapsed if self.elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"edition {self.edition_id}: sent {self.sent}, deferred {self.deferred}, "
+                f"failed {self.failed}, bounced {self.bounced}, "
+                f"content_rejected {self.content_rejected}, suppressed {self.suppressed}; "
+                f"{self.remaining} left; {self.elapsed:.1f}s ({self.rate:.0f}/s); {self.stopped}")
+
+
+class _GroupCommit:
+    """Collects outcomes as replies arrive and commits whatever is waiting in one transaction.
+
+    ``record`` returns only once its outcome is durable, which is what bounds duplicates.
+    """
+
+    def __init__(self, engine: DeliveryEngine[Any], edition_id: int, owner: str) -> None:
+        self._engine = engine
+        self._edition_id = edition_id
+        self._owner = owner
+        self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+
+    def submit(self, outcome: Outcome) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((outcome, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+        return fut
+
+    async def record(self, outcome: Outcome) -> None:
+        await self.submit(outcome)
+
+    async def _flush(self) -> None:
+        limit = max(1, self._engine.settings.commit_every)
+        while self._pending:
+            group, self._pending = self._pending[:limit], self._pending[limit:]
+            outcomes = [o for o, _ in group]
+            try:
+                await asyncio.to_thread(self._engine._commit, self._edition_id, self._owner,
+                                        outcomes)
+            except BaseException as exc:
+                self.error = exc
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_result(None)
+            self._engine._tally(outcomes)
+
+    async def drain(self) -> None:
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+
+R = TypeVar("R", bound=Recipient)
+
+
+class DeliveryEngine(Generic[R]):
+    """Sends an edition's outbox through a transport; one instance per process and edition run."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        transport: Transport,
+        *,
+        recipients: Callable[[Sequence[int]], Mapping[int, R]],
+        message_for: Callable[[OutboxRow, R], bytes],
+        envelope_from: str,
+        settings: DeliverySettings,
+        clock: Clock,
+        on_bounce: Callable[[int], object] | None = None,
+        progress: Progress | bool | None = None,
+        batch_size: int | None = None,
+        lease: timedelta = timedelta(minutes=5),
+        owner: str | None = None,
+        rand: Callable[[], float] = random.random,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.outbox = outbox
+        self.transport = transport
+        self.recipients = recipients
+        self.message_for = message_for
+        self.envelope_from = envelope_from
+        self.settings = settings
+        self.clock = clock
+        self.on_bounce = on_bounce
+        # True: a bar on a terminal, log lines otherwise (what ``newsletter send`` wants).
+        self.progress: Progress = (
+            progress_for() if progress is True
+            else NullProgress() if progress is None or progress is False
+            else progress
+        )
+        self.concurrency = max(1, transport.concurrency)
+        self.batch_size = batch_size or max(64, 4 * self.concurrency)
+        self.lease = lease
+        self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.rand = rand
+        self._monotonic = monotonic
+        self.classifier = Classifier(settings.content_rejections, max_attempts=settings.max_attempts,
+                                     max_age=settings.max_age, backoff_base=settings.backoff_base)
+        self.domain_limits = DomainLimits(settings.domain_rates, monotonic=monotonic)
+        self._stop_reason: str | None = None
+        self._error: Exception | None = None
+        self._counts: dict[OutboxState, int] = dict.fromkeys(OutboxState, 0)
+        self._by_relay: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self, reason: str = "signal") -> None:
+        """Finish what is in flight, record it, release the rest, and return from ``run``."""
+        if self._stop_reason is None:
+            log.info("stopping after the messages in flight (%s)", reason)
+            self._stop_reason = reason
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self, edition_id: int, *, handle_signals: bool = True) -> DeliveryReport:
+        started = self._monotonic()
+        self._stop_reason = None
+        self._error = None
+        self._counts = dict.fromkeys(OutboxState, 0)
+        self._by_relay = {}
+        todo = await asyncio.to_thread(self.outbox.unfinished, edition_id)
+        self.progress.start(edition_id, todo)
+        commits = _GroupCommit(self, edition_id, self.owner)
+        queue: asyncio.Queue[tuple[OutboxRow, R] | None] = asyncio.Queue(
+            maxsize=self.batch_size)
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, self.stop, sig.name)
+                    installed.append(sig)
+        workers = [asyncio.create_task(self._worker(edition_id, queue, commits))
+                   for _ in range(self.concurrency)]
+        renewer = asyncio.create_task(self._renew(edition_id))
+        stopped = "done"
+        try:
+            stopped = await self._produce(edition_id, queue, commits)
+        finally:
+            for _ in workers:
+                await queue.put(None)
+            results = await asyncio.gather(*workers, return_exceptions=True)
+            await commits.drain()
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            released = await asyncio.to_thread(self.outbox.release, edition_id, self.owner)
+            if released:
+                log.info("released %d claimed rows that were not sent", released)
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        if commits.error is not None:
+            raise commits.error
+        if self._error is not None:
+            raise self._error
+        remaining = await asyncio.to_thread(self.outbox.unfinished, edition_id)
+        if stopped == "done" and remaining:
+            stopped = "deferred"
+        c = self._counts
+        report = DeliveryReport(
+            edition_id=edition_id, sent=c[OutboxState.SENT], deferred=c[OutboxState.DEFERRED],
+            failed=c[OutboxState.FAILED], bounced=c[OutboxState.BOUNCED],
+            content_rejected=c[OutboxState.CONTENT_REJECTED],
+            suppressed=c[OutboxState.SUPPRESSED], remaining=remaining,
+            elapsed=self._monotonic() - started, stopped=stopped, by_relay=dict(self._by_relay),
+        )
+        self.progress.finish(report)
+        log.info("%s", report.summary())
+        return report
+
+    async def _produce(self, edition_id: int, queue: asyncio.Queue[tuple[OutboxRow, R] | None],
+                       commits: _GroupCommit) -> str:
+        while True:
+            if self._stop_reason is not None:
+                return self._stop_reason
+            if commits.error is not None:
+                return "error"
+            state = await asyncio.to_thread(self.outbox.edition_state, edition_id)
+            if state in STOP_STATES:
+                log.info("edition %d is %s: stopping after the messages in flight", edition_id, state)
+                return str(state)
+            rows = await asyncio.to_thread(self.outbox.claim, edition_id, self.batch_size,
+                                           self.owner, self.lease)
+            if not rows:
+                return "done"
+            found = await asyncio.to_thread(self.recipients, [r.subscriber_id for r in rows])
+            for row in rows:
+                rcpt = found.get(row.subscriber_id)
+                if rcpt is None:
+                    # Unsubscribed (or bounced elsewhere) since the edition was enqueued.
+                    commits.submit(Outcome(row.subscriber_id, OutboxState.SUPPRESSED,
+                                           reply="subscriber no longer active"))
+                    continue
+                await queue.put((row, rcpt))
+
+    async def _worker(self, edition_id: int,
+                      queue: asyncio.Queue[tuple[OutboxRow, R] | None],
+                      commits: _GroupCommit) -> None:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if self._stop_reason is not None or commits.error is not None:
+                continue  # left in 'sending'; released when the run ends
+            row, rcpt = item
+            if self.domain_limits:
+                await self.domain_limits.wait(row.domain)
+            try:
+                data = self.message_for(row, rcpt)
+                result = await self.transport.send(self.envelope_from, rcpt.address, data)
+            except Exception as exc:
+                # A bug, not a reply: stop cleanly (the row is released) and raise from run().
+                self._error = self._error or exc
+                self.stop("error")
+                continue
+            await commits.record(self._outcome(row, result))
+
+    def _outcome(self, row: OutboxRow, result: SendResult) -> Outcome:
+        now = self.clock()
+        age = now - row.created_at if row.created_at is not None else timedelta(0)
+        decision = self.classifier.decide(result, attempts=row.attempts, age=age, rand=self.rand())
+        next_at = now + decision.retry_in if decision.retry_in is not None else None
+        if decision.state is not OutboxState.SENT:
+            log.debug("subscriber %d: %s %s %s", row.subscriber_id, decision.state.value,
+                      result.code, result.reply)
+        return Outcome(row.subscriber_id, decision.state, result.code, result.reply,
+                       result.relay, next_at)
+
+    async def _renew(self, edition_id: int) -> None:
+        period = max(self.lease.total_seconds() / 3, 0.05)
+        while True:
+            await asyncio.sleep(period)
+            await asyncio.to_thread(self.outbox.renew, edition_id, self.owner, self.lease)
+
+    # ------------------------------------------------------------------ called by _GroupCommit
+
+    def _commit(self, edition_id: int, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """Runs in a worker thread: one transaction, then the bounce callback per bad address."""
+        self.outbox.record(edition_id, owner, outcomes)
+        if self.on_bounce is not None:
+            for o in outcomes:
+                if o.state is OutboxState.BOUNCED:
+                    try:
+                        self.on_bounce(o.subscriber_id)
+                    except Exception:
+                        log.exception("could not suppress bounced subscriber %d", o.subscriber_id)
+
+    def _tally(self, outcomes: Sequence[Outcome]) -> None:
+        for o in outcomes:
+            self._counts[o.state] += 1
+            if o.relay:
+                self._by_relay[o.relay] = self._by_relay.get(o.relay, 0) + 1
+        self.progress.update(self._counts)

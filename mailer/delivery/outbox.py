@@ -1,0 +1,289 @@
+"""The outbox: one row per (edition, subscriber), claimed with a lease, changed only by replies.
+
+Why it is shaped this way (issues 7 and 9):
+
+- ``enqueue`` inserts with ON CONFLICT DO NOTHING, so enqueueing again after a crash adds
+  nobody twice (listmonk #2070 resent to everyone on resume).
+- ``claim`` moves a small batch to ``sending`` under a lease in ONE statement
+  (``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``): several workers on
+  PostgreSQL share an edition without overlap, SQLite serialises it as one short write, and a dead
+  worker's rows come back when the lease expires.
+- ``record`` is the only way a row leaves ``sending``, and the engine calls it with outcomes that
+  correspond to SMTP replies (listmonk #3022 advanced the resume point when a batch was fetched).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from mailer.clock import Clock, as_utc
+from mailer.models import OutboxState
+from mailer.schema import editions, outbox
+
+__all__ = [
+    "STOP_STATES",
+    "Outbox",
+    "OutboxRow",
+    "Outcome",
+    "RecipientLike",
+]
+
+# Edition states in which no further row may be claimed (checked between batches).
+STOP_STATES = frozenset({"paused", "cancelled"})
+_ENQUEUE_BATCH = 2000
+
+
+class RecipientLike(Protocol):
+    """What the outbox needs of ``subscribers.store.Recipient``: never the address itself."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def language(self) -> str: ...
+
+    @property
+    def domain(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A claimed row. ``attempts`` already counts the attempt this claim starts."""
+
+    edition_id: int
+    subscriber_id: int
+    language: str
+    domain: str
+    attempts: int
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result for one row, written by ``record``. ``reply`` must already be scrubbed."""
+
+    subscriber_id: int
+    state: OutboxState
+    code: int | None = None
+    reply: str = ""
+    relay: str = ""
+    next_attempt_at: datetime | None = None
+
+
+class Outbox:
+    """The outbox table behind a small API; the engine and the workers share it."""
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._insert: Any = (
+            postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        )
+
+    def _greatest(self, *args: Any) -> Any:
+        # SQLite's two-argument max() is PostgreSQL's greatest().
+        return func.max(*args) if self.engine.dialect.name == "sqlite" else func.greatest(*args)
+
+    # ------------------------------------------------------------------ writing
+
+    def enqueue(self, edition_id: int, recipients: Iterable[RecipientLike]) -> int:
+        """Add a queued row per recipient; returns how many were new (0 on a repeat)."""
+        now = self.clock()
+        before = self.total(edition_id)
+        stmt = self._insert(outbox).on_conflict_do_nothing(
+            index_elements=[outbox.c.edition_id, outbox.c.subscriber_id]
+        )
+        batch: list[dict[str, Any]] = []
+        for r in recipients:
+            batch.append({
+                "edition_id": edition_id, "subscriber_id": r.id, "language": r.language,
+                "domain": r.domain.lower()[:255], "state": OutboxState.QUEUED.value,
+                "attempts": 0, "created_at": now, "updated_at": now,
+            })
+            if len(batch) >= _ENQUEUE_BATCH:
+                with self.engine.begin() as conn:
+                    conn.execute(stmt, batch)
+                batch = []
+        if batch:
+            with self.engine.begin() as conn:
+                conn.execute(stmt, batch)
+        return self.total(edition_id) - before
+
+    def claim(self, edition_id: int, limit: int, owner: str, lease: timedelta) -> list[OutboxRow]:
+        """Lease up to ``limit`` rows that are queued, due for retry, or whose lease expired."""
+        now = self.clock()
+        eligible = and_(
+            outbox.c.edition_id == edition_id,
+            or_(
+                outbox.c.state == OutboxState.QUEUED.value,
+                and_(outbox.c.state == OutboxState.DEFERRED.value, outbox.c.next_attempt_at <= now),
+                and_(outbox.c.state == OutboxState.SENDING.value, outbox.c.lease_expires_at < now),
+            ),
+        )
+        # SQLite's compiler drops FOR UPDATE; there the single statement is the whole lock.
+        ids = select(outbox.c.subscriber_id).where(eligible).limit(limit).with_for_update(
+            skip_locked=True
+        )
+        stmt = (
+            update(outbox)
+            .where(outbox.c.edition_id == edition_id, outbox.c.subscriber_id.in_(ids.scalar_subquery()))
+            .values(
+                state=OutboxState.SENDING.value, lease_owner=owner,
+                lease_expires_at=now + lease, attempts=outbox.c.attempts + 1, updated_at=now,
+            )
+            .returning(outbox.c.subscriber_id, outbox.c.language, outbox.c.domain,
+                       outbox.c.attempts, outbox.c.created_at)
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            OutboxRow(edition_id, int(r.subscriber_id), r.language, r.domain, int(r.attempts),
+                      as_utc(r.created_at))
+            for r in rows
+        ]
+
+    def record(self, edition_id: int, owner: str, outcomes: Sequence[Outcome]) -> int:
+        """Write outcomes in one transaction; only the lease owner may finish its rows."""
+        if not outcomes:
+            return 0
+        now = self.clock()
+        stmt = (
+            update(outbox)
+            .where(
+                outbox.c.edition_id == edition_id,
+                outbox.c.subscriber_id == bindparam("b_id"),
+                outbox.c.state == OutboxState.SENDING.value,
+                outbox.c.lease_owner == owner,
+            )
+            .values(
+                state=bindparam("b_state"), last_code=bindparam("b_code"),
+                last_reply=bindparam("b_reply"), relay=bindparam("b_relay"),
+                next_attempt_at=bindparam("b_next"), sent_at=bindparam("b_sent"),
+                lease_owner=None, lease_expires_at=None, updated_at=now,
+            )
+        )
+        params = [
+            {
+                "b_id": o.subscriber_id, "b_state": o.state.value, "b_code": o.code,
+                "b_reply": o.reply or None, "b_relay": o.relay or None,
+                "b_next": o.next_attempt_at,
+                "b_sent": now if o.state is OutboxState.SENT else None,
+            }
+            for o in outcomes
+        ]
+        with self.engine.begin() as conn:
+            result = conn.execute(stmt, params)
+        return max(int(result.rowcount), 0)
+
+    def renew(self, edition_id: int, owner: str, lease: timedelta) -> int:
+        """Extend the lease on this owner's rows, so a long batch is not taken over mid-send."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
+                       outbox.c.state == OutboxState.SENDING.value)
+                .values(lease_expires_at=now + lease)
+            )
+        return int(result.rowcount)
+
+    def release(self, edition_id: int, owner: str) -> int:
+        """Give back rows claimed but never handed to a transport (pause, cancel, SIGTERM).
+
+        Their attempt did not happen, so the count goes back down.
+        """
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
+                       outbox.c.state == OutboxState.SENDING.value)
+                .values(state=OutboxState.QUEUED.value, lease_owner=None, lease_expires_at=None,
+                        attempts=self._greatest(outbox.c.attempts - 1, 0), updated_at=now)
+            )
+        return int(result.rowcount)
+
+    def release_rows(self, edition_id: int, owner: str, subscriber_ids: Sequence[int]) -> int:
+        """Like ``release``, for the given rows only (the rest of the batch is still in flight)."""
+        if not subscriber_ids:
+            return 0
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
+                       outbox.c.state == OutboxState.SENDING.value,
+                       outbox.c.subscriber_id.in_(list(subscriber_ids)))
+                .values(state=OutboxState.QUEUED.value, lease_owner=None, lease_expires_at=None,
+                        attempts=self._greatest(outbox.c.attempts - 1, 0), updated_at=now)
+            )
+        return int(result.rowcount)
+
+    # ------------------------------------------------------------------ reading
+
+    def edition_state(self, edition_id: int) -> str | None:
+        """The edition's state, read between batches to honour pause and cancel."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(editions.c.state).where(editions.c.id == edition_id)).scalar()
+        return None if value is None else str(value)
+
+    def total(self, edition_id: int) -> int:
+        with self.engine.connect() as conn:
+            n = conn.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.edition_id == edition_id)
+            ).scalar()
+        return int(n or 0)
+
+    def counts(self, edition_id: int) -> dict[OutboxState, int]:
+        """Rows per state (every state present, zeros included)."""
+        out = dict.fromkeys(OutboxState, 0)
+        with self.engine.connect() as conn:
+            for state, n in conn.execute(
+                select(outbox.c.state, func.count())
+                .where(outbox.c.edition_id == edition_id)
+                .group_by(outbox.c.state)
+            ):
+                out[OutboxState(state)] = int(n)
+        return out
+
+    def counts_by_domain(self, edition_id: int) -> Mapping[str, dict[OutboxState, int]]:
+        """Rows per destination domain and state: what qq.com or 163.com did with the edition."""
+        out: dict[str, dict[OutboxState, int]] = defaultdict(lambda: dict.fromkeys(OutboxState, 0))
+        with self.engine.connect() as conn:
+            for domain, state, n in conn.execute(
+                select(outbox.c.domain, outbox.c.state, func.count())
+                .where(outbox.c.edition_id == edition_id)
+                .group_by(outbox.c.domain, outbox.c.state)
+            ):
+                out[str(domain)][OutboxState(state)] = int(n)
+        return dict(out)
+
+    def next_due(self, edition_id: int) -> datetime | None:
+        """When the earliest deferred row becomes due (None if none is waiting)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(func.min(outbox.c.next_attempt_at)).where(
+                    outbox.c.edition_id == edition_id,
+                    outbox.c.state == OutboxState.DEFERRED.value,
+                )
+            ).scalar()
+        return as_utc(value)
+
+    def unfinished(self, edition_id: int) -> int:
+        """Rows that still need a send: queued, sending (maybe leased elsewhere) or deferred."""
+        with self.engine.connect() as conn:
+            n = conn.execute(
+                select(func.count()).select_from(outbox).where(
+                    outbox.c.edition_id == edition_id,
+                    outbox.c.state.in_([OutboxState.QUEUED.value, OutboxState.SENDING.value,
+                                        OutboxState.DEFERRED.value]),
+                )
+            ).scalar()
+        return int(n or 0)

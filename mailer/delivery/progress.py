@@ -1,0 +1,137 @@
+"""Operator feedback during a send: a rich progress bar on a terminal, log lines otherwise.
+
+Neither ever shows an address: only counts, rates and the edition id.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol, TextIO
+
+from mailer.models import OutboxState
+
+if TYPE_CHECKING:
+    from mailer.delivery.engine import DeliveryReport
+
+__all__ = ["LogProgress", "NullProgress", "Progress", "RichProgress", "progress_for"]
+
+log = logging.getLogger("newsletter.delivery.progress")
+
+
+class Progress(Protocol):
+    def start(self, edition_id: int, total: int) -> None: ...
+
+    def update(self, counts: Mapping[OutboxState, int]) -> None: ...
+
+    def finish(self, report: DeliveryReport) -> None: ...
+
+
+class NullProgress:
+    """For tests and workers that report elsewhere."""
+
+    def start(self, edition_id: int, total: int) -> None:
+        return None
+
+    def update(self, counts: Mapping[OutboxState, int]) -> None:
+        return None
+
+    def finish(self, report: DeliveryReport) -> None:
+        return None
+
+
+def _done(counts: Mapping[OutboxState, int]) -> int:
+    return sum(counts.values())
+
+
+class LogProgress:
+    """A plain line every ``every`` seconds: for cron, systemd and piped output."""
+
+    def __init__(self, every: float = 10.0, monotonic: Callable[[], float] = time.monotonic,
+                 logger: logging.Logger = log) -> None:
+        self.every = every
+        self._monotonic = monotonic
+        self._log = logger
+        self._start = 0.0
+        self._last = 0.0
+        self._total = 0
+        self._edition = 0
+
+    def start(self, edition_id: int, total: int) -> None:
+        self._start = self._last = self._monotonic()
+        self._total = total
+        self._edition = edition_id
+        self._log.info("edition %d: sending to %d recipients", edition_id, total)
+
+    def update(self, counts: Mapping[OutboxState, int]) -> None:
+        now = self._monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        done = _done(counts)
+        rate = done / (now - self._start) if now > self._start else 0.0
+        eta = (self._total - done) / rate if rate > 0 else float("nan")
+        self._log.info(
+            "edition %d: %d/%d sent %d deferred %d failed %d bounced %d rejected %d; "
+            "%.0f/s, eta %.0fs", self._edition, done, self._total, counts[OutboxState.SENT],
+            counts[OutboxState.DEFERRED], counts[OutboxState.FAILED],
+            counts[OutboxState.BOUNCED], counts[OutboxState.CONTENT_REJECTED], rate, eta)
+
+    def finish(self, report: DeliveryReport) -> None:
+        self._log.info("%s", report.summary())
+
+
+class RichProgress:
+    """sent/total, rate, ETA, and the deferred and failed counts, on one live line."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        self._console = Console(file=stream or sys.stderr)
+        self._bar = Bar(
+            TextColumn("edition {task.fields[edition]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.0f}/s"), TimeRemainingColumn(),
+            TextColumn("deferred {task.fields[deferred]} failed {task.fields[failed]}"),
+            console=self._console, transient=False,
+        )
+        self._task: int | None = None
+        self._start = 0.0
+
+    def start(self, edition_id: int, total: int) -> None:
+        self._start = time.monotonic()
+        self._bar.start()
+        self._task = self._bar.add_task("send", total=total, edition=edition_id, rate=0.0,
+                                        deferred=0, failed=0)
+
+    def update(self, counts: Mapping[OutboxState, int]) -> None:
+        if self._task is None:
+            return
+        done = _done(counts)
+        elapsed = time.monotonic() - self._start
+        self._bar.update(
+            self._task, completed=done, rate=done / elapsed if elapsed > 0 else 0.0,  # type: ignore[arg-type]
+            deferred=counts[OutboxState.DEFERRED],
+            failed=counts[OutboxState.FAILED] + counts[OutboxState.BOUNCED]
+            + counts[OutboxState.CONTENT_REJECTED],
+        )
+
+    def finish(self, report: DeliveryReport) -> None:
+        self._bar.stop()
+        self._console.print(report.summary())
+
+
+def progress_for(stream: TextIO | None = None) -> Progress:
+    """A bar when ``stream`` (stderr by default) is a terminal, plain log lines otherwise."""
+    stream = stream or sys.stderr
+    if stream.isatty():
+        return RichProgress(stream)
+    return LogProgress()

@@ -1,0 +1,375 @@
+"""SMTP transport: a pool of reused aiosmtplib connections per relay, with weighted failover.
+
+aiosmtplib opens each connection: greeting, EHLO, STARTTLS or implicit TLS with certificate
+verification (an optional CA file), AUTH. Then the connection is handed to ``_Wire``, a small
+protocol that can read several replies per packet, which aiosmtplib's protocol cannot: that is
+what PIPELINING (RFC 2920) needs. Per message we write ``RSET MAIL RCPT DATA`` in one packet
+and the dot-stuffed bytes in a second: two round trips instead of five, no per-message regexes,
+no address parsing (``sendmail`` did both, and reached 0.04-0.24x of smtp-source; issue 7).
+
+Any failure of the line (drop, timeout, 421) closes that connection; the next message on it
+reconnects. A relay that refuses connections is marked down for a cool-off that doubles up to a
+minute, traffic moves to the others by weight, and it comes back after the cool-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from mailer.config import RelaySettings
+from mailer.delivery.classify import NO_REPLY, SendResult, dot_stuff, scrub_reply
+from mailer.delivery.ratelimit import RateLimiter
+from mailer.errors import DeliveryError
+
+__all__ = ["RelayPool", "SMTPTransport", "parse_replies"]
+
+log = logging.getLogger("newsletter.delivery.smtp")
+
+_MAX_COOLOFF = 60.0
+_FIRST_COOLOFF = 2.0
+
+
+def parse_replies(buffer: bytes | bytearray) -> tuple[list[tuple[int, str]], int]:
+    """Every complete SMTP reply at the start of ``buffer``, and how many bytes they used.
+
+    A reply is ``ddd-text`` continuation lines ended by a ``ddd text`` line (RFC 5321 §4.2.1).
+    A malformed line yields code -1, which the classifier treats as a protocol fault.
+    """
+    replies: list[tuple[int, str]] = []
+    consumed = 0
+    pos = 0
+    lines: list[bytes] = []
+    while True:
+        end = buffer.find(b"\n", pos)
+        if end < 0:
+            break
+        line = bytes(buffer[pos:end]).rstrip(b"\r")
+        pos = end + 1
+        lines.append(line)
+        if len(line) < 4 or line[3:4] != b"-":
+            try:
+                code = int(line[:3])
+            except ValueError:
+                code = -1
+            text = "\n".join(x[4:].decode("utf-8", "replace") for x in lines)
+            replies.append((code, text))
+            lines = []
+            consumed = pos
+    return replies, consumed
+
+
+class _Disconnected(ConnectionError):
+    """The relay closed the line or it broke."""
+
+
+class _Wire(asyncio.Protocol):
+    """The connection after setup: writes commands, queues every reply it reads, in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._replies: deque[tuple[int, str]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost = False
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.set_protocol(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        replies, used = parse_replies(self._buffer)
+        if replies:
+            del self._buffer[:used]
+            self._replies.extend(replies)
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._lost = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.transport = None
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    @property
+    def usable(self) -> bool:
+        return not self._lost and self.transport is not None and not self.transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if not self.usable:
+            raise _Disconnected("connection lost")
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def reply(self) -> tuple[int, str]:
+        while not self._replies:
+            if self._lost:
+                raise _Disconnected("connection lost before the reply")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._replies.popleft()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self._lost = True
+
+
+@dataclass
+class _Connection:
+    """One pooled connection; ``wire`` is None until (re)connected."""
+
+    wire: _Wire | None = None
+    pipelining: bool = False
+    smtputf8: bool = False
+    messages: int = 0
+    clean: bool = True  # no transaction state on the server: fresh, or the last one completed
+
+
+class _ConnectFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class RelayPool:
+    """``connections`` reused connections to one relay, paced at its ``rate``."""
+
+    def __init__(self, relay: RelaySettings, *, local_hostname: str | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.relay = relay
+        self.label = relay.label
+        self._local_hostname = local_hostname
+        self._monotonic = monotonic
+        self._limiter = RateLimiter(relay.rate, monotonic=monotonic)
+        self._idle: asyncio.LifoQueue[_Connection] | None = None
+        self._all: list[_Connection] = []
+        self.down_until = 0.0
+        self._cooloff = _FIRST_COOLOFF
+        self._tls: ssl.SSLContext | None = None
+
+    # ------------------------------------------------------------------ health
+
+    def is_up(self) -> bool:
+        return self._monotonic() >= self.down_until
+
+    def mark_down(self, reason: str) -> None:
+        if self.is_up():
+            log.warning("relay %s is down (%s); retrying it in %.0fs", self.label, reason,
+                        self._cooloff)
+        self.down_until = self._monotonic() + self._cooloff
+        self._cooloff = min(self._cooloff * 2, _MAX_COOLOFF)
+
+    def mark_up(self) -> None:
+        if self._cooloff != _FIRST_COOLOFF:
+            log.info("relay %s is back", self.label)
+        self._cooloff = _FIRST_COOLOFF
+        self.down_until = 0.0
+
+    # ------------------------------------------------------------------ connections
+
+    def _queue(self) -> asyncio.LifoQueue[_Connection]:
+        if self._idle is None:
+            self._idle = asyncio.LifoQueue()
+            for _ in range(self.relay.connections):
+                conn = _Connection()
+                self._all.append(conn)
+                self._idle.put_nowait(conn)
+        return self._idle
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            cafile = str(self.relay.ca_file) if self.relay.ca_file else None
+            self._tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+        return self._tls
+
+    async def _connect(self, conn: _Connection) -> None:
+        r = self.relay
+        security = r.security
+        smtp = aiosmtplib.SMTP(
+            hostname=r.host, port=r.port, timeout=r.timeout,
+            use_tls=security == "tls",
+            start_tls=security == "starttls",
+            tls_context=self._tls_context() if security != "none" else None,
+            username=r.username, password=r.password if r.username else None,
+            local_hostname=self._local_hostname,
+        )
+        try:
+            await smtp.connect()
+            if not smtp.last_ehlo_response:
+                await smtp.ehlo()
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            smtp.close()
+            raise _ConnectFailed(f"{type(exc).__name__}: {scrub_reply(str(exc), 200)}") from None
+        transport = smtp.transport
+        if not isinstance(transport, asyncio.Transport):
+            smtp.close()
+            raise _ConnectFailed("no transport after connect")
+        conn.pipelining = smtp.supports_extension("pipelining")
+        conn.smtputf8 = smtp.supports_extension("smtputf8")
+        # From here on the connection is ours: aiosmtplib's protocol reads one reply per wake-up.
+        smtp.protocol = None
+        smtp.transport = None
+        wire = _Wire()
+        wire.attach(transport)
+        conn.wire = wire
+        conn.messages = 0
+        conn.clean = True
+
+    async def send(self, envelope_from: str, recipient: str, payload: bytes) -> SendResult:
+        """Send dot-stuffed ``payload``. Raises ``_ConnectFailed`` if the relay cannot be reached
+        (nothing was sent, so the caller may try another relay).
+        """
+        idle = self._queue()
+        conn = await idle.get()
+        try:
+            if conn.wire is None or not conn.wire.usable:
+                await self._connect(conn)
+            await self._limiter.wait()
+            return await self._transaction(conn, envelope_from, recipient, payload)
+        finally:
+            idle.put_nowait(conn)
+
+    async def _transaction(self, conn: _Connection, envelope_from: str, recipient: str,
+                           payload: bytes) -> SendResult:
+        wire = conn.wire
+        assert wire is not None
+        utf8 = not (envelope_from.isascii() and recipient.isascii())
+        if utf8 and not conn.smtputf8:
+            return SendResult(553, "address needs SMTPUTF8, which the relay does not offer",
+                              self.label)
+        mail = b"MAIL FROM:<" + envelope_from.encode() + (b"> SMTPUTF8\r\n" if utf8 else b">\r\n")
+        rcpt = b"RCPT TO:<" + recipient.encode() + b">\r\n"
+        if any(c in b"\r\n" for c in (mail[:-2] + rcpt[:-2])):
+            return SendResult(501, "address contains a line break", self.label)
+        try:
+            async with asyncio.timeout(self.relay.timeout):
+                return await self._exchange(conn, wire, mail, rcpt, payload)
+        except (TimeoutError, _Disconnected, OSError) as exc:
+            wire.close()
+            conn.wire = None
+            what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
+            return SendResult(NO_REPLY, f"{what} during the transaction", self.label)
+
+    async def _exchange(self, conn: _Connection, wire: _Wire, mail: bytes, rcpt: bytes,
+                        payload: bytes) -> SendResult:
+        if conn.pipelining:
+            # RSET first in the same packet: it costs no round trip and makes sure a previous
+            # transaction's state is gone (RFC 2920 lets RSET, MAIL and RCPT lead a group).
+            wire.write(b"RSET\r\n" + mail + rcpt + b"DATA\r\n")
+            replies = [await wire.reply() for _ in range(4)]
+            rset, mail_r, rcpt_r, data_r = replies
+            first_bad = next((r for r in (rset, mail_r, rcpt_r) if not 200 <= r[0] < 300), None)
+            if data_r[0] == 354 and first_bad is not None:
+                # A server that accepted DATA anyway gets an empty message, which it must not
+                # deliver without a valid recipient; then the session is reset.
+                wire.write(b".\r\nRSET\r\n")
+                await wire.reply()
+                await wire.reply()
+            if first_bad is not None:
+                return self._result(conn, wire, first_bad)
+            if data_r[0] != 354:
+                return self._result(conn, wire, data_r)
+        else:
+            if not conn.clean:
+                # Without pipelining RSET costs a round trip, so only after an aborted one.
+                wire.write(b"RSET\r\n")
+                await wire.reply()
+            conn.clean = False
+            for cmd in (mail, rcpt):
+                wire.write(cmd)
+                r = await wire.reply()
+                if not 200 <= r[0] < 300:
+                    return self._result(conn, wire, r)
+            wire.write(b"DATA\r\n")
+            r = await wire.reply()
+            if r[0] != 354:
+                return self._result(conn, wire, r)
+        wire.write(payload)
+        conn.messages += 1
+        final = await wire.reply()
+        conn.clean = True  # after the final reply to DATA the transaction is over either way
+        return self._result(conn, wire, final)
+
+    def _result(self, conn: _Connection, wire: _Wire, reply: tuple[int, str]) -> SendResult:
+        code, text = reply
+        if code == 421 or code < 0:
+            # 421: the relay is closing this session (RFC 5321 §3.8); the next send reconnects.
+            wire.close()
+            conn.wire = None
+        return SendResult(code, scrub_reply(text), self.label)
+
+    async def aclose(self) -> None:
+        for conn in self._all:
+            wire = conn.wire
+            if wire is not None and wire.usable:
+                with contextlib.suppress(Exception):
+                    wire.write(b"QUIT\r\n")
+                wire.close()
+            conn.wire = None
+
+
+class SMTPTransport:
+    """Several relays by weight (smooth weighted round robin), failing over while one is down."""
+
+    def __init__(self, relays: Sequence[RelaySettings], *, local_hostname: str | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        if not relays:
+            raise DeliveryError("the SMTP transport needs at least one relay")
+        self.pools = [RelayPool(r, local_hostname=local_hostname, monotonic=monotonic)
+                      for r in relays]
+        self._current = [0] * len(self.pools)
+
+    @property
+    def concurrency(self) -> int:
+        return sum(p.relay.connections for p in self.pools)
+
+    def _choose(self, exclude: set[int]) -> int | None:
+        candidates = [i for i, p in enumerate(self.pools) if i not in exclude and p.is_up()]
+        if not candidates:
+            return None
+        total = sum(self.pools[i].relay.weight for i in candidates)
+        for i in candidates:
+            self._current[i] += self.pools[i].relay.weight
+        best = max(candidates, key=lambda i: self._current[i])
+        self._current[best] -= total
+        return best
+
+    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
+        payload = dot_stuff(data)
+        tried: set[int] = set()
+        reason = "every relay is down"
+        while True:
+            index = self._choose(tried)
+            if index is None:
+                return SendResult(NO_REPLY, f"no relay reachable ({reason})")
+            pool = self.pools[index]
+            try:
+                result = await pool.send(envelope_from, recipient, payload)
+            except _ConnectFailed as exc:
+                pool.mark_down(exc.reason)
+                tried.add(index)
+                reason = f"{pool.label}: {exc.reason}"
+                continue
+            pool.mark_up()
+            return result
+
+    async def aclose(self) -> None:
+        for pool in self.pools:
+            await pool.aclose()
