@@ -10,6 +10,7 @@ from subscribers.errors import InputError, WrongKeyError
 from subscribers.keys import KeyRing
 from subscribers.lifecycle import SubscriberState
 from subscribers.schema import subscribers as t
+from subscribers.settings import ListSettings
 from subscribers.store import SubscriberStore
 from tests.subscribers.conftest import LANGS, Clock
 
@@ -95,3 +96,14 @@ def test_wrong_key_is_refused_before_any_write(store: SubscriberStore, tmp_path:
     assert exc.value.exit_code == 2
     with store.engine.connect() as conn:
         assert conn.execute(select(t)).all() == before
+
+
+def test_gmail_folding_only_when_configured(store: SubscriberStore) -> None:
+    a = store.add("first.last+news@gmail.com", "en", confirmed=True)
+    assert store.add("firstlast@googlemail.com", "en") != a  # default: nothing provider-specific
+    folding = SubscriberStore(store.engine, store.codec, store.clock,
+                              ListSettings(languages=LANGS.languages, normalise_gmail_dots=True))
+    b = folding.add("other.person@gmail.com", "en", confirmed=True)
+    assert folding.add("OtherPerson+x@googlemail.com", "en") == b
+    # The address we deliver to is the one the subscriber gave, not the folded form.
+    assert folding.get_recipients([b])[b].address == "other.person@gmail.com"
