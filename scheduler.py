@@ -217,6 +217,18 @@ async def job_mirrors(**_: object) -> None:
 # --------------------------------------------------------------------------- the daemon
 
 
+
+def _class_add(loop: asyncio.AbstractEventLoop, sig: int, callback: Callable[..., object],
+                  *args: object) -> None:
+    """The loop class's own method, past any instance-level wrapper (see ``_share_signals``)."""
+    type(loop).add_signal_handler(loop, sig, callback, *args)
+
+
+def _class_remove(loop: asyncio.AbstractEventLoop, sig: int) -> bool:
+    return type(loop).remove_signal_handler(loop, sig)
+
+
+
 @dataclass
 class Daemon:
     """One scheduler process. ``await run()`` until a signal or ``request_stop()``."""
@@ -255,10 +267,9 @@ class Daemon:
         if _running is not None:
             raise RuntimeError("a daemon is already running in this process")
         loop = asyncio.get_running_loop()
+        self._install_signal_handlers()
         if self.install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            self._share_signals(loop)
         try:
             if not await self._take_lock():
                 return
@@ -271,8 +282,50 @@ class Daemon:
                 log.info("stopped; the database lock is released")
         finally:
             if self.install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    loop.remove_signal_handler(sig)
+                self._unshare_signals(loop)
+
+    def _install_signal_handlers(self) -> None:
+        """Ours again: the delivery engine installs its own during a send and removes them after."""
+        if not self.install_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            _class_add(loop, sig, self.request_stop)
+        _class_add(loop, signal.SIGHUP, self.reload)
+
+    def _share_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Let the delivery engine and the daemon both hear SIGTERM/SIGINT.
+
+        During a send the engine installs its own handler (finish the messages in flight, record
+        them, release the rest) and removes it afterwards, which would leave the daemon deaf or
+        the process with the default, abrupt action. So on this loop, a handler someone else
+        installs for those signals also stops the daemon, and removing it reinstates ours.
+        """
+
+        def add(sig: int, callback: Callable[..., object], *args: object) -> None:
+            if sig in (signal.SIGTERM, signal.SIGINT) and callback != self.request_stop:
+                def both(*a: object) -> None:
+                    callback(*a)
+                    self.request_stop()
+
+                _class_add(loop, sig, both, *args)
+            else:
+                _class_add(loop, sig, callback, *args)
+
+        def remove(sig: int) -> bool:
+            removed = _class_remove(loop, sig)
+            if sig in (signal.SIGTERM, signal.SIGINT) and _running is self:
+                _class_add(loop, sig, self.request_stop)
+            return removed
+
+        setattr(loop, "add_signal_handler", add)  # noqa: B010  (instance-level, undone on exit)
+        setattr(loop, "remove_signal_handler", remove)  # noqa: B010
+
+    def _unshare_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for name in ("add_signal_handler", "remove_signal_handler"):
+            loop.__dict__.pop(name, None)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            _class_remove(loop, sig)
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: schedule nothing new; in-flight sends finish; then exit."""
@@ -554,6 +607,7 @@ class Daemon:
             await self.actions.send(self.app, edition_id, self.stop_event)
         finally:
             self._sending.discard(edition_id)
+            self._install_signal_handlers()
         log.info("edition %d is %s", edition_id, store.info(edition_id).state)
 
     async def _resume_interrupted(self) -> None:
