@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from mailer.feeds.fetch import FetchOutcome, FetchResult, Validators, build_clie
 from mailer.feeds.poll import poll_feeds
 from mailer.feeds.store import FeedStatus, PostStore
 from tests.feeds.conftest import Clock, fixture_bytes
+from tests.feeds.socks import Socks5Server
 from tests.support.http import HTTPServer, Reply
 
 FETCH = FetchSettings(connect_timeout=2, read_timeout=2, concurrency=4, user_agent="test-agent/1")
@@ -178,3 +181,41 @@ async def test_local_file_over_the_limit(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="limit"):
         await fetch_feed(FeedSettings(url=str(path)), Validators(), client=None,
                          fetch=FetchSettings(max_body=1000))
+
+
+@pytest.mark.parametrize("scheme", ["socks5", "socks5h"])
+async def test_socks5_proxy_resolves_the_name_itself(http_server: HTTPServer, scheme: str) -> None:
+    http_server.routes["/feed.xml"] = Reply(body=fixture_bytes("rss10.rdf"))
+    async with Socks5Server({"feeds.invalid": "127.0.0.1"}) as socks:
+        feed = FeedSettings(url=f"http://feeds.invalid:{http_server.port}/feed.xml",
+                            proxy=socks.url.replace("socks5", scheme, 1))
+        async with build_client(FETCH, feed.proxy) as client:
+            got = await fetch_feed(feed, Validators(), client=client, fetch=FETCH)
+    assert got.body == fixture_bytes("rss10.rdf")
+    assert socks.requested == [("feeds.invalid", http_server.port)]
+
+
+async def test_concurrency_limit_is_obeyed(sqlite_store: PostStore, http_server: HTTPServer,
+                                           clock: Clock) -> None:
+    lock = threading.Lock()
+    in_flight = [0]
+    peak = [0]
+    body = fixture_bytes("rss10.rdf")
+
+    def route(headers: dict[str, str]) -> Reply:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.05)  # hold the slot so that overlapping requests would show
+        with lock:
+            in_flight[0] -= 1
+        return Reply(body=body)
+
+    for i in range(8):
+        http_server.routes[f"/f{i}"] = route
+    feeds = [FeedSettings(url=http_server.url(f"/f{i}")) for i in range(8)]
+    fetch = FetchSettings(concurrency=2, connect_timeout=2, read_timeout=2)
+    report = await poll_feeds(feeds, store=sqlite_store, fetch=fetch, clock=clock)
+    assert report.failed == ()
+    assert len(http_server.requests) == 8
+    assert peak[0] <= 2
