@@ -107,15 +107,23 @@ def _posts(image_url: Callable[[int], str]) -> tuple[Post, ...]:
         para = PARAGRAPH_EN if lang == "en" else PARAGRAPH_ZH
         links = "".join(
             f'<p>See <a href="{ORIGIN}/2026/{10 + j % 2}/post-{i}-{j}.html">related {j}</a> and '
-            f'<a href="https://example.net/ref/{i}/{j}">source {j}</a>.</p>' for j in range(6)
+            f'<a href="https://example.net/ref/{i}/{j}">source {j}</a>.</p>'
+            for j in range(6)
         )
-        body = (f"<p>{para}</p>" * 8 + links
-                + f'<p><img src="{image_url(i)}" alt="photo {i}"></p>' + f"<p>{para}</p>" * 4)
-        out.append(Post(
-            guid=f"bench-{i}", title=f"Post {i} 标题 {i}", content_html=body, language=lang,
-            link=f"{ORIGIN}/2026/11/post-{i}.html", published=datetime(2026, 11, 20 + i % 3, tzinfo=UTC),
-            images=(PostImage(image_url(i), f"photo {i}"),),
-        ))
+        body = (
+            f"<p>{para}</p>" * 8 + links + f'<p><img src="{image_url(i)}" alt="photo {i}"></p>' + f"<p>{para}</p>" * 4
+        )
+        out.append(
+            Post(
+                guid=f"bench-{i}",
+                title=f"Post {i} 标题 {i}",
+                content_html=body,
+                language=lang,
+                link=f"{ORIGIN}/2026/11/post-{i}.html",
+                published=datetime(2026, 11, 20 + i % 3, tzinfo=UTC),
+                images=(PostImage(image_url(i), f"photo {i}"),),
+            )
+        )
     return tuple(out)
 
 
@@ -140,8 +148,9 @@ class NullTransport:
         self.octets += len(data)
 
 
-def _stdlib_message(variant: RenderedVariant, headers: HeaderSettings, slots: PersonalSlots,
-                    mirrors: tuple[str, ...]) -> bytes:
+def _stdlib_message(
+    variant: RenderedVariant, headers: HeaderSettings, slots: PersonalSlots, mirrors: tuple[str, ...]
+) -> bytes:
     """The reference: what a straightforward sender builds per recipient with the stdlib."""
     values = {"UNSUB_URL": slots.unsubscribe_url}
     values.update({f"M{i}": m for i, m in enumerate(mirrors)})
@@ -164,8 +173,7 @@ def _stdlib_message(variant: RenderedVariant, headers: HeaderSettings, slots: Pe
     html_part = msg.get_payload()[1]
     for img in variant.images:
         maintype, subtype = img.content_type.split("/")
-        html_part.add_related(img.data, maintype=maintype, subtype=subtype, cid=f"<{img.cid}>",
-                              filename=img.filename)
+        html_part.add_related(img.data, maintype=maintype, subtype=subtype, cid=f"<{img.cid}>", filename=img.filename)
     return msg.as_bytes()
 
 
@@ -190,20 +198,19 @@ def main(argv: list[str] | None = None) -> int:
             calls += 1
             return inline_css(doc)
 
-        headers = HeaderSettings(from_addr=config.newsletter.from_addr, list_id="<news.example.org>",
-                                 message_id_domain="example.org")
+        headers = HeaderSettings(
+            from_addr=config.newsletter.from_addr, list_id="<news.example.org>", message_id_domain="example.org"
+        )
         t0 = time.perf_counter()
         with httpx.Client() as client:
             images: dict[str, InlineImage] = fetch_images(posts, ImageSettings(), client=client)
         t_images = time.perf_counter() - t0
-        ctx = RenderContext.from_config(config, date=datetime(2026, 11, 23, tzinfo=UTC),
-                                        images=images, inliner=counted)
+        ctx = RenderContext.from_config(config, date=datetime(2026, 11, 23, tzinfo=UTC), images=images, inliner=counted)
         t1 = time.perf_counter()
         variants = {lang: render_variant(edition, lang, ctx) for lang in LANGUAGES}
         t_render = time.perf_counter() - t1
         t2 = time.perf_counter()
-        templates = {lang: MessageTemplate.build(v, edition_id=1, headers=headers)
-                     for lang, v in variants.items()}
+        templates = {lang: MessageTemplate.build(v, edition_id=1, headers=headers) for lang, v in variants.items()}
         t_serialise = time.perf_counter() - t2
     finally:
         server.stop()
@@ -218,19 +225,28 @@ def main(argv: list[str] | None = None) -> int:
     t3 = time.perf_counter()
     for sid in range(1, subscribers + 1):
         lang = LANGUAGES[sid % 3]
-        data = templates[lang].personalise(PersonalSlots(
-            subscriber_id=sid, address=f"r{sid}@example.com",
-            unsubscribe_url=f"{base}/u/{_token(sid)}",
-            mirrors=partitioner.choose(period, sid),
-        ))
+        data = templates[lang].personalise(
+            PersonalSlots(
+                subscriber_id=sid,
+                address=f"r{sid}@example.com",
+                unsubscribe_url=f"{base}/u/{_token(sid)}",
+                mirrors=partitioner.choose(period, sid),
+            )
+        )
         transport.send("bounces@example.org", "", data)
     t_loop = time.perf_counter() - t3
 
     # personalise alone, on a sample with its inputs prepared beforehand.
     sample = [
-        (templates[LANGUAGES[sid % 3]], PersonalSlots(
-            subscriber_id=sid, address=f"r{sid}@example.com",
-            unsubscribe_url=f"{base}/u/{_token(sid)}", mirrors=partitioner.choose(period, sid)))
+        (
+            templates[LANGUAGES[sid % 3]],
+            PersonalSlots(
+                subscriber_id=sid,
+                address=f"r{sid}@example.com",
+                unsubscribe_url=f"{base}/u/{_token(sid)}",
+                mirrors=partitioner.choose(period, sid),
+            ),
+        )
         for sid in range(1, min(subscribers, 20_000) + 1)
     ]
     t4 = time.perf_counter()
@@ -246,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     per_reference = (time.perf_counter() - t5) / len(ref) * 1e6
 
     # The same without the inline images: how much of the cost is copying the image bytes.
-    bare = {lang: MessageTemplate.build(dataclasses.replace(v, images=()), edition_id=1,
-                                        headers=headers) for lang, v in variants.items()}
+    bare = {
+        lang: MessageTemplate.build(dataclasses.replace(v, images=()), edition_id=1, headers=headers)
+        for lang, v in variants.items()
+    }
     bare_sample = [(bare[t.language], s) for t, s in sample]
     for template, slots in bare_sample[:1000]:
         template.personalise(slots)  # warm the per-tuple caches as the main sample had them
@@ -259,12 +277,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # The same personalise with 12 mirrors in the pool: more distinct tuples than the cache holds.
     many = Partitioner(SECRET, MANY_MIRRORS, ctx.mirror_slots)
-    fresh = {lang: MessageTemplate.build(v, edition_id=1, headers=headers)
-             for lang, v in variants.items()}
+    fresh = {lang: MessageTemplate.build(v, edition_id=1, headers=headers) for lang, v in variants.items()}
     many_sample = [
-        (fresh[LANGUAGES[sid % 3]], PersonalSlots(
-            subscriber_id=sid, address=f"r{sid}@example.com",
-            unsubscribe_url=f"{base}/u/{_token(sid)}", mirrors=many.choose(period, sid)))
+        (
+            fresh[LANGUAGES[sid % 3]],
+            PersonalSlots(
+                subscriber_id=sid,
+                address=f"r{sid}@example.com",
+                unsubscribe_url=f"{base}/u/{_token(sid)}",
+                mirrors=many.choose(period, sid),
+            ),
+        )
         for sid in range(1, MANY_SAMPLE + 1)
     ]
     distinct = len({s.mirrors for _, s in many_sample})
@@ -277,25 +300,35 @@ def main(argv: list[str] | None = None) -> int:
     variant_sizes = {lang: len(t.personalise(sample[0][1])) for lang, t in templates.items()}
     image_bytes = sum(len(i.data) for i in images.values())
     ok = calls == len(LANGUAGES)
-    print(f"edition: 5 posts, {len(images)} inline images ({image_bytes / 1e3:.0f} kB), "
-          f"{len(LANGUAGES)} variants, {subscribers:,} subscribers")
+    print(
+        f"edition: 5 posts, {len(images)} inline images ({image_bytes / 1e3:.0f} kB), "
+        f"{len(LANGUAGES)} variants, {subscribers:,} subscribers"
+    )
     print(f"message size per variant (octets): {variant_sizes}")
-    print(f"build: {t_build:.2f} s (images {t_images:.2f} s, render {t_render:.2f} s, "
-          f"serialise {t_serialise * 1e3:.1f} ms)")
+    print(
+        f"build: {t_build:.2f} s (images {t_images:.2f} s, render {t_render:.2f} s, "
+        f"serialise {t_serialise * 1e3:.1f} ms)"
+    )
     print(f"premailer calls: {calls} (variants: {len(LANGUAGES)}) -> {'OK' if ok else 'WRONG'}")
-    print(f"send loop to null transport: {t_loop:.2f} s, {subscribers / t_loop:,.0f} msg/s, "
-          f"{transport.octets / 1e9:.2f} GB")
-    print(f"per recipient: personalise {per_personalise:.1f} us (target <= {TARGET_US:.0f} us: "
-          f"{'met' if per_personalise <= TARGET_US else 'MISSED'}); whole loop body {per_loop:.1f} us "
-          "(mirrors + token + personalise + hand-off)")
-    print(f"  without the inline images ({bare_size:,} octets a message): personalise "
-          f"{per_bare:.1f} us")
-    print(f"  with 12 mirrors in the pool ({distinct} distinct tuples in {len(many_sample):,} "
-          f"recipients, cold per-tuple cache): personalise {per_many:.1f} us")
-    print(f"reference (stdlib EmailMessage + as_bytes, {len(ref)} recipients): {per_reference:.0f} us"
-          f" per recipient")
-    print(f"ratio reference / personalise: {per_reference / per_personalise:.0f}x; "
-          f"reference / whole loop body: {per_reference / per_loop:.0f}x")
+    print(
+        f"send loop to null transport: {t_loop:.2f} s, {subscribers / t_loop:,.0f} msg/s, "
+        f"{transport.octets / 1e9:.2f} GB"
+    )
+    print(
+        f"per recipient: personalise {per_personalise:.1f} us (target <= {TARGET_US:.0f} us: "
+        f"{'met' if per_personalise <= TARGET_US else 'MISSED'}); whole loop body {per_loop:.1f} us "
+        "(mirrors + token + personalise + hand-off)"
+    )
+    print(f"  without the inline images ({bare_size:,} octets a message): personalise {per_bare:.1f} us")
+    print(
+        f"  with 12 mirrors in the pool ({distinct} distinct tuples in {len(many_sample):,} "
+        f"recipients, cold per-tuple cache): personalise {per_many:.1f} us"
+    )
+    print(f"reference (stdlib EmailMessage + as_bytes, {len(ref)} recipients): {per_reference:.0f} us per recipient")
+    print(
+        f"ratio reference / personalise: {per_reference / per_personalise:.0f}x; "
+        f"reference / whole loop body: {per_reference / per_loop:.0f}x"
+    )
     print(f"total time: {time.perf_counter() - t0:.1f} s; peak RSS: {_rss_mb():.0f} MB")
     print("note: shared 2-core machine; absolute times vary with load, ratios less so")
     return 0 if ok else 1
@@ -303,4 +336,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

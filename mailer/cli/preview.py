@@ -51,8 +51,9 @@ def next_edition(app: App, edition_id: int | None = None) -> tuple[Edition, str]
         raise InputError("no posts are stored yet: run 'newsletter poll' first")
     per_post = app.config.newsletter.mode == "per-post"
     kind = "per-post" if per_post or len(posts) == 1 else "digest"
-    return Edition(id=0, kind=kind, state=EditionState.DRAFT,
-                   posts=tuple(posts[:1]) if per_post else tuple(posts)), source
+    return Edition(
+        id=0, kind=kind, state=EditionState.DRAFT, posts=tuple(posts[:1]) if per_post else tuple(posts)
+    ), source
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ def _check_language(app: App, language: str) -> None:
         raise InputError(f"--language {language!r} is not offered; choose one of {choices}")
 
 
-def write_preview(app: App, edition: Edition, language: str, out: Path, *,
-                  date: datetime | None = None) -> PreviewFiles:
+def write_preview(
+    app: App, edition: Edition, language: str, out: Path, *, date: datetime | None = None
+) -> PreviewFiles:
     """Render, serialise and personalise for a sample reader; write .html, .txt and .eml."""
     import httpx
 
@@ -87,19 +89,21 @@ def write_preview(app: App, edition: Edition, language: str, out: Path, *,
     now = date or app.clock()
     images = {}
     if app.config.images.fetch:
-        with httpx.Client(proxy=app.config.images.proxy, follow_redirects=True,
-                          timeout=httpx.Timeout(20.0, connect=10.0)) as client:
+        with httpx.Client(
+            proxy=app.config.images.proxy, follow_redirects=True, timeout=httpx.Timeout(20.0, connect=10.0)
+        ) as client:
             images = fetch_images(edition.posts, app.config.images, client=client)
     ctx = RenderContext.from_config(app.config, date=now, images=images, env=app.jinja, strict=True)
     variant = render_variant(edition, language, ctx)
-    template = MessageTemplate.build(variant, edition_id=edition.id, headers=header_settings(app),
-                                     date=now)
-    raw = template.personalise(PersonalSlots(
-        subscriber_id=SAMPLE_SUBSCRIBER_ID,
-        address=SAMPLE_ADDRESS,
-        unsubscribe_url=f"{app.config.newsletter.public_url}/u/PREVIEW-NOT-A-REAL-TOKEN",
-        mirrors=_sample_mirrors(app, variant.mirror_slots),
-    ))
+    template = MessageTemplate.build(variant, edition_id=edition.id, headers=header_settings(app), date=now)
+    raw = template.personalise(
+        PersonalSlots(
+            subscriber_id=SAMPLE_SUBSCRIBER_ID,
+            address=SAMPLE_ADDRESS,
+            unsubscribe_url=f"{app.config.newsletter.public_url}/u/PREVIEW-NOT-A-REAL-TOKEN",
+            mirrors=_sample_mirrors(app, variant.mirror_slots),
+        )
+    )
     msg = message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     html_part = msg.get_body(("html",))
@@ -128,12 +132,21 @@ def write_preview(app: App, edition: Edition, language: str, out: Path, *,
 
 
 @cli.command()
-@click.option("--language", "language", required=True, metavar="LANG",
-              help="A language choice: zh-Hans, zh-Hant, en, or a bilingual pair like zh-Hans+en.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for LANG.html, LANG.txt and LANG.eml.")
-@click.option("--edition", "edition_id", type=int, default=None,
-              help="Preview this edition instead of the next one.")
+@click.option(
+    "--language",
+    "language",
+    required=True,
+    metavar="LANG",
+    help="A language choice: zh-Hans, zh-Hant, en, or a bilingual pair like zh-Hans+en.",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for LANG.html, LANG.txt and LANG.eml.",
+)
+@click.option("--edition", "edition_id", type=int, default=None, help="Preview this edition instead of the next one.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the HTML in the browser.")
 @pass_app
 def preview(app: App, language: str, out: Path, edition_id: int | None, open_browser: bool) -> None:

@@ -75,8 +75,7 @@ class MessageCatalog:
         text = self.gettext(message)
         if not values:
             return text
-        return text % {k: self.gettext(v.msgid) if isinstance(v, Lazy) else v
-                       for k, v in values.items()}
+        return text % {k: self.gettext(v.msgid) if isinstance(v, Lazy) else v for k, v in values.items()}
 
     def ngettext(self, singular: str, plural: str, n: int) -> str:
         found = self._lookup(singular)
@@ -108,13 +107,10 @@ class BilingualCatalog:
         return self._join(self.first.gettext(message), self.second.gettext(message))
 
     def translate(self, message: str, values: Mapping[str, object]) -> str:
-        return self._join(self.first.translate(message, values),
-                          self.second.translate(message, values))
+        return self._join(self.first.translate(message, values), self.second.translate(message, values))
 
     def ngettext(self, singular: str, plural: str, n: int) -> str:
-        return self._join(
-            self.first.ngettext(singular, plural, n), self.second.ngettext(singular, plural, n)
-        )
+        return self._join(self.first.ngettext(singular, plural, n), self.second.ngettext(singular, plural, n))
 
 
 Translator = MessageCatalog | BilingualCatalog
@@ -148,9 +144,7 @@ def _cached(path: Path, language: str, strict: bool) -> MessageCatalog:
     return load_catalog(path, language, strict=strict)
 
 
-def catalog_for(
-    language: str, *, override_dir: Path | None = None, strict: bool = False
-) -> Translator:
+def catalog_for(language: str, *, override_dir: Path | None = None, strict: bool = False) -> Translator:
     """The catalog for a subscriber choice ("en", "zh-Hant", "zh-Hans+en").
 
     A deployment's own template folder may carry its own ``locale/`` and wins when it has the file.

@@ -122,12 +122,22 @@ def shrink(data: bytes, *, max_dimension: int, target: int) -> tuple[bytes, str]
                 scale = max_dimension / max(img.size)
                 img.draft("RGB", (int(img.width * scale) + 1, int(img.height * scale) + 1))
             img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, SyntaxError):
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        SyntaxError,
+    ):
         return None
     frames = getattr(img, "n_frames", 1)
-    if (fmt in ("JPEG", "PNG", "GIF") and frames == 1 and max(img.size) <= max_dimension
-            and encoded_size(len(data)) <= target):
+    if (
+        fmt in ("JPEG", "PNG", "GIF")
+        and frames == 1
+        and max(img.size) <= max_dimension
+        and encoded_size(len(data)) <= target
+    ):
         return data, _MIME[fmt]
     img = _oriented(img)
     has_alpha = img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info)
@@ -174,7 +184,9 @@ def fit_images(fetched: Sequence[FetchedImage], settings: ImageSettings) -> dict
         data, content_type = result
         index = len(out)
         out[item.url] = InlineImage(
-            cid=_cid(index, data), content_type=content_type, data=data,
+            cid=_cid(index, data),
+            content_type=content_type,
+            data=data,
             filename=_filename(index, content_type),
         )
         remaining -= encoded_size(len(data))
@@ -223,7 +235,9 @@ def fetch_images(
         return {}
     own = client is None
     http = client or httpx.Client(
-        proxy=settings.proxy, follow_redirects=True, timeout=httpx.Timeout(20.0, connect=10.0),
+        proxy=settings.proxy,
+        follow_redirects=True,
+        timeout=httpx.Timeout(20.0, connect=10.0),
         headers={"User-Agent": "newsletter-pipeline/0.1 (image fetch for an email edition)"},
     )
     try:

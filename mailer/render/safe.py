@@ -19,16 +19,49 @@ from mailer.models import InlineImage
 
 __all__ = ["make_self_contained", "remote_references"]
 
-_DROP_WITH_CONTENT = frozenset({
-    "script", "style", "iframe", "object", "embed", "noscript", "template", "svg", "math",
-    "frame", "frameset", "applet", "canvas", "audio", "video", "form", "select", "textarea",
-    "button",
-})
-_DROP_TAG = frozenset({"link", "meta", "base", "source", "track", "input", "param", "html", "body",
-                       "head", "title"})
+_DROP_WITH_CONTENT = frozenset(
+    {
+        "script",
+        "style",
+        "iframe",
+        "object",
+        "embed",
+        "noscript",
+        "template",
+        "svg",
+        "math",
+        "frame",
+        "frameset",
+        "applet",
+        "canvas",
+        "audio",
+        "video",
+        "form",
+        "select",
+        "textarea",
+        "button",
+    }
+)
+_DROP_TAG = frozenset({"link", "meta", "base", "source", "track", "input", "param", "html", "body", "head", "title"})
 _VOID = frozenset({"br", "hr", "img", "wbr", "col", "area"})
-_URL_ATTRS = frozenset({"href", "src", "action", "formaction", "background", "poster", "cite",
-                        "longdesc", "usemap", "data", "srcset", "lowsrc", "dynsrc", "ping"})
+_URL_ATTRS = frozenset(
+    {
+        "href",
+        "src",
+        "action",
+        "formaction",
+        "background",
+        "poster",
+        "cite",
+        "longdesc",
+        "usemap",
+        "data",
+        "srcset",
+        "lowsrc",
+        "dynsrc",
+        "ping",
+    }
+)
 _BAD_STYLE = re.compile(r"url\s*\(|expression\s*\(|@import|behavior\s*:|-moz-binding", re.I)
 _SAFE_HREF = ("http://", "https://", "mailto:", "@@SLOT_", "#")
 

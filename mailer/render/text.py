@@ -16,11 +16,37 @@ from html.parser import HTMLParser
 
 __all__ = ["Reference", "TextBody", "display_width", "html_to_text", "wrap"]
 
-_BLOCK = frozenset({
-    "p", "div", "section", "article", "header", "footer", "h1", "h2", "h3", "h4", "h5", "h6",
-    "ul", "ol", "li", "blockquote", "pre", "table", "tr", "figure", "figcaption", "hr", "dl",
-    "dt", "dd", "address", "center",
-})
+_BLOCK = frozenset(
+    {
+        "p",
+        "div",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "ul",
+        "ol",
+        "li",
+        "blockquote",
+        "pre",
+        "table",
+        "tr",
+        "figure",
+        "figcaption",
+        "hr",
+        "dl",
+        "dt",
+        "dd",
+        "address",
+        "center",
+    }
+)
 _SKIP = frozenset({"script", "style", "head", "title", "noscript", "template", "iframe", "object"})
 
 # Kinsoku shori: CJK punctuation that may not begin a line, and openers that may not end one.

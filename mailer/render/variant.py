@@ -62,19 +62,21 @@ def inline_css(document: str) -> str:
     document = _STYLE_BLOCK.sub(lambda m: _IMPORT.sub("", m.group(0)), document)
     document = _LINK_TAG.sub("", document)
     try:
-        return str(Premailer(
-            document,
-            base_url=None,
-            allow_network=False,
-            allow_loading_external_files=False,
-            disable_link_rewrites=True,
-            keep_style_tags=False,
-            strip_important=False,
-            remove_classes=False,
-            disable_validation=True,
-            cssutils_logging_level=50,
-            align_floating_images=True,
-        ).transform())
+        return str(
+            Premailer(
+                document,
+                base_url=None,
+                allow_network=False,
+                allow_loading_external_files=False,
+                disable_link_rewrites=True,
+                keep_style_tags=False,
+                strip_important=False,
+                remove_classes=False,
+                disable_validation=True,
+                cssutils_logging_level=50,
+                align_floating_images=True,
+            ).transform()
+        )
     except Exception as exc:  # premailer raises many types; all mean "this variant is broken"
         raise RenderError(f"inlining CSS failed: {exc}") from exc
 
@@ -199,9 +201,7 @@ class _Chrome:
     def __init__(self, choice: str, ctx: RenderContext) -> None:
         self.choice = choice
         self.halves = _halves(choice)
-        self.catalog: Translator = catalog_for(
-            choice, override_dir=ctx.override_dir, strict=ctx.strict
-        )
+        self.catalog: Translator = catalog_for(choice, override_dir=ctx.override_dir, strict=ctx.strict)
         self.tz = ZoneInfo(ctx.timezone)
 
     def _(self, message: str, **values: object) -> str:
@@ -226,10 +226,7 @@ class _Chrome:
 
 def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _ShownPost:
     target = next((h for h in chrome.halves if h in CHINESE), None)
-    config = (
-        conversion_for(post.language, target, taiwan_phrases=ctx.newsletter.taiwan_phrases)
-        if target else None
-    )
+    config = conversion_for(post.language, target, taiwan_phrases=ctx.newsletter.taiwan_phrases) if target else None
     title = convert_text(_defuse(_no_crlf(post.title)), config) or chrome._("(untitled)")
     body = convert_html(_defuse(post.content_html), config)
 
@@ -245,7 +242,8 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
         view = htmllib.escape(chrome._("view image"))
         out = f'[{label} · <a href="{href}">{view}</a>'
         alts = mirror_alternatives(url, ctx.origins, ctx.mirror_slots) or (
-            mirror_alternatives(post.link, ctx.origins, ctx.mirror_slots) if post.link else ())
+            mirror_alternatives(post.link, ctx.origins, ctx.mirror_slots) if post.link else ()
+        )
         for i, alt_url in enumerate(alts):
             out += f' · <a href="{htmllib.escape(alt_url, quote=True)}">'
             out += f"{htmllib.escape(chrome.mirror_label(i))}</a>"
@@ -277,9 +275,8 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
 
 _FONTS = {
     "zh-Hans": "'PingFang SC', 'Hiragino Sans GB', 'Microsoft YaHei', 'Noto Sans CJK SC', "
-               "'Source Han Sans SC', 'WenQuanYi Micro Hei', sans-serif",
-    "zh-Hant": "'PingFang TC', 'Microsoft JhengHei', 'Noto Sans CJK TC', 'Source Han Sans TC', "
-               "sans-serif",
+    "'Source Han Sans SC', 'WenQuanYi Micro Hei', sans-serif",
+    "zh-Hant": "'PingFang TC', 'Microsoft JhengHei', 'Noto Sans CJK TC', 'Source Han Sans TC', sans-serif",
     "en": "Georgia, 'Times New Roman', serif",
 }
 
@@ -298,14 +295,10 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
         raise RenderError(f"edition {edition.id} has no posts to render")
     chrome = _Chrome(language, ctx)
     layout = layout_for(edition)
-    posts = [
-        _show_post(p, i, chrome, ctx) for i, p in enumerate(order_posts(edition.posts, language))
-    ]
+    posts = [_show_post(p, i, chrome, ctx) for i, p in enumerate(order_posts(edition.posts, language))]
     name = ctx.newsletter.name.get(chrome.halves[0]) or next(iter(ctx.newsletter.name.values()))
     date_text = chrome.date(ctx.date)
-    subject = _no_crlf(
-        posts[0].title if layout == "post" else f"{name} · {date_text}"
-    )
+    subject = _no_crlf(posts[0].title if layout == "post" else f"{name} · {date_text}")
     mirrors = tuple(f"@@SLOT_M{i}@@" for i in range(ctx.mirror_slots))
     values = {
         "_": chrome._,
@@ -324,7 +317,8 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
         "public_url": ctx.newsletter.public_url,
         "mirror_label": chrome.mirror_label,
         "wrap": lambda text, indent="", hang=None: "\n".join(
-            wrap(text, ctx.text_width, indent=indent, subsequent=hang)),
+            wrap(text, ctx.text_width, indent=indent, subsequent=hang)
+        ),
     }
     try:
         document = ctx.env.get_template(f"email/{layout}.html").render(values)
@@ -358,8 +352,6 @@ def _normalise_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
 
 
-def render_edition(
-    edition: Edition, languages: Sequence[str], ctx: RenderContext
-) -> dict[str, RenderedVariant]:
+def render_edition(edition: Edition, languages: Sequence[str], ctx: RenderContext) -> dict[str, RenderedVariant]:
     """Every variant of one edition, keyed by subscriber choice."""
     return {lang: render_variant(edition, lang, ctx) for lang in languages}

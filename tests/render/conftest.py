@@ -111,13 +111,13 @@ def sample_posts() -> tuple[Post, ...]:
 
 
 def digest_edition(posts: tuple[Post, ...] | None = None) -> Edition:
-    return Edition(id=7, kind="digest", state=EditionState.APPROVED,
-                   posts=posts if posts is not None else sample_posts())
+    return Edition(
+        id=7, kind="digest", state=EditionState.APPROVED, posts=posts if posts is not None else sample_posts()
+    )
 
 
 def single_edition(post: Post | None = None) -> Edition:
-    return Edition(id=8, kind="post", state=EditionState.APPROVED,
-                   posts=(post or sample_posts()[0],))
+    return Edition(id=8, kind="post", state=EditionState.APPROVED, posts=(post or sample_posts()[0],))
 
 
 @pytest.fixture

@@ -22,9 +22,16 @@ from tests.render.conftest import digest_edition
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--force-device-scale-factor=1",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
 ]
 
 
@@ -48,12 +55,18 @@ def _require_cjk_fonts() -> None:
 def _html_part(ctx: RenderContext, language: str) -> str:
     variant = render_variant(digest_edition(), language, ctx)
     template = MessageTemplate.build(
-        variant, edition_id=7,
-        headers=HeaderSettings(from_addr="d@example.org", list_id="<l.example.org>",
-                               message_id_domain="example.org"))
-    raw = template.personalise(PersonalSlots(
-        subscriber_id=1, address="r@example.com", unsubscribe_url="https://news.example.org/u/x",
-        mirrors=("https://m1.example.net", "https://m2.example.net")))
+        variant,
+        edition_id=7,
+        headers=HeaderSettings(from_addr="d@example.org", list_id="<l.example.org>", message_id_domain="example.org"),
+    )
+    raw = template.personalise(
+        PersonalSlots(
+            subscriber_id=1,
+            address="r@example.com",
+            unsubscribe_url="https://news.example.org/u/x",
+            mirrors=("https://m1.example.net", "https://m2.example.net"),
+        )
+    )
     msg = message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     body = msg.get_body(("html",))
@@ -64,14 +77,20 @@ def _html_part(ctx: RenderContext, language: str) -> str:
 def _run(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [binary, *FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
-@pytest.mark.parametrize(("language", "expected"), [
-    ("zh-Hans", "维权律师的软件与信息安全"),
-    ("zh-Hant", "維權律師的軟體與資訊安全"),
-])
+@pytest.mark.parametrize(
+    ("language", "expected"),
+    [
+        ("zh-Hans", "维权律师的软件与信息安全"),
+        ("zh-Hant", "維權律師的軟體與資訊安全"),
+    ],
+)
 def test_chromium_shows_cjk_text(tmp_path: Path, ctx: RenderContext, language: str, expected: str) -> None:
     binary = _chromium()
     _require_cjk_fonts()

@@ -20,8 +20,9 @@ def used_msgids() -> set[str]:
     """What the email templates and the render package ask the catalogs for."""
     ids: set[str] = set()
     method_map = [("email/**.html", "jinja2"), ("email/**.txt", "jinja2")]
-    for _, _, message, _, _ in extract_from_dir(str(TEMPLATES_DIR), method_map,
-                                                options_map={"**": {"extensions": "jinja2.ext.i18n"}}):
+    for _, _, message, _, _ in extract_from_dir(
+        str(TEMPLATES_DIR), method_map, options_map={"**": {"extensions": "jinja2.ext.i18n"}}
+    ):
         ids.add(message if isinstance(message, str) else message[0])
     for _, _, message, _, _ in extract_from_dir(str(REPO / "mailer" / "render"), [("**.py", "python")]):
         ids.add(message if isinstance(message, str) else message[0])
@@ -31,8 +32,15 @@ def used_msgids() -> set[str]:
 
 def test_extraction_finds_the_chrome() -> None:
     ids = used_msgids()
-    assert {"In this edition", "Unsubscribe", "How to reach us", "Read online", "mirror %(n)s",
-            "Image: %(alt)s", "Simplified Chinese"} <= ids
+    assert {
+        "In this edition",
+        "Unsubscribe",
+        "How to reach us",
+        "Read online",
+        "mirror %(n)s",
+        "Image: %(alt)s",
+        "Simplified Chinese",
+    } <= ids
 
 
 @pytest.mark.parametrize("language", LANGUAGES)

@@ -45,24 +45,32 @@ def png(width: int, height: int, *, alpha: bool) -> bytes:
 def images_post(urls: list[str], link: str | None = f"{ORIGIN}/2026/11/photos.html") -> Post:
     body = "".join(f'<p><img src="{u}" alt="照片{i + 1}"></p>' for i, u in enumerate(urls))
     return Post(
-        guid="photos", title="现场照片", content_html="<p>现场照片如下。</p>" + body,
-        language="zh-Hans", link=link, images=tuple(PostImage(u, f"照片{i + 1}") for i, u in enumerate(urls)),
+        guid="photos",
+        title="现场照片",
+        content_html="<p>现场照片如下。</p>" + body,
+        language="zh-Hans",
+        link=link,
+        images=tuple(PostImage(u, f"照片{i + 1}") for i, u in enumerate(urls)),
     )
 
 
-HEADERS = HeaderSettings(from_addr="Digest <digest@example.org>", list_id="<news.example.org>",
-                         message_id_domain="example.org")
+HEADERS = HeaderSettings(
+    from_addr="Digest <digest@example.org>", list_id="<news.example.org>", message_id_domain="example.org"
+)
 
 
 def personalise(variant_ctx: tuple[RenderContext, Post], language: str = "zh-Hans") -> EmailMessage:
     ctx, post = variant_ctx
     variant = render_variant(single_edition(post), language, ctx)
     template = MessageTemplate.build(variant, edition_id=8, headers=HEADERS)
-    raw = template.personalise(PersonalSlots(
-        subscriber_id=1, address="reader@example.com",
-        unsubscribe_url="https://news.example.org/u/" + "A" * 43,
-        mirrors=("https://d1a2b3c4.cloudfront.net", "https://mirror-two.netlify.app"),
-    ))
+    raw = template.personalise(
+        PersonalSlots(
+            subscriber_id=1,
+            address="reader@example.com",
+            unsubscribe_url="https://news.example.org/u/" + "A" * 43,
+            mirrors=("https://d1a2b3c4.cloudfront.net", "https://mirror-two.netlify.app"),
+        )
+    )
     msg = message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     return msg
@@ -103,14 +111,16 @@ def test_twenty_large_images_stay_within_budget(http_server: HTTPServer, ctx: Re
     assert msg.defects == []
 
 
-def test_failed_fetch_degrades_to_alt_text_and_mirror_link(
-    http_server: HTTPServer, ctx: RenderContext
-) -> None:
+def test_failed_fetch_degrades_to_alt_text_and_mirror_link(http_server: HTTPServer, ctx: RenderContext) -> None:
     http_server.routes["/ok.png"] = Reply(body=png(40, 30, alpha=False), headers={"Content-Type": "image/png"})
     http_server.routes["/gone.jpg"] = Reply(status=404, body=b"not here")
     http_server.routes["/blockpage.jpg"] = Reply(body=b"<html>blocked</html>", headers={"Content-Type": "text/html"})
-    urls = [http_server.url("/ok.png"), http_server.url("/gone.jpg"), http_server.url("/blockpage.jpg"),
-            "http://127.0.0.1:9/refused.jpg"]
+    urls = [
+        http_server.url("/ok.png"),
+        http_server.url("/gone.jpg"),
+        http_server.url("/blockpage.jpg"),
+        "http://127.0.0.1:9/refused.jpg",
+    ]
     post = images_post(urls)
     with httpx.Client(timeout=5) as client:
         images = fetch_images([post], ImageSettings(), client=client)
@@ -173,7 +183,7 @@ def test_cids_are_deterministic() -> None:
 @given(st.binary(max_size=3000))
 def test_encoded_size_matches_mime_base64(data: bytes) -> None:
     b64 = base64.b64encode(data)
-    lines = [b64[i:i + 76] for i in range(0, len(b64), 76)]
+    lines = [b64[i : i + 76] for i in range(0, len(b64), 76)]
     assert encoded_size(len(data)) == sum(len(line) + 2 for line in lines)
 
 

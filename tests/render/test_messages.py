@@ -31,9 +31,12 @@ GOLDEN = Path(__file__).parent / "golden"
 CHOICES = ["zh-Hans", "zh-Hant", "en", "zh-Hans+en", "zh-Hant+en"]
 SEND_DATE = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 HEADERS = HeaderSettings(
-    from_addr="公民权利通讯 <digest@example.org>", list_id="<newsletter.news.example.org>",
-    message_id_domain="example.org", reply_to="editors@example.org",
-    feedback_id="7:digest:newsletter", unsubscribe_mailto="unsubscribe@example.org",
+    from_addr="公民权利通讯 <digest@example.org>",
+    list_id="<newsletter.news.example.org>",
+    message_id_domain="example.org",
+    reply_to="editors@example.org",
+    feedback_id="7:digest:newsletter",
+    unsubscribe_mailto="unsubscribe@example.org",
 )
 MIRRORS = ("https://d1a2b3c4.cloudfront.net", "https://storage.googleapis.com/cr-mirror-7f3a")
 UNSUB = "https://news.example.org/u/" + "T" * 43
@@ -50,16 +53,17 @@ def _png() -> bytes:
 
 def _posts_with_images() -> tuple[Post, ...]:
     first, *rest = sample_posts()
-    first = dataclasses.replace(first, content_html=first.content_html + (
-        f'<p><img src="{IMAGE_URL}" alt="培训现场"></p><p><img src="{MISSING_URL}" alt="律师合影"></p>'
-    ))
+    first = dataclasses.replace(
+        first,
+        content_html=first.content_html
+        + (f'<p><img src="{IMAGE_URL}" alt="培训现场"></p><p><img src="{MISSING_URL}" alt="律师合影"></p>'),
+    )
     return (first, *rest)
 
 
 @pytest.fixture
 def image_ctx(ctx: RenderContext) -> RenderContext:
-    images = fit_images([FetchedImage(IMAGE_URL, _png()), FetchedImage(MISSING_URL, None)],
-                        ImageSettings())
+    images = fit_images([FetchedImage(IMAGE_URL, _png()), FetchedImage(MISSING_URL, None)], ImageSettings())
     return dataclasses.replace(ctx, images=images)
 
 
@@ -71,10 +75,14 @@ def _edition(layout: str) -> Edition:
 def build(ctx: RenderContext, layout: str, choice: str, subscriber_id: int = 42) -> bytes:
     variant = render_variant(_edition(layout), choice, ctx)
     template = MessageTemplate.build(variant, edition_id=7, headers=HEADERS, date=SEND_DATE)
-    return template.personalise(PersonalSlots(
-        subscriber_id=subscriber_id, address=f"reader{subscriber_id}@example.com",
-        unsubscribe_url=UNSUB, mirrors=MIRRORS,
-    ))
+    return template.personalise(
+        PersonalSlots(
+            subscriber_id=subscriber_id,
+            address=f"reader{subscriber_id}@example.com",
+            unsubscribe_url=UNSUB,
+            mirrors=MIRRORS,
+        )
+    )
 
 
 def parse(raw: bytes) -> EmailMessage:

@@ -16,22 +16,24 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     text = (REPO / "newsletter.toml").read_text(encoding="utf-8")
-    text = (text.replace("examples/sample-feed.atom.xml", str(REPO / "examples" / "sample-feed.atom.xml"))
-                .replace("sqlite:///data/newsletter.db", f"sqlite:///{tmp_path / 'n.db'}")
-                .replace("data/keys.json", str(tmp_path / "keys.json"))
-                .replace('"data/outbox"', f'"{tmp_path / "outbox"}"'))
+    text = (
+        text.replace("examples/sample-feed.atom.xml", str(REPO / "examples" / "sample-feed.atom.xml"))
+        .replace("sqlite:///data/newsletter.db", f"sqlite:///{tmp_path / 'n.db'}")
+        .replace("data/keys.json", str(tmp_path / "keys.json"))
+        .replace('"data/outbox"', f'"{tmp_path / "outbox"}"')
+    )
     path = tmp_path / "newsletter.toml"
     path.write_text(text, encoding="utf-8")
     return path
 
 
 @pytest.mark.parametrize("language", ["zh-Hans", "zh-Hant", "en", "zh-Hant+en"])
-def test_preview_writes_html_text_and_eml(tmp_path: Path, config_path: Path, language: str,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_preview_writes_html_text_and_eml(
+    tmp_path: Path, config_path: Path, language: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli(["--config", str(config_path), "poll"]) == 0
     out = tmp_path / "preview"
-    assert run_cli(["--config", str(config_path), "preview", "--language", language,
-                    "--out", str(out)]) == 0
+    assert run_cli(["--config", str(config_path), "preview", "--language", language, "--out", str(out)]) == 0
     assert "not yet sent" in capsys.readouterr().out
     raw = (out / f"{language}.eml").read_bytes()
     msg = message_from_bytes(raw, policy=policy.default)
@@ -42,25 +44,29 @@ def test_preview_writes_html_text_and_eml(tmp_path: Path, config_path: Path, lan
     assert remote_references(html) == []
     assert "@@SLOT_" not in html + text
     assert "https://d1a2b3c4.cloudfront.net/" in text  # the sample reader's first mirror
-    name = {"zh-Hans": "公民权利通讯", "zh-Hant": "公民權利通訊", "en": "Citizens' Rights Digest",
-            "zh-Hant+en": "公民權利通訊"}[language]
+    name = {
+        "zh-Hans": "公民权利通讯",
+        "zh-Hant": "公民權利通訊",
+        "en": "Citizens' Rights Digest",
+        "zh-Hant+en": "公民權利通訊",
+    }[language]
     assert text.startswith(name)
     body = msg.get_body(("plain",))
     assert body is not None
     assert body.get_content().replace("\r\n", "\n") == text
 
 
-def test_preview_rejects_a_language_not_offered(config_path: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    code = run_cli(["--config", str(config_path), "preview", "--language", "fr",
-                    "--out", str(tmp_path / "p")])
+def test_preview_rejects_a_language_not_offered(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_cli(["--config", str(config_path), "preview", "--language", "fr", "--out", str(tmp_path / "p")])
     assert code == 2
     assert "'fr' is not offered" in capsys.readouterr().err
 
 
-def test_preview_with_no_posts_says_to_poll(config_path: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    code = run_cli(["--config", str(config_path), "preview", "--language", "en",
-                    "--out", str(tmp_path / "p")])
+def test_preview_with_no_posts_says_to_poll(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_cli(["--config", str(config_path), "preview", "--language", "en", "--out", str(tmp_path / "p")])
     assert code == 2
     assert "newsletter poll" in capsys.readouterr().err

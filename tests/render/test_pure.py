@@ -16,8 +16,9 @@ WORDISH = st.text(alphabet=st.sampled_from("abcdefghij"), min_size=1, max_size=1
 # No deadlines: the first OpenCC call loads its dictionaries, and the machine is shared.
 NO_DEADLINE = settings(deadline=None)
 
-TOKENS = st.lists(st.one_of(WORDISH, CJK, st.sampled_from(["，", "。", "（", "）", " ", "https://x.org/a/b"])),
-                  max_size=80)
+TOKENS = st.lists(
+    st.one_of(WORDISH, CJK, st.sampled_from(["，", "。", "（", "）", " ", "https://x.org/a/b"])), max_size=80
+)
 
 
 @NO_DEADLINE
@@ -37,7 +38,7 @@ def test_wrap_keeps_every_character_and_respects_width(tokens: list[str], width:
 @NO_DEADLINE
 @given(st.lists(CJK, min_size=40, max_size=200))
 def test_wrap_never_starts_a_line_with_closing_punctuation(chars: list[str]) -> None:
-    text = "，".join("".join(chars[i:i + 5]) for i in range(0, len(chars), 5)) + "。"
+    text = "，".join("".join(chars[i : i + 5]) for i in range(0, len(chars), 5)) + "。"
     for line in wrap(text, 30)[1:]:
         assert line[0] not in "，。、）」"
 
@@ -76,15 +77,28 @@ def test_conversion_choice() -> None:
     assert conversion_for("zh-Hans", "en", taiwan_phrases=True) is None
 
 
-ATTACKS = st.sampled_from([
-    '<script>alert(1)</script>', '<img src="https://t.example/p.gif">', '<img src=//t.example/p>',
-    '<p onclick="x()">a</p>', '<div style="background:url(https://t.example/a)">b</div>',
-    '<style>@import url(https://t.example/a.css)</style>', '<link rel=stylesheet href=https://t/a.css>',
-    '<iframe src="https://t.example"></iframe>', '<table background="https://t.example/bg.png">',
-    '<a href="javascript:alert(1)">j</a>', '<svg><script>1</script></svg>', '<img srcset="https://t/a 2x">',
-    '<video poster="https://t/p.png"></video>', '<p>fine text</p>', '<a href="https://ok.example/">ok</a>',
-    '<IMG SRC="HTTPS://T.EXAMPLE/X">', '<p style="width: expression(alert(1))">e</p>', "<p>unclosed",
-])
+ATTACKS = st.sampled_from(
+    [
+        "<script>alert(1)</script>",
+        '<img src="https://t.example/p.gif">',
+        "<img src=//t.example/p>",
+        '<p onclick="x()">a</p>',
+        '<div style="background:url(https://t.example/a)">b</div>',
+        "<style>@import url(https://t.example/a.css)</style>",
+        "<link rel=stylesheet href=https://t/a.css>",
+        '<iframe src="https://t.example"></iframe>',
+        '<table background="https://t.example/bg.png">',
+        '<a href="javascript:alert(1)">j</a>',
+        "<svg><script>1</script></svg>",
+        '<img srcset="https://t/a 2x">',
+        '<video poster="https://t/p.png"></video>',
+        "<p>fine text</p>",
+        '<a href="https://ok.example/">ok</a>',
+        '<IMG SRC="HTTPS://T.EXAMPLE/X">',
+        '<p style="width: expression(alert(1))">e</p>',
+        "<p>unclosed",
+    ]
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -104,7 +118,9 @@ def test_html_to_text_numbers_each_link_once() -> None:
     )
     assert body.text == "one[1] again[1] two[2] https://a.example/3"
     assert [(r.number, r.url, r.alternatives) for r in body.references] == [
-        (1, "https://a.example/1", ("@@SLOT_M0@@/1",)), (2, "https://a.example/2", ())]
+        (1, "https://a.example/1", ("@@SLOT_M0@@/1",)),
+        (2, "https://a.example/2", ()),
+    ]
 
 
 def test_html_to_text_keeps_preformatted_and_quotes() -> None:

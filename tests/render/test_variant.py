@@ -18,7 +18,7 @@ from mailer.render.variant import RenderContext, order_posts, render_variant
 from tests.render.conftest import (
     BUILD_DATE,
     ORIGIN,
-     digest_edition,
+    digest_edition,
     sample_posts,
     single_edition,
     write_config,
@@ -152,7 +152,9 @@ def test_subject_never_carries_crlf(ctx: RenderContext) -> None:
 
 def test_hostile_post_html_is_neutralised(ctx: RenderContext) -> None:
     post = Post(
-        guid="x", language="en", title="t",
+        guid="x",
+        language="en",
+        title="t",
         content_html=(
             '<p onclick="steal()">hi<script>alert(1)</script></p>'
             '<p style="background:url(https://track.example/p.gif)">styled</p>'
@@ -174,8 +176,7 @@ def test_strict_catalog_fails_on_missing_translation(tmp_path: Path, ctx: Render
     (override / "email").mkdir(parents=True)
     (override / "email" / "post.txt").write_text('{{ _("A string nobody translated") }}\n')
     cfg = write_config(tmp_path)
-    cfg = dataclasses.replace(
-        cfg, newsletter=dataclasses.replace(cfg.newsletter, templates_dir=override))
+    cfg = dataclasses.replace(cfg, newsletter=dataclasses.replace(cfg.newsletter, templates_dir=override))
     strict = RenderContext.from_config(cfg, date=ctx.date, strict=True)
     with pytest.raises(RenderError, match="no translation"):
         render_variant(single_edition(), "zh-Hans", strict)
@@ -190,21 +191,18 @@ def _override_base(tmp_path: Path, extra_head: str) -> RenderContext:
     base = (TEMPLATES_DIR / "email" / "base.html").read_text(encoding="utf-8")
     override = tmp_path / "override"
     (override / "email").mkdir(parents=True)
-    (override / "email" / "base.html").write_text(base.replace("</head>", extra_head + "</head>"),
-                                                  encoding="utf-8")
+    (override / "email" / "base.html").write_text(base.replace("</head>", extra_head + "</head>"), encoding="utf-8")
     cfg = write_config(tmp_path)
-    cfg = dataclasses.replace(
-        cfg, newsletter=dataclasses.replace(cfg.newsletter, templates_dir=override))
+    cfg = dataclasses.replace(cfg, newsletter=dataclasses.replace(cfg.newsletter, templates_dir=override))
     return RenderContext.from_config(cfg, date=BUILD_DATE, strict=True)
 
 
-def test_premailer_fetches_nothing_even_when_an_override_asks(
-    tmp_path: Path, http_server: HTTPServer
-) -> None:
+def test_premailer_fetches_nothing_even_when_an_override_asks(tmp_path: Path, http_server: HTTPServer) -> None:
     http_server.routes["/x.css"] = Reply(body=b"p { color: red }", headers={"Content-Type": "text/css"})
     css = http_server.url("/x.css")
-    ctx = _override_base(tmp_path, f'<style>@import url("{css}"); p {{ color: blue }}</style>'
-                                   f'<link rel="stylesheet" href="{css}">')
+    ctx = _override_base(
+        tmp_path, f'<style>@import url("{css}"); p {{ color: blue }}</style><link rel="stylesheet" href="{css}">'
+    )
     v = render_variant(digest_edition(), "en", ctx)
     assert http_server.requests == []
     assert css not in v.html
@@ -218,14 +216,22 @@ def test_an_override_with_remote_css_url_fails_the_build(tmp_path: Path) -> None
 
 
 def test_slot_lookalikes_in_a_post_stay_text(ctx: RenderContext) -> None:
-    post = Post(guid="s", language="en", title="About @@SLOT_TO@@",
-                content_html="<p>Write @@SLOT_UNSUB_URL@@ or @@SLOT_M0@@ or @@SLOT_EVIL@@.</p>",
-                link=f"{ORIGIN}/2026/11/slots.html")
+    post = Post(
+        guid="s",
+        language="en",
+        title="About @@SLOT_TO@@",
+        content_html="<p>Write @@SLOT_UNSUB_URL@@ or @@SLOT_M0@@ or @@SLOT_EVIL@@.</p>",
+        link=f"{ORIGIN}/2026/11/slots.html",
+    )
     v = render_variant(single_edition(post), "en", ctx)
-    template = MessageTemplate.build(v, edition_id=1, headers=HeaderSettings(
-        from_addr="d@example.org", list_id="<l>", message_id_domain="example.org"))
-    raw = template.personalise(PersonalSlots(1, "r@example.com", "https://n.example/u/T",
-                                             ("https://m1.example", "https://m2.example")))
+    template = MessageTemplate.build(
+        v,
+        edition_id=1,
+        headers=HeaderSettings(from_addr="d@example.org", list_id="<l>", message_id_domain="example.org"),
+    )
+    raw = template.personalise(
+        PersonalSlots(1, "r@example.com", "https://n.example/u/T", ("https://m1.example", "https://m2.example"))
+    )
     msg = message_from_bytes(raw, policy=policy.default)
     body = msg.get_body(("plain",))
     assert body is not None
