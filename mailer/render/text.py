@@ -189,6 +189,8 @@ class _Walker(HTMLParser):
             else:
                 self.prefix = "* "
             self.prefix = "  " * max(0, len(self.list_stack) - 1) + self.prefix
+        elif tag in ("td", "th") and self.buf and "".join(self.buf).strip():
+            self.buf.append(" | ")  # cells are inline; keep them apart in the plain text
         elif tag == "hr":
             self.blocks.append(("-" * 20, False))
         elif tag == "img":

@@ -116,13 +116,18 @@ class RenderContext:
         env: Environment | None = None,
         strict: bool = False,
         inliner: Callable[[str], str] = inline_css,
+        onions: Sequence[str] | None = None,
     ) -> RenderContext:
+        """``onions``: the footer's Tor addresses; pass ``MirrorRegistry.static_links()`` urls to
+        leave out unhealthy ones (default: every active onion site in the config)."""
+        if onions is None:
+            onions = [s.url for s in config.mirrors.active if s.kind == "onion"]
         return cls(
             newsletter=config.newsletter,
             env=env or make_environment(config.newsletter.templates_dir),
             origins=config.mirrors.origins,
             mirror_slots=mirror_slot_count(config.mirrors),
-            onions=tuple(s.url for s in config.mirrors.active if s.kind == "onion"),
+            onions=tuple(onions),
             images=images or {},
             date=date,
             timezone=config.schedule.timezone,

@@ -126,3 +126,8 @@ def test_html_to_text_numbers_each_link_once() -> None:
 def test_html_to_text_keeps_preformatted_and_quotes() -> None:
     body = html_to_text("<pre>  a\n    b</pre><blockquote><p>quoted words</p></blockquote>")
     assert body.text == "  a\n    b\n\n> quoted words"
+
+
+def test_html_to_text_keeps_table_cells_apart() -> None:
+    body = html_to_text("<table><tr><td>日期</td><td>地点</td></tr><tr><td>11月</td><td>北京</td></tr></table>")
+    assert body.text == "日期 | 地点\n\n11月 | 北京"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mailer.config import Config
 from mailer.errors import RenderError
 from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
 from mailer.models import Post
@@ -238,3 +239,10 @@ def test_slot_lookalikes_in_a_post_stay_text(ctx: RenderContext) -> None:
     text = body.get_content()
     assert "Write @\u200b@SLOT_UNSUB_URL@@ or @\u200b@SLOT_M0@@" in text
     assert msg["Subject"] == "About @\u200b@SLOT_TO@@"
+
+
+def test_onions_can_come_from_the_registry(config: Config) -> None:
+    ctx = RenderContext.from_config(config, date=BUILD_DATE, strict=True, onions=())
+    v = render_variant(digest_edition(), "en", ctx)
+    assert ".onion" not in v.html + v.text
+    assert "In Tor Browser" not in v.text
