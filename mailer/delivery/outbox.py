@@ -128,12 +128,17 @@ class Outbox:
             ),
         )
         # SQLite's compiler drops FOR UPDATE; there the single statement is the whole lock.
-        ids = select(outbox.c.subscriber_id).where(eligible).limit(limit).with_for_update(
-            skip_locked=True
+        # A MATERIALIZED CTE, not a plain IN (subquery): PostgreSQL may rescan a subquery per
+        # outer row, and with SKIP LOCKED each rescan finds *other* rows, so LIMIT stops holding.
+        ids = (
+            select(outbox.c.subscriber_id).where(eligible).limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("claimable").prefix_with("MATERIALIZED", dialect="postgresql")
         )
         stmt = (
             update(outbox)
-            .where(outbox.c.edition_id == edition_id, outbox.c.subscriber_id.in_(ids.scalar_subquery()))
+            .where(outbox.c.edition_id == edition_id,
+                   outbox.c.subscriber_id.in_(select(ids.c.subscriber_id)))
             .values(
                 state=OutboxState.SENDING.value, lease_owner=owner,
                 lease_expires_at=now + lease, attempts=outbox.c.attempts + 1, updated_at=now,
