@@ -72,6 +72,9 @@ posts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("feed_id", "guid"),
+    # The same post reached through two feeds (a label feed and the main one, or a feed whose
+    # URL changed) is found by guid alone, so that it is sent once.
+    Index("ix_posts_guid", "guid"),
 )
 
 # Editions: draft -> scheduled -> approved -> sending -> sent (cancelled / missed / held aside).

@@ -23,6 +23,8 @@ def _summary(report: PollReport) -> str:
         extra.append(f"{report.updated} updated")
     if report.backlog:
         extra.append(f"{report.backlog} older recorded as seen")
+    if report.duplicate:
+        extra.append(f"{report.duplicate} already seen in another feed")
     if report.not_modified:
         extra.append(f"{report.not_modified} unchanged")
     if report.failed:
@@ -59,7 +61,8 @@ def feeds_command(app: App) -> None:
     states = store.ensure_feeds(app.config.feeds)
     for f in app.config.feeds:
         s = states[f.url]
-        line = f"{s.url}\t{s.status}\tlast success: {_when(s.last_success_at)}"
+        label = f"{s.name} <{s.url}>" if s.name else s.url
+        line = f"{label}\t{s.status}\tlast success: {_when(s.last_success_at)}"
         if s.last_error:
             line += f"\tlast error: {_when(s.last_error_at)} {s.last_error}"
         click.echo(line)

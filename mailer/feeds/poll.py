@@ -51,6 +51,7 @@ class PollReport:
     newly_failing: tuple[str, ...]
     recovered: tuple[str, ...]
     outcomes: tuple[FeedOutcome, ...]
+    duplicate: int = 0  # posts already stored from another feed
 
     @property
     def ok(self) -> bool:
@@ -92,6 +93,7 @@ async def poll_feeds(feeds: Sequence[FeedSettings], *, store: PostStore, fetch: 
         new=sum(o.result.new for o in outcomes),
         updated=sum(o.result.updated for o in outcomes),
         backlog=sum(o.result.backlog for o in outcomes),
+        duplicate=sum(o.result.duplicate for o in outcomes),
         not_modified=sum(o.not_modified for o in outcomes),
         failed=failed,
         newly_failing=tuple(o.url for o in outcomes if o.error and o.changed),

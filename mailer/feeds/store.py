@@ -66,6 +66,7 @@ class StoreResult:
     updated: int = 0
     unchanged: int = 0
     backlog: int = 0
+    duplicate: int = 0  # already stored from another feed
 
 
 def _feed_state(row: RowMapping) -> FeedState:
@@ -174,16 +175,21 @@ class PostStore:
         for p in found:
             unique.setdefault(p.guid, p)  # a feed listing a post twice: the first (newest) wins
         existing: dict[str, tuple[int, str]] = {}
+        elsewhere: set[str] = set()  # already stored from another feed
         guids = list(unique)
         for i in range(0, len(guids), _CHUNK):
             rows = conn.execute(
-                select(posts.c.guid, posts.c.id, posts.c.content_hash)
-                .where(posts.c.feed_id == feed_id, posts.c.guid.in_(guids[i:i + _CHUNK]))
+                select(posts.c.guid, posts.c.id, posts.c.content_hash, posts.c.feed_id)
+                .where(posts.c.guid.in_(guids[i:i + _CHUNK]))
             )
-            existing.update({r.guid: (r.id, r.content_hash) for r in rows})
+            for r in rows:
+                if r.feed_id == feed_id:
+                    existing[r.guid] = (r.id, r.content_hash)
+                else:
+                    elsewhere.add(r.guid)
         cutoff = now - timedelta(days=backlog_days)
         inserts: list[dict[str, object]] = []
-        new = updated = unchanged = backlog = 0
+        new = updated = unchanged = backlog = duplicate = 0
         for guid, p in unique.items():
             digest = content_hash(p.title, p.content_html)
             if guid in existing:
@@ -202,8 +208,13 @@ class PostStore:
             # backlog_days = 0 turns the first-poll limit off (the embedded sample uses this).
             is_new = (not first or backlog_days == 0
                       or (p.published is not None and p.published >= cutoff))
-            new += is_new
-            backlog += not is_new
+            if guid in elsewhere:
+                # Stored under another feed already: recorded here, but sent only once.
+                is_new = False
+                duplicate += 1
+            else:
+                new += is_new
+                backlog += not is_new
             inserts.append(dict(
                 feed_id=feed_id, guid=guid, link=p.link, title=p.title, content_html=p.content_html,
                 language=p.language, published=p.published, updated=p.updated, content_hash=digest,
@@ -212,7 +223,8 @@ class PostStore:
             ))
         if inserts:
             conn.execute(posts.insert(), inserts)
-        return StoreResult(new=new, updated=updated, unchanged=unchanged, backlog=backlog)
+        return StoreResult(new=new, updated=updated, unchanged=unchanged, backlog=backlog,
+                           duplicate=duplicate)
 
     def load(self, post_ids: Sequence[int]) -> list[Post]:
         """The posts with these ids, in the order given; an unknown id is skipped."""

@@ -37,11 +37,17 @@ def test_the_same_post_seen_twice_is_stored_once(store: PostStore) -> None:
     assert [p.guid for p in store.list_posts()] == ["a", "b"]
 
 
-def test_same_guid_in_two_feeds_is_two_posts(store: PostStore) -> None:
+def test_a_post_in_two_feeds_is_new_only_once(store: PostStore, clock: Clock) -> None:
+    # A label feed and the main feed, or a feed whose URL the operator changed.
     f1, f2 = _feed(store, "https://one/feed"), _feed(store, "https://two/feed")
-    store.record_success(f1, Validators(), [_post("a")], backlog_days=7)
-    store.record_success(f2, Validators(), [_post("a")], backlog_days=7)
-    assert sorted(p.feed_url for p in store.list_posts()) == ["https://one/feed", "https://two/feed"]
+    first = store.record_success(f1, Validators(), [_post("a")], backlog_days=7)
+    clock.now = NOW + timedelta(days=1)
+    second = store.record_success(f2, Validators(), [_post("a"), _post("b")], backlog_days=7)
+    assert (first.new, second.new, second.duplicate) == (1, 1, 1)
+    assert sorted(p.feed_url for p in store.list_posts()) == [
+        "https://one/feed", "https://two/feed", "https://two/feed"]
+    assert [(p.guid, p.feed_url) for p in store.list_posts(only_new=True)] == [
+        ("a", "https://one/feed"), ("b", "https://two/feed")]
 
 
 def test_an_edit_is_an_update_not_a_new_post(store: PostStore, clock: Clock) -> None:
