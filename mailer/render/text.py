@@ -57,6 +57,12 @@ _TOKEN = re.compile(
 )
 
 
+_CJK_GAP = re.compile(
+    r"(?<=[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f])\s+"
+    r"(?=[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f])"
+)
+
+
 def display_width(text: str) -> int:
     """Columns a monospace terminal gives ``text``: CJK (wide/full-width) characters take two."""
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
@@ -149,7 +155,9 @@ class _Walker(HTMLParser):
             if text.strip("\n"):
                 self.blocks.append((text.strip("\n"), False))
             return
-        text = " ".join(text.split())
+        # Source line breaks inside a Chinese sentence are not word breaks (CSS Text 3, segment
+        # break transformation): drop white space between two CJK characters, keep it elsewhere.
+        text = _CJK_GAP.sub("", " ".join(text.split()))
         if not text:
             return
         indent = "> " * self.quote

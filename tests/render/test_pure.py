@@ -131,3 +131,8 @@ def test_html_to_text_keeps_preformatted_and_quotes() -> None:
 def test_html_to_text_keeps_table_cells_apart() -> None:
     body = html_to_text("<table><tr><td>日期</td><td>地点</td></tr><tr><td>11月</td><td>北京</td></tr></table>")
     assert body.text == "日期 | 地点\n\n11月 | 北京"
+
+
+def test_source_line_breaks_inside_chinese_are_not_spaces() -> None:
+    body = html_to_text("<p>我们为维权律师\n提供了培训。\nWe also\nwrote a guide.</p>")
+    assert body.text == "我们为维权律师提供了培训。 We also wrote a guide."
