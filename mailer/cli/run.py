@@ -27,7 +27,10 @@ def run(app: App, once: bool, standby: bool) -> None:
     SIGTERM/SIGINT stop it gracefully; SIGHUP reloads the config.
     """
     if once:
-        sys.exit(asyncio.run(_once(app)))
+        code = asyncio.run(_once(app))
+        if code:
+            sys.exit(code)
+        return
     from scheduler import Daemon
 
     asyncio.run(Daemon(app, standby=standby).run())
@@ -54,7 +57,9 @@ async def _once(app: App) -> int:
         # Editors' scheduled editions first, through the policy (approval gate, misfire grace).
         for eid, decision in await process_due(app, send):
             if decision.value != "send":
-                click.echo(f"edition {eid}: {decision.value} (see: newsletter editions show {eid})")
+                what = {"hold": "held for approval", "miss": "missed its time; not sent"}
+                click.echo(f"edition {eid}: {what.get(decision.value, decision.value)} "
+                           f"(see: newsletter editions show {eid})")
         summary = await run_once(app, lambda line: click.echo(line, err=True),
                                  progress=sys.stderr.isatty())
     finally:

@@ -12,6 +12,7 @@ __all__ = ["make_app", "write_config"]
 
 def write_config(tmp: Path, db_url: str, *, timezone: str = "UTC", digest: str = "0 8 * * *",
                  mode: str = "digest", require_approval: bool = False, grace: str = "1h",
+                 hold: str = "0s",
                  smtp_port: int | None = None, editors: tuple[str, ...] = ("eds@example.net",),
                  feeds: tuple[str, ...] = (), extra: str = "") -> Path:
     """A complete newsletter.toml for ``db_url``; Maildir unless an SMTP port is given."""
@@ -38,6 +39,7 @@ timezone = "{timezone}"
 poll_every = "15m"
 digest = "{digest}"
 misfire_grace = "{grace}"
+hold = "{hold}"
 
 [delivery]
 {delivery}

@@ -188,3 +188,42 @@ async def test_job_store_holds_no_address(
     for _, state in rows:
         assert b"@" not in bytes(state)
         assert READER.encode() not in bytes(state)
+
+
+async def test_per_post_mode_holds_each_new_post(
+        setup: Callable[..., tuple[Path, App]], smtp_server: SMTPServer) -> None:
+    config, app = setup(mode="per-post", hold="1h", grace="1h")
+    a, b = add_posts(app.engine, 2)
+    start = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+    with time_machine.travel(start, tick=True):
+        async with daemon(config) as d:
+            await until(lambda: len(app.editions.find()) == 2, "one edition per post")
+            infos = sorted(app.editions.find(), key=lambda i: i.id)
+            assert [i.post_ids for i in infos] == [(a,), (b,)]  # oldest post first
+            assert all(i.kind == "per-post" and i.state is S.SCHEDULED for i in infos)
+            for i in infos:
+                assert i.scheduled_at is not None
+                assert timedelta(minutes=59) < i.scheduled_at - start <= timedelta(hours=1, minutes=1)
+                assert d.next_runs()[f"edition:{i.id}"] == i.scheduled_at
+    with time_machine.travel(start + timedelta(hours=1, minutes=5), tick=True):
+        async with daemon(config):
+            await until(lambda: len(app.editions.find([S.SENT])) == 2, "both sent after the hold")
+    assert len(to(smtp_server, READER)) == 2
+
+
+async def test_sighup_reload_changes_the_timetable_and_refuses_a_broken_config(
+        setup: Callable[..., tuple[Path, App]], tmp_path: Path, db_url: str) -> None:
+    config, _ = setup(digest="0 8 * * *")
+    with time_machine.travel(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), tick=True):
+        async with daemon(config) as d:
+            assert d.next_runs()["digest"] == datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+            text_before = config.read_text(encoding="utf-8")
+            config.write_text(text_before.replace('digest = "0 8 * * *"',
+                                                  'digest = "30 9 * * *"'), encoding="utf-8")
+            d.reload()
+            assert d.next_runs()["digest"] == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+            config.write_text(text_before.replace('digest = "0 8 * * *"', 'digest = "nope"'),
+                              encoding="utf-8")
+            d.reload()  # logged and refused: the running timetable stays
+            assert d.next_runs()["digest"] == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+            assert d.config.schedule.digest == "30 9 * * *"
