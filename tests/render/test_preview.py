@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mailer.app import App
 from mailer.cli.base import run_cli
 from mailer.render.safe import remote_references
 
@@ -70,3 +71,34 @@ def test_preview_with_no_posts_says_to_poll(
     code = run_cli(["--config", str(config_path), "preview", "--language", "en", "--out", str(tmp_path / "p")])
     assert code == 2
     assert "newsletter poll" in capsys.readouterr().err
+
+
+def test_preview_of_a_chosen_single_post_edition(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(["--config", str(config_path), "poll"]) == 0
+    app = App.from_path(config_path)
+    post_id = app.editions.unsent_post_ids()[0]
+    edition_id = app.editions.create([post_id], kind="per-post")
+    out = tmp_path / "p"
+    assert (
+        run_cli(
+            [
+                "--config",
+                str(config_path),
+                "preview",
+                "--language",
+                "en",
+                "--out",
+                str(out),
+                "--edition",
+                str(edition_id),
+            ]
+        )
+        == 0
+    )
+    assert f"edition {edition_id}" in capsys.readouterr().out
+    text = (out / "en.txt").read_text(encoding="utf-8")
+    assert "In this edition" not in text  # the single-post layout has no table of contents
+    msg = message_from_bytes((out / "en.eml").read_bytes(), policy=policy.default)
+    assert msg["Subject"] == app.post_store.load([post_id])[0].title
