@@ -44,6 +44,8 @@ class RecordingHandler:
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
+    ehlos: int = 0  # sessions opened: tells a reused connection from a new one per message
+    pipelining: bool = False  # advertise PIPELINING (aiosmtpd answers pipelined commands in order)
 
     def _fault(self, step: str, envelope: Envelope) -> str | None:
         if self.fault is None:
@@ -53,12 +55,21 @@ class RecordingHandler:
             n = self._count
         return self.fault(step, envelope, n)
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        with self.lock:
+            self.ehlos += 1
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         reply = self._fault("rcpt", envelope)
         if reply == "drop":
-            assert session.transport is not None
-            session.transport.close()
+            assert server.transport is not None  # the line is the server's, not the session's
+            server.transport.close()
             return "421 closing"
         if reply:
             return reply
@@ -70,8 +81,8 @@ class RecordingHandler:
             await asyncio.sleep(self.delay)
         reply = self._fault("data", envelope)
         if reply == "drop":
-            assert session.transport is not None
-            session.transport.abort()
+            assert server.transport is not None
+            server.transport.abort()
             return "421 closing"
         if reply:
             return reply
@@ -99,7 +110,8 @@ class SMTPServer:
         self.handler = handler or RecordingHandler()
         kwargs.setdefault("decode_data", False)
         kwargs.setdefault("data_size_limit", 64 * 1024 * 1024)
-        self.controller = _EphemeralController(self.handler, hostname="127.0.0.1", port=0,
+        port = int(kwargs.pop("port", 0))  # a fixed port: a relay that comes back where it was
+        self.controller = _EphemeralController(self.handler, hostname="127.0.0.1", port=port,
                                                **kwargs)
 
     @property
