@@ -151,7 +151,7 @@ class EditionStore:
             q = q.limit(limit)
         with self.engine.connect() as conn:
             ids = [int(i) for i in conn.execute(q).scalars()]
-            return [self._info(conn, i) for i in ids]
+            return self._infos(conn, ids)
 
     def load(self, edition_id: int) -> Edition:
         """The edition with its posts in order, excluded ones left out."""
@@ -193,7 +193,7 @@ class EditionStore:
             .order_by(editions.c.scheduled_at, editions.c.id)
         )
         with self.engine.connect() as conn:
-            return [self._info(conn, int(i)) for i in conn.execute(q).scalars()]
+            return self._infos(conn, [int(i) for i in conn.execute(q).scalars()])
 
     # ------------------------------------------------------------------ writing
 
@@ -389,14 +389,28 @@ class EditionStore:
                 raise EditionError(f"unknown post {p}")
 
     def _info(self, conn: Connection, edition_id: int) -> EditionInfo:
-        row = conn.execute(select(editions).where(editions.c.id == edition_id)).mappings().first()
-        if row is None:
+        found = self._infos(conn, [edition_id])
+        if not found:
             raise EditionError(f"no edition {edition_id}")
-        eps = conn.execute(
-            select(edition_posts.c.post_id, edition_posts.c.excluded)
-            .where(edition_posts.c.edition_id == edition_id)
-            .order_by(edition_posts.c.position)
-        ).all()
+        return found[0]
+
+    def _infos(self, conn: Connection, ids: Sequence[int]) -> list[EditionInfo]:
+        """Rows and post lists of ``ids`` in two queries (not two per edition), in ``ids`` order."""
+        if not ids:
+            return []
+        rows = {int(r["id"]): r for r in conn.execute(
+            select(editions).where(editions.c.id.in_(ids))).mappings()}
+        eps: dict[int, list[tuple[int, bool]]] = {i: [] for i in rows}
+        for eid, pid, excluded in conn.execute(
+            select(edition_posts.c.edition_id, edition_posts.c.post_id, edition_posts.c.excluded)
+            .where(edition_posts.c.edition_id.in_(list(rows)))
+            .order_by(edition_posts.c.edition_id, edition_posts.c.position)
+        ):
+            eps[int(eid)].append((int(pid), bool(excluded)))
+        return [self._make_info(rows[i], eps[i]) for i in ids if i in rows]
+
+    @staticmethod
+    def _make_info(row: Any, eps: Sequence[tuple[int, bool]]) -> EditionInfo:
         return EditionInfo(
             id=int(row["id"]),
             kind=str(row["kind"]),
