@@ -120,12 +120,16 @@ def _wrapped_pos(i: int) -> int:
 
 @dataclass
 class _Encoded:
-    """One body, encoded, with where the fixed-length unsubscribe value sits in the raw bytes."""
+    """One body, encoded, and for each fixed-length unsubscribe value the raw bytes around it.
 
-    raw: bytes
+    Only the few raw bytes that share a base64 group with the value are kept (``windows``), so a
+    cached encoding costs little more than the encoded body itself.
+    """
+
     wrapped: bytes
-    offsets: tuple[int, ...]
+    windows: tuple[tuple[int, bytes, bytes], ...]  # (offset, bytes before in group, bytes after)
     value_len: int
+    total_len: int
 
 
 @dataclass
@@ -152,21 +156,23 @@ class _Body:
 
     def _encode_for(self, mirrors: tuple[str, ...], value: str) -> _Encoded:
         filled = self._fill_mirrors(mirrors)
-        marker = slot("UNSUB_URL")
-        pieces = filled.split(marker)
+        pieces = filled.split(slot("UNSUB_URL"))
         raw_pieces = [p.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8") for p in pieces]
         vbytes = value.encode("utf-8")
-        offsets = []
+        raw = vbytes.join(raw_pieces)
+        windows = []
         pos = 0
         for piece in raw_pieces[:-1]:
             pos += len(piece)
-            offsets.append(pos)
+            g0 = pos // 3 * 3
+            g1 = min(-(-(pos + len(vbytes)) // 3) * 3, len(raw))
+            windows.append((pos, raw[g0:pos], raw[pos + len(vbytes) : g1]))
             pos += len(vbytes)
-        raw = vbytes.join(raw_pieces)
         wrapped = _wrap(binascii.b2a_base64(raw, newline=False))
-        return _Encoded(raw, wrapped, tuple(offsets), len(vbytes))
+        return _Encoded(wrapped, tuple(windows), len(vbytes), len(raw))
 
-    def encoded(self, mirrors: tuple[str, ...], unsubscribe: str) -> bytes:
+    def encoded(self, mirrors: tuple[str, ...], unsubscribe: str) -> list[bytes | memoryview]:
+        """The encoded body as chunks: slices of the cached encoding plus the spliced groups."""
         value = html.escape(unsubscribe) if self.escape else unsubscribe
         enc = self.cache.get(mirrors)
         if enc is None:
@@ -174,31 +180,35 @@ class _Body:
             self.cache[mirrors] = enc
             if len(self.cache) > _MIRROR_CACHE:
                 self.cache.popitem(last=False)
-            return enc.wrapped
+            return [enc.wrapped]
         self.cache.move_to_end(mirrors)
         vbytes = value.encode("utf-8")
         if len(vbytes) != enc.value_len:
-            return self._encode_for(mirrors, value).wrapped
-        if not enc.offsets:
-            return enc.wrapped
-        out = bytearray(enc.wrapped)
-        raw = enc.raw
-        last_group_end = -1
-        for off in enc.offsets:
-            g0 = off // 3
-            g1 = min(-(-(off + len(vbytes)) // 3), -(-len(raw) // 3))
-            if g0 < last_group_end:  # two slots share a base64 group: encode the whole body
-                return self._encode_for(mirrors, value).wrapped
-            last_group_end = g1
-            piece = raw[g0 * 3 : off] + vbytes + raw[off + len(vbytes) : g1 * 3]
-            chars = binascii.b2a_base64(piece, newline=False)
-            c, c_end = g0 * 4, g0 * 4 + len(chars)
-            while c < c_end:
-                n = min(c_end, (c // _B64_LINE + 1) * _B64_LINE) - c
-                p = _wrapped_pos(c)
-                out[p : p + n] = chars[c - g0 * 4 : c - g0 * 4 + n]
+            return [self._encode_for(mirrors, value).wrapped]
+        if not enc.windows:
+            return [enc.wrapped]
+        view = memoryview(enc.wrapped)
+        chunks: list[bytes | memoryview] = []
+        done = 0  # wrapped position up to which ``chunks`` covers the body
+        for off, before, after in enc.windows:
+            g0 = (off - len(before)) // 3
+            chars = binascii.b2a_base64(before + vbytes + after, newline=False)
+            c0, c1 = g0 * 4, g0 * 4 + len(chars)
+            p0, p1 = _wrapped_pos(c0), _wrapped_pos(c1 - 1) + 1
+            if p0 < done:  # two values share a base64 group: encode the whole body instead
+                return [self._encode_for(mirrors, value).wrapped]
+            # Re-insert the line breaks the replaced characters straddle.
+            region = bytearray(view[p0:p1])
+            c = c0
+            while c < c1:
+                n = min(c1, (c // _B64_LINE + 1) * _B64_LINE) - c
+                p = _wrapped_pos(c) - p0
+                region[p : p + n] = chars[c - c0 : c - c0 + n]
                 c += n
-        return bytes(out)
+            chunks += [view[done:p0], bytes(region)]
+            done = p1
+        chunks.append(view[done:])
+        return chunks
 
 
 @dataclass
@@ -278,7 +288,9 @@ class MessageTemplate:
         """One recipient's message: RFC 5322 bytes with CRLF line ends."""
         if any(c in slots.address for c in "\r\n<>,") or "@" not in slots.address:
             raise RenderError(f"subscriber {slots.subscriber_id}: address is not usable in To")
-        mirrors = slots.mirrors[: self.mirror_slots]
+        # Which mirror fills which slot does not matter to a reader; sorting makes recipients
+        # with the same set share one cached encoding (k! fewer entries).
+        mirrors = tuple(sorted(slots.mirrors[: self.mirror_slots]))
         if len(mirrors) < self.mirror_slots:
             raise RenderError(f"variant needs {self.mirror_slots} mirrors, got {len(mirrors)}")
         outer, inner = self._boundaries
@@ -291,20 +303,20 @@ class MessageTemplate:
         }
         if "DATE" in self._head:
             values["DATE"] = self._date()
-        out: list[bytes] = [
+        out: list[bytes | memoryview] = [
             p if isinstance(p, bytes) else values[p].encode("utf-8") for p in self._head
         ]
         out += [
             b"--", outer, b"\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
             b"Content-Transfer-Encoding: base64\r\n\r\n",
-            self._text.encoded(mirrors, slots.unsubscribe_url),
+            *self._text.encoded(mirrors, slots.unsubscribe_url),
             b"--", outer, _CRLF,
         ]
         if self._tail_parts:
             out += [b'Content-Type: multipart/related; boundary="', inner, b'"\r\n\r\n--', inner, _CRLF]
         out += [
             b"Content-Type: text/html; charset=\"utf-8\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
-            self._html.encoded(mirrors, slots.unsubscribe_url),
+            *self._html.encoded(mirrors, slots.unsubscribe_url),
         ]
         if self._tail_parts:
             out.append(self._tail_parts)
