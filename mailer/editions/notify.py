@@ -167,7 +167,9 @@ class Notifier:
                         type(exc).__name__)
         msg = compose_report(kind, info, config=self.config, now=self.clock(), counts=counts,
                              post_titles=titles)
-        data = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        # CRLF for SMTP; no folding below 998 octets (RFC 5322 2.1.1), because the stdlib folds a
+        # long Subject right after the colon and parsers then keep the leading space.
+        data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n", max_line_length=998))
         sender = (self.config.delivery.envelope_from
                   or parseaddr(self.config.newsletter.from_addr)[1])
         ok = True

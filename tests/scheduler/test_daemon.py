@@ -22,7 +22,7 @@ from mailer.models import EditionState as S
 from scheduler import JOBS_TABLE, Daemon
 from tests.editions.helpers import add_posts
 from tests.scheduler.helpers import make_app, write_config
-from tests.support.smtp import SMTPServer
+from tests.support.smtp import RecordingHandler, SMTPServer
 
 READER = "reader-one@example.com"
 EDITOR = "eds@example.net"
@@ -227,3 +227,65 @@ async def test_sighup_reload_changes_the_timetable_and_refuses_a_broken_config(
             d.reload()  # logged and refused: the running timetable stays
             assert d.next_runs()["digest"] == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
             assert d.config.schedule.digest == "30 9 * * *"
+
+
+async def test_deferred_deliveries_are_retried_when_due(
+        tmp_path: Path, db_url: str) -> None:
+    """451 on the first try: the row is deferred, the edition stays sending, the retry job
+    sends it once its time comes, and only then is the edition sent."""
+    tries: list[str] = []
+
+    def fault(step: str, envelope: object, n: int) -> str | None:
+        if step == "rcpt":
+            tries.append(step)
+            return "451 4.7.1 try again later" if len(tries) == 1 else None
+        return None
+
+    server = SMTPServer(RecordingHandler(fault=fault)).start()
+    try:
+        config = write_config(tmp_path, db_url, smtp_port=server.port, editors=(),
+                              digest="0 8 1 1 *")
+        app = make_app(config)
+        app.subscribers.add(READER, "en", confirmed=True)
+        add_posts(app.engine, 1)
+        eid = app.editions.create()
+        assert eid is not None
+        app.editions.approve(eid)
+        with time_machine.travel(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), tick=True) as tm:
+            async with daemon(config) as d:
+                await until(lambda: bool(tries) and app.editions.info(eid).started_at is not None
+                            and not d._sending, "the first attempt")
+                assert app.editions.info(eid).state is S.SENDING
+                assert server.received == []
+                await d.retry()  # not due yet: nothing happens
+                assert server.received == []
+                tm.shift(timedelta(hours=1))
+                await d.retry()
+                await until(lambda: app.editions.info(eid).state is S.SENT, "sent on retry")
+        assert [r.rcpt_tos for r in server.received] == [[READER]]
+        app.engine.dispose()
+    finally:
+        server.stop()
+
+
+async def test_edition_scheduled_while_running_gets_its_own_job_and_logs_next(
+        setup: Callable[..., tuple[Path, App]], smtp_server: SMTPServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    config, app = setup(digest="0 8 * * *", timezone="Asia/Shanghai")
+    add_posts(app.engine, 1)
+    caplog.set_level("INFO", logger="newsletter.scheduler")
+    with time_machine.travel(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), tick=True):
+        async with daemon(config) as d:
+            assert "next digest: 2026-11-24 08:00 CST (Asia/Shanghai) = 2026-11-24 00:00 UTC" \
+                in caplog.text
+            assert "next poll: 2026-11-23 15:" in caplog.text
+            eid = app.editions.create()  # as the CLI would, from another process
+            assert eid is not None
+            at = datetime.now(UTC) + timedelta(seconds=2)
+            app.editions.schedule(eid, at)
+            await d.process_due()  # the tick: it finds the new schedule
+            assert d.next_runs()[f"edition:{eid}"] == at
+            d.log_next()
+            assert f"next send: edition {eid} at" in caplog.text
+            await until(lambda: app.editions.info(eid).state is S.SENT, "sent at its time")
+    assert len(to(smtp_server, READER)) == 1
