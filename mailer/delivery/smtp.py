@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import aiosmtplib
 
@@ -218,7 +219,8 @@ class RelayPool:
             smtp.close()
             raise _ConnectFailed(f"{type(exc).__name__}: {scrub_reply(str(exc), 200)}") from None
         transport = smtp.transport
-        if not isinstance(transport, asyncio.Transport):
+        # uvloop's transports are not asyncio.Transport subclasses; what we need is duck-typed.
+        if transport is None or not hasattr(transport, "set_protocol"):
             smtp.close()
             raise _ConnectFailed("no transport after connect")
         conn.pipelining = smtp.supports_extension("pipelining")
@@ -227,7 +229,7 @@ class RelayPool:
         smtp.protocol = None
         smtp.transport = None
         wire = _Wire()
-        wire.attach(transport)
+        wire.attach(cast(asyncio.Transport, transport))
         conn.wire = wire
         conn.messages = 0
         conn.clean = True

@@ -262,7 +262,7 @@ async def test_starttls_and_auth(server_factory: type[SMTPServer], ca: trustme.C
     await good.aclose()
     assert result.code == 250
     bad = SMTPTransport([relay(server.port, security="starttls", ca_file=ca_file,
-                               username="digest", password="wrong")])
+                               username="digest", password="wrong", timeout=1.0)])
     result = await bad.send("f@example.org", "u@example.org", MSG)
     await bad.aclose()
     assert result.code == NO_REPLY

@@ -1,0 +1,248 @@
+"""Delivery speed: one edition to N subscribers through our SMTP pool, against smtp-source.
+
+    .venv/bin/python -m bench.smtp [--subscribers 100000] [--connections 16] [--profile]
+
+Server: Postfix's ``smtp-sink`` on 127.0.0.1 (install the ``postfix`` package for its tools;
+the service is not started). Reference, same run, same sink: ``smtp-source -s 4 -l SIZE -m M``
+with SIZE our message size. Our side: subscribers in the encrypted store (SQLite), an edition of
+3 posts rendered once per variant, enqueued into the outbox (decrypting as it streams), then
+``DeliveryEngine.run``: claim -> decrypt recipients -> personalise (mirrors, unsubscribe token)
+-> pipelined SMTP -> group commit of the replies. Prints counts, rates, sizes; never an address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import resource
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    args = [SINK, "-u", "nobody"] if os.geteuid() == 0 else [SINK]
+    proc = subprocess.Popen([*args, "-m", "512", f"127.0.0.1:{port}", "1024"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("smtp-sink did not start")
+
+
+def reference(port: int, size: int, count: int) -> float:
+    """smtp-source's rate (msg/s): 4 sessions, messages of ``size`` bytes."""
+    t0 = time.perf_counter()
+    subprocess.run([SOURCE, "-s", "4", "-l", str(size), "-m", str(count),
+                    "-f", "bench@example.org", "-t", "sink@example.org", f"127.0.0.1:{port}"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return count / (time.perf_counter() - t0)
+
+
+def write_config(tmp: Path, port: int, connections: int) -> Path:
+    path = tmp / "newsletter.toml"
+    path.write_text(f"""
+[newsletter]
+from = "Digest <digest@example.org>"
+public_url = "https://news.example.org"
+languages = ["zh-Hans", "zh-Hant", "en"]
+
+[storage]
+database = "sqlite:///{tmp / "bench.db"}"
+key_file = "{tmp / "keys.json"}"
+
+[delivery]
+transport = "smtp"
+commit_every = 256
+
+[[delivery.relays]]
+host = "127.0.0.1"
+port = {port}
+security = "none"
+connections = {connections}
+rate = 0
+
+[mirrors]
+origins = ["https://example.blogspot.com"]
+per_recipient = 3
+
+[[mirrors.sites]]
+url = "https://m1.example.net"
+
+[[mirrors.sites]]
+url = "https://m2.example.net"
+
+[[mirrors.sites]]
+url = "https://m3.example.net"
+
+[[mirrors.sites]]
+url = "https://m4.example.net"
+
+[images]
+fetch = false
+""", encoding="utf-8")
+    return path
+
+
+def seed(app: Any, n: int) -> None:
+    from subscribers.lifecycle import Event
+
+    langs = ("zh-Hans", "zh-Hant", "en")
+    domains = ("qq.com", "163.com", "126.com", "gmail.com", "example.org")
+    for start in range(0, n, 5000):
+        rows = [(f"r{i}@{domains[i % len(domains)]}", langs[i % 3])
+                for i in range(start, min(n, start + 5000))]
+        app.subscribers.add_batch(rows, Event.IMPORT_CONFIRMED)
+
+
+def add_posts(engine: Any, k: int) -> list[int]:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from mailer.schema import feeds, posts
+
+    now = datetime.now(UTC)
+    para = ("<p>公民社会的报道与分析。Reporting and analysis on civil society, with links to "
+            '<a href="https://example.blogspot.com/2026/11/a.html">the source</a>.</p>') * 4
+    with engine.begin() as conn:
+        fid = conn.execute(insert(feeds).values(url="https://example.blogspot.com/feeds",
+                                                status="ok").returning(feeds.c.id)).scalar_one()
+        return [conn.execute(insert(posts).values(
+            feed_id=fid, guid=f"tag:{secrets.token_hex(6)}",
+            link=f"https://example.blogspot.com/2026/11/p{i}.html", title=f"文章 {i} Post {i}",
+            content_html=para, language="zh-Hans", published=now - timedelta(hours=i),
+            content_hash=secrets.token_hex(32), images_json="[]", is_new=True, revision=1,
+            created_at=now, updated_at=now).returning(posts.c.id)).scalar_one()
+            for i in range(k)]
+
+
+def use_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--subscribers", type=int, default=100_000)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--reference-messages", type=int, default=20_000)
+    ap.add_argument("--profile", action="store_true", help="cProfile the send, print the top")
+    ap.add_argument("--no-uvloop", action="store_true")
+    args = ap.parse_args(argv)
+    if not (os.path.exists(SINK) and os.path.exists(SOURCE)):
+        print("bench.smtp: SKIPPED: smtp-sink/smtp-source not found; install Debian's postfix "
+              "package for its tools (do not start the service)")
+        return
+
+    loop_name = "asyncio" if args.no_uvloop else use_uvloop()
+    from mailer.app import App
+    from mailer.delivery.engine import DeliveryEngine
+    from mailer.delivery.outbox import OutboxRow
+    from mailer.models import EditionState
+    from mailer.pipeline import personaliser, prepare_edition
+
+    port = free_port()
+    sink = start_sink(port)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
+    try:
+        app = App.from_path(write_config(tmp, port, args.connections), environ={})
+        t0 = time.perf_counter()
+        seed(app, args.subscribers)
+        t_seed = time.perf_counter() - t0
+        post_ids = add_posts(app.engine, 3)
+        eid = app.editions.create(post_ids)
+        app.editions.approve(eid)
+        app.editions.set_state(eid, EditionState.SENDING)
+        t0 = time.perf_counter()
+        prepared = prepare_edition(app, eid)
+        t_render = time.perf_counter() - t0
+        message_for = personaliser(app, prepared)
+        rid = next(iter(app.subscribers.stream_active_ids()))
+        rcpt = app.subscribers.get_recipients([rid])[rid]
+        size = len(message_for(OutboxRow(eid, rid, rcpt.language, rcpt.domain, 1, None), rcpt))
+
+        ref = reference(port, size, args.reference_messages)
+
+        t0 = time.perf_counter()
+        enqueued = app.outbox.enqueue(eid, app.subscribers.stream_active())
+        t_enqueue = time.perf_counter() - t0
+        engine = DeliveryEngine(
+            app.outbox, app.transport, recipients=app.subscribers.get_recipients,
+            message_for=message_for,
+            envelope_from=parseaddr(app.config.newsletter.from_addr)[1],
+            settings=app.config.delivery, clock=app.clock,
+        )
+        profiler = cProfile.Profile() if args.profile else None
+
+        async def send() -> Any:
+            try:
+                return await engine.run(eid, handle_signals=False)
+            finally:
+                await app.transport.aclose()
+
+        if profiler:
+            profiler.enable()
+        report = asyncio.run(send())
+        if profiler:
+            profiler.disable()
+        ours = report.sent / report.elapsed
+        whole = report.sent / (report.elapsed + t_enqueue)
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        load = os.getloadavg()[0]
+        print(f"bench.smtp ({loop_name}, {os.cpu_count()} cores, load average {load:.1f})")
+        print(f"  subscribers seeded (encrypted store): {args.subscribers} in {t_seed:.1f}s")
+        print(f"  render 3 variants: {t_render:.2f}s; message size {size} bytes")
+        print(f"  reference smtp-source -s 4 -l {size} -m {args.reference_messages}: "
+              f"{ref:,.0f} msg/s")
+        print(f"  enqueue {enqueued} rows (streamed, decrypted): {t_enqueue:.1f}s")
+        print(f"  send: {report.sent} sent, {report.deferred} deferred, {report.failed} failed "
+              f"in {report.elapsed:.1f}s = {ours:,.0f} msg/s "
+              f"(with enqueue: {whole:,.0f} msg/s)")
+        print(f"  messages in flight: {engine.concurrency} (connections; the duplicate bound)")
+        print(f"  peak RSS: {rss_mb:.0f} MB")
+        print(f"  RATIO ours / smtp-source: {ours / ref:.2f}x "
+              f"(with enqueue {whole / ref:.2f}x); bar 0.2x, goal 0.5x")
+        if profiler:
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+            print(out.getvalue())
+        if report.sent != args.subscribers:
+            sys.exit(f"only {report.sent} of {args.subscribers} sent")
+    finally:
+        sink.kill()
+        sink.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
