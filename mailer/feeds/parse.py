@@ -83,7 +83,7 @@ def _as_cdata(m: re.Match[str]) -> str:
 
 
 # The start of a post says what language it is in; stripping all of a long post costs time.
-_LANGUAGE_SAMPLE = 12_000
+_LANGUAGE_SAMPLE = 8_000
 _ENTRY_END = re.compile(r"</(?:[\w-]+:)?(?:entry|item)\s*>", re.IGNORECASE)
 
 

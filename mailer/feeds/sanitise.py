@@ -107,8 +107,14 @@ _CLEANER = nh3.Cleaner(
     url_schemes=set(_SCHEMES),
     filter_style_properties=set(_STYLE_PROPERTIES),
 )
-_TAG_WITH_ATTRS = re.compile(r"<([a-z][a-z0-9]*)(\s[^>]*)>")
+# The tags worth a Python call: those that carry URLs, and those whose (already normalised,
+# space-free) style may hide them or is left empty. Every other tag is skipped by the regex.
+_NEEDS_WORK = re.compile(
+    r"<(?:(a|img|q|blockquote)(\s[^>]*)"
+    r'|([a-z][a-z0-9]*)(\s(?:[^>]*?\s)?style="(?:"|[^"]*(?:font-size:(?:0|1px)|height:0))[^>]*))>'
+)
 _URL_TAGS = frozenset({"a", "img", "q", "blockquote"})
+_HREF = re.compile(r'\shref="([^"]*)"')
 # An <a> whose only URL is already absolute http(s): the common case, nothing to do.
 _LINK_DONE = re.compile(r'(?:\s(?!href=|src=|cite=)[a-z-]+="[^"]*")*\shref="https?://[^"]*"'
                         r'(?:\s(?!href=|src=|cite=)[a-z-]+="[^"]*")*')
@@ -122,7 +128,7 @@ def _attr_text(attrs: dict[str, str]) -> str:
 
 
 class _Fixer:
-    """The pass over nh3's output: one call per tag that has attributes."""
+    """The pass over nh3's output: one call per tag that ``_NEEDS_WORK`` picked out."""
 
     __slots__ = ("base", "images")
 
@@ -131,13 +137,15 @@ class _Fixer:
         self.images: list[PostImage] = []
 
     def __call__(self, m: re.Match[str]) -> str:
-        name, raw = m.group(1), m.group(2)
+        name, raw = m.group(1) or m.group(3), m.group(2) or m.group(4)
         # nh3 has already removed every style property outside the allowlist (display,
         # visibility, opacity, position...); of those left, only a zero size can hide text.
         style_work = 'style=""' in raw or (
             ("font-size" in raw or "height" in raw) and _HIDING.search(raw) is not None)
         if not style_work and (name not in _URL_TAGS or _LINK_DONE.fullmatch(raw)):
             return m.group(0)
+        if name == "a" and not style_work:
+            return _HREF.sub(self._href, m.group(0))  # only the link changes: skip the rebuild
         attrs = {k: html.unescape(v) for k, v in _ATTR.findall(raw)}
         if "style" in attrs and (not attrs["style"].strip() or _HIDING.search(attrs["style"])):
             del attrs["style"]
@@ -155,6 +163,10 @@ class _Fixer:
             self.images.append(PostImage(url=src, alt=attrs.get("alt", "")))
         return f"<{name}{_attr_text(attrs)}>"
 
+    def _href(self, m: re.Match[str]) -> str:
+        fixed = self._url("a", "href", html.unescape(m.group(1)))
+        return "" if fixed is None else _attr_text({"href": fixed})
+
     def _url(self, tag: str, attr: str, value: str) -> str | None:
         v = value.strip()
         if v[:5].lower() == "data:":
@@ -168,7 +180,7 @@ def sanitise_html(fragment: str, base_url: str | None = None) -> SanitisedHTML:
     """Clean ``fragment``; relative links resolve against ``base_url`` (the entry's link)."""
     cleaned = _CLEANER.clean(fragment)
     fixer = _Fixer(base_url)
-    cleaned = _TAG_WITH_ATTRS.sub(fixer, cleaned)
+    cleaned = _NEEDS_WORK.sub(fixer, cleaned)
     if "<img>" in cleaned:
         cleaned = cleaned.replace("<img>", "")  # an image whose source was not allowed
     return SanitisedHTML(html=cleaned.strip(), images=tuple(fixer.images))
