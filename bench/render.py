@@ -170,7 +170,8 @@ def _stdlib_message(
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(fill(variant.text), cte="base64")
     msg.add_alternative(fill(variant.html), subtype="html", cte="base64")
-    html_part = msg.get_payload()[1]
+    html_part = msg.get_body(("html",))
+    assert isinstance(html_part, EmailMessage)
     for img in variant.images:
         maintype, subtype = img.content_type.split("/")
         html_part.add_related(img.data, maintype=maintype, subtype=subtype, cid=f"<{img.cid}>", filename=img.filename)
@@ -249,17 +250,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         for sid in range(1, min(subscribers, 20_000) + 1)
     ]
-    t4 = time.perf_counter()
+    # CPU time (process_time) as well as wall time: on a shared machine, waiting for a core
+    # inflates wall time but not the CPU the work itself took.
+    t4, c4 = time.perf_counter(), time.process_time()
     for template, slots in sample:
         template.personalise(slots)
     per_personalise = (time.perf_counter() - t4) / len(sample) * 1e6
+    cpu_personalise = (time.process_time() - c4) / len(sample) * 1e6
 
     # The reference, on a small sample (it is slow), same inputs.
     ref = sample[:REFERENCE_SAMPLE]
-    t5 = time.perf_counter()
+    t5, c5 = time.perf_counter(), time.process_time()
     for template, slots in ref:
         _stdlib_message(variants[template.language], headers, slots, slots.mirrors)
     per_reference = (time.perf_counter() - t5) / len(ref) * 1e6
+    cpu_reference = (time.process_time() - c5) / len(ref) * 1e6
 
     # The same without the inline images: how much of the cost is copying the image bytes.
     bare = {
@@ -318,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         f"per recipient: personalise {per_personalise:.1f} us (target <= {TARGET_US:.0f} us: "
         f"{'met' if per_personalise <= TARGET_US else 'MISSED'}); whole loop body {per_loop:.1f} us "
         "(mirrors + token + personalise + hand-off)"
+    )
+    print(
+        f"  CPU time: personalise {cpu_personalise:.1f} us, reference {cpu_reference:.0f} us, "
+        f"ratio {cpu_reference / cpu_personalise:.0f}x (target on CPU time: "
+        f"{'met' if cpu_personalise <= TARGET_US else 'MISSED'})"
     )
     print(f"  without the inline images ({bare_size:,} octets a message): personalise {per_bare:.1f} us")
     print(
