@@ -184,6 +184,7 @@ class _ShownPost:
     link: str | None
     link_alternatives: tuple[str, ...]
     marker: str | None
+    lang: str  # what the reader now sees: screen readers and CJK font choice follow it
     published: str | None
     images: tuple[InlineImage, ...]
 
@@ -273,6 +274,7 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
         link=link,
         link_alternatives=mirror_alternatives(link, ctx.origins, ctx.mirror_slots) if link else (),
         marker=chrome.marker(post, config),
+        lang="" if post.language == "mixed" else (target or post.language) if config else post.language,
         published=chrome.date(post.published) if post.published else None,
         images=images,
     )
