@@ -10,6 +10,7 @@ import click
 from mailer.app import App
 from mailer.cli.base import cli, pass_app
 from mailer.errors import FeedError
+from mailer.feeds.fetch import redact
 from mailer.feeds.poll import PollReport, poll_feeds
 
 __all__ = ["feeds_command", "poll_command", "posts_command"]
@@ -42,7 +43,7 @@ def poll_command(app: App) -> None:
     click.echo(_summary(report))
     for outcome in report.outcomes:
         if outcome.error:
-            click.echo(f"failed: {outcome.url}: {outcome.error}", err=True)
+            click.echo(f"failed: {redact(outcome.url)}: {outcome.error}", err=True)
     if report.failed:
         # FeedError's exit code is 1; run_cli prints it as the one error line.
         raise FeedError(f"{len(report.failed)} of {report.feeds} feeds could not be read; "
@@ -61,7 +62,7 @@ def feeds_command(app: App) -> None:
     states = store.ensure_feeds(app.config.feeds)
     for f in app.config.feeds:
         s = states[f.url]
-        label = f"{s.name} <{s.url}>" if s.name else s.url
+        label = f"{s.name} <{redact(s.url)}>" if s.name else redact(s.url)
         line = f"{label}\t{s.status}\tlast success: {_when(s.last_success_at)}"
         if s.last_error:
             line += f"\tlast error: {_when(s.last_error_at)} {s.last_error}"
@@ -77,8 +78,8 @@ def posts_command(app: App, as_json: bool) -> None:
         published = p.published.isoformat() if p.published else None
         if as_json:
             click.echo(json.dumps({
-                "id": p.id, "feed": p.feed_url, "language": p.language, "published": published,
+                "id": p.id, "feed": redact(p.feed_url), "language": p.language, "published": published,
                 "title": p.title, "link": p.link,
             }, ensure_ascii=False))
         else:
-            click.echo(f"{p.id}\t{p.feed_url}\t{p.language}\t{published or '-'}\t{p.title}")
+            click.echo(f"{p.id}\t{redact(p.feed_url)}\t{p.language}\t{published or '-'}\t{p.title}")

@@ -13,13 +13,23 @@ import ssl
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from mailer.config import FeedSettings, FetchSettings
 from mailer.errors import FetchError
 
-__all__ = ["FetchOutcome", "FetchResult", "Validators", "build_client", "fetch_feed"]
+__all__ = ["FetchOutcome", "FetchResult", "Validators", "build_client", "fetch_feed", "redact"]
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs and screens (feeds behind basic auth)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 class FetchOutcome(enum.StrEnum):
@@ -94,15 +104,15 @@ async def fetch_feed(feed: FeedSettings, validators: Validators, *, client: http
     except FetchError:
         raise
     except TimeoutError:
-        raise FetchError(f"took longer than the {fetch.deadline:g}s deadline", feed=feed.url) from None
+        raise FetchError(f"took longer than the {fetch.deadline:g}s deadline", feed=redact(feed.url)) from None
     except httpx.TooManyRedirects:
-        raise FetchError(f"more than {fetch.max_redirects} redirects (a loop?)", feed=feed.url) from None
+        raise FetchError(f"more than {fetch.max_redirects} redirects (a loop?)", feed=redact(feed.url)) from None
     except httpx.TimeoutException as exc:
-        raise FetchError(f"timed out ({type(exc).__name__})", feed=feed.url) from None
+        raise FetchError(f"timed out ({type(exc).__name__})", feed=redact(feed.url)) from None
     except httpx.RemoteProtocolError as exc:
-        raise FetchError(f"connection broke off: {exc}", feed=feed.url) from None
+        raise FetchError(f"connection broke off: {exc}", feed=redact(feed.url)) from None
     except (httpx.HTTPError, OSError) as exc:
-        raise FetchError(f"{type(exc).__name__}: {exc}", feed=feed.url) from None
+        raise FetchError(f"{type(exc).__name__}: {exc}", feed=redact(feed.url)) from None
 
 
 async def _get(feed: FeedSettings, validators: Validators, headers: dict[str, str],
@@ -116,11 +126,11 @@ async def _get(feed: FeedSettings, validators: Validators, headers: dict[str, st
             return FetchResult(FetchOutcome.NOT_MODIFIED, validators, final_url=str(resp.url))
         if resp.status_code != 200:
             raise FetchError(f"HTTP {resp.status_code} {resp.reason_phrase}".strip(),
-                             feed=feed.url, status=resp.status_code)
+                             feed=redact(feed.url), status=resp.status_code)
         declared = resp.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > fetch.max_body:
             raise FetchError(f"body of {declared} bytes is over the {fetch.max_body}-byte limit",
-                             feed=feed.url, status=200)
+                             feed=redact(feed.url), status=200)
         chunks: list[bytes] = []
         size = 0
         # Count decoded bytes: a small gzip body can inflate to gigabytes.
@@ -130,7 +140,7 @@ async def _get(feed: FeedSettings, validators: Validators, headers: dict[str, st
                 size += len(chunk)
                 if size > fetch.max_body:
                     raise FetchError(f"body is over the {fetch.max_body}-byte limit",
-                                     feed=feed.url, status=200)
+                                     feed=redact(feed.url), status=200)
                 chunks.append(chunk)
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.DecodingError):
             if not chunks:

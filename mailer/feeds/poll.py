@@ -17,7 +17,7 @@ import httpx
 from mailer.clock import Clock
 from mailer.config import FeedSettings, FetchSettings
 from mailer.errors import FeedError
-from mailer.feeds.fetch import FetchOutcome, build_client, fetch_feed
+from mailer.feeds.fetch import FetchOutcome, build_client, fetch_feed, redact
 from mailer.feeds.parse import parse_feed
 from mailer.feeds.store import FeedState, FeedStatus, PostStore, StoreResult
 
@@ -118,7 +118,7 @@ async def _poll_one(feed: FeedSettings, state: FeedState, *, store: PostStore,
             parsed.warning,
         ) if w) or None
         if warning:
-            log.warning("feed %s: %s", feed.url, warning)
+            log.warning("feed %s: %s", redact(feed.url), warning)
         result = await asyncio.to_thread(
             store.record_success, state.id, got.validators, parsed.posts,
             backlog_days=feed.backlog_days,
@@ -127,14 +127,14 @@ async def _poll_one(feed: FeedSettings, state: FeedState, *, store: PostStore,
     except FeedError as exc:
         message = _reason(exc)
     except Exception as exc:  # a parser bug on one feed's bytes must not stop the others
-        log.exception("feed %s: unexpected error", feed.url)
+        log.exception("feed %s: unexpected error", redact(feed.url))
         message = f"unexpected {type(exc).__name__}: {exc}"
     await asyncio.to_thread(store.record_failure, state.id, message)
     changed = state.status is not FeedStatus.FAILING
     if changed:
-        log.warning("feed %s is failing: %s", feed.url, message)
+        log.warning("feed %s is failing: %s", redact(feed.url), message)
     else:
-        log.debug("feed %s still failing: %s", feed.url, message)
+        log.debug("feed %s still failing: %s", redact(feed.url), message)
     return FeedOutcome(feed.url, error=message, changed=changed)
 
 
@@ -146,7 +146,7 @@ def _reason(exc: FeedError) -> str:
 
 def _healthy(feed: FeedSettings, state: FeedState, outcome: FeedOutcome) -> FeedOutcome:
     if state.status is FeedStatus.FAILING:
-        log.warning("feed %s has recovered", feed.url)
+        log.warning("feed %s has recovered", redact(feed.url))
         return FeedOutcome(outcome.url, outcome.result, outcome.not_modified, None,
                            outcome.warning, changed=True)
     return outcome
