@@ -218,6 +218,28 @@ async def job_mirrors(**_: object) -> None:
 
 
 
+def _has_work(app: App, edition_id: int, now: datetime) -> bool:
+    """Rows a sender could take now: queued, deferred and due, or leased by a sender long gone.
+
+    An edition with no rows at all was interrupted before its recipients were enqueued.
+    """
+    from sqlalchemy import and_, func, or_, select
+
+    from mailer.schema import outbox
+
+    c = outbox.c
+    with app.engine.connect() as conn:
+        total, ready = conn.execute(
+            select(func.count(),
+                   func.count().filter(or_(
+                       c.state == "queued",
+                       and_(c.state == "deferred", c.next_attempt_at <= now),
+                       and_(c.state == "sending", c.lease_expires_at < now))))
+            .where(c.edition_id == edition_id)
+        ).one()
+    return bool(ready) or not total
+
+
 def _class_add(loop: asyncio.AbstractEventLoop, sig: int, callback: Callable[..., object],
                   *args: object) -> None:
     """The loop class's own method, past any instance-level wrapper (see ``_share_signals``)."""
@@ -386,14 +408,15 @@ class Daemon:
         heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
             self._install_jobs()
-            await self._resume_interrupted()
             if not self.stopping:
                 scheduler.resume()
-            await self.process_due()  # editions that came due while no daemon ran
+            # In the background, tracked like a job: a shutdown waits for it, a signal stops it.
+            startup = asyncio.ensure_future(self._guard("startup", self._startup()))
             self.log_next()
             self.started.set()
             await self.stop_event.wait()
             scheduler.pause()
+            await startup
             if self._inflight:
                 log.info("waiting for %d in-flight task(s) to finish", len(self._inflight))
                 await asyncio.gather(*self._inflight, return_exceptions=True)
@@ -542,6 +565,9 @@ class Daemon:
         except NewsletterError as exc:
             log.error("%s failed: %s", name, exc)
             return None
+        except Exception:  # a bug in one job must not take the daemon down; it is logged
+            log.exception("%s failed", name)
+            return None
 
     async def poll(self) -> None:
         await self._guard("poll", self._poll())
@@ -588,10 +614,12 @@ class Daemon:
         await self._guard("tick", self._process_due())
 
     async def _process_due(self) -> list[tuple[int, Decision]]:
-        """The shared policy (``mailer.editions.runner``): send, hold, or mark missed."""
+        """The shared policy (``mailer.editions.runner``): send, hold, or mark missed; then
+        carry on with editions left sending (resumed by an editor, or interrupted)."""
         done = await process_due(self.app, self._send, self.notifier,
                                  should_stop=lambda: self.stopping)
         self._sync_edition_jobs()
+        await self._carry_on()
         return done
 
     async def _send(self, edition_id: int) -> None:
@@ -610,6 +638,11 @@ class Daemon:
             self._install_signal_handlers()
         log.info("edition %d is %s", edition_id, store.info(edition_id).state)
 
+    async def _startup(self) -> None:
+        """Editions interrupted by the last stop carry on; those that came due meanwhile go."""
+        await self._resume_interrupted()
+        await self._process_due()
+
     async def _resume_interrupted(self) -> None:
         """Editions left sending by a stop or crash carry on; the outbox keeps them exactly-once."""
         resumed = set(resume_after_stop(self.app))
@@ -627,19 +660,24 @@ class Daemon:
             await self.notifier.sent(info)
 
     async def retry(self) -> None:
-        await self._guard("retry", self._retry())
+        await self._guard("retry", self._carry_on())
 
-    async def _retry(self) -> list[int]:
-        """Deferred deliveries whose time came: their editions are still sending; send again."""
-        from mailer.delivery.outbox import Outbox
+    async def _carry_on(self) -> list[int]:
+        """Editions still sending that this daemon is not sending: pick them up again.
 
-        outbox = Outbox(self.app.engine, self.app.clock)
+        That covers deferred rows whose time came (the ``retry`` job), an edition an editor
+        resumed, and rows a dead sender left leased. The outbox hands each row to one sender,
+        so a ``newsletter worker`` busy with the same edition is no problem.
+        """
         retried = []
+        now = self.app.clock()
         for info in self.app.editions.find([EditionState.SENDING]):
-            due = outbox.next_due(info.id)
-            if self.stopping or info.id in self._sending or due is None or due > self.app.clock():
+            if self.stopping or info.id in self._sending:
                 continue
-            log.info("edition %d: retrying deferred deliveries", info.id)
+            if not _has_work(self.app, info.id, now):
+                continue
+            log.info("edition %d: sending what is left (queued, due for retry, or orphaned)",
+                     info.id)
             await self._send_and_report(info.id)
             retried.append(info.id)
         return retried

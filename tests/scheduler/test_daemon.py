@@ -289,3 +289,37 @@ async def test_edition_scheduled_while_running_gets_its_own_job_and_logs_next(
             assert f"next send: edition {eid} at" in caplog.text
             await until(lambda: app.editions.info(eid).state is S.SENT, "sent at its time")
     assert len(to(smtp_server, READER)) == 1
+
+
+async def test_editor_pause_stops_the_send_and_resume_finishes_it(
+        tmp_path: Path, db_url: str) -> None:
+    # More readers than the engine claims ahead (two batches of 64): a pause takes effect
+    # between batches.
+    server = SMTPServer(RecordingHandler(delay=0.01)).start()
+    readers = [f"r{i}@example.com" for i in range(300)]
+    try:
+        config = write_config(tmp_path, db_url, smtp_port=server.port, editors=(),
+                              digest="0 8 1 1 *")
+        app = make_app(config)
+        for r in readers:
+            app.subscribers.add(r, "en", confirmed=True)
+        add_posts(app.engine, 1)
+        eid = app.editions.create()
+        assert eid is not None
+        app.editions.approve(eid)
+        async with daemon(config) as d:
+            await until(lambda: len(server.received) >= 2, "the send under way")
+            app.editions.pause(eid)  # `newsletter editions pause`, from another process
+            await until(lambda: not d._sending, "the engine stopped after its in-flight messages")
+            assert app.editions.info(eid).state is S.PAUSED
+            stopped_at = len(server.received)
+            assert stopped_at < len(readers)
+            await d.process_due()  # a tick while paused sends nothing more
+            assert len(server.received) == stopped_at
+            app.editions.resume(eid)
+            await d.process_due()  # the next tick carries on
+            await until(lambda: app.editions.info(eid).state is S.SENT, "finished after resume")
+        assert sorted(r for m in server.received for r in m.rcpt_tos) == sorted(readers)
+        app.engine.dispose()
+    finally:
+        server.stop()
