@@ -437,7 +437,9 @@ class Daemon:
         while True:
             await asyncio.sleep(every)
             try:
-                self.lock.heartbeat()
+                # In a thread: on a busy SQLite file a write may wait out busy_timeout, and the
+                # event loop (and the sends on it) must not wait with it.
+                await asyncio.to_thread(self.lock.heartbeat)
             except LockError as exc:
                 log.error("%s; stopping so that two daemons never act at once", exc)
                 self.request_stop()

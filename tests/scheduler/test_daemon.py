@@ -323,3 +323,23 @@ async def test_editor_pause_stops_the_send_and_resume_finishes_it(
         app.engine.dispose()
     finally:
         server.stop()
+
+
+async def test_a_daemon_that_loses_its_lock_stops(tmp_path: Path, sqlite_url: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite: another process took the lease (say, ours stalled past it); we must stop acting."""
+    from sqlalchemy import update
+
+    from mailer.schema import daemon_lock
+
+    config = write_config(tmp_path, sqlite_url, digest="0 8 1 1 *")
+    app = make_app(config)
+    d = Daemon(app, install_signals=False, lock_lease=timedelta(seconds=0.6))
+    task = asyncio.ensure_future(d.run())
+    await asyncio.wait_for(d.started.wait(), 30)
+    with app.engine.begin() as conn:
+        conn.execute(update(daemon_lock).values(owner="elsewhere:1"))
+    await asyncio.wait_for(task, 30)
+    assert d.stopping
+    assert "was lost" in caplog.text
+    app.engine.dispose()
