@@ -165,8 +165,14 @@ def _entries_whole(text: str, count: int) -> int:
 
 
 def parse_feed(data: bytes, *, feed_url: str, language: str = "auto",
-               content_type: str | None = None) -> ParsedFeed:
-    """Parse feed ``data`` fetched from ``feed_url``. Raise ``NotAFeedError`` for non-feeds."""
+               content_type: str | None = None, base_url: str | None = None) -> ParsedFeed:
+    """Parse feed ``data`` fetched from ``feed_url``. Raise ``NotAFeedError`` for non-feeds.
+
+    ``base_url`` is where the bytes really came from (after redirects); relative entry links
+    resolve against it, and against ``feed_url`` when that is an http(s) URL.
+    """
+    if base_url is None and feed_url.startswith(("http://", "https://")):
+        base_url = feed_url
     if not data.strip():
         raise NotAFeedError("empty body", feed=feed_url)
     text, encoding = decode_feed(data, content_type)
@@ -178,7 +184,9 @@ def parse_feed(data: bytes, *, feed_url: str, language: str = "auto",
     body = _ESCAPED_ELEMENT.sub(_as_cdata, text).encode("utf-8")
     parsed = feedparser.parse(
         body, sanitize_html=False, resolve_relative_uris=False,
-        response_headers={"content-type": "application/xml; charset=utf-8"},
+        response_headers={"content-type": "application/xml; charset=utf-8",
+                          # feedparser's base for relative <link>s and xml:base (RFC 3986 §5.1)
+                          **({"content-location": base_url} if base_url else {})},
     )
     version = parsed.get("version") or ""
     entries = list(parsed.get("entries") or ())
@@ -198,7 +206,7 @@ def parse_feed(data: bytes, *, feed_url: str, language: str = "auto",
     feed = parsed.get("feed") or {}
     feed_link = feed.get("link") or None
     feed_lang = feed.get("language") or None
-    base_default = feed_link or (feed_url if feed_url.startswith(("http://", "https://")) else None)
+    base_default = feed_link or base_url
     posts = tuple(
         p for p in (_post(e, feed_url, base_default, feed_lang, language) for e in entries) if p
     )

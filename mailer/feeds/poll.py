@@ -111,7 +111,7 @@ async def _poll_one(feed: FeedSettings, state: FeedState, *, store: PostStore,
             return _healthy(feed, state, FeedOutcome(feed.url, not_modified=True))
         parsed = await asyncio.to_thread(
             parse_feed, got.body, feed_url=feed.url, language=feed.language,
-            content_type=got.content_type,
+            content_type=got.content_type, base_url=None if feed.is_local else got.final_url,
         )
         warning = "; ".join(w for w in (
             f"transfer cut short after {len(got.body)} bytes" if got.truncated else None,

@@ -181,3 +181,18 @@ def test_numeric_references_survive_the_rewrite() -> None:
     rewritten = _ESCAPED_ELEMENT.sub(_as_cdata, doc)
     assert "CDATA" in rewritten
     assert _content_text(rewritten) == "<p>a &lt; b &#38; c 中</p>" + " " * 300
+
+
+def test_relative_entry_links_resolve_against_where_the_feed_came_from() -> None:
+    body = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>
+<entry><id>urn:x:1</id><title>Relative</title><link rel="alternate" href="/2026/11/rel.html"/>
+<content type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml"><p>See <a href="notes.html">notes</a>
+and <img src="pic.png" alt="pic"/>.</p><script>x()</script></div></content></entry></feed>"""
+    post = parse_feed(body, feed_url="https://old.example/feed",
+                      base_url="https://new.example/feeds/atom").posts[0]
+    assert post.link == "https://new.example/2026/11/rel.html"
+    assert 'href="https://new.example/2026/11/notes.html"' in post.content_html
+    assert post.images[0].url == "https://new.example/2026/11/pic.png"
+    assert "<script" not in post.content_html
+    assert "x()" not in post.content_html
