@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import httpx
 
@@ -52,6 +53,8 @@ class PollReport:
     recovered: tuple[str, ...]
     outcomes: tuple[FeedOutcome, ...]
     duplicate: int = 0  # posts already stored from another feed
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,10 +66,9 @@ async def poll_feeds(feeds: Sequence[FeedSettings], *, store: PostStore, fetch: 
     """Fetch, parse and store every feed, at most ``fetch.concurrency`` at a time.
 
     ``client`` serves feeds without their own proxy (tests pass one); feeds with a ``proxy``
-    get a client of their own. ``clock`` is the store's; it is accepted here for symmetry with
-    the other stages and so a caller can assert what "now" the poll used.
+    get a client of their own. ``clock`` dates the report; the store dates its rows itself.
     """
-    del clock  # the store dates its writes with its own clock
+    started = clock()
     feeds = list({f.url: f for f in feeds}.values())  # a feed listed twice is polled once
     states = await asyncio.to_thread(store.ensure_feeds, feeds)
     limit = asyncio.Semaphore(fetch.concurrency)
@@ -99,6 +101,8 @@ async def poll_feeds(feeds: Sequence[FeedSettings], *, store: PostStore, fetch: 
         newly_failing=tuple(o.url for o in outcomes if o.error and o.changed),
         recovered=tuple(o.url for o in outcomes if not o.error and o.changed),
         outcomes=tuple(outcomes),
+        started_at=started,
+        finished_at=clock(),
     )
 
 

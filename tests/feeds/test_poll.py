@@ -24,6 +24,7 @@ async def test_local_and_http_feeds_are_stored_once(store: PostStore, http_serve
              FeedSettings(url=http_server.url("/wp"))]
     report = await poll_feeds(feeds, store=store, fetch=FETCH, clock=clock)
     assert (report.feeds, report.new, report.failed) == (2, 5, ())
+    assert report.started_at == clock.now
     again = await poll_feeds(feeds, store=store, fetch=FETCH, clock=clock)
     assert again.new == 0
     titles = [p.title for p in store.list_posts()]
