@@ -1,0 +1,1 @@
+"""Benchmarks: each module compares a stage with a reference measured in the same run."""
