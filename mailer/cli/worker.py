@@ -30,10 +30,9 @@ from sqlalchemy.exc import IntegrityError
 
 from mailer.app import App
 from mailer.cli.base import cli, pass_app
-from mailer.clock import as_utc
 from mailer.config import parse_duration
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
-from mailer.delivery.outbox import Outbox, OutboxRow
+from mailer.delivery.outbox import Outbox
 from mailer.errors import EditionError
 from mailer.models import EditionState, OutboxState
 from mailer.schema import editions, outbox
@@ -108,48 +107,15 @@ def start_edition(app: App, edition_id: int) -> int:
 
 
 class WorkerOutbox(Outbox):
-    """``Outbox`` with PostgreSQL ``claim`` and ``renew`` that are safe with many workers.
+    """``Outbox`` whose PostgreSQL ``renew`` cannot deadlock with the group commit.
 
-    WORKAROUNDS, to drop once ``mailer.delivery.outbox.Outbox`` does the same:
-
-    * ``claim``: ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` may be
-      planned as a nested loop semi join that rescans the LIMIT subquery once per outer row
-      (EXPLAIN ANALYZE shows ``loops=N``; typical on a fresh, unanalysed table). Each rescan skips
-      the rows the statement already updated, so one claim takes the whole edition and the other
-      workers get nothing. A MATERIALIZED CTE is evaluated exactly once.
-    * ``renew``: one UPDATE over all of this worker's leased rows runs (in a thread) while the
-      group commit updates some of the same rows one by one in another transaction; they lock
-      in different orders and PostgreSQL aborts one with "deadlock detected", which stops the
-      worker. Renewing only the rows it can lock at once (``SKIP LOCKED``) never waits, so no
-      cycle can form; a row being recorded needs no renewal.
+    WORKAROUND, to drop once ``mailer.delivery.outbox.Outbox.renew`` does the same: its one
+    UPDATE over all of this worker's leased rows runs (in a thread) while the group commit
+    updates some of the same rows one by one in another transaction; they lock in different
+    orders and PostgreSQL aborts one with "deadlock detected", which stopped a worker in the
+    20,000-recipient test. Renewing only the rows it can lock at once (``SKIP LOCKED``) never
+    waits, so no cycle can form; a row being recorded needs no renewal.
     """
-
-    def claim(self, edition_id: int, limit: int, owner: str, lease: timedelta) -> list[OutboxRow]:
-        if self.engine.dialect.name != "postgresql":
-            return super().claim(edition_id, limit, owner, lease)
-        now = self.clock()
-        picked = (
-            select(outbox.c.subscriber_id)
-            .where(outbox.c.edition_id == edition_id, _claimable(now))
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .cte("claim")
-            .prefix_with("MATERIALIZED")
-        )
-        stmt = (
-            update(outbox)
-            .where(outbox.c.edition_id == edition_id,
-                   outbox.c.subscriber_id.in_(select(picked.c.subscriber_id)))
-            .values(state=OutboxState.SENDING.value, lease_owner=owner,
-                    lease_expires_at=now + lease, attempts=outbox.c.attempts + 1,
-                    updated_at=now)
-            .returning(outbox.c.subscriber_id, outbox.c.language, outbox.c.domain,
-                       outbox.c.attempts, outbox.c.created_at)
-        )
-        with self.engine.begin() as conn:
-            rows = conn.execute(stmt).all()
-        return [OutboxRow(edition_id, int(r.subscriber_id), r.language, r.domain,
-                          int(r.attempts), as_utc(r.created_at)) for r in rows]
 
     def renew(self, edition_id: int, owner: str, lease: timedelta) -> int:
         if self.engine.dialect.name != "postgresql":

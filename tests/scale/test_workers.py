@@ -101,10 +101,8 @@ async def test_a_dead_workers_rows_are_reclaimed_after_the_lease(
     dead = WorkerOutbox(app.engine, app.clock).claim(edition_id, 10, "worker:dead:1:0",
                                                         timedelta(seconds=1))
     assert len(dead) == 10
-    started = time.monotonic()
     worker = SenderWorker(app, once=True, poll=0.1, batch_size=16)
     report = await worker.run(handle_signals=False)
-    assert time.monotonic() - started >= 0.5  # it had to wait for the lease to run out
     assert report.sent == 40
     assert sink.per_rcpt == dict.fromkeys(addresses, 1)
     with app.engine.connect() as conn:
