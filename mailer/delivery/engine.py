@@ -37,7 +37,7 @@ from mailer.config import DeliverySettings
 from mailer.delivery.classify import Classifier, SendResult
 from mailer.delivery.outbox import STOP_STATES, Outbox, OutboxRow, Outcome, RecipientLike
 from mailer.delivery.progress import NullProgress, Progress, progress_for
-from mailer.delivery.ratelimit import DomainLimits
+from mailer.delivery.ratelimit import DomainLimits, RateLimiter
 from mailer.delivery.transport import Transport
 from mailer.models import OutboxState
 
@@ -136,6 +136,60 @@ class _GroupCommit:
 R = TypeVar("R", bound=Recipient)
 
 
+class _Lane(Generic[R]):
+    """Rows for one rate-limited destination (qq.com…), released to the workers at its pace.
+
+    Workers never sleep on a domain's limit, so a slow provider does not hold up the others;
+    while a lane is full the producer stops claiming that domain's rows.
+    """
+
+    def __init__(self, engine: DeliveryEngine[R], limiter: RateLimiter, capacity: int,
+                 commits: _GroupCommit) -> None:
+        self.engine = engine
+        self.limiter = limiter
+        self.queue: asyncio.Queue[tuple[OutboxRow, R] | None] = asyncio.Queue(capacity)
+        self.domains: set[str] = set()
+        self.holding = False
+        self._commits = commits
+        self._sends: set[asyncio.Task[None]] = set()
+        self.task = asyncio.create_task(self._feed())
+
+    @property
+    def busy(self) -> bool:
+        return self.holding or not self.queue.empty()
+
+    async def put(self, row: OutboxRow, rcpt: R) -> None:
+        self.domains.add(row.domain)
+        await self.queue.put((row, rcpt))
+
+    async def _feed(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                break
+            if self.engine._stop_reason is not None:
+                continue  # left in 'sending'; released when the run ends
+            self.holding = True
+            try:
+                await self.limiter.wait()
+                # Send at the paced moment on the next free connection; handing the row to the
+                # shared queue instead would let it bunch up behind other domains' rows.
+                await self.engine._slots.acquire()
+                send = asyncio.create_task(self._send(*item))
+                self._sends.add(send)
+                send.add_done_callback(self._sends.discard)
+            finally:
+                self.holding = False
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
+
+    async def _send(self, row: OutboxRow, rcpt: R) -> None:
+        try:
+            await self.engine._deliver(row, rcpt, self._commits)
+        finally:
+            self.engine._slots.release()
+
+
 class DeliveryEngine(Generic[R]):
     """Sends an edition's outbox through a transport; one instance per process and edition run."""
 
@@ -182,6 +236,8 @@ class DeliveryEngine(Generic[R]):
         self.domain_limits = DomainLimits(settings.domain_rates, monotonic=monotonic)
         self._stop_reason: str | None = None
         self._error: Exception | None = None
+        self._lanes: dict[str, _Lane[R]] = {}
+        self._slots = asyncio.Semaphore(1)
         self._counts: dict[OutboxState, int] = dict.fromkeys(OutboxState, 0)
         self._by_relay: dict[str, int] = {}
 
@@ -216,10 +272,17 @@ class DeliveryEngine(Generic[R]):
         workers = [asyncio.create_task(self._worker(edition_id, queue, commits))
                    for _ in range(self.concurrency)]
         renewer = asyncio.create_task(self._renew(edition_id))
+        self._lanes = {}
+        # One slot per connection: what is in flight never exceeds it (the duplicate bound).
+        self._slots = asyncio.Semaphore(self.concurrency)
         stopped = "done"
         try:
             stopped = await self._produce(edition_id, queue, commits)
         finally:
+            for lane in self._lanes.values():
+                await lane.queue.put(None)
+            await asyncio.gather(*(lane.task for lane in self._lanes.values()),
+                                 return_exceptions=True)
             for _ in workers:
                 await queue.put(None)
             results = await asyncio.gather(*workers, return_exceptions=True)
@@ -265,9 +328,14 @@ class DeliveryEngine(Generic[R]):
             if state in STOP_STATES:
                 log.info("edition %d is %s: stopping after the messages in flight", edition_id, state)
                 return str(state)
+            full = {d for lane in self._lanes.values() if lane.queue.full() for d in lane.domains}
             rows = await asyncio.to_thread(self.outbox.claim, edition_id, self.batch_size,
-                                           self.owner, self.lease)
+                                           self.owner, self.lease, full)
             if not rows:
+                if any(lane.busy for lane in self._lanes.values()):
+                    # Only rate-limited destinations are left: wait for their lanes to move.
+                    await asyncio.sleep(0.05)
+                    continue
                 return "done"
             found = await asyncio.to_thread(self.recipients, [r.subscriber_id for r in rows])
             for row in rows:
@@ -277,7 +345,19 @@ class DeliveryEngine(Generic[R]):
                     commits.submit(Outcome(row.subscriber_id, OutboxState.SUPPRESSED,
                                            reply="subscriber no longer active"))
                     continue
-                await queue.put((row, rcpt))
+                key = self.domain_limits.key_for(row.domain) if self.domain_limits else None
+                if key is None:
+                    await queue.put((row, rcpt))
+                else:
+                    await self._lane(key, commits).put(row, rcpt)
+
+    def _lane(self, key: str, commits: _GroupCommit) -> _Lane[R]:
+        lane = self._lanes.get(key)
+        if lane is None:
+            limiter = self.domain_limits.limiter(key)
+            capacity = max(self.batch_size, int(2 * limiter.rate))
+            lane = self._lanes[key] = _Lane(self, limiter, capacity, commits)
+        return lane
 
     async def _worker(self, edition_id: int,
                       queue: asyncio.Queue[tuple[OutboxRow, R] | None],
@@ -288,18 +368,22 @@ class DeliveryEngine(Generic[R]):
                 return
             if self._stop_reason is not None or commits.error is not None:
                 continue  # left in 'sending'; released when the run ends
-            row, rcpt = item
-            if self.domain_limits:
-                await self.domain_limits.wait(row.domain)
-            try:
-                data = self.message_for(row, rcpt)
-                result = await self.transport.send(self.envelope_from, rcpt.address, data)
-            except Exception as exc:
-                # A bug, not a reply: stop cleanly (the row is released) and raise from run().
-                self._error = self._error or exc
-                self.stop("error")
-                continue
-            await commits.record(self._outcome(row, result))
+            async with self._slots:
+                await self._deliver(item[0], item[1], commits)
+
+    async def _deliver(self, row: OutboxRow, rcpt: R, commits: _GroupCommit) -> None:
+        """Send one message and wait until its outcome is committed (the caller holds a slot)."""
+        if self._stop_reason is not None or commits.error is not None:
+            return  # left in 'sending'; released when the run ends
+        try:
+            data = self.message_for(row, rcpt)
+            result = await self.transport.send(self.envelope_from, rcpt.address, data)
+        except Exception as exc:
+            # A bug, not a reply: stop cleanly (the row is released) and raise from run().
+            self._error = self._error or exc
+            self.stop("error")
+            return
+        await commits.record(self._outcome(row, result))
 
     def _outcome(self, row: OutboxRow, result: SendResult) -> Outcome:
         now = self.clock()

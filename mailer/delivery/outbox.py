@@ -15,7 +15,7 @@ Why it is shaped this way (issues 7 and 9):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -116,8 +116,13 @@ class Outbox:
                 conn.execute(stmt, batch)
         return self.total(edition_id) - before
 
-    def claim(self, edition_id: int, limit: int, owner: str, lease: timedelta) -> list[OutboxRow]:
-        """Lease up to ``limit`` rows that are queued, due for retry, or whose lease expired."""
+    def claim(self, edition_id: int, limit: int, owner: str, lease: timedelta,
+              skip_domains: Collection[str] = ()) -> list[OutboxRow]:
+        """Lease up to ``limit`` rows that are queued, due for retry, or whose lease expired.
+
+        ``skip_domains``: destinations whose rate-limit lane is full; their rows stay for later
+        so that a slow qq.com does not hold up everyone else.
+        """
         now = self.clock()
         eligible = and_(
             outbox.c.edition_id == edition_id,
@@ -127,6 +132,8 @@ class Outbox:
                 and_(outbox.c.state == OutboxState.SENDING.value, outbox.c.lease_expires_at < now),
             ),
         )
+        if skip_domains:
+            eligible = and_(eligible, outbox.c.domain.not_in(sorted(skip_domains)))
         # SQLite's compiler drops FOR UPDATE; there the single statement is the whole lock.
         # A MATERIALIZED CTE, not a plain IN (subquery): PostgreSQL may rescan a subquery per
         # outer row, and with SKIP LOCKED each rescan finds *other* rows, so LIMIT stops holding.

@@ -75,6 +75,13 @@ class DomainLimits:
     def __bool__(self) -> bool:
         return bool(self._limiters)
 
+    def key_for(self, domain: str) -> str | None:
+        """The configured domain that limits ``domain``, if any."""
+        return match_domain(domain, self._limiters)
+
+    def limiter(self, key: str) -> RateLimiter:
+        return self._limiters[key]
+
     async def wait(self, domain: str) -> None:
         key = match_domain(domain, self._limiters)
         if key is not None:
