@@ -22,9 +22,11 @@ from mailer.models import EditionState as S
 from scheduler import JOBS_TABLE, Daemon
 from tests.editions.helpers import add_posts
 from tests.scheduler.helpers import make_app, write_config
+from tests.support.http import HTTPServer, Reply
 from tests.support.smtp import RecordingHandler, SMTPServer
 
 READER = "reader-one@example.com"
+SAMPLE_FEED = Path(__file__).resolve().parents[2] / "examples" / "sample-feed.atom.xml"
 EDITOR = "eds@example.net"
 
 
@@ -342,4 +344,35 @@ async def test_a_daemon_that_loses_its_lock_stops(tmp_path: Path, sqlite_url: st
     await asyncio.wait_for(task, 30)
     assert d.stopping
     assert "was lost" in caplog.text
+    app.engine.dispose()
+
+
+async def test_end_to_end_poll_then_digest_at_its_time(
+        tmp_path: Path, sqlite_url: str, smtp_server: SMTPServer,
+        http_server: HTTPServer) -> None:
+    """The daemon alone: it polls a real feed over HTTP at start, and at 08:00 Shanghai time
+    the digest goes to the subscriber and the report to the editors."""
+    feed = SAMPLE_FEED.read_bytes()
+    http_server.routes["/feed.xml"] = Reply(body=feed,
+                                            headers={"Content-Type": "application/atom+xml"})
+    config = write_config(tmp_path, sqlite_url, smtp_port=smtp_server.port, editors=(EDITOR,),
+                          timezone="Asia/Shanghai", digest="0 8 * * *",
+                          feeds=(http_server.url("/feed.xml"),))
+    app = make_app(config)
+    app.subscribers.add(READER, "en", confirmed=True)
+    # 07:59:57 in Shanghai is 23:59:57 UTC the day before.
+    with time_machine.travel(datetime(2026, 11, 23, 23, 59, 57, tzinfo=UTC), tick=True):
+        async with daemon(config):
+            await until(lambda: len(app.editions.unsent_post_ids()) > 0, "posts from the poll")
+            assert app.editions.find() == []  # nothing goes before the digest time
+            await until(lambda: len(app.editions.find([S.SENT])) == 1, "the 08:00 digest sent")
+            await until(lambda: len(to(smtp_server, EDITOR)) == 1, "the editors' report")
+    [edition] = app.editions.find()
+    assert edition.scheduled_at is not None
+    assert edition.scheduled_at >= datetime(2026, 11, 24, 0, 0, tzinfo=UTC)
+    assert len(edition.post_ids) == 4
+    assert app.editions.unsent_post_ids() == []
+    [mail] = [r for r in smtp_server.received if READER in r.rcpt_tos]
+    assert mail.message().get_body(("html",)) is not None
+    assert [path for path, _ in http_server.requests] == ["/feed.xml"]  # polled once
     app.engine.dispose()
