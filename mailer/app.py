@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mailer.delivery.outbox import Outbox
     from mailer.delivery.transport import Transport
     from mailer.editions.store import EditionStore
+    from mailer.feeds.store import PostStore
     from mailer.mirrors.registry import MirrorRegistry
     from subscribers.keys import KeyRing
     from subscribers.store import SubscriberStore
@@ -107,15 +108,21 @@ class App:
         return TokenSigner(self.keyring.token_key, self.clock, self.config.web.confirm_ttl)
 
     @cached_property
+    def post_store(self) -> PostStore:
+        """Posts and feed health (validators, failures) in the one database."""
+        from mailer.feeds.store import PostStore
+
+        return PostStore(self.engine, self.clock)
+
+    @cached_property
     def editions(self) -> EditionStore:
         """Editions and their states; the approval gate comes from ``require_approval``."""
         from mailer.editions.store import EditionStore
 
-        posts = getattr(self, "posts", None)  # the feeds stage's PostStore, once it exists
         return EditionStore(
             self.engine, self.clock,
             require_approval=self.config.newsletter.require_approval,
-            load_posts=posts.load if posts is not None else None,
+            load_posts=self.post_store.load,
         )
 
     @cached_property

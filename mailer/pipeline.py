@@ -111,8 +111,10 @@ def prepare_edition(app: App, edition_id: int, *, date: datetime | None = None,
         calls += 1
         return inline_css(html)
 
+    # Onion addresses go to everyone; the registry leaves out any that is down or blocked.
+    onions = [site.url for site in app.mirrors.static_links()]
     ctx = RenderContext.from_config(app.config, date=now, images=images, env=app.jinja,
-                                    inliner=counted_inline)
+                                    inliner=counted_inline, onions=onions)
     headers = header_settings(app)
     templates = {
         choice: MessageTemplate.build(render_variant(edition, choice, ctx), edition_id=edition_id,
