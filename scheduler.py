@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import signal
@@ -217,7 +218,6 @@ async def job_mirrors(**_: object) -> None:
 # --------------------------------------------------------------------------- the daemon
 
 
-
 def _has_work(app: App, edition_id: int, now: datetime) -> bool:
     """Rows a sender could take now: queued, deferred and due, or leased by a sender long gone.
 
@@ -241,14 +241,13 @@ def _has_work(app: App, edition_id: int, now: datetime) -> bool:
 
 
 def _class_add(loop: asyncio.AbstractEventLoop, sig: int, callback: Callable[..., object],
-                  *args: object) -> None:
+               *args: object) -> None:
     """The loop class's own method, past any instance-level wrapper (see ``_share_signals``)."""
     type(loop).add_signal_handler(loop, sig, callback, *args)
 
 
 def _class_remove(loop: asyncio.AbstractEventLoop, sig: int) -> bool:
     return type(loop).remove_signal_handler(loop, sig)
-
 
 
 @dataclass
@@ -456,7 +455,7 @@ class Daemon:
             return
         if new.storage != self.config.storage:
             log.warning("[storage] changed: restart the daemon for that to take effect")
-            new = Config(**{**new.__dict__, "storage": self.config.storage})
+            new = dataclasses.replace(new, storage=self.config.storage)
         self.app.config = new
         self.app.__dict__.pop("editions", None)  # require_approval may have changed
         mirrors = getattr(self.app, "mirrors", None)
@@ -495,7 +494,7 @@ class Daemon:
         }
         if self.config.newsletter.mode == "digest":
             wanted["digest"] = (job_digest, crontab_trigger(s.digest, s.timezone),
-                                f"cron {s.digest} {s.timezone}", True)
+                                f"cron {s.digest} {s.timezone}, grace {s.misfire_grace}", True)
         for job in sched.get_jobs():
             if job.id in ("poll", "tick", "retry", "mirrors", "digest") and job.id not in wanted:
                 job.remove()
@@ -504,7 +503,8 @@ class Daemon:
             if existing is not None and existing.kwargs.get("spec") == spec:
                 continue
             # Interval jobs run once when late (coalesced); the digest obeys the grace period.
-            extra: dict[str, Any] = {} if strict else {"misfire_grace_time": None}
+            extra: dict[str, Any] = {"misfire_grace_time": (
+                int(s.misfire_grace.total_seconds()) if strict else None)}
             if job_id == "poll" and existing is None:
                 extra["next_run_time"] = datetime.now(UTC)  # a fresh daemon polls at once
             sched.add_job(fn, trigger, id=job_id, name=job_id, kwargs={"spec": spec},
