@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
@@ -60,17 +62,41 @@ async def _once(app: App) -> int:
                 what = {"hold": "held for approval", "miss": "missed its time; not sent"}
                 click.echo(f"edition {eid}: {what.get(decision.value, decision.value)} "
                            f"(see: newsletter editions show {eid})")
-        summary = await run_once(app, lambda line: click.echo(line, err=True),
-                                 progress=sys.stderr.isatty())
+        notice = lambda line: click.echo(line, err=True)  # noqa: E731
+        if app.config.newsletter.require_approval:
+            poll, held = await _poll_and_hold(app, notice)
+            later: Sequence[Any] = ()
+        else:
+            summary = await run_once(app, notice, progress=sys.stderr.isatty())
+            poll, held, later = summary.poll, None, summary.sends
     finally:
         lock.release()
-    poll = summary.poll
+        transport = app.__dict__.get("transport")
+        if transport is not None:
+            await transport.aclose()
     click.echo(f"feeds polled: {poll.feeds}, new posts: {poll.new}"
                f"{f', failing feeds: {len(poll.failed)}' if poll.failed else ''}")
-    all_sends = [*sends, *summary.sends]
-    if not all_sends:
+    if held is not None:
+        click.echo(f"edition {held} created and held: approval is required "
+                   f"(newsletter editions show {held}; newsletter editions approve {held})")
+    all_sends = [*sends, *later]
+    if not all_sends and held is None:
         click.echo("nothing to send: no new posts and no edition due")
     for s in all_sends:
         print_send(app, s)
     failed = any(s.report.failed or (s.report.sent == 0 and s.report.deferred) for s in all_sends)
     return 1 if failed else 0
+
+
+async def _poll_and_hold(app: App, notice: Callable[[str], None]) -> tuple[Any, int | None]:
+    """With ``require_approval``, new posts become an edition held for the editors, not a send."""
+    from mailer.editions.notify import Notifier
+    from mailer.pipeline import ensure_sample_subscribers, poll
+
+    ensure_sample_subscribers(app, notice)
+    report = await poll(app)
+    eid = app.editions.create()
+    if eid is not None:
+        app.editions.hold(eid, "new posts awaiting an editor's approval")
+        await Notifier.for_app(app).held(app.editions.info(eid))
+    return report, eid

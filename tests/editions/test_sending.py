@@ -94,3 +94,24 @@ def test_run_once_applies_the_misfire_policy(tmp_path: Path, sqlite_url: str,
     assert app.editions.info(late_ok).state is S.SENT
     assert len(list((tmp_path / "outbox" / "new").iterdir())) == 1
     app.engine.dispose()
+
+
+def test_run_once_with_approval_required_holds_new_posts(
+        tmp_path: Path, sqlite_url: str, smtp_server: SMTPServer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, sqlite_url, require_approval=True, editors=("eds@example.net",),
+                          smtp_port=smtp_server.port)
+    app = App.from_path(config, environ={})
+    app.subscribers.add(READER, "en", confirmed=True)
+    add_posts(app.engine, 2)
+    assert run_cli(["--config", str(config), "run", "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "edition 1 created and held: approval is required" in out
+    assert app.editions.info(1).state is S.HELD
+    assert [r.rcpt_tos for r in smtp_server.received] == [["eds@example.net"]]  # told, not sent
+    app.editions.approve(1)
+    assert run_cli(["--config", str(config), "run", "--once"]) == 0
+    assert "edition 1: 1 sent" in capsys.readouterr().out
+    assert app.editions.info(1).state is S.SENT
+    assert READER in [r.rcpt_tos[0] for r in smtp_server.received]
+    app.engine.dispose()
