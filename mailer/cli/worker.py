@@ -19,6 +19,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -33,7 +34,7 @@ from mailer.cli.base import cli, pass_app
 from mailer.config import parse_duration
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
 from mailer.delivery.outbox import Outbox
-from mailer.errors import EditionError
+from mailer.errors import EditionError, NewsletterError
 from mailer.models import EditionState, OutboxState
 from mailer.schema import editions, outbox
 
@@ -53,6 +54,7 @@ log = logging.getLogger("newsletter.worker")
 # Long enough that a busy worker renews well before expiry (the engine renews every lease/3);
 # short enough that a dead worker's rows do not wait long for another one.
 DEFAULT_LEASE = timedelta(minutes=2)
+BROKEN_RETRY = 60.0  # seconds before a worker tries again an edition that failed to prepare
 
 
 def worker_owner() -> str:
@@ -174,6 +176,7 @@ class SenderWorker:
         self._current: DeliveryEngine[Any] | None = None
         self._prepared: dict[int, Any] = {}
         self.outbox = WorkerOutbox(app.engine, app.clock)
+        self._skip_until: dict[int, float] = {}  # edition -> monotonic time to try again
 
     def stop(self, reason: str = "signal") -> None:
         """Finish the messages in flight, record them, release the rest, and return."""
@@ -198,10 +201,22 @@ class SenderWorker:
             while not self._stopping.is_set():
                 work = await asyncio.to_thread(editions_with_work, self.app.engine,
                                                self.app.clock())
+                now = time.monotonic()
+                work = [e for e in work if self._skip_until.get(e, 0.0) <= now]
                 for edition_id in work:
                     if self._stopping.is_set():
                         break
-                    await self._send(edition_id, report)
+                    try:
+                        await self._send(edition_id, report)
+                    except NewsletterError as exc:
+                        if self.once:
+                            raise
+                        # One broken edition (a template error, an edition without posts) must
+                        # not stop the others: log it, leave its rows, and look again later.
+                        log.error("edition %d: %s; retrying in %ds", edition_id, exc,
+                                  int(BROKEN_RETRY))
+                        self._skip_until[edition_id] = time.monotonic() + BROKEN_RETRY
+                        self._prepared.pop(edition_id, None)
                 if work:
                     continue
                 if self.once and not await asyncio.to_thread(editions_unfinished,

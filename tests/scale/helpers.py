@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -25,7 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 class CountingHandler:
     """Counts deliveries per recipient, keeping no bodies: 20,000 messages stay small."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay  # seconds per message: keeps messages in flight for stop tests
         self.lock = threading.Lock()
         self.per_rcpt: Counter[str] = Counter()
         self.message_ids: Counter[str] = Counter()
@@ -37,6 +39,8 @@ class CountingHandler:
             return sum(self.per_rcpt.values())
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         content = envelope.original_content or envelope.content
         assert isinstance(content, bytes)
         head = content.split(b"\r\n\r\n", 1)[0]

@@ -168,6 +168,59 @@ async def test_worker_leaves_paused_editions_alone(
     app.engine.dispose()
 
 
+async def test_a_broken_edition_does_not_stop_the_others(
+        tmp_path: Path, db_url: str, sink: CountingHandler) -> None:
+    app = _app(tmp_path, db_url, sink)
+    seed_subscribers(app, 30)
+    broken = make_edition(app)
+    for post in app.editions.load(broken).posts:
+        assert post.id is not None
+        app.editions.exclude(broken, post.id)  # nothing left to render: prepare_edition refuses
+    start_edition(app, broken)
+    good = make_edition(app)
+    start_edition(app, good)
+    worker = SenderWorker(app, poll=0.05)
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    while app.editions.info(good).state is not EditionState.SENT:
+        assert not task.done(), "the worker ended on the broken edition"
+        await asyncio.sleep(0.05)
+    worker.stop("test")
+    await task
+    assert _states(app, good) == {OutboxState.SENT: 30}
+    assert _states(app, broken) == {OutboxState.QUEUED: 30}
+    assert sink.total == 30
+    app.engine.dispose()
+
+
+async def test_stop_finishes_in_flight_records_them_and_gives_the_rest_back(
+        tmp_path: Path, db_url: str) -> None:
+    handler = CountingHandler(delay=0.02)
+    server = SMTPServer(handler)  # type: ignore[arg-type]
+    server.start()
+    handler.port = server.port
+    try:
+        app = _app(tmp_path, db_url, handler)
+        seed_subscribers(app, 150)
+        edition_id = make_edition(app)
+        start_edition(app, edition_id)
+        worker = SenderWorker(app, once=True, poll=0.1, batch_size=16)
+        task = asyncio.create_task(worker.run(handle_signals=False))
+        while handler.total < 20:
+            assert not task.done(), "the worker ended before it was stopped"
+            await asyncio.sleep(0.01)
+        worker.stop("test")  # what SIGTERM does
+        report = await task
+        states = _states(app, edition_id)
+        assert OutboxState.SENDING not in states  # nothing left leased
+        # Every message the server accepted is recorded sent; the rest are queued again.
+        assert states[OutboxState.SENT] == handler.total == report.sent
+        assert states[OutboxState.QUEUED] == 150 - handler.total
+        assert app.editions.info(edition_id).state is EditionState.SENDING
+        app.engine.dispose()
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.timeout(600)
