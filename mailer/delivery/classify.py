@@ -46,7 +46,8 @@ _USER_UNKNOWN = re.compile(
     r"(user unknown|undeliverable)|address rejected|does not exist|invalid recipient|"
     r"account (has been )?disabled)"
 )
-_ADDRESS = re.compile(r"[^\s<>@:;,\"'()\[\]]+@[^\s<>@:;,\"'()\[\]]+")
+# Generous on purpose: any run of non-space around an "@" goes (RFC 5322 atext is wide).
+_ADDRESS = re.compile(r"[^\s<>@:;,()\[\]]+@[^\s<>@:;,()\[\]]+")
 _MAX_BACKOFF = timedelta(hours=6)
 
 

@@ -28,9 +28,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from mailer.clock import Clock
 from mailer.config import DeliverySettings
@@ -98,6 +102,30 @@ class _GroupCommit:
         self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
+        # One thread and one database connection for every commit of the run: a commit is on
+        # the path of every message, and a fresh connection per commit (SQLite's NullPool
+        # pragmas, PostgreSQL's pre-ping) cost more than the UPDATE itself.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-commit")
+        self._conn: Connection | None = None
+
+    def _commit_in_thread(self, outcomes: list[Outcome]) -> None:
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = self._engine.outbox.engine.connect()
+            try:
+                self._engine._commit(self._edition_id, self._owner, outcomes, self._conn)
+                return
+            except DBAPIError as exc:
+                # A dropped connection (PostgreSQL restart): one retry on a fresh one.
+                self._close_in_thread()
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+
+    def _close_in_thread(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
 
     def submit(self, outcome: Outcome) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -115,8 +143,8 @@ class _GroupCommit:
             group, self._pending = self._pending[:limit], self._pending[limit:]
             outcomes = [o for o, _ in group]
             try:
-                await asyncio.to_thread(self._engine._commit, self._edition_id, self._owner,
-                                        outcomes)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._commit_in_thread, outcomes)
             except BaseException as exc:
                 self.error = exc
                 for _, fut in group:
@@ -131,6 +159,11 @@ class _GroupCommit:
     async def drain(self) -> None:
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        await self.drain()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_in_thread)
+        self._executor.shutdown(wait=False)
 
 
 R = TypeVar("R", bound=Recipient)
@@ -286,7 +319,7 @@ class DeliveryEngine(Generic[R]):
             for _ in workers:
                 await queue.put(None)
             results = await asyncio.gather(*workers, return_exceptions=True)
-            await commits.drain()
+            await commits.close()
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
@@ -404,9 +437,10 @@ class DeliveryEngine(Generic[R]):
 
     # ------------------------------------------------------------------ called by _GroupCommit
 
-    def _commit(self, edition_id: int, owner: str, outcomes: Sequence[Outcome]) -> None:
-        """Runs in a worker thread: one transaction, then the bounce callback per bad address."""
-        self.outbox.record(edition_id, owner, outcomes)
+    def _commit(self, edition_id: int, owner: str, outcomes: Sequence[Outcome],
+                conn: Connection | None = None) -> None:
+        """Runs in the commit thread: one transaction, then the bounce callback per bad address."""
+        self.outbox.record(edition_id, owner, outcomes, conn=conn)
         if self.on_bounce is not None:
             for o in outcomes:
                 if o.state is OutboxState.BOUNCED:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailer.clock import Clock, as_utc
@@ -161,8 +161,13 @@ class Outbox:
             for r in rows
         ]
 
-    def record(self, edition_id: int, owner: str, outcomes: Sequence[Outcome]) -> int:
-        """Write outcomes in one transaction; only the lease owner may finish its rows."""
+    def record(self, edition_id: int, owner: str, outcomes: Sequence[Outcome], *,
+               conn: Connection | None = None) -> int:
+        """Write outcomes in one transaction; only the lease owner may finish its rows.
+
+        ``conn``: a connection the caller keeps open between commits (the engine's commit
+        thread does); without it one is taken from the engine.
+        """
         if not outcomes:
             return 0
         now = self.clock()
@@ -190,8 +195,12 @@ class Outbox:
             }
             for o in outcomes
         ]
-        with self.engine.begin() as conn:
-            result = conn.execute(stmt, params)
+        if conn is None:
+            with self.engine.begin() as own:
+                result = own.execute(stmt, params)
+        else:
+            with conn.begin():
+                result = conn.execute(stmt, params)
         return max(int(result.rowcount), 0)
 
     def renew(self, edition_id: int, owner: str, lease: timedelta) -> int:

@@ -258,7 +258,8 @@ class RelayPool:
                               self.label)
         mail = b"MAIL FROM:<" + envelope_from.encode() + (b"> SMTPUTF8\r\n" if utf8 else b">\r\n")
         rcpt = b"RCPT TO:<" + recipient.encode() + b">\r\n"
-        if any(c in b"\r\n" for c in (mail[:-2] + rcpt[:-2])):
+        if b"\r" in mail[:-2] or b"\n" in mail[:-2] or b"\r" in rcpt[:-2] or b"\n" in rcpt[:-2]:
+            # A CR or LF in an address would smuggle a command into the session.
             return SendResult(501, "address contains a line break", self.label)
         try:
             async with asyncio.timeout(self.relay.timeout):
