@@ -293,12 +293,13 @@ async def test_edition_scheduled_while_running_gets_its_own_job_and_logs_next(
     assert len(to(smtp_server, READER)) == 1
 
 
+@pytest.mark.slow
 async def test_editor_pause_stops_the_send_and_resume_finishes_it(
         tmp_path: Path, db_url: str) -> None:
     # More readers than the engine claims ahead (two batches of 64): a pause takes effect
     # between batches.
-    server = SMTPServer(RecordingHandler(delay=0.01)).start()
-    readers = [f"r{i}@example.com" for i in range(300)]
+    server = SMTPServer(RecordingHandler(delay=0.02)).start()
+    readers = [f"r{i}@example.com" for i in range(160)]
     try:
         config = write_config(tmp_path, db_url, smtp_port=server.port, editors=(),
                               digest="0 8 1 1 *")
