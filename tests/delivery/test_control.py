@@ -1,0 +1,139 @@
+"""Pause and cancel while sending, progress output, and logs that never hold an address."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from mailer.delivery.engine import DeliveryEngine, DeliveryReport
+from mailer.delivery.outbox import Outbox
+from mailer.delivery.progress import LogProgress
+from mailer.delivery.smtp import SMTPTransport
+from mailer.models import OutboxState
+from tests.delivery.helpers import (
+    FakeClock,
+    directory,
+    make_edition,
+    message,
+    recipients,
+    relay,
+    set_edition_state,
+    settings,
+)
+from tests.support.smtp import RecordingHandler, SMTPServer
+
+
+async def run_once(db: Engine, server: SMTPServer, edition: int, n: int,
+                   **kw: object) -> DeliveryReport:
+    transport = SMTPTransport([relay(server.port, connections=2)])
+    try:
+        return await DeliveryEngine(
+            Outbox(db, FakeClock()), transport, recipients=directory(recipients(n, ("qq.com",))),
+            message_for=message, envelope_from="bounces@example.org", settings=settings(),
+            clock=FakeClock(), batch_size=4, **kw,  # type: ignore[arg-type]
+        ).run(edition, handle_signals=False)
+    finally:
+        await transport.aclose()
+
+
+@pytest.mark.parametrize("action", ["paused", "cancelled"])
+async def test_pause_or_cancel_while_sending_stops_between_batches(sqlite_db: Engine,
+                                                                   action: str) -> None:
+    edition = make_edition(sqlite_db)
+    n = 60
+    Outbox(sqlite_db, FakeClock()).enqueue(edition, recipients(n, ("qq.com",)))
+    seen = {"n": 0}
+
+    def fault(step: str, envelope: object, _n: int) -> str | None:
+        if step == "data":
+            seen["n"] += 1
+            if seen["n"] == 10:  # an editor presses pause (or cancel) mid-send
+                set_edition_state(sqlite_db, edition, action)
+        return None
+
+    server = SMTPServer(RecordingHandler(fault=fault)).start()
+    try:
+        report = await run_once(sqlite_db, server, edition, n)
+        assert report.stopped == action
+        assert 10 <= report.sent < n
+        counts = Outbox(sqlite_db, FakeClock()).counts(edition)
+        assert counts[OutboxState.SENDING] == 0
+        assert counts[OutboxState.SENT] == len(server.received) == report.sent
+        assert counts[OutboxState.QUEUED] == n - report.sent
+        if action == "paused":
+            set_edition_state(sqlite_db, edition, "sending")  # resume
+            report = await run_once(sqlite_db, server, edition, n)
+            assert report.stopped == "done"
+            assert len({r.rcpt_tos[0] for r in server.received}) == n
+            assert len(server.received) == n  # nobody twice
+        else:
+            assert (await run_once(sqlite_db, server, edition, n)).sent == 0
+    finally:
+        server.stop()
+
+
+async def test_logs_name_subscribers_by_id_only(sqlite_db: Engine,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    rcpts = {"n": 0}
+
+    def fault(step: str, envelope: object, _n: int) -> str | None:
+        if step == "rcpt":
+            rcpts["n"] += 1
+        if step == "rcpt" and rcpts["n"] % 2:
+            return "550 5.1.1 <user1@qq.com>: Recipient address rejected: User unknown"
+        return None
+
+    server = SMTPServer(RecordingHandler(fault=fault)).start()
+    edition = make_edition(sqlite_db)
+    Outbox(sqlite_db, FakeClock()).enqueue(edition, recipients(6, ("qq.com",)))
+    caplog.set_level(logging.DEBUG)
+    progress = LogProgress(every=0.0, logger=logging.getLogger("newsletter.delivery.progress"))
+    try:
+        report = await run_once(sqlite_db, server, edition, 6, progress=progress)
+    finally:
+        server.stop()
+    assert report.bounced == 3
+    # Ours and the SMTP client's records (the test server's own "mail.log" is not ours).
+    text = "\n".join(r.getMessage() for r in caplog.records
+                     if r.name.startswith(("newsletter", "aiosmtplib")))
+    assert "bounced" in text
+    assert "edition" in text  # the progress lines and the summary were logged
+    assert "@" not in text
+    assert "user1" not in text
+
+
+def test_log_progress_reports_counts_rate_and_eta() -> None:
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("tests.delivery.progress")
+    logger.addHandler(Capture())
+    logger.setLevel(logging.INFO)
+    clock = [0.0]
+    p = LogProgress(every=5.0, monotonic=lambda: clock[0], logger=logger)
+    p.start(7, 100)
+    counts = dict.fromkeys(OutboxState, 0)
+    counts[OutboxState.SENT] = 40
+    counts[OutboxState.DEFERRED] = 10
+    clock[0] = 1.0
+    p.update(counts)  # too soon: no line
+    clock[0] = 10.0
+    p.update(counts)
+    assert lines[0] == "edition 7: sending to 100 recipients"
+    assert len(lines) == 2
+    assert "50/100" in lines[1]
+    assert "deferred 10" in lines[1]
+    assert "5/s" in lines[1]  # 50 in 10 s
+    assert "eta 10s" in lines[1]
+
+
+def test_report_timedelta_defaults_are_sane() -> None:
+    # The lease must outlive a batch at the slowest sane rate, or rows would be taken over.
+    engine_lease = DeliveryEngine.__init__.__kwdefaults__["lease"]  # type: ignore[index]
+    assert engine_lease >= timedelta(minutes=1)
