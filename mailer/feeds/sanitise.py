@@ -63,10 +63,11 @@ _STYLE_PROPERTIES = frozenset({
 })
 
 # A declaration that makes the element invisible or unreadably small.
+_END = r"\s*(!\s*important\s*)?(;|$|\")"
 _HIDING = re.compile(
-    r"display\s*:\s*none|visibility\s*:\s*(hidden|collapse)|opacity\s*:\s*0(\.0*)?\s*(;|$)"
-    r"|font-size\s*:\s*0(\.\d+)?\s*(px|pt|em|rem|%)?\s*(;|$|\")|font-size\s*:\s*1px"
-    r"|(max-)?height\s*:\s*0+(px)?\s*(;|$|\")|text-indent\s*:\s*-\d{3,}"
+    r"display\s*:\s*none|visibility\s*:\s*(hidden|collapse)|opacity\s*:\s*0(\.0*)?" + _END
+    + r"|font-size\s*:\s*0(\.\d+)?\s*(px|pt|em|rem|%)?" + _END + r"|font-size\s*:\s*1px"
+    r"|(max-)?height\s*:\s*0+(px)?" + _END + r"|text-indent\s*:\s*-\d{3,}"
     r"|(left|top)\s*:\s*-\d{3,}",
     re.IGNORECASE,
 )

@@ -81,6 +81,14 @@ def test_hiding_styles_are_dropped_and_harmless_ones_kept() -> None:
     assert '<p style="text-align:center">d</p>' in out
 
 
+@pytest.mark.parametrize("style", [
+    "font-size : 0px", "font-size:0 !important", "font-size: 0.1em", "height: 0px; overflow: hidden",
+    "line-height:0;font-size:12px", "color:red;font-size:1px",
+])
+def test_zero_size_styles_are_dropped(style: str) -> None:
+    assert clean(f'<span style="{style}">x</span>') == "<span>x</span>"
+
+
 def test_structure_is_kept() -> None:
     html = ("<h2>h</h2><p>p <strong>s</strong> <em>e</em></p><ul><li>1</li></ul><ol><li>2</li></ol>"
             "<blockquote>q</blockquote><table><tbody><tr><td>c</td></tr></tbody></table>"
