@@ -224,7 +224,8 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
         setattr(report, key, int(counts.get(key, 0)))
     event = Event.IMPORT_CONFIRMED if confirmed else Event.IMPORT
     settings = store.settings
-    seen: set[int] = set()  # 64-bit prefixes of the blind indexes met in this run
+    seen: set[bytes] = set()  # 64-bit prefixes of the blind indexes met in this run
+    index_of = store.index_of
 
     def problem(p: RowProblem) -> None:
         report.problem_count += 1
@@ -268,8 +269,8 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
                 if line <= resume_line:
                     continue
                 report.rows += 1
-                index = store.index_of(address)
-                prefix = int.from_bytes(index[:8], "big")
+                index = index_of(address)
+                prefix = index[:8]
                 if prefix in seen:
                     problem(RowProblem(line, "duplicate of an earlier line"))
                     continue

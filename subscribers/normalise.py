@@ -38,8 +38,8 @@ GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 # A dot-atom local part of the common characters and an ASCII host name with a letter TLD.
 # Lengths are checked separately (local <= 64, total <= 254, labels <= 63).
 _FAST = re.compile(
-    r"[A-Za-z0-9_%+\-]+(?:\.[A-Za-z0-9_%+\-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+    r"([A-Za-z0-9_%+\-]+(?:\.[A-Za-z0-9_%+\-]+)*)"
+    r"@((?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,63}))"
 )
 _SPECIAL = frozenset(getattr(email_validator, "SPECIAL_USE_DOMAIN_NAMES", ()))
 
@@ -86,14 +86,19 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
 
 
+def _fast(address: str) -> str | None:
+    """The delivery form of a plain ASCII address, or None to take the careful path."""
+    if len(address) > 254:
+        return None
+    m = _FAST.fullmatch(address)
+    if m is None or len(m[1]) > 64 or m[3].lower() in _SPECIAL:
+        return None
+    domain = m[2]
+    return address if domain.islower() else f"{m[1]}@{domain.lower()}"
+
+
 def _fast_ok(address: str) -> bool:
-    if len(address) > 254 or not _FAST.fullmatch(address):
-        return False
-    local, _, domain = address.rpartition("@")
-    if len(local) > 64:
-        return False
-    tld = domain.rpartition(".")[2].lower()
-    return tld not in _SPECIAL and domain.lower() not in _SPECIAL
+    return _fast(address) is not None
 
 
 def validate(address: str) -> str:
@@ -103,9 +108,9 @@ def validate(address: str) -> str:
     reported by line number without leaking it.
     """
     address = address.strip()
-    if _fast_ok(address):
-        local, _, domain = address.rpartition("@")
-        return f"{local}@{domain.lower()}"
+    fast = _fast(address)
+    if fast is not None:
+        return fast
     try:
         info = email_validator.validate_email(
             address, check_deliverability=False, allow_smtputf8=True
