@@ -576,9 +576,13 @@ class Daemon:
 
     async def _poll(self) -> object:
         result = await self.actions.poll(self.app)
+        new = getattr(result, "new", None)
+        if new is not None:
+            log.info("polled: %d new post(s)", new)
         if self.config.newsletter.mode == "per-post":
             self._per_post_editions()
         await self._process_due()
+        self.log_next()
         return result
 
     def _per_post_editions(self) -> list[int]:
