@@ -456,6 +456,9 @@ class Daemon:
         if new.storage != self.config.storage:
             log.warning("[storage] changed: restart the daemon for that to take effect")
             new = dataclasses.replace(new, storage=self.config.storage)
+        if new.delivery != self.config.delivery and "transport" in self.app.__dict__:
+            # The open relay pool keeps its settings; a restart rebuilds it.
+            log.warning("[delivery] changed: restart the daemon for relays to change")
         self.app.config = new
         self.app.__dict__.pop("editions", None)  # require_approval may have changed
         mirrors = getattr(self.app, "mirrors", None)
