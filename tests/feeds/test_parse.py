@@ -196,3 +196,27 @@ and <img src="pic.png" alt="pic"/>.</p><script>x()</script></div></content></ent
     assert post.images[0].url == "https://new.example/2026/11/pic.png"
     assert "<script" not in post.content_html
     assert "x()" not in post.content_html
+
+
+@pytest.mark.parametrize("name", ["blogger.atom.xml", "wordpress.rss2.xml"])
+def test_a_feed_cut_anywhere_yields_only_whole_posts(name: str) -> None:
+    data = fixture_bytes(name)
+    full = {p.guid: p for p in parse_feed(data, feed_url="https://cut.example/feed").posts}
+    kept: set[int] = set()
+    for cut in range(0, len(data), 29):
+        try:
+            posts = parse_feed(data[:cut], feed_url="https://cut.example/feed").posts
+        except NotAFeedError:
+            continue
+        kept.add(len(posts))
+        for p in posts:
+            assert p == full[p.guid], f"cut at {cut} kept a partial post {p.guid}"
+    assert {0, 1} <= kept  # some cuts fell inside the first post, some after it
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_are_a_feed_or_not_a_feed(data: bytes) -> None:
+    try:
+        parse_feed(data, feed_url="https://fuzz.example/feed")
+    except NotAFeedError:
+        pass
