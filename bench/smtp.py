@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> None:
         seed(app, args.subscribers)
         t_seed = time.perf_counter() - t0
         post_ids = add_posts(app.engine, 3)
-        eid = app.editions.create(post_ids)
+        created = app.editions.create(post_ids)
+        assert created is not None
+        eid: int = created
         app.editions.approve(eid)
         app.editions.set_state(eid, EditionState.SENDING)
         t0 = time.perf_counter()

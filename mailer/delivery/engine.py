@@ -416,7 +416,13 @@ class DeliveryEngine(Generic[R]):
             self._error = self._error or exc
             self.stop("error")
             return
-        await commits.record(self._outcome(row, result))
+        try:
+            await commits.record(self._outcome(row, result))
+        except Exception as exc:
+            # The database refused the commit: stop (run() raises it); the queue keeps draining
+            # so the producer is never left waiting on a dead worker.
+            self._error = self._error or exc
+            self.stop("error")
 
     def _outcome(self, row: OutboxRow, result: SendResult) -> Outcome:
         now = self.clock()

@@ -332,9 +332,14 @@ class SMTPTransport:
     """Several relays by weight (smooth weighted round robin), failing over while one is down."""
 
     def __init__(self, relays: Sequence[RelaySettings], *, local_hostname: str | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, down_wait: float = 10.0) -> None:
+        """``down_wait``: how long a message waits for a relay to come back when every relay is
+        down, before it is deferred; so a short outage does not burn retry attempts for the
+        whole edition in a few seconds."""
         if not relays:
             raise DeliveryError("the SMTP transport needs at least one relay")
+        self.down_wait = down_wait
+        self._monotonic = monotonic
         self.pools = [RelayPool(r, local_hostname=local_hostname, monotonic=monotonic)
                       for r in relays]
         self._current = [0] * len(self.pools)
@@ -358,10 +363,15 @@ class SMTPTransport:
         payload = dot_stuff(data)
         tried: set[int] = set()
         reason = "every relay is down"
+        give_up = self._monotonic() + self.down_wait
         while True:
             index = self._choose(tried)
             if index is None:
-                return SendResult(NO_REPLY, f"no relay reachable ({reason})")
+                wait = min(p.down_until for p in self.pools) - self._monotonic()
+                if tried or self._monotonic() + max(wait, 0) > give_up:
+                    return SendResult(NO_REPLY, f"no relay reachable ({reason})")
+                await asyncio.sleep(max(wait, 0.01))
+                continue
             pool = self.pools[index]
             try:
                 result = await pool.send(envelope_from, recipient, payload)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,10 @@ def wait_for(server: SMTPServer, count: int, proc: subprocess.Popen[bytes]) -> N
 
 
 @pytest.fixture
-def slow_server() -> SMTPServer:
+def slow_server() -> Iterator[SMTPServer]:
     # A little latency per message keeps several messages in flight when the signal lands.
     server = SMTPServer(RecordingHandler(delay=0.01)).start()
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 

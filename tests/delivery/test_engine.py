@@ -14,6 +14,7 @@ from mailer.delivery.smtp import SMTPTransport
 from mailer.models import OutboxState
 from tests.delivery.helpers import (
     FakeClock,
+    Rcpt,
     directory,
     make_edition,
     message,
@@ -106,7 +107,7 @@ async def test_paused_edition_is_not_sent_until_resumed(sqlite_db: Engine,
     outbox.enqueue(edition, people)
     transport = SMTPTransport([relay(smtp_server.port)])
 
-    def engine_run() -> DeliveryEngine[object]:  # type: ignore[type-var]
+    def engine_run() -> DeliveryEngine[Rcpt]:
         return DeliveryEngine(outbox, transport, recipients=directory(people), message_for=message,
                               envelope_from="b@example.org", settings=settings(),
                               clock=FakeClock())
@@ -142,7 +143,7 @@ async def test_deferred_row_is_retried_after_backoff(sqlite_db: Engine) -> None:
         outbox.enqueue(edition, people)
         transport = SMTPTransport([relay(server.port, connections=1)])
 
-        def make() -> DeliveryEngine[object]:  # type: ignore[type-var]
+        def make() -> DeliveryEngine[Rcpt]:
             return DeliveryEngine(outbox, transport, recipients=directory(people),
                                   message_for=message, envelope_from="b@example.org",
                                   settings=settings(), clock=clock, rand=lambda: 0.0)

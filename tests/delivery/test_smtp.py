@@ -198,7 +198,7 @@ async def test_relay_down_fails_over_and_comes_back(server_factory: type[SMTPSer
 
 
 async def test_every_relay_down_defers() -> None:
-    transport = SMTPTransport([relay(free_port()), relay(free_port())])
+    transport = SMTPTransport([relay(free_port()), relay(free_port())], down_wait=0.0)
     result = await transport.send("f@example.org", "u@example.org", MSG)
     await transport.aclose()
     assert result.code == NO_REPLY
@@ -284,3 +284,19 @@ async def test_outcomes_reach_the_outbox_per_state(sqlite_db: Engine,
     counts = Outbox(sqlite_db, FakeClock()).counts_by_domain(1)
     assert counts["163.com"][OutboxState.CONTENT_REJECTED] == 3
     assert counts["qq.com"][OutboxState.SENT] == 3
+
+
+async def test_a_short_outage_of_every_relay_is_waited_out(
+        server_factory: type[SMTPServer]) -> None:
+    port = free_port()
+    impatient = SMTPTransport([relay(port)], down_wait=0.0)
+    patient = SMTPTransport([relay(port)], down_wait=10.0)
+    assert (await impatient.send("f@example.org", "u@example.org", MSG)).code == NO_REPLY
+    assert (await patient.send("f@example.org", "u@example.org", MSG)).code == NO_REPLY
+    server = server_factory(RecordingHandler(), port=port).start()
+    # Both relays are cooling off now: one gives up at once, the other waits and then sends.
+    assert (await impatient.send("f@example.org", "u@example.org", MSG)).code == NO_REPLY
+    assert (await patient.send("f@example.org", "u@example.org", MSG)).code == 250
+    await impatient.aclose()
+    await patient.aclose()
+    assert len(server.received) == 1

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -82,7 +82,7 @@ class RecordingHandler:
         reply = self._fault("data", envelope)
         if reply == "drop":
             assert server.transport is not None
-            server.transport.abort()
+            cast(asyncio.Transport, server.transport).abort()
             return "421 closing"
         if reply:
             return reply
@@ -93,14 +93,14 @@ class RecordingHandler:
         return "250 2.0.0 Ok: queued"
 
 
-class _EphemeralController(Controller):  # type: ignore[misc]
+class _EphemeralController(Controller):
     """aiosmtpd 1.4 connects to ``self.port`` to check readiness, which fails for port 0:
     learn the bound port first."""
 
     def _trigger_server(self) -> None:
         if not self.port and self.server is not None:
-            self.port = int(self.server.sockets[0].getsockname()[1])
-        super()._trigger_server()
+            self.port = int(cast(asyncio.Server, self.server).sockets[0].getsockname()[1])
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class SMTPServer:
@@ -118,7 +118,7 @@ class SMTPServer:
     def port(self) -> int:
         server = self.controller.server
         assert server is not None
-        return int(server.sockets[0].getsockname()[1])
+        return int(cast(asyncio.Server, server).sockets[0].getsockname()[1])
 
     @property
     def received(self) -> list[Received]:
