@@ -281,10 +281,17 @@ class SenderWorker:
         if await asyncio.to_thread(app.outbox.unfinished, edition_id) == 0:
             try:
                 app.editions.set_state(edition_id, EditionState.SENT)
-                report.finished.append(edition_id)
-                log.info("edition %d: every row has its outcome; marked sent", edition_id)
             except EditionError:
-                pass  # another worker (or the scheduler) marked it first, or an editor acted
+                return  # another worker (or the scheduler) marked it first, or an editor acted
+            report.finished.append(edition_id)
+            log.info("edition %d: every row has its outcome; marked sent", edition_id)
+            # Only the worker whose compare-and-set won gets here, so the editors hear it once.
+            from mailer.editions.notify import Notifier
+
+            try:
+                await Notifier.for_app(app).sent(app.editions.info(edition_id))
+            except Exception:
+                log.exception("edition %d: the editors' report could not be sent", edition_id)
 
 
 @cli.command("worker")

@@ -52,12 +52,14 @@ class CountingHandler:
         return "250 2.0.0 Ok: queued"
 
 
-def write_config(tmp: Path, db_url: str, smtp_port: int, *, connections: int = 2) -> Path:
+def write_config(tmp: Path, db_url: str, smtp_port: int, *, connections: int = 2,
+                 editors: tuple[str, ...] = ()) -> Path:
     text = f"""
 [newsletter]
 from = "Digest <digest@example.org>"
 public_url = "https://news.example.org"
 languages = ["en", "zh-Hans"]
+editors = [{", ".join(f'"{e}"' for e in editors)}]
 
 [storage]
 database = "{db_url}"

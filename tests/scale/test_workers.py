@@ -44,8 +44,9 @@ def sink() -> Iterator[CountingHandler]:
     server.stop()
 
 
-def _app(tmp_path: Path, db_url: str, sink: CountingHandler, connections: int = 2) -> App:
-    cfg = write_config(tmp_path, db_url, sink.port, connections=connections)
+def _app(tmp_path: Path, db_url: str, sink: CountingHandler, connections: int = 2,
+         editors: tuple[str, ...] = ()) -> App:
+    cfg = write_config(tmp_path, db_url, sink.port, connections=connections, editors=editors)
     return App.from_path(cfg, environ={})
 
 
@@ -70,7 +71,7 @@ def _states(app: App, edition_id: int) -> dict[OutboxState, int]:
 
 async def test_two_workers_share_an_edition_without_overlap(
         tmp_path: Path, db_url: str, sink: CountingHandler) -> None:
-    first = _app(tmp_path, db_url, sink)
+    first = _app(tmp_path, db_url, sink, editors=("eds@example.net",))
     addresses = seed_subscribers(first, 160)
     edition_id = make_edition(first)
     assert start_edition(first, edition_id) == 160
@@ -81,6 +82,7 @@ async def test_two_workers_share_an_edition_without_overlap(
     reports = await asyncio.gather(*(w.run(handle_signals=False) for w in workers))
     assert all(r.sent > 0 for r in reports), [r.summary() for r in reports]
     assert sum(r.sent for r in reports) == 160
+    assert sink.per_rcpt.pop("eds@example.net") == 1  # one "sent" report, from the CAS winner
     assert sink.per_rcpt == dict.fromkeys(addresses, 1)
     assert _states(first, edition_id) == {OutboxState.SENT: 160}
     assert first.editions.info(edition_id).state is EditionState.SENT
