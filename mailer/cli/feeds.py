@@ -42,7 +42,10 @@ def poll_command(app: App) -> None:
     ))
     click.echo(_summary(report))
     for outcome in report.outcomes:
-        if outcome.error:
+        if outcome.error and outcome.failing_since is not None:
+            click.echo(f"still failing since {_when(outcome.failing_since)}: "
+                       f"{redact(outcome.url)}: {outcome.error}", err=True)
+        elif outcome.error:
             click.echo(f"failed: {redact(outcome.url)}: {outcome.error}", err=True)
     if report.failed:
         # FeedError's exit code is 1; run_cli prints it as the one error line.

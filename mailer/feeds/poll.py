@@ -37,6 +37,7 @@ class FeedOutcome:
     error: str | None = None
     warning: str | None = None
     changed: bool = False
+    failing_since: datetime | None = None  # set while failing: when the failures began
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ async def _poll_one(feed: FeedSettings, state: FeedState, *, store: PostStore,
         log.warning("feed %s is failing: %s", redact(feed.url), message)
     else:
         log.debug("feed %s still failing: %s", redact(feed.url), message)
-    return FeedOutcome(feed.url, error=message, changed=changed)
+    since = None if changed else state.failing_since
+    return FeedOutcome(feed.url, error=message, changed=changed, failing_since=since)
 
 
 def _reason(exc: FeedError) -> str:

@@ -56,6 +56,9 @@ def test_poll_exits_1_when_a_feed_fails_but_stores_the_rest(
     assert out.out.startswith("2 new posts from 2 feeds")
     assert missing in out.err
 
+    assert run_cli(["--config", str(cfg), "poll"]) == 1
+    assert capsys.readouterr().err.startswith("still failing since ")
+
     assert run_cli(["--config", str(cfg), "feeds"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split("\t")[1] == "ok"
