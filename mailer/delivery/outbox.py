@@ -186,6 +186,7 @@ class Outbox:
                 lease_owner=None, lease_expires_at=None, updated_at=now,
             )
         )
+        # In id order: concurrent transactions then lock rows in one order (no deadlock cycle).
         params = [
             {
                 "b_id": o.subscriber_id, "b_state": o.state.value, "b_code": o.code,
@@ -193,7 +194,7 @@ class Outbox:
                 "b_next": o.next_attempt_at,
                 "b_sent": now if o.state is OutboxState.SENT else None,
             }
-            for o in outcomes
+            for o in sorted(outcomes, key=lambda o: o.subscriber_id)
         ]
         if conn is None:
             with self.engine.begin() as own:
@@ -204,15 +205,30 @@ class Outbox:
         return max(int(result.rowcount), 0)
 
     def renew(self, edition_id: int, owner: str, lease: timedelta) -> int:
-        """Extend the lease on this owner's rows, so a long batch is not taken over mid-send."""
+        """Extend the lease on this owner's rows, so a long batch is not taken over mid-send.
+
+        Only rows it can lock at once (SKIP LOCKED): a plain UPDATE over all of them locks in a
+        different order from the group commit that is recording some of the same rows, and
+        PostgreSQL then aborts one with "deadlock detected" (found by the workers test, issue 9).
+        A row being recorded needs no renewal.
+        """
         now = self.clock()
+        mine = (
+            select(outbox.c.subscriber_id)
+            .where(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
+                   outbox.c.state == OutboxState.SENDING.value)
+            .with_for_update(skip_locked=True)
+            .cte("mine").prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        if self.engine.dialect.name == "sqlite":
+            # One writer at a time, so no deadlock; and pysqlite reports no rowcount after WITH.
+            where = and_(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
+                         outbox.c.state == OutboxState.SENDING.value)
+        else:
+            where = and_(outbox.c.edition_id == edition_id,
+                         outbox.c.subscriber_id.in_(select(mine.c.subscriber_id)))
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(outbox)
-                .where(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
-                       outbox.c.state == OutboxState.SENDING.value)
-                .values(lease_expires_at=now + lease)
-            )
+            result = conn.execute(update(outbox).where(where).values(lease_expires_at=now + lease))
         return int(result.rowcount)
 
     def release(self, edition_id: int, owner: str) -> int:

@@ -136,3 +136,17 @@ def test_report_counts_each_outcome_per_domain(db: Engine) -> None:
     assert "qq.com" in text
     assert "content_rejected" in text
     assert "@" not in text
+
+
+def test_renew_keeps_a_long_batch_from_being_taken_over(db: Engine) -> None:
+    clock = FakeClock()
+    box = Outbox(db, clock)
+    ed = make_edition(db)
+    box.enqueue(ed, recipients(3))
+    box.claim(ed, 10, "slow", LEASE)
+    clock.advance(LEASE * 0.9)
+    assert box.renew(ed, "slow", LEASE) == 3
+    clock.advance(LEASE * 0.9)
+    assert box.claim(ed, 10, "other", LEASE) == []  # without the renewal these would go
+    clock.advance(LEASE * 0.2)
+    assert len(box.claim(ed, 10, "other", LEASE)) == 3
