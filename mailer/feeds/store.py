@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
 
 from mailer.clock import Clock, as_utc
 from mailer.config import FeedSettings
@@ -151,7 +152,19 @@ class PostStore:
 
     def record_success(self, feed_id: int, validators: Validators, found: Sequence[Post], *,
                        backlog_days: int) -> StoreResult:
-        """Store one poll's posts and the feed's new validators in a single transaction."""
+        """Store one poll's posts and the feed's new validators in a single transaction.
+
+        Two pollers racing on one feed (the daemon and a hand-run ``newsletter poll``) can both
+        find a post missing and both insert it; the unique (feed, guid) key stops the second,
+        which then reads again and finds the post stored: once, as it must be.
+        """
+        try:
+            return self._record_success(feed_id, validators, found, backlog_days=backlog_days)
+        except IntegrityError:
+            return self._record_success(feed_id, validators, found, backlog_days=backlog_days)
+
+    def _record_success(self, feed_id: int, validators: Validators, found: Sequence[Post], *,
+                        backlog_days: int) -> StoreResult:
         now = self.clock()
         with self.engine.begin() as conn:
             first = conn.execute(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from mailer.config import FeedSettings
+from mailer.db import open_engine
 from mailer.feeds.fetch import Validators
-from mailer.feeds.store import FeedStatus, PostStore
+from mailer.feeds.store import FeedStatus, PostStore, StoreResult
 from mailer.models import Post, PostImage
 from mailer.schema import posts as posts_table
 from tests.feeds.conftest import NOW, Clock
@@ -139,3 +140,27 @@ def test_timestamps_are_aware_utc(store: PostStore) -> None:
     state = store.feed("https://b.example/feed")
     assert state is not None
     assert state.last_success_at == datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def test_two_pollers_racing_store_each_post_once(db_url: str, clock: Clock) -> None:
+    engine_a, engine_b = open_engine(db_url), open_engine(db_url)
+    a, b = PostStore(engine_a, clock), PostStore(engine_b, clock)
+    fid = _feed(a)
+    found = [_post("x"), _post("y")]
+    raced: list[StoreResult] = []
+
+    def other_poller_first(conn: object, cursor: object, statement: str, *args: object) -> None:
+        # Just before A inserts, B (another process, another connection) stores the same posts.
+        if statement.lstrip().upper().startswith("INSERT INTO POSTS") and not raced:
+            raced.append(b.record_success(fid, Validators(), found, backlog_days=7))
+
+    event.listen(engine_a, "before_cursor_execute", other_poller_first)
+    try:
+        result = a.record_success(fid, Validators(), found, backlog_days=7)
+    finally:
+        event.remove(engine_a, "before_cursor_execute", other_poller_first)
+        engine_b.dispose()
+    assert raced[0].new == 2
+    assert (result.new, result.unchanged) == (0, 2)
+    assert sorted(p.guid for p in a.list_posts()) == ["x", "y"]
+    engine_a.dispose()
