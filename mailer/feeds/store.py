@@ -107,6 +107,12 @@ class PostStore:
 
     def ensure_feeds(self, configured: Sequence[FeedSettings]) -> dict[str, FeedState]:
         """Make sure each configured feed has a row; return the states by URL."""
+        try:
+            return self._ensure_feeds(configured)
+        except IntegrityError:  # another process added the same feed a moment ago
+            return self._ensure_feeds(configured)
+
+    def _ensure_feeds(self, configured: Sequence[FeedSettings]) -> dict[str, FeedState]:
         with self.engine.begin() as conn:
             known = {r["url"]: r for r in conn.execute(select(feeds)).mappings()}
             for f in configured:

@@ -164,3 +164,24 @@ def test_two_pollers_racing_store_each_post_once(db_url: str, clock: Clock) -> N
     assert (result.new, result.unchanged) == (0, 2)
     assert sorted(p.guid for p in a.list_posts()) == ["x", "y"]
     engine_a.dispose()
+
+
+def test_two_processes_adding_the_same_feed(db_url: str, clock: Clock) -> None:
+    engine_a, engine_b = open_engine(db_url), open_engine(db_url)
+    a, b = PostStore(engine_a, clock), PostStore(engine_b, clock)
+    feeds = [FeedSettings(url="https://race.example/feed")]
+    done: list[int] = []
+
+    def other_process_first(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO FEEDS") and not done:
+            done.append(b.ensure_feeds(feeds)["https://race.example/feed"].id)
+
+    event.listen(engine_a, "before_cursor_execute", other_process_first)
+    try:
+        states = a.ensure_feeds(feeds)
+    finally:
+        event.remove(engine_a, "before_cursor_execute", other_process_first)
+        engine_b.dispose()
+    assert states["https://race.example/feed"].id == done[0]
+    assert len(a.list_feeds()) == 1
+    engine_a.dispose()
