@@ -116,3 +116,16 @@ def test_parse_replies_reads_whole_replies_only(replies: list[tuple[int, list[st
     part, used_part = parse_replies(wire[:cut])
     assert part == got[: len(part)]
     assert used_part <= min(cut, len(wire))
+
+
+@given(st.integers(-5, 700), st.text(max_size=200), st.integers(1, 20),
+       st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=10)),
+       st.floats(0, 1, exclude_max=True))
+def test_every_reply_gets_exactly_one_outcome(code: int, reply: str, attempts: int,
+                                              age: timedelta, rand: float) -> None:
+    d = C.decide(SendResult(code, reply), attempts=attempts, age=age, rand=rand)
+    assert d.state in {OutboxState.SENT, OutboxState.DEFERRED, OutboxState.FAILED,
+                       OutboxState.BOUNCED, OutboxState.CONTENT_REJECTED}
+    assert (d.retry_in is not None) == (d.state is OutboxState.DEFERRED)
+    if d.retry_in is not None:
+        assert age + d.retry_in <= C.max_age

@@ -300,3 +300,42 @@ async def test_a_short_outage_of_every_relay_is_waited_out(
     await impatient.aclose()
     await patient.aclose()
     assert len(server.received) == 1
+
+
+async def test_weights_share_traffic_between_relays(server_factory: type[SMTPServer]) -> None:
+    heavy, light = serve(server_factory), serve(server_factory)
+    transport = SMTPTransport([relay(heavy.port, weight=3), relay(light.port, weight=1)])
+    for i in range(40):
+        assert (await transport.send("f@example.org", f"u{i}@example.org", MSG)).code == 250
+    await transport.aclose()
+    assert (len(heavy.received), len(light.received)) == (30, 10)
+
+
+async def test_non_ascii_address_uses_smtputf8_only_where_offered(
+        server_factory: type[SMTPServer]) -> None:
+    utf8 = serve(server_factory)
+    plain = serve(server_factory, enable_SMTPUTF8=False)
+    t_utf8 = SMTPTransport([relay(utf8.port)])
+    t_plain = SMTPTransport([relay(plain.port)])
+    ok = await t_utf8.send("f@example.org", "读者@example.org", MSG)
+    refused = await t_plain.send("f@example.org", "读者@example.org", MSG)
+    ascii_ok = await t_plain.send("f@example.org", "reader@example.org", MSG)
+    await t_utf8.aclose()
+    await t_plain.aclose()
+    assert ok.code == 250
+    assert utf8.received[0].rcpt_tos == ["读者@example.org"]
+    assert refused.code == 553  # permanent for this relay: failed, never sent garbled
+    assert ascii_ok.code == 250
+    assert len(plain.received) == 1
+
+
+async def test_a_line_break_in_an_address_never_reaches_the_relay(
+        server_factory: type[SMTPServer]) -> None:
+    server = serve(server_factory)
+    transport = SMTPTransport([relay(server.port)])
+    result = await transport.send("f@example.org", "a@example.org>\r\nRCPT TO:<b@example.org", MSG)
+    ok = await transport.send("f@example.org", "c@example.org", MSG)
+    await transport.aclose()
+    assert result.code == 501
+    assert ok.code == 250
+    assert [r.rcpt_tos for r in server.received] == [["c@example.org"]]
