@@ -128,7 +128,11 @@ class DatabaseLock:
 
     async def acquire_async(self, wait: bool = True,
                             timeout: float | None = None) -> bool:  # noqa: ASYNC109
-        """``acquire`` for an event loop: each try is one short query; the wait is asyncio.sleep."""
+        """``acquire`` for an event loop: each try is one short query; the wait is asyncio.sleep.
+
+        The try runs on the loop, not in a thread: a cancelled thread would go on and could take
+        the lock after its caller gave up and released (and share the session with ``release``).
+        """
         if self._held:
             return True
         loop = asyncio.get_running_loop()
