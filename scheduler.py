@@ -42,6 +42,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from mailer import pipeline
 from mailer.app import App
 from mailer.config import Config, load_config
 from mailer.db import open_engine
@@ -54,7 +55,7 @@ from mailer.editions.runner import (
 )
 from mailer.editions.store import Decision
 from mailer.errors import ConfigError, EditionError, LockError, NewsletterError
-from mailer.lock import DatabaseLock
+from mailer.lock import DAEMON_LOCK, DatabaseLock
 from mailer.models import EditionState
 
 __all__ = [
@@ -69,7 +70,7 @@ __all__ = [
 
 log = logging.getLogger("newsletter.scheduler")
 
-LOCK_NAME = "scheduler"
+LOCK_NAME = DAEMON_LOCK  # kept for callers that know the daemon by this name
 JOBS_TABLE = "scheduler_jobs"
 TICK_EVERY = timedelta(seconds=30)
 EDITION_JOB = "edition:"
@@ -136,39 +137,17 @@ SendFn = Callable[[App, int, asyncio.Event], Awaitable[object]]
 AppFn = Callable[[App], Awaitable[object]]
 
 
-def _pipeline(name: str) -> Callable[..., Any]:
-    """The lead's pipeline functions, looked up when called so the daemon has no import cycle."""
-    import mailer.pipeline as pipeline  # type: ignore[import-not-found,unused-ignore]
-
-    fn = getattr(pipeline, name, None)
-    if fn is None:
-        raise NewsletterError(f"mailer.pipeline.{name} is not available")
-    return fn  # type: ignore[no-any-return]
-
-
-async def _maybe_await(value: object) -> object:
-    return await value if inspect.isawaitable(value) else value
-
-
 async def default_poll(app: App) -> object:
-    return await _maybe_await(_pipeline("poll")(app))
+    return await pipeline.poll(app)
 
 
 async def default_send(app: App, edition_id: int, stop: asyncio.Event) -> object:
-    """``mailer.pipeline.send_edition``; given ``stop`` if it accepts it (finish, claim no more)."""
-    fn = _pipeline("send_edition")
-    if "stop" in inspect.signature(fn).parameters:
-        return await _maybe_await(fn(app, edition_id, stop=stop))
-    return await _maybe_await(fn(app, edition_id))
+    """``mailer.pipeline.send_edition`` with the daemon's ``stop``: finish in flight, claim no more."""
+    return await pipeline.send_edition(app, edition_id, stop=stop)
 
 
 async def default_check_mirrors(app: App) -> object:
-    mirrors = getattr(app, "mirrors", None)
-    check = getattr(mirrors, "check", None)
-    if check is None:
-        log.debug("no mirror health check is available")
-        return None
-    return await _maybe_await(check())
+    return await app.mirrors.check()
 
 
 @dataclass(frozen=True)
@@ -200,7 +179,10 @@ async def job_digest(**_: object) -> None:
 
 
 async def job_tick(**_: object) -> None:
-    await _daemon().process_due()
+    daemon = _daemon()
+    # Operators rotate mirrors by editing the config: pick that up without a restart or SIGHUP.
+    daemon.app.mirrors.reload_if_changed(daemon.app.config.path)
+    await daemon.process_due()
 
 
 async def job_edition(edition_id: int, **_: object) -> None:
@@ -461,12 +443,8 @@ class Daemon:
             log.warning("[delivery] changed: restart the daemon for relays to change")
         self.app.config = new
         self.app.__dict__.pop("editions", None)  # require_approval may have changed
-        mirrors = getattr(self.app, "mirrors", None)
-        if mirrors is not None and hasattr(mirrors, "reload"):
-            try:
-                mirrors.reload(new.path)
-            except NewsletterError as exc:
-                log.error("mirror reload failed: %s", exc)
+        # The registry validates [mirrors] itself and keeps the last good set when that fails.
+        self.app.mirrors.reload(new.path)
         self.notifier = Notifier.for_app(self.app)
         if self._scheduler is not None:
             self._install_jobs()

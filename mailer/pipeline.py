@@ -20,6 +20,9 @@ import httpx
 from mailer.app import App
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
 from mailer.delivery.outbox import OutboxRow
+from mailer.editions.notify import Notifier
+from mailer.editions.runner import process_due
+from mailer.editions.store import Decision
 from mailer.errors import EditionError
 from mailer.feeds.poll import PollReport, poll_feeds
 from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
@@ -152,11 +155,14 @@ class SendSummary:
     report: DeliveryReport
 
 
-async def send_edition(app: App, edition_id: int, *, progress: bool = False) -> SendSummary:
+async def send_edition(app: App, edition_id: int, *, progress: bool = False,
+                       stop: asyncio.Event | None = None) -> SendSummary:
     """Enqueue every active subscriber once, then deliver until nothing is due.
 
     Safe to call again after a crash: enqueueing is idempotent and the outbox only hands out
-    rows whose reply is not yet known.
+    rows whose reply is not yet known. With ``stop`` (the daemon's), the caller owns SIGTERM:
+    when it is set, messages in flight finish and nothing more is claimed. Without it, the
+    engine handles SIGTERM/SIGINT itself (``newsletter send``).
     """
     prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
     info = app.editions.info(edition_id)
@@ -175,11 +181,23 @@ async def send_edition(app: App, edition_id: int, *, progress: bool = False) -> 
         on_bounce=lambda sid: app.subscribers.set_state(sid, "bounced"),
         progress=progress,
     )
-    report = await engine.run(edition_id)
+    if stop is None:
+        report = await engine.run(edition_id)
+    else:
+        watcher = asyncio.create_task(_stop_when_set(stop, engine))
+        try:
+            report = await engine.run(edition_id, handle_signals=False)
+        finally:
+            watcher.cancel()
     record_exposure(app.engine, edition_id, prepared.exposure, app.clock())
     if app.outbox.unfinished(edition_id) == 0 and app.editions.info(edition_id).state is EditionState.SENDING:
         app.editions.set_state(edition_id, EditionState.SENT)
     return SendSummary(edition_id, enqueued, report)
+
+
+async def _stop_when_set(stop: asyncio.Event, engine: DeliveryEngine[Recipient]) -> None:
+    await stop.wait()
+    engine.stop("signal")
 
 
 async def send_new_posts(app: App, *, progress: bool = False) -> SendSummary | None:
@@ -196,19 +214,38 @@ async def send_new_posts(app: App, *, progress: bool = False) -> SendSummary | N
 
 @dataclass(frozen=True)
 class RunSummary:
+    """What one pass did: the poll, the sends, editors' editions decided, a held edition."""
+
     poll: PollReport
     sends: tuple[SendSummary, ...]
+    decisions: tuple[tuple[int, Decision], ...] = ()
+    held: int | None = None
     sample_subscribers: int = 0
 
 
 async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = False) -> RunSummary:
-    """``run --once``: poll once, send what is due, and send new posts as an edition now."""
+    """``run --once``: one pass of what the daemon does, under the same send policy.
+
+    Editors' scheduled editions go through the policy first (approval gate, misfire grace);
+    then the feeds are polled and new posts go out as an edition now — or, when approval is
+    required, become an edition held for the editors.
+    """
     seeded = ensure_sample_subscribers(app, notice)
-    report = await poll(app)
-    sends = []
-    for edition_id in app.editions.due(app.clock()):
+    sends: list[SendSummary] = []
+
+    async def send(edition_id: int) -> None:
         sends.append(await send_edition(app, edition_id, progress=progress))
-    fresh = await send_new_posts(app, progress=progress)
-    if fresh is not None:
-        sends.append(fresh)
-    return RunSummary(report, tuple(sends), seeded)
+
+    decisions = await process_due(app, send)
+    report = await poll(app)
+    held = None
+    if app.config.newsletter.require_approval:
+        held = app.editions.create()
+        if held is not None:
+            app.editions.hold(held, "new posts awaiting an editor's approval")
+            await Notifier.for_app(app).held(app.editions.info(held))
+    else:
+        fresh = await send_new_posts(app, progress=progress)
+        if fresh is not None:
+            sends.append(fresh)
+    return RunSummary(report, tuple(sends), tuple(decisions), held, seeded)
