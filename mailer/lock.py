@@ -35,7 +35,10 @@ from mailer.clock import Clock, as_utc, system_clock
 from mailer.errors import LockError
 from mailer.schema import daemon_lock
 
-__all__ = ["DEFAULT_LEASE", "DatabaseLock", "LockHolder", "advisory_key", "default_owner"]
+__all__ = ["DAEMON_LOCK", "DEFAULT_LEASE", "DatabaseLock", "LockHolder", "advisory_key", "default_owner"]
+
+# The lock the daemon and ``run --once`` hold: one scheduler per database.
+DAEMON_LOCK = "scheduler"
 
 log = logging.getLogger("newsletter.lock")
 
