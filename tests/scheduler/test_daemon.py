@@ -377,3 +377,24 @@ async def test_end_to_end_poll_then_digest_at_its_time(
     assert mail.message().get_body(("html",)) is not None
     assert [path for path, _ in http_server.requests] == ["/feed.xml"]  # polled once
     app.engine.dispose()
+
+
+async def test_editing_mirrors_in_the_config_takes_effect_without_restart_or_sighup(
+        tmp_path: Path, db_url: str) -> None:
+    """Operators rotate mirrors by editing the file; the daemon's tick picks the change up."""
+    import scheduler
+
+    sites = ('\n[[mirrors.sites]]\nurl = "https://old-mirror.example.net"\nstatus = "active"\n'
+             '\n[[mirrors.sites]]\nurl = "https://new-mirror.example.net"\nstatus = "reserve"\n')
+    config = write_config(tmp_path, db_url, extra=sites)
+    async with daemon(config) as d:
+        assert d.app.mirrors.candidates() == ("https://old-mirror.example.net",)
+        rotated = config.read_text(encoding="utf-8").replace('status = "active"', 'status = "retired"')
+        config.write_text(rotated.replace('status = "reserve"', 'status = "active"'), encoding="utf-8")
+        await scheduler.job_tick()
+        assert d.app.mirrors.candidates() == ("https://new-mirror.example.net",)
+        # A broken edit is refused and the last good set stays in use.
+        config.write_text(rotated.replace('url = "https://new-mirror.example.net"', 'url = "not a url"'),
+                          encoding="utf-8")
+        await scheduler.job_tick()
+        assert d.app.mirrors.candidates() == ("https://new-mirror.example.net",)
