@@ -187,6 +187,9 @@ class SenderWorker:
             self._current.stop(reason)
 
     async def run(self, *, handle_signals: bool = True) -> WorkerReport:
+        # Open the key file now: a worker with a missing or different key must fail at start
+        # (exit 2, KeyStoreError), not when the first edition comes due.
+        await asyncio.to_thread(lambda: self.app.subscribers)
         report = WorkerReport(self.owner)
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []

@@ -22,6 +22,7 @@ from mailer.cli.worker import (
     editions_with_work,
     start_edition,
 )
+from mailer.errors import KeyStoreError
 from mailer.models import EditionState, OutboxState
 from mailer.schema import outbox
 from tests.scale.helpers import (
@@ -153,6 +154,23 @@ def test_renew_skips_rows_locked_by_a_commit_in_progress(
         txn.rollback()
     assert box.renew(edition_id, "w", timedelta(minutes=5)) == 10
     app.engine.dispose()
+
+
+async def test_a_worker_without_the_key_file_refuses_to_start(
+        tmp_path: Path, db_url: str, sink: CountingHandler) -> None:
+    app = _app(tmp_path, db_url, sink)
+    seed_subscribers(app, 5)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    text = app.config.path.read_text(encoding="utf-8")
+    (other / "newsletter.toml").write_text(
+        text.replace(str(tmp_path / "keys.json"), str(other / "keys.json")), encoding="utf-8")
+    stray = App.from_path(other / "newsletter.toml", environ={})
+    with pytest.raises(KeyStoreError):
+        await SenderWorker(stray, once=True).run(handle_signals=False)
+    assert not (other / "keys.json").exists()  # no new key made up for a list that has one
+    for a in (app, stray):
+        a.engine.dispose()
 
 
 async def test_worker_leaves_paused_editions_alone(
