@@ -18,8 +18,8 @@ __all__ = ["LANGUAGES", "declared_language", "detect_language", "script_counts"]
 LANGUAGES = ("en", "zh-Hans", "zh-Hant", "mixed")
 
 # Enough text to decide; a long post is not more certain, only slower to convert.
-_SAMPLE = 3000
-_HAN_SAMPLE = 400
+_SAMPLE = 8000
+_HAN_SAMPLE = 240
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
 _WORD = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*")

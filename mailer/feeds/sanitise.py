@@ -148,20 +148,26 @@ class _Fixer:
         if name == "a" and not style_work:
             return _HREF.sub(self._href, m.group(0))  # only the link changes: skip the rebuild
         attrs = {k: html.unescape(v) for k, v in _ATTR.findall(raw)}
+        changed = False
         if "style" in attrs and (not attrs["style"].strip() or _HIDING.search(attrs["style"])):
             del attrs["style"]
+            changed = True
         for key in ("href", "src", "cite"):
             if key in attrs:
                 fixed = self._url(name, key, attrs[key])
                 if fixed is None:
                     del attrs[key]
-                else:
+                    changed = True
+                elif fixed != attrs[key]:
                     attrs[key] = fixed
+                    changed = True
         if name == "img":
             src = attrs.get("src")
             if not src or _is_tracker(src, attrs):
                 return ""
             self.images.append(PostImage(url=src, alt=attrs.get("alt", "")))
+            if changed is False and src.startswith(("http://", "https://")):
+                return m.group(0)  # nothing to rewrite: keep nh3's own serialisation
         return f"<{name}{_attr_text(attrs)}>"
 
     def _href(self, m: re.Match[str]) -> str:

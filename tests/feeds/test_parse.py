@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import html
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape as xml_escape
 
@@ -221,3 +222,13 @@ def test_arbitrary_bytes_are_a_feed_or_not_a_feed(data: bytes) -> None:
     except NotAFeedError:
         return
     assert all(p.language in ("en", "zh-Hans", "zh-Hant", "mixed") for p in feed.posts)
+
+
+def test_a_long_english_post_with_a_chinese_half_is_mixed() -> None:
+    english = "<p>" + "The court hearing was postponed again and families waited outside. " * 12 + "</p>"
+    chinese = "<p>" + "法院再次推迟了开庭，家属们在门外等候了六个小时。" * 12 + "</p>"
+    content = html.escape(english * 14 + chinese * 8)  # the Chinese half starts past 11 KB
+    body = (f'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>'
+            f'<entry><id>urn:m:1</id><title>Hearing postponed</title>'
+            f'<content type="html">{content}</content></entry></feed>').encode()
+    assert parse_feed(body, feed_url="x").posts[0].language == "mixed"
