@@ -305,6 +305,7 @@ class DeliveryEngine(Generic[R]):
         workers = [asyncio.create_task(self._worker(edition_id, queue, commits))
                    for _ in range(self.concurrency)]
         renewer = asyncio.create_task(self._renew(edition_id))
+        watcher = asyncio.create_task(self._watch(edition_id))
         self._lanes = {}
         # One slot per connection: what is in flight never exceeds it (the duplicate bound).
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -320,9 +321,10 @@ class DeliveryEngine(Generic[R]):
                 await queue.put(None)
             results = await asyncio.gather(*workers, return_exceptions=True)
             await commits.close()
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            for task in (renewer, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             released = await asyncio.to_thread(self.outbox.release, edition_id, self.owner)
             if released:
                 log.info("released %d claimed rows that were not sent", released)
@@ -359,7 +361,9 @@ class DeliveryEngine(Generic[R]):
                 return "error"
             state = await asyncio.to_thread(self.outbox.edition_state, edition_id)
             if state in STOP_STATES:
-                log.info("edition %d is %s: stopping after the messages in flight", edition_id, state)
+                # Rows already claimed but not yet on a connection (queued for a worker or a
+                # slow domain's lane) are released too, so a pause takes effect at once.
+                self.stop(str(state))
                 return str(state)
             full = {d for lane in self._lanes.values() if lane.queue.full() for d in lane.domains}
             rows = await asyncio.to_thread(self.outbox.claim, edition_id, self.batch_size,
@@ -434,6 +438,14 @@ class DeliveryEngine(Generic[R]):
                       result.code, result.reply)
         return Outcome(row.subscriber_id, decision.state, result.code, result.reply,
                        result.relay, next_at)
+
+    async def _watch(self, edition_id: int, every: float = 0.5) -> None:
+        """Notice a pause or cancel even while the producer waits on a slow domain's lane."""
+        while self._stop_reason is None:
+            await asyncio.sleep(every)
+            state = await asyncio.to_thread(self.outbox.edition_state, edition_id)
+            if state in STOP_STATES:
+                self.stop(str(state))
 
     async def _renew(self, edition_id: int) -> None:
         period = max(self.lease.total_seconds() / 3, 0.05)

@@ -137,3 +137,36 @@ def test_report_timedelta_defaults_are_sane() -> None:
     # The lease must outlive a batch at the slowest sane rate, or rows would be taken over.
     engine_lease = DeliveryEngine.__init__.__kwdefaults__["lease"]  # type: ignore[index]
     assert engine_lease >= timedelta(minutes=1)
+
+
+async def test_pause_releases_rows_waiting_in_a_slow_domain_lane(sqlite_db: Engine) -> None:
+    edition = make_edition(sqlite_db)
+    n = 30
+    Outbox(sqlite_db, FakeClock()).enqueue(edition, recipients(n, ("qq.com",)))
+    seen = {"n": 0}
+
+    def fault(step: str, envelope: object, _n: int) -> str | None:
+        if step == "data":
+            seen["n"] += 1
+            if seen["n"] == 2:
+                set_edition_state(sqlite_db, edition, "paused")
+        return None
+
+    server = SMTPServer(RecordingHandler(fault=fault)).start()
+    transport = SMTPTransport([relay(server.port, connections=2)])
+    try:
+        report = await DeliveryEngine(
+            Outbox(sqlite_db, FakeClock()), transport,
+            recipients=directory(recipients(n, ("qq.com",))), message_for=message,
+            envelope_from="b@example.org", settings=settings(domain_rates={"qq.com": 2.0}),
+            clock=FakeClock(), batch_size=10,
+        ).run(edition, handle_signals=False)
+    finally:
+        await transport.aclose()
+        server.stop()
+    assert report.stopped == "paused"
+    # The lane held up to 10 claimed rows; they were given back, not sent at 2/s after the pause.
+    assert report.sent <= 5
+    counts = Outbox(sqlite_db, FakeClock()).counts(edition)
+    assert counts[OutboxState.SENDING] == 0
+    assert counts[OutboxState.QUEUED] == n - report.sent
