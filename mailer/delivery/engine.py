@@ -349,7 +349,12 @@ class DeliveryEngine(Generic[R]):
             elapsed=self._monotonic() - started, stopped=stopped, by_relay=dict(self._by_relay),
         )
         self.progress.finish(report)
-        log.info("%s", report.summary())
+        # Structured fields for log shippers (JSON formatters read ``extra``): counts only.
+        log.info("%s", report.summary(), extra={
+            "edition_id": edition_id, "sent": report.sent, "deferred": report.deferred,
+            "failed": report.failed, "bounced": report.bounced,
+            "content_rejected": report.content_rejected, "suppressed": report.suppressed,
+            "remaining": report.remaining, "stopped": report.stopped})
         return report
 
     async def _produce(self, edition_id: int, queue: asyncio.Queue[tuple[OutboxRow, R] | None],
@@ -435,7 +440,10 @@ class DeliveryEngine(Generic[R]):
         next_at = now + decision.retry_in if decision.retry_in is not None else None
         if decision.state is not OutboxState.SENT:
             log.debug("subscriber %d: %s %s %s", row.subscriber_id, decision.state.value,
-                      result.code, result.reply)
+                      result.code, result.reply, extra={
+                          "edition_id": row.edition_id, "subscriber_id": row.subscriber_id,
+                          "domain": row.domain, "outcome": decision.state.value,
+                          "code": result.code, "relay": result.relay})
         return Outcome(row.subscriber_id, decision.state, result.code, result.reply,
                        result.relay, next_at)
 

@@ -170,3 +170,21 @@ async def test_pause_releases_rows_waiting_in_a_slow_domain_lane(sqlite_db: Engi
     counts = Outbox(sqlite_db, FakeClock()).counts(edition)
     assert counts[OutboxState.SENDING] == 0
     assert counts[OutboxState.QUEUED] == n - report.sent
+
+
+async def test_log_records_carry_structured_fields(sqlite_db: Engine,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    server = SMTPServer(RecordingHandler(fault=lambda step, env, n: "550 Mail content denied"
+                                         if step == "data" else None)).start()
+    edition = make_edition(sqlite_db)
+    Outbox(sqlite_db, FakeClock()).enqueue(edition, recipients(2, ("qq.com",)))
+    caplog.set_level(logging.DEBUG, logger="newsletter.delivery")
+    try:
+        await run_once(sqlite_db, server, edition, 2)
+    finally:
+        server.stop()
+    outcomes = [r for r in caplog.records if getattr(r, "outcome", None)]
+    assert {(r.domain, r.outcome, r.code) for r in outcomes} == {  # type: ignore[attr-defined]
+        ("qq.com", "content_rejected", 550)}
+    summary = [r for r in caplog.records if getattr(r, "stopped", None)]
+    assert summary[-1].content_rejected == 2  # type: ignore[attr-defined]
