@@ -141,13 +141,17 @@ class _Fixer:
         name, raw = m.group(1) or m.group(3), m.group(2) or m.group(4)
         # nh3 has already removed every style property outside the allowlist (display,
         # visibility, opacity, position...); of those left, only a zero size can hide text.
-        style_work = 'style=""' in raw or (
-            ("font-size" in raw or "height" in raw) and _HIDING.search(raw) is not None)
+        style_work = False
+        at = raw.find(' style="')
+        if at >= 0:
+            style = raw[at + 8:raw.find('"', at + 8)]
+            style_work = not style or (
+                ("font-size" in style or "height" in style) and _HIDING.search(style) is not None)
         if not style_work and (name not in _URL_TAGS or _LINK_DONE.fullmatch(raw)):
             return m.group(0)
         if name == "a" and not style_work:
             return _HREF.sub(self._href, m.group(0))  # only the link changes: skip the rebuild
-        attrs = {k: html.unescape(v) for k, v in _ATTR.findall(raw)}
+        attrs = {k: html.unescape(v) if "&" in v else v for k, v in _ATTR.findall(raw)}
         changed = False
         if "style" in attrs and (not attrs["style"].strip() or _HIDING.search(attrs["style"])):
             del attrs["style"]
@@ -175,6 +179,8 @@ class _Fixer:
         return "" if fixed is None else _attr_text({"href": fixed})
 
     def _url(self, tag: str, attr: str, value: str) -> str | None:
+        if value.startswith(("https://", "http://")):
+            return value
         v = value.strip()
         if v[:5].lower() == "data:":
             return v if tag == "img" and attr == "src" and _DATA_IMAGE.match(v) else None
@@ -193,11 +199,14 @@ def sanitise_html(fragment: str, base_url: str | None = None) -> SanitisedHTML:
     return SanitisedHTML(html=cleaned.strip(), images=tuple(fixer.images))
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(px)?\s*$")
+
+
 def _tiny(value: str | None) -> bool:
     if value is None:
         return False
-    m = re.match(r"\s*(\d+(?:\.\d+)?)\s*(px)?\s*$", value)
-    return bool(m) and float(m.group(1)) <= 1  # type: ignore[union-attr]
+    m = _SIZE.match(value)
+    return m is not None and float(m.group(1)) <= 1
 
 
 def _is_tracker(src: str, attrs: dict[str, str]) -> bool:
