@@ -276,7 +276,17 @@ class RelayPool:
             # RSET first in the same packet: it costs no round trip and makes sure a previous
             # transaction's state is gone (RFC 2920 lets RSET, MAIL and RCPT lead a group).
             wire.write(b"RSET\r\n" + mail + rcpt + b"DATA\r\n")
-            replies = [await wire.reply() for _ in range(4)]
+            replies: list[tuple[int, str]] = []
+            try:
+                while len(replies) < 4:
+                    replies.append(await wire.reply())
+            except _Disconnected:
+                # A relay that says 421 and hangs up answers no further command of the group;
+                # its 421 is the honest outcome, not "connection lost".
+                closing = next((r for r in replies if r[0] == 421), None)
+                if closing is None:
+                    raise
+                return self._result(conn, wire, closing)
             rset, mail_r, rcpt_r, data_r = replies
             first_bad = next((r for r in (rset, mail_r, rcpt_r) if not 200 <= r[0] < 300), None)
             if data_r[0] == 354 and first_bad is not None:

@@ -52,8 +52,10 @@ def server_factory() -> Iterator[type[SMTPServer]]:
 
 
 def serve(factory: type[SMTPServer], fault: Fault | None = None, *, pipelining: bool = False,
-          delay: float = 0.0, **kw: object) -> SMTPServer:
-    return factory(RecordingHandler(fault=fault, delay=delay, pipelining=pipelining), **kw).start()
+          delay: float = 0.0, hangup_on_421: bool = False, **kw: object) -> SMTPServer:
+    handler = RecordingHandler(fault=fault, delay=delay, pipelining=pipelining,
+                               hangup_on_421=hangup_on_421)
+    return factory(handler, **kw).start()
 
 
 async def deliver(db: Engine, port: int, n: int, *, connections: int = 2,
@@ -104,11 +106,12 @@ async def test_connections_are_reused(sqlite_db: Engine, server_factory: type[SM
     assert server.handler.ehlos == 2
 
 
+@pytest.mark.parametrize("hangup", [False, True], ids=["stays", "hangs-up"])
 async def test_421_mid_session_defers_and_reconnects(sqlite_db: Engine,
                                                      server_factory: type[SMTPServer],
-                                                     pipelining: bool) -> None:
+                                                     pipelining: bool, hangup: bool) -> None:
     fault = nth("rcpt", 3, "421 4.7.0 Too many messages, closing")
-    server = serve(server_factory, fault, pipelining=pipelining)
+    server = serve(server_factory, fault, pipelining=pipelining, hangup_on_421=hangup)
     report = await deliver(sqlite_db, server.port, 10, connections=1)
     assert report.sent == 9
     assert report.deferred == 1

@@ -46,6 +46,7 @@ class RecordingHandler:
     _count: int = 0
     ehlos: int = 0  # sessions opened: tells a reused connection from a new one per message
     pipelining: bool = False  # advertise PIPELINING (aiosmtpd answers pipelined commands in order)
+    hangup_on_421: bool = False  # after a scripted 421 reply, close the line as real relays do
 
     def _fault(self, step: str, envelope: Envelope) -> str | None:
         if self.fault is None:
@@ -71,6 +72,11 @@ class RecordingHandler:
             assert server.transport is not None  # the line is the server's, not the session's
             server.transport.close()
             return "421 closing"
+        if reply and reply.startswith("421") and self.hangup_on_421:
+            await server.push(reply)
+            assert server.transport is not None
+            server.transport.close()
+            return reply
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
