@@ -188,3 +188,51 @@ async def test_log_records_carry_structured_fields(sqlite_db: Engine,
         ("qq.com", "content_rejected", 550)}
     summary = [r for r in caplog.records if getattr(r, "stopped", None)]
     assert summary[-1].content_rejected == 2  # type: ignore[attr-defined]
+
+
+async def test_unsubscribe_during_the_send_is_honoured_before_that_turn(sqlite_db: Engine) -> None:
+    edition = make_edition(sqlite_db)
+    n = 40
+    people = recipients(n, ("qq.com",))
+    Outbox(sqlite_db, FakeClock()).enqueue(edition, people)
+    lookup = directory(people)
+    seen = {"n": 0}
+
+    def fault(step: str, envelope: object, _n: int) -> str | None:
+        if step == "data":
+            seen["n"] += 1
+            if seen["n"] == 3:  # a reader near the end of the list unsubscribes mid-send
+                lookup.book.pop(n, None)  # type: ignore[attr-defined]
+        return None
+
+    server = SMTPServer(RecordingHandler(fault=fault)).start()
+    transport = SMTPTransport([relay(server.port, connections=1)])
+    try:
+        report = await DeliveryEngine(
+            Outbox(sqlite_db, FakeClock()), transport, recipients=lookup, message_for=message,
+            envelope_from="b@example.org", settings=settings(), clock=FakeClock(), batch_size=4,
+        ).run(edition, handle_signals=False)
+    finally:
+        await transport.aclose()
+        server.stop()
+    assert report.suppressed == 1
+    assert report.sent == n - 1
+    assert f"user{n}@qq.com" not in {r.rcpt_tos[0] for r in server.received}
+
+
+def test_rich_progress_ends_with_the_summary() -> None:
+    import io
+
+    from mailer.delivery.progress import RichProgress
+
+    out = io.StringIO()
+    bar = RichProgress(out)
+    bar.start(3, 10)
+    counts = dict.fromkeys(OutboxState, 0)
+    counts[OutboxState.SENT] = 9
+    counts[OutboxState.FAILED] = 1
+    bar.update(counts)
+    bar.finish(DeliveryReport(edition_id=3, sent=9, failed=1, elapsed=1.0))
+    text = out.getvalue()
+    assert "edition 3: sent 9" in text
+    assert "failed 1" in text
