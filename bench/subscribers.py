@@ -87,10 +87,14 @@ def storage_reference(url: str, rows: int) -> tuple[float, float]:
             "state_changed_at", "confirmed_at"]
     now = datetime.now(UTC)
     wall = cpu = 0.0
+    conn = engine.connect()  # as the import does: one connection, one transaction per batch
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA cache_size=-131072")
+        conn.commit()
     try:
         for start in range(0, rows, 5000):
             n = min(5000, rows - start)
-            with engine.begin() as conn:
+            with conn.begin():
                 compiled = t.insert().compile(dialect=conn.dialect, column_keys=cols)
                 proc = t.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
                 stamp = proc(now) if proc else now
@@ -104,11 +108,10 @@ def storage_reference(url: str, rows: int) -> tuple[float, float]:
                     if compiled.positional else batch)
                 t0, c0 = time.perf_counter(), time.process_time()
                 conn.exec_driver_sql(str(compiled), params)
-                if conn.dialect.name == "sqlite":
-                    conn.exec_driver_sql("PRAGMA cache_size=-65536")
             wall += time.perf_counter() - t0  # includes the commit
             cpu += time.process_time() - c0
     finally:
+        conn.close()
         engine.dispose()
     return wall, cpu
 

@@ -238,12 +238,17 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
     indexes: list[bytes] = []
     last_line = resume_line
 
+    # One connection for the whole import, one transaction per batch. Random ids and blind
+    # indexes touch pages all over the B-trees, so SQLite's page cache must survive from one
+    # batch to the next (a connection per batch would start cold every time) and be larger
+    # than its 2 MB default; 128 MB holds the indexes of a list of a million.
+    conn = store.engine.connect()
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA cache_size=-131072")
+        conn.commit()
+
     def flush(upto: int) -> None:
-        with store.engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                # Random ids and blind indexes touch pages all over the B-trees: a bigger page
-                # cache than SQLite's 2 MB default keeps a large import from thrashing.
-                conn.exec_driver_sql("PRAGMA cache_size=-65536")
+        with conn.begin():
             if batch:
                 res = store.add_batch(batch, event, reactivate=reactivate, conn=conn,
                                       indexes=indexes)
@@ -257,7 +262,7 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
         if on_batch is not None:
             on_batch(report)
 
-    with path.open("r", encoding=enc, errors="strict", newline="") as fh:
+    with conn, path.open("r", encoding=enc, errors="strict", newline="") as fh:
         rows = parse_csv(fh, source, settings.choices, settings.default_language)
         try:
             for item in rows:
@@ -283,7 +288,7 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
         except UnicodeDecodeError:
             raise InputError(f"the file is not valid {enc}; pass --encoding (e.g. gb18030)",
                              source=source) from None
-    flush(_DONE)
+        flush(_DONE)
     log.info("import %s: %d rows, %d new, %d already listed, %d problems", path.name,
              report.rows, report.inserted, report.existing, report.problem_count)
     return report
