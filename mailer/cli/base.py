@@ -31,6 +31,9 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # Schema checks run on every command; alembic's "Context impl SQLiteImpl" lines are noise.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     ctx.obj = {"config_path": config_path_from(config_path, os.environ), "verbose": verbose}
 
 
