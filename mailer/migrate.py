@@ -9,7 +9,10 @@ PostgreSQL database is an operator's decision, taken while the workers are stopp
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,21 @@ __all__ = [
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+# Alembic says "Context impl …" and "Will assume transactional DDL" at INFO each time a context
+# is made, i.e. on every open of the database: noise, except while migrations actually run.
+_ALEMBIC_LOG = logging.getLogger("alembic.runtime.migration")
+_ALEMBIC_LOG.setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _alembic_talks() -> Iterator[None]:
+    """Let Alembic log "Running upgrade 0001 -> 0002" while an operator's command runs."""
+    _ALEMBIC_LOG.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        _ALEMBIC_LOG.setLevel(logging.WARNING)
 
 # Serialises schema creation between processes that open a fresh PostgreSQL schema at once.
 _SCHEMA_LOCK_SQL = "select pg_advisory_xact_lock(hashtextextended(current_schema() || '.schema', 0))"
@@ -154,7 +172,8 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
         if before is None and _our_tables(conn):
             raise StorageError("the database has tables but no schema version; if this version "
                                "created them, run `newsletter db stamp head`")
-        command.upgrade(alembic_config(conn), revision)
+        with _alembic_talks():
+            command.upgrade(alembic_config(conn), revision)
     return before, current_revision(engine)
 
 
