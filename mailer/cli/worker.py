@@ -26,14 +26,13 @@ from email.utils import parseaddr
 from typing import Any
 
 import click
-from sqlalchemy import ColumnElement, Engine, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from mailer.app import App
 from mailer.cli.base import cli, pass_app
 from mailer.config import parse_duration
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
-from mailer.delivery.outbox import Outbox
 from mailer.errors import EditionError, NewsletterError
 from mailer.models import EditionState, OutboxState
 from mailer.schema import editions, outbox
@@ -41,7 +40,6 @@ from mailer.schema import editions, outbox
 __all__ = [
     "DEFAULT_LEASE",
     "SenderWorker",
-    "WorkerOutbox",
     "WorkerReport",
     "editions_unfinished",
     "editions_with_work",
@@ -108,39 +106,6 @@ def start_edition(app: App, edition_id: int) -> int:
     return added
 
 
-class WorkerOutbox(Outbox):
-    """``Outbox`` whose PostgreSQL ``renew`` cannot deadlock with the group commit.
-
-    WORKAROUND, to drop once ``mailer.delivery.outbox.Outbox.renew`` does the same: its one
-    UPDATE over all of this worker's leased rows runs (in a thread) while the group commit
-    updates some of the same rows one by one in another transaction; they lock in different
-    orders and PostgreSQL aborts one with "deadlock detected", which stopped a worker in the
-    20,000-recipient test. Renewing only the rows it can lock at once (``SKIP LOCKED``) never
-    waits, so no cycle can form; a row being recorded needs no renewal.
-    """
-
-    def renew(self, edition_id: int, owner: str, lease: timedelta) -> int:
-        if self.engine.dialect.name != "postgresql":
-            return super().renew(edition_id, owner, lease)
-        now = self.clock()
-        mine = (
-            select(outbox.c.subscriber_id)
-            .where(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
-                   outbox.c.state == OutboxState.SENDING.value)
-            .with_for_update(skip_locked=True)
-            .cte("mine")
-            .prefix_with("MATERIALIZED")
-        )
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(outbox)
-                .where(outbox.c.edition_id == edition_id,
-                       outbox.c.subscriber_id.in_(select(mine.c.subscriber_id)))
-                .values(lease_expires_at=now + lease)
-            )
-        return int(result.rowcount)
-
-
 @dataclass
 class WorkerReport:
     """What one worker process did, summed over its runs."""
@@ -175,7 +140,7 @@ class SenderWorker:
         self._stopping = asyncio.Event()
         self._current: DeliveryEngine[Any] | None = None
         self._prepared: dict[int, Any] = {}
-        self.outbox = WorkerOutbox(app.engine, app.clock)
+        self.outbox = app.outbox
         self._skip_until: dict[int, float] = {}  # edition -> monotonic time to try again
 
     def stop(self, reason: str = "signal") -> None:

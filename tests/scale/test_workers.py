@@ -17,11 +17,11 @@ from sqlalchemy import Engine, MetaData, func, select
 from mailer.app import App
 from mailer.cli.worker import (
     SenderWorker,
-    WorkerOutbox,
     editions_unfinished,
     editions_with_work,
     start_edition,
 )
+from mailer.delivery.outbox import Outbox
 from mailer.errors import KeyStoreError
 from mailer.models import EditionState, OutboxState
 from mailer.schema import outbox
@@ -101,7 +101,7 @@ async def test_a_dead_workers_rows_are_reclaimed_after_the_lease(
     edition_id = make_edition(app)
     start_edition(app, edition_id)
     # A worker that claimed 10 rows and died before sending any: its lease is all that is left.
-    dead = WorkerOutbox(app.engine, app.clock).claim(edition_id, 10, "worker:dead:1:0",
+    dead = Outbox(app.engine, app.clock).claim(edition_id, 10, "worker:dead:1:0",
                                                         timedelta(seconds=1))
     assert len(dead) == 10
     worker = SenderWorker(app, once=True, poll=0.1, batch_size=16)
@@ -124,7 +124,7 @@ def test_a_claim_takes_at_most_its_limit(tmp_path: Path, db_url: str,
     seed_subscribers(app, 50)
     edition_id = make_edition(app)
     start_edition(app, edition_id)
-    box = WorkerOutbox(app.engine, app.clock)
+    box = Outbox(app.engine, app.clock)
     first = box.claim(edition_id, 10, "a", timedelta(minutes=1))
     second = box.claim(edition_id, 10, "b", timedelta(minutes=1))
     assert len(first) == 10
@@ -143,7 +143,7 @@ def test_renew_skips_rows_locked_by_a_commit_in_progress(
     seed_subscribers(app, 12)
     edition_id = make_edition(app)
     start_edition(app, edition_id)
-    box = WorkerOutbox(app.engine, app.clock)
+    box = Outbox(app.engine, app.clock)
     rows = box.claim(edition_id, 10, "w", timedelta(minutes=1))
     busy = rows[0].subscriber_id
     with app.engine.connect() as other:
