@@ -68,7 +68,7 @@ def subscribers_group() -> None:
 @click.option("--encoding", default=None, help="Input encoding (default: UTF-8 or GB18030, detected).")
 @click.option("--reactivate", is_flag=True,
               help="Also re-activate unsubscribed, bounced and complained addresses.")
-@click.option("--batch-size", default=5000, show_default=True, hidden=True)
+@click.option("--batch-size", default=20000, show_default=True, hidden=True)
 @pass_app
 def subscribers_import(app: App, file: Path, confirmed: bool, encoding: str | None,
                        reactivate: bool, batch_size: int) -> None:
