@@ -56,22 +56,23 @@ def received_counts(server: SMTPServer) -> collections.Counter[str]:
 
 
 def test_sigkill_mid_send_then_restart_delivers_everyone_within_the_bound(
-        sqlite_db: Engine, sqlite_url: str, slow_server: SMTPServer) -> None:
-    assert make_edition(sqlite_db) == 1
-    proc = start(sqlite_url, slow_server.port)
+        db: Engine, db_url: str, slow_server: SMTPServer) -> None:
+    """On SQLite and on PostgreSQL (where the claim is FOR UPDATE SKIP LOCKED)."""
+    assert make_edition(db) == 1
+    proc = start(db_url, slow_server.port)
     wait_for(slow_server, N // 3, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     before = len(slow_server.received)
     assert before < N  # it really died mid-send
-    again = start(sqlite_url, slow_server.port)
+    again = start(db_url, slow_server.port)
     _, err = again.communicate(timeout=120)
     assert again.returncode == 0, err.decode()
     counts = received_counts(slow_server)
     assert set(counts) == {p.address for p in recipients(N)}  # everyone got the edition
     duplicates = sum(c - 1 for c in counts.values())
     assert duplicates <= CONNECTIONS  # at most the messages in flight at the kill
-    assert Outbox(sqlite_db, FakeClock()).counts(1)[OutboxState.SENT] == N
+    assert Outbox(db, FakeClock()).counts(1)[OutboxState.SENT] == N
 
 
 def test_sigterm_finishes_in_flight_and_leaves_rows_consistent(
