@@ -142,8 +142,13 @@ class Outbox:
         so that a slow qq.com does not hold up everyone else.
         """
         now = self.clock()
+        # The IN on state lets both databases walk ix_outbox_claim (edition, state, …) instead
+        # of every row of the edition: otherwise each claim re-reads all the rows already sent,
+        # and a 100,000-recipient edition turns quadratic (45 ms a claim at 90 % sent).
         eligible = and_(
             outbox.c.edition_id == edition_id,
+            outbox.c.state.in_([OutboxState.QUEUED.value, OutboxState.DEFERRED.value,
+                                OutboxState.SENDING.value]),
             or_(
                 outbox.c.state == OutboxState.QUEUED.value,
                 and_(outbox.c.state == OutboxState.DEFERRED.value, outbox.c.next_attempt_at <= now),
