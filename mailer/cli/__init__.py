@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 
-from mailer.cli import db  # noqa: F401  (registers commands)
-from mailer.cli import editions  # noqa: F401  (registers commands)
-from mailer.cli import feeds  # noqa: F401  (registers commands)
-from mailer.cli import mirrors  # noqa: F401  (registers commands)
-from mailer.cli import pipeline  # noqa: F401  (registers commands)
-from mailer.cli import preview  # noqa: F401  (registers commands)
-from mailer.cli import run  # noqa: F401  (registers commands)
-from mailer.cli import subscribers  # noqa: F401  (registers commands)
-from mailer.cli import worker  # noqa: F401  (registers commands)
+from mailer.cli import (
+    db,  # noqa: F401  (registers commands)
+    editions,  # noqa: F401  (registers commands)
+    feeds,  # noqa: F401  (registers commands)
+    mirrors,  # noqa: F401  (registers commands)
+    pipeline,  # noqa: F401  (registers commands)
+    preview,  # noqa: F401  (registers commands)
+    run,  # noqa: F401  (registers commands)
+    subscribers,  # noqa: F401  (registers commands)
+    worker,  # noqa: F401  (registers commands)
+)
 from mailer.cli.base import cli, run_cli
 
 __all__ = ["cli", "main"]
