@@ -44,27 +44,28 @@ def parse_replies(buffer: bytes | bytearray) -> tuple[list[tuple[int, str]], int
 
     A reply is ``ddd-text`` continuation lines ended by a ``ddd text`` line (RFC 5321 §4.2.1).
     A malformed line yields code -1, which the classifier treats as a protocol fault.
+    Runs for every packet a relay sends, so it splits once instead of scanning line by line.
     """
+    end = buffer.rfind(b"\n")
+    if end < 0:
+        return [], 0
     replies: list[tuple[int, str]] = []
-    consumed = 0
-    pos = 0
-    lines: list[bytes] = []
-    while True:
-        end = buffer.find(b"\n", pos)
-        if end < 0:
-            break
-        line = bytes(buffer[pos:end]).rstrip(b"\r")
-        pos = end + 1
-        lines.append(line)
-        if len(line) < 4 or line[3:4] != b"-":
-            try:
-                code = int(line[:3])
-            except ValueError:
-                code = -1
-            text = "\n".join(x[4:].decode("utf-8", "replace") for x in lines)
-            replies.append((code, text))
-            lines = []
-            consumed = pos
+    pending: list[bytes] = []
+    consumed = pos = 0
+    for raw in bytes(buffer[: end + 1]).split(b"\n")[:-1]:
+        pos += len(raw) + 1
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if len(line) >= 4 and line[3:4] == b"-":
+            pending.append(line[4:])
+            continue
+        try:
+            code = int(line[:3])
+        except ValueError:
+            code = -1
+        body = b"\n".join([*pending, line[4:]]) if pending else line[4:]
+        replies.append((code, body.decode("utf-8", "replace")))
+        pending = []
+        consumed = pos
     return replies, consumed
 
 
