@@ -379,40 +379,46 @@ class SubscriberStore:
         for sid, kid, ct, lang, *_ in rows:
             yield Recipient(sid, open_(sid, kid, ct).decode("utf-8"), lang)
 
-    def stream_active(self, batch_size: int = 2000) -> Iterator[Recipient]:
-        """Every active subscriber, decrypted a batch at a time (keyset pagination by id).
+    def _walk(self, columns: Sequence[Any], batch_size: int) -> Iterator[Sequence[Row[Any]]]:
+        """Batches of rows in id order (keyset pagination on the primary key).
 
-        Each batch is its own short read, so a long send never holds a transaction open and a
-        state change committed meanwhile is seen by the next batch.
+        One connection serves the whole walk, so SQLite keeps its page cache (the id index)
+        from batch to batch; each batch is its own short read transaction, ended before the
+        rows are handed out, so a long send never holds a snapshot open and a state change
+        committed meanwhile is seen by the next batch.
         """
-        # The filter on state is applied here, not in SQL: with ``state = 'active'`` in the
-        # WHERE clause SQLite may pick the state index and sort every remaining active row for
-        # each batch (quadratic on a large list); walking the primary key never does.
         last = -1
-        active = SubscriberState.ACTIVE.value
-        q = select(t.c.id, t.c.key_id, t.c.email_ct, t.c.language, t.c.state)
-        while True:
-            with self.engine.connect() as conn:
+        q = select(*columns)
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA cache_size=-32768")  # 32 MB
+                conn.commit()
+            while True:
                 rows = conn.execute(q.where(t.c.id > last).order_by(t.c.id)
                                     .limit(batch_size)).all()
+                conn.commit()
+                yield rows
+                if len(rows) < batch_size:
+                    return
+                last = rows[-1].id
+
+    def stream_active(self, batch_size: int = 2000) -> Iterator[Recipient]:
+        """Every active subscriber, decrypted a batch at a time; never the whole list at once.
+
+        The filter on state is applied here, not in SQL: with ``state = 'active'`` in the
+        WHERE clause SQLite may pick the state index and sort every remaining active row for
+        each batch (quadratic on a large list); walking the primary key never does.
+        """
+        active = SubscriberState.ACTIVE.value
+        cols = (t.c.id, t.c.key_id, t.c.email_ct, t.c.language, t.c.state)
+        for rows in self._walk(cols, batch_size):
             yield from self._recipients(r for r in rows if r[4] == active)
-            if len(rows) < batch_size:
-                return
-            last = rows[-1].id
 
     def stream_all(self, batch_size: int = 2000) -> Iterator[tuple[Row[Any], str]]:
         """Every row with its decrypted address, in id order (export and backup)."""
-        last = -1
-        q = select(*self._RECORD_COLS, t.c.email_ct)
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(q.where(t.c.id > last).order_by(t.c.id)
-                                    .limit(batch_size)).all()
+        for rows in self._walk((*self._RECORD_COLS, t.c.email_ct), batch_size):
             for r in rows:
                 yield r, self.codec.open(r.id, r.key_id, r.email_ct).decode("utf-8")
-            if len(rows) < batch_size:
-                return
-            last = rows[-1].id
 
     def stream_active_ids(self, batch_size: int = 5000) -> Iterator[int]:
         """Active ids only (enqueueing an edition needs no plaintext)."""
