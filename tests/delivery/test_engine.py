@@ -162,3 +162,12 @@ async def test_deferred_row_is_retried_after_backoff(sqlite_db: Engine) -> None:
         assert len(server.received) == 1
     finally:
         server.stop()
+
+
+async def test_maildir_for_mta_pickup_adds_envelope_headers(tmp_path: Path) -> None:
+    transport = MaildirTransport(tmp_path / "pickup", delivered_to=True)
+    result = await transport.send("bounces@example.org", "reader@qq.com", b"Subject: x\r\n\r\nhi\r\n")
+    assert result.code == 250
+    (path,) = (tmp_path / "pickup" / "new").iterdir()
+    assert path.read_bytes() == (b"Return-Path: <bounces@example.org>\r\n"
+                                 b"Delivered-To: reader@qq.com\r\nSubject: x\r\n\r\nhi\r\n")
