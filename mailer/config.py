@@ -47,8 +47,7 @@ DEFAULT_CONTENT_REJECTIONS = (
     r"(?i)inappropriate (words|content)",
     r"DT:SPM",
     r"(?i)content.*(rejected|refused|blocked)",
-    r"(?i)spam",
-)
+)  # not a bare "spam": Spamhaus-style IP blocks mention it and are not about the content
 
 
 # --------------------------------------------------------------------------- settings objects

@@ -16,9 +16,13 @@ from mailer.cli import (
     worker,  # noqa: F401  (registers commands)
 )
 from mailer.cli.base import cli, run_cli
+from mailer.delivery import use_uvloop
 
 __all__ = ["cli", "main"]
 
 
 def main() -> None:
+    """The console script. Most of what sending costs per message is event-loop work, which
+    uvloop does in C; in-process callers (tests) keep the stdlib loop."""
+    use_uvloop()
     sys.exit(run_cli())
