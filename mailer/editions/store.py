@@ -46,7 +46,7 @@ TRANSITIONS: Mapping[EditionState, frozenset[EditionState]] = {
                             S.DRAFT}),
     S.APPROVED: frozenset({S.SCHEDULED, S.APPROVED, S.HELD, S.SENDING, S.CANCELLED, S.MISSED}),
     S.HELD: frozenset({S.SCHEDULED, S.APPROVED, S.CANCELLED, S.DRAFT}),
-    S.SENDING: frozenset({S.SENT, S.PAUSED}),
+    S.SENDING: frozenset({S.SENT, S.PAUSED, S.CANCELLED}),  # the engine stops at its next batch
     S.PAUSED: frozenset({S.SENDING, S.CANCELLED}),
     S.MISSED: frozenset({S.SCHEDULED, S.APPROVED, S.CANCELLED}),
     S.SENT: frozenset(),

@@ -183,5 +183,18 @@ def test_stale_writer_loses_the_race(engine: Engine, clock: Clock) -> None:
     eid = a.create()
     assert eid is not None
     a.set_state(eid, S.SENDING)
-    with pytest.raises(EditionError, match="cannot go from sending to cancelled"):
-        b.cancel(eid)
+    with pytest.raises(EditionError, match="cannot go from sending to held"):
+        b.hold(eid)
+
+
+def test_an_edition_can_be_cancelled_while_sending(engine: Engine, store: EditionStore) -> None:
+    """Issue 7: pause, resume and cancel while sending; the engine stops at its next batch."""
+    add_posts(engine, 1)
+    eid = store.create()
+    assert eid is not None
+    store.set_state(eid, S.SENDING)
+    store.cancel(eid, "wrong attachment")
+    info = store.info(eid)
+    assert info.state is S.CANCELLED
+    with pytest.raises(EditionError):
+        store.resume(eid)
