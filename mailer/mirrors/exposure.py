@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from mailer.clock import as_utc
 from mailer.schema import mirror_exposure, mirror_state
@@ -26,29 +28,24 @@ def record_exposure(engine: Engine, edition_id: int, counts: Mapping[str, int],
     Counts add up, so a send resumed after a crash (which records only what it sent itself)
     gives the right total.
     """
+    upsert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     with engine.begin() as conn:
         for url, n in sorted(counts.items()):
             if n <= 0:
                 continue
-            done = conn.execute(
-                update(mirror_exposure)
-                .where(mirror_exposure.c.edition_id == edition_id,
-                       mirror_exposure.c.mirror_url == url)
-                .values(recipients=mirror_exposure.c.recipients + n)
-            ).rowcount
-            if not done:
-                conn.execute(insert(mirror_exposure).values(
-                    edition_id=edition_id, mirror_url=url, recipients=n, first_sent_at=now))
-            done = conn.execute(
-                update(mirror_state).where(mirror_state.c.url == url).values(
-                    first_sent_at=func.coalesce(mirror_state.c.first_sent_at, now),
-                    last_sent_at=now,
-                )
-            ).rowcount
-            if not done:
-                conn.execute(insert(mirror_state).values(
-                    url=url, healthy=True, consecutive_failures=0, blocked_json="{}",
-                    first_sent_at=now, last_sent_at=now))
+            # One statement each, so two senders finishing the same edition cannot both insert.
+            tally = upsert(mirror_exposure).values(
+                edition_id=edition_id, mirror_url=url, recipients=n, first_sent_at=now)
+            conn.execute(tally.on_conflict_do_update(
+                index_elements=[mirror_exposure.c.edition_id, mirror_exposure.c.mirror_url],
+                set_={"recipients": mirror_exposure.c.recipients + tally.excluded.recipients}))
+            state = upsert(mirror_state).values(
+                url=url, healthy=True, consecutive_failures=0, blocked_json="{}",
+                first_sent_at=now, last_sent_at=now)
+            conn.execute(state.on_conflict_do_update(
+                index_elements=[mirror_state.c.url],
+                set_={"first_sent_at": func.coalesce(mirror_state.c.first_sent_at, now),
+                      "last_sent_at": now}))
 
 
 @dataclass(frozen=True)

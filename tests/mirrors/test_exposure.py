@@ -51,3 +51,14 @@ def test_counts_add_up_and_dates_are_kept(engine: Engine) -> None:
     assert totals[A].recipients == 19
     assert totals[A].first_sent_at == NOW
     assert totals[B].recipients == 5
+
+
+def test_senders_finishing_the_same_edition_at_once_add_up(engine: Engine) -> None:
+    """Workers finish an edition together: every count lands, none fails on a duplicate key."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda _: record_exposure(engine, 1, {A: 3, B: 1}, NOW), range(12)))
+    with engine.connect() as conn:
+        rows = {r.mirror_url: r.recipients for r in conn.execute(select(mirror_exposure))}
+    assert rows == {A: 36, B: 12}
