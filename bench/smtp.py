@@ -21,8 +21,6 @@ import pstats
 import resource
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,39 +28,9 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+from bench import postfix
+
 __all__ = ["main"]
-
-SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_sink(port: int) -> subprocess.Popen[bytes]:
-    args = [SINK, "-u", "nobody"] if os.geteuid() == 0 else [SINK]
-    proc = subprocess.Popen([*args, "-m", "512", f"127.0.0.1:{port}", "1024"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("smtp-sink did not start")
-
-
-def reference(port: int, size: int, count: int) -> float:
-    """smtp-source's rate (msg/s): 4 sessions, messages of ``size`` bytes."""
-    t0 = time.perf_counter()
-    subprocess.run([SOURCE, "-s", "4", "-l", str(size), "-m", str(count),
-                    "-f", "bench@example.org", "-t", "sink@example.org", f"127.0.0.1:{port}"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return count / (time.perf_counter() - t0)
-
 
 def write_config(tmp: Path, port: int, connections: int) -> Path:
     path = tmp / "newsletter.toml"
@@ -159,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile the send, print the top")
     ap.add_argument("--no-uvloop", action="store_true")
     args = ap.parse_args(argv)
-    if not (os.path.exists(SINK) and os.path.exists(SOURCE)):
+    if not postfix.available():
         print("bench.smtp: SKIPPED: smtp-sink/smtp-source not found; install Debian's postfix "
               "package for its tools (do not start the service)")
         return
@@ -171,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     from mailer.models import EditionState
     from mailer.pipeline import personaliser, prepare_edition
 
-    port = free_port()
-    sink = start_sink(port)
+    port = postfix.free_port()
+    sink = postfix.start_sink(port)
     tmp = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
     try:
         app = App.from_path(write_config(tmp, port, args.connections), environ={})
@@ -193,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         rcpt = app.subscribers.get_recipients([rid])[rid]
         size = len(message_for(OutboxRow(eid, rid, rcpt.language, rcpt.domain, 1, None), rcpt))
 
-        ref_before = reference(port, size, args.reference_messages)
+        ref_before = postfix.reference(port, size, args.reference_messages)
 
         t0 = time.perf_counter()
         enqueued = app.outbox.enqueue(eid, app.subscribers.stream_active())
@@ -221,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         # The machine is shared: measure the reference on both sides of our send, use the mean.
-        ref_after = reference(port, size, args.reference_messages)
+        ref_after = postfix.reference(port, size, args.reference_messages)
         ref = (ref_before + ref_after) / 2
         ours = report.sent / report.elapsed
         whole = report.sent / (report.elapsed + t_enqueue)

@@ -20,7 +20,6 @@ import os
 import resource
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,41 +28,13 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, func, select, text
 
+from bench import postfix
+
 __all__ = ["main"]
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL",
                            "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_sink(port: int) -> subprocess.Popen[bytes]:
-    args = [SINK, "-u", "nobody"] if os.geteuid() == 0 else [SINK]
-    proc = subprocess.Popen([*args, "-m", "256", f"127.0.0.1:{port}", "1024"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("smtp-sink did not start")
-
-
-def reference(port: int, size: int, count: int) -> float:
-    """smtp-source's rate (msg/s) with 4 sessions and messages of ``size`` bytes."""
-    t0 = time.perf_counter()
-    subprocess.run([SOURCE, "-s", "4", "-l", str(size), "-m", str(count),
-                    "-f", "bench@example.org", "-t", "sink@example.org", f"127.0.0.1:{port}"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return count / (time.perf_counter() - t0)
 
 
 def write_config(tmp: Path, url: str, port: int, connections: int) -> Path:
@@ -174,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--connections", type=int, default=8, help="per worker")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.workers.split(",")]
-    if not (os.path.exists(SINK) and os.path.exists(SOURCE)):
+    if not postfix.available():
         raise SystemExit("smtp-sink/smtp-source not found: apt-get install postfix (tools only)")
 
     from mailer.app import App
@@ -186,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = f"{ADMIN_URL}?options=-csearch_path%3D{schema}"
-    port = free_port()
-    sink = start_sink(port)
+    port = postfix.free_port()
+    sink = postfix.start_sink(port)
     tmp = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     try:
         app = App.from_path(write_config(tmp, url, port, args.connections), environ={})
@@ -208,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                     select(func.min(outbox.c.sent_at), func.max(outbox.c.sent_at),
                            func.count(outbox.c.sent_at)).where(outbox.c.edition_id == eid)).one()
             window = (last - first).total_seconds() if sent > 1 else float("nan")
-            ref = reference(port, size, min(args.subscribers, 20_000))
+            ref = postfix.reference(port, size, min(args.subscribers, 20_000))
             results.append((w, sent, wall, window, size, ref))
             print(f"{w} worker(s): {sent} sent; wall {wall:.1f}s ({sent / wall:.0f} msg/s); "
                   f"send window {window:.1f}s ({sent / window:.0f} msg/s); "
