@@ -12,8 +12,9 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
-__all__ = ["SINK", "SOURCE", "available", "free_port", "reference", "start_sink"]
+__all__ = ["SINK", "SOURCE", "available", "free_port", "reference", "start_sink", "write_config"]
 
 SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
@@ -50,3 +51,50 @@ def reference(port: int, size: int, count: int) -> float:
                     "-f", "bench@example.org", "-t", "sink@example.org", f"127.0.0.1:{port}"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return count / (time.perf_counter() - t0)
+
+
+def write_config(tmp: Path, port: int, connections: int, database: str | None = None) -> Path:
+    """A config that sends to the sink: the same for every SMTP benchmark, so they compare."""
+    database = database or f"sqlite:///{tmp / 'bench.db'}"
+    path = tmp / "newsletter.toml"
+    path.write_text(f"""
+[newsletter]
+from = "Digest <digest@example.org>"
+public_url = "https://news.example.org"
+languages = ["zh-Hans", "zh-Hant", "en"]
+
+[storage]
+database = "{database}"
+key_file = "{tmp / "keys.json"}"
+
+[delivery]
+transport = "smtp"
+commit_every = 256
+
+[[delivery.relays]]
+host = "127.0.0.1"
+port = {port}
+security = "none"
+connections = {connections}
+rate = 0
+
+[mirrors]
+origins = ["https://example.blogspot.com"]
+per_recipient = 3
+
+[[mirrors.sites]]
+url = "https://m1.example.net"
+
+[[mirrors.sites]]
+url = "https://m2.example.net"
+
+[[mirrors.sites]]
+url = "https://m3.example.net"
+
+[[mirrors.sites]]
+url = "https://m4.example.net"
+
+[images]
+fetch = false
+""", encoding="utf-8")
+    return path

@@ -32,51 +32,6 @@ from bench import postfix
 
 __all__ = ["main"]
 
-def write_config(tmp: Path, port: int, connections: int) -> Path:
-    path = tmp / "newsletter.toml"
-    path.write_text(f"""
-[newsletter]
-from = "Digest <digest@example.org>"
-public_url = "https://news.example.org"
-languages = ["zh-Hans", "zh-Hant", "en"]
-
-[storage]
-database = "sqlite:///{tmp / "bench.db"}"
-key_file = "{tmp / "keys.json"}"
-
-[delivery]
-transport = "smtp"
-commit_every = 256
-
-[[delivery.relays]]
-host = "127.0.0.1"
-port = {port}
-security = "none"
-connections = {connections}
-rate = 0
-
-[mirrors]
-origins = ["https://example.blogspot.com"]
-per_recipient = 3
-
-[[mirrors.sites]]
-url = "https://m1.example.net"
-
-[[mirrors.sites]]
-url = "https://m2.example.net"
-
-[[mirrors.sites]]
-url = "https://m3.example.net"
-
-[[mirrors.sites]]
-url = "https://m4.example.net"
-
-[images]
-fetch = false
-""", encoding="utf-8")
-    return path
-
-
 def seed(app: Any, n: int) -> None:
     from subscribers.lifecycle import Event
 
@@ -143,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     sink = postfix.start_sink(port)
     tmp = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
     try:
-        app = App.from_path(write_config(tmp, port, args.connections), environ={})
+        app = App.from_path(postfix.write_config(tmp, port, args.connections), environ={})
         t0 = time.perf_counter()
         seed(app, args.subscribers)
         t_seed = time.perf_counter() - t0

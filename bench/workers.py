@@ -37,46 +37,6 @@ ADMIN_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL",
                            "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def write_config(tmp: Path, url: str, port: int, connections: int) -> Path:
-    path = tmp / "newsletter.toml"
-    path.write_text(f"""
-[newsletter]
-from = "Digest <digest@example.org>"
-public_url = "https://news.example.org"
-languages = ["zh-Hans", "zh-Hant", "en"]
-
-[storage]
-database = "{url}"
-key_file = "{tmp / "keys.json"}"
-
-[delivery]
-transport = "smtp"
-
-[[delivery.relays]]
-host = "127.0.0.1"
-port = {port}
-security = "none"
-connections = {connections}
-rate = 0
-
-[mirrors]
-origins = ["https://example.blogspot.com"]
-
-[[mirrors.sites]]
-url = "https://m1.example.net"
-
-[[mirrors.sites]]
-url = "https://m2.example.net"
-
-[[mirrors.sites]]
-url = "https://m3.example.net"
-
-[images]
-fetch = false
-""", encoding="utf-8")
-    return path
-
-
 def seed(app: object, n: int) -> None:
     from subscribers.lifecycle import Event
 
@@ -161,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     sink = postfix.start_sink(port)
     tmp = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     try:
-        app = App.from_path(write_config(tmp, url, port, args.connections), environ={})
+        app = App.from_path(postfix.write_config(tmp, port, args.connections, database=url), environ={})
         t0 = time.perf_counter()
         seed(app, args.subscribers)
         print(f"seeded {args.subscribers} subscribers in {time.perf_counter() - t0:.1f}s")
