@@ -12,6 +12,7 @@ from mailer.config import DeliverySettings, RelaySettings
 from mailer.db import open_engine
 from mailer.delivery.outbox import OutboxRow
 from mailer.schema import editions
+from tests.support.clock import ManualClock
 
 __all__ = [
     "FakeClock",
@@ -29,18 +30,7 @@ __all__ = [
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-class FakeClock:
-    """A clock the test moves by hand (the ``Clock`` seam), so backoff is checked exactly."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
+FakeClock = ManualClock  # starts at T0
 
 @dataclass(frozen=True)
 class Rcpt:

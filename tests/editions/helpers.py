@@ -7,24 +7,18 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, insert, select
 
 from mailer.schema import feeds, posts
+from tests.support.clock import ManualClock
 
 __all__ = ["T0", "Clock", "add_posts"]
 
 T0 = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 
 
-class Clock:
-    """A settable clock passed to the stores (the ``Clock`` seam)."""
+class Clock(ManualClock):
+    """Editions tests start their day at midnight UTC."""
 
     def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
+        super().__init__(now)
 
 def add_posts(engine: Engine, n: int, *, language: str = "en", is_new: bool = True,
               feed_url: str = "https://example.blogspot.com/feeds/posts/default") -> list[int]:

@@ -10,6 +10,7 @@ import pytest
 
 from mailer.db import open_engine
 from mailer.feeds.store import PostStore
+from tests.support.clock import ManualClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -17,15 +18,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
+class Clock(ManualClock):
     def __init__(self, now: datetime = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
+        super().__init__(now)
 
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()

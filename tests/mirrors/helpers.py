@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -10,21 +9,15 @@ from sqlalchemy import Engine
 from mailer.config import Config, load_config
 from mailer.db import open_engine
 from mailer.mirrors.registry import MirrorRegistry
+from tests.support.clock import DEFAULT_START, ManualClock
 
 __all__ = ["NOW", "SECRET", "Clock", "config_text", "make_registry", "write_config"]
 
 SECRET = b"mirror-test-secret"
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+NOW = DEFAULT_START
 
 
-class Clock:
-    """A settable clock: tests move time by assigning ``now``."""
-
-    def __init__(self, now: datetime = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
+Clock = ManualClock  # starts at NOW
 
 
 def config_text(sites: list[dict[str, str]], *, db_url: str = "sqlite:///data/n.db",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,19 +19,12 @@ from sqlalchemy import Engine, text
 from mailer.db import open_engine
 from mailer.errors import LockError
 from mailer.lock import DatabaseLock, advisory_key
+from tests.support.clock import ManualClock
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class FakeClock:
-    """A settable clock: the lease arithmetic is tested without waiting."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
+FakeClock = ManualClock
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:

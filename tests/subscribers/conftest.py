@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,12 @@ from subscribers.keys import KeyRing
 from subscribers.settings import ListSettings
 from subscribers.store import SubscriberStore
 from subscribers.tokens import TokenSigner
+from tests.support.clock import ManualClock
 
 LANGS = ListSettings(languages=("zh-Hans", "zh-Hant", "en"), bilingual=("zh-Hans+en",))
 
 
-class Clock:
-    """A settable clock (the code takes ``Callable[[], datetime]``)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
-
+Clock = ManualClock
 
 @pytest.fixture
 def clock() -> Clock:
