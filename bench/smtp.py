@@ -19,7 +19,6 @@ import io
 import os
 import pstats
 import resource
-import secrets
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from bench import postfix
+from bench import postfix, posts
 
 __all__ = ["main"]
 
@@ -41,28 +40,6 @@ def seed(app: Any, n: int) -> None:
         rows = [(f"r{i}@{domains[i % len(domains)]}", langs[i % 3])
                 for i in range(start, min(n, start + 5000))]
         app.subscribers.add_batch(rows, Event.IMPORT_CONFIRMED)
-
-
-def add_posts(engine: Any, k: int) -> list[int]:
-    from datetime import UTC, datetime, timedelta
-
-    from sqlalchemy import insert
-
-    from mailer.schema import feeds, posts
-
-    now = datetime.now(UTC)
-    para = ("<p>公民社会的报道与分析。Reporting and analysis on civil society, with links to "
-            '<a href="https://example.blogspot.com/2026/11/a.html">the source</a>.</p>') * 4
-    with engine.begin() as conn:
-        fid = conn.execute(insert(feeds).values(url="https://example.blogspot.com/feeds",
-                                                status="ok").returning(feeds.c.id)).scalar_one()
-        return [conn.execute(insert(posts).values(
-            feed_id=fid, guid=f"tag:{secrets.token_hex(6)}",
-            link=f"https://example.blogspot.com/2026/11/p{i}.html", title=f"文章 {i} Post {i}",
-            content_html=para, language="zh-Hans", published=now - timedelta(hours=i),
-            content_hash=secrets.token_hex(32), images_json="[]", is_new=True, revision=1,
-            created_at=now, updated_at=now).returning(posts.c.id)).scalar_one()
-            for i in range(k)]
 
 
 def use_uvloop() -> str:
@@ -102,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         seed(app, args.subscribers)
         t_seed = time.perf_counter() - t0
-        post_ids = add_posts(app.engine, 3)
+        post_ids = posts.add_posts(app.engine, 3)
         created = app.editions.create(post_ids)
         assert created is not None
         eid: int = created

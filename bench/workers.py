@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, func, select, text
 
-from bench import postfix
+from bench import postfix, posts
 
 __all__ = ["main"]
 
@@ -46,28 +46,6 @@ def seed(app: object, n: int) -> None:
         rows = [(f"r{i}@{domains[i % len(domains)]}", langs[i % 3])
                 for i in range(start, min(n, start + 2000))]
         app.subscribers.add_batch(rows, Event.IMPORT_CONFIRMED)  # type: ignore[attr-defined]
-
-
-def add_posts(engine: object, k: int) -> list[int]:
-    from datetime import UTC, datetime, timedelta
-
-    from sqlalchemy import insert
-
-    from mailer.schema import feeds, posts
-
-    now = datetime.now(UTC)
-    para = ("<p>公民社会的报道与分析。Reporting and analysis on civil society, with links to "
-            '<a href="https://example.blogspot.com/2026/11/a.html">the source</a>.</p>') * 12
-    with engine.begin() as conn:  # type: ignore[attr-defined]
-        fid = conn.execute(insert(feeds).values(url="https://example.blogspot.com/feeds",
-                                                status="ok").returning(feeds.c.id)).scalar_one()
-        return [conn.execute(insert(posts).values(
-            feed_id=fid, guid=f"tag:{secrets.token_hex(6)}",
-            link=f"https://example.blogspot.com/2026/11/p{i}.html", title=f"文章 {i} Post {i}",
-            content_html=para, language="zh-Hans", published=now - timedelta(hours=i),
-            content_hash=secrets.token_hex(32), images_json="[]", is_new=True, revision=1,
-            created_at=now, updated_at=now).returning(posts.c.id)).scalar_one()
-            for i in range(k)]
 
 
 def message_size(app: object, edition_id: int) -> int:
@@ -125,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         seed(app, args.subscribers)
         print(f"seeded {args.subscribers} subscribers in {time.perf_counter() - t0:.1f}s")
-        post_ids = add_posts(app.engine, 3)
+        post_ids = posts.add_posts(app.engine, 3, paragraphs=12)
         results = []
         for w in counts:
             eid = app.editions.create(post_ids)
