@@ -25,7 +25,6 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -77,42 +76,30 @@ def floor_open(rows: int) -> tuple[float, float]:
 
 def storage_reference(url: str, rows: int) -> tuple[float, float]:
     """Insert ``rows`` pre-built rows (random ids, indexes and ciphertexts of realistic size)
-    with one driver executemany per 20,000 (the import's batch) into a fresh copy of the same schema: what the
-    database alone costs, with no parsing, validation or crypto."""
+    into a fresh copy of the same schema, a transaction per import batch, by the import's own
+    bulk path (``insert_rows``): what the database alone costs, with no parsing, validation
+    or crypto."""
     from mailer.db import open_engine
+    from subscribers.importexport import IMPORT_BATCH
     from subscribers.schema import subscribers as t
+    from subscribers.store import bulk_connection, insert_rows
 
     engine = open_engine(url)
-    cols = ["id", "email_index", "email_ct", "key_id", "language", "state", "created_at",
-            "state_changed_at", "confirmed_at"]
     now = datetime.now(UTC)
     wall = cpu = 0.0
-    conn = engine.connect()  # as the import does: one connection, one transaction per batch
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("PRAGMA cache_size=-131072")
-        conn.commit()
-    try:
-        for start in range(0, rows, 20000):
-            n = min(20000, rows - start)
+    with bulk_connection(engine) as conn:  # as the import: one connection, a transaction per batch
+        proc = t.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        stamp = proc(now) if proc else now
+        for start in range(0, rows, IMPORT_BATCH):
+            batch = [(int.from_bytes(os.urandom(8), "big") >> 1, os.urandom(32), os.urandom(48),
+                      "k0123abcd", "en", "active", stamp, stamp, stamp)
+                     for _ in range(min(IMPORT_BATCH, rows - start))]
+            t0, c0 = time.perf_counter(), time.process_time()
             with conn.begin():
-                compiled = t.insert().compile(dialect=conn.dialect, column_keys=cols)
-                proc = t.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-                stamp = proc(now) if proc else now
-                batch = [{"id": int.from_bytes(os.urandom(8), "big") >> 1,
-                          "email_index": os.urandom(32), "email_ct": os.urandom(48),
-                          "key_id": "k0123abcd", "language": "en", "state": "active",
-                          "created_at": stamp, "state_changed_at": stamp, "confirmed_at": stamp}
-                         for _ in range(n)]
-                params: list[Any] = (
-                    [tuple(r[k] for k in (compiled.positiontup or [])) for r in batch]
-                    if compiled.positional else batch)
-                t0, c0 = time.perf_counter(), time.process_time()
-                conn.exec_driver_sql(str(compiled), params)
+                insert_rows(conn, batch)
             wall += time.perf_counter() - t0  # includes the commit
             cpu += time.process_time() - c0
-    finally:
-        conn.close()
-        engine.dispose()
+    engine.dispose()
     return wall, cpu
 
 
@@ -184,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             store = _store(url, key_path)
             floor_in, floor_in_cpu = floor_seal(csv_path)
             t0, c0 = time.perf_counter(), time.process_time()
-            report = import_file(store, csv_path, confirmed=True,  # type: ignore[arg-type]
-                                 batch_size=20000)
+            report = import_file(store, csv_path, confirmed=True)  # type: ignore[arg-type]
             took_in, took_in_cpu = time.perf_counter() - t0, time.process_time() - c0
             import_rss = peak_rss_mb()
             floor_out, floor_out_cpu = floor_open(report.inserted)
@@ -198,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
             store_wall, store_cpu = storage_reference(ref_url, report.inserted)
             child = subprocess.run(
                 [sys.executable, "-m", "bench.subscribers", "--stream-child", url, str(key_path)],
-                capture_output=True, text=True, check=True)
+                capture_output=True, text=True)
+            if child.returncode:
+                sys.exit(f"the streaming child failed:\n{child.stderr}")
             took_out, out_cpu, streamed, rss, base_rss = map(float, child.stdout.split())
         finally:
             if schema is not None:

@@ -36,10 +36,11 @@ from subscribers.errors import InputError, WrongKeyError
 from subscribers.lifecycle import TIMESTAMP_COLUMN, Event, SubscriberState
 from subscribers.normalise import InvalidAddress, validate
 from subscribers.schema import import_progress
-from subscribers.store import SubscriberStore
+from subscribers.store import SubscriberStore, bulk_connection
 
 __all__ = [
     "BACKUP_MAGIC",
+    "IMPORT_BATCH",
     "ImportReport",
     "RowProblem",
     "detect_encoding",
@@ -59,6 +60,13 @@ BACKUP_MAGIC = b"NEWSLETTER-SUBSCRIBERS-BACKUP 1\n"
 _FRAME_ROWS = 2000
 _LEN = struct.Struct(">I")
 _DONE = -1
+
+# Rows per import transaction. Random ids and blind indexes put each row at a random page of
+# their B-trees, and on SQLite every commit writes each page it touched to the WAL: for a list
+# of a million, a commit of 20,000 rows rewrote most of the index pages, 50 times over. At
+# 100,000 the storage cost halves (bench/README.md); an interrupted import redoes at most one
+# batch, and the batch in memory stays under 60 MB.
+IMPORT_BATCH = 100_000
 
 
 @dataclass(frozen=True)
@@ -199,15 +207,13 @@ def _save_progress(conn: Any, source_hash: str, line: int, report: ImportReport,
 
 
 def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = False,
-                reactivate: bool = False, encoding: str | None = None, batch_size: int = 20000,
+                reactivate: bool = False, encoding: str | None = None, batch_size: int = IMPORT_BATCH,
                 on_problem: Callable[[RowProblem], None] | None = None,
                 on_batch: Callable[[ImportReport], None] | None = None,
                 keep_problems: int = 1000) -> ImportReport:
     """Import a CSV (``email,language``) or restore an encrypted backup, resumably.
 
-    ``batch_size`` rows commit together. Large batches matter on SQLite: each commit writes
-    every index page it touched to the WAL, and random keys touch a page per row, so fewer,
-    larger commits cut the write volume several times over.
+    ``batch_size`` rows commit together (see ``IMPORT_BATCH``).
     """
     path = Path(path)
     source = str(path)
@@ -243,15 +249,6 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
     indexes: list[bytes] = []
     last_line = resume_line
 
-    # One connection for the whole import, one transaction per batch. Random ids and blind
-    # indexes touch pages all over the B-trees, so SQLite's page cache must survive from one
-    # batch to the next (a connection per batch would start cold every time) and be larger
-    # than its 2 MB default; 128 MB holds the indexes of a list of a million.
-    conn = store.engine.connect()
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("PRAGMA cache_size=-131072")
-        conn.commit()
-
     def flush(upto: int) -> None:
         with conn.begin():
             if batch:
@@ -267,7 +264,8 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
         if on_batch is not None:
             on_batch(report)
 
-    with conn, path.open("r", encoding=enc, errors="strict", newline="") as fh:
+    with bulk_connection(store.engine) as conn, \
+            path.open("r", encoding=enc, errors="strict", newline="") as fh:
         rows = parse_csv(fh, source, settings.choices, settings.default_language)
         try:
             for item in rows:

@@ -68,18 +68,20 @@ def subscribers_group() -> None:
 @click.option("--encoding", default=None, help="Input encoding (default: UTF-8 or GB18030, detected).")
 @click.option("--reactivate", is_flag=True,
               help="Also re-activate unsubscribed, bounced and complained addresses.")
-@click.option("--batch-size", default=20000, show_default=True, hidden=True)
+@click.option("--batch-size", type=int, default=None, hidden=True,
+              help="Rows per transaction (default: subscribers.importexport.IMPORT_BATCH).")
 @pass_app
 def subscribers_import(app: App, file: Path, confirmed: bool, encoding: str | None,
-                       reactivate: bool, batch_size: int) -> None:
+                       reactivate: bool, batch_size: int | None) -> None:
     """Import FILE: a CSV with header ``email,language`` (language optional), or a backup."""
-    from subscribers.importexport import RowProblem, import_file
+    from subscribers.importexport import IMPORT_BATCH, RowProblem, import_file
 
     def problem(p: RowProblem) -> None:
         click.echo(f"{file}:{p.line}: {p.reason}", err=True)
 
     report = import_file(app.subscribers, file, confirmed=confirmed, reactivate=reactivate,
-                         encoding=encoding, batch_size=batch_size, on_problem=problem)
+                         encoding=encoding, batch_size=batch_size or IMPORT_BATCH,
+                         on_problem=problem)
     if report.encoding == "backup":
         click.echo(f"restored {report.restored} subscribers from the encrypted backup "
                    f"({report.skipped} already present)")

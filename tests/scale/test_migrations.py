@@ -30,7 +30,7 @@ from mailer.schema import metadata
 
 # Revisions that were shipped in a release. The upgrade test starts from each one, so adding a
 # revision for the next release is tested against the schema the field actually has.
-RELEASED = ["0001"]
+RELEASED = ["0001", "0002"]
 
 
 def _fresh(url: str) -> Engine:

@@ -8,10 +8,10 @@ from sqlalchemy import select
 from subscribers.codec import Codec
 from subscribers.errors import InputError, WrongKeyError
 from subscribers.keys import KeyRing
-from subscribers.lifecycle import SubscriberState
+from subscribers.lifecycle import Event, SubscriberState
 from subscribers.schema import subscribers as t
 from subscribers.settings import ListSettings
-from subscribers.store import SubscriberStore
+from subscribers.store import _IN_CHUNK, SubscriberStore
 from tests.subscribers.conftest import LANGS, Clock
 
 
@@ -121,3 +121,33 @@ def test_stream_sees_an_unsubscribe_made_while_it_runs(store: SubscriberStore) -
         if len(seen) == 1:
             other.unsubscribe(order[4])  # a later batch: must not be yielded
     assert seen == order[:4] + order[5:]
+
+
+def test_a_failed_batch_leaves_none_of_its_rows(store: SubscriberStore) -> None:
+    # The bulk path (binary COPY on PostgreSQL, executemany on SQLite) must write inside the
+    # caller's transaction: an import batch that fails after its insert leaves nothing behind.
+    rows = [(f"reader{i}@qq.com", "en") for i in range(50)]
+
+    def batch_that_fails_after_its_insert() -> None:
+        with store.engine.begin() as conn:
+            result = store.add_batch(rows, Event.IMPORT_CONFIRMED, conn=conn)
+            assert result.inserted == 50
+            assert len(conn.execute(select(t.c.id)).all()) == 50  # seen inside the transaction
+            raise RuntimeError("the batch fails after its insert")
+
+    with pytest.raises(RuntimeError, match="after its insert"):
+        batch_that_fails_after_its_insert()
+    assert store.count(None) == 0
+    again = store.add_batch(rows, Event.IMPORT_CONFIRMED)
+    assert again.inserted == 50
+    assert {r.address for r in store.stream_active()} == {a for a, _ in rows}
+
+
+def test_existing_rows_are_found_in_chunks(store: SubscriberStore) -> None:
+    # More blind indexes than one IN list takes: the existence check must see every one.
+    rows = [(f"r{i}@163.com", "zh-Hans") for i in range(_IN_CHUNK + 7)]
+    first = store.add_batch(rows, Event.IMPORT)
+    second = store.add_batch(rows, Event.IMPORT_CONFIRMED)
+    assert (first.inserted, second.inserted, second.existing) == (len(rows), 0, len(rows))
+    assert second.ids == first.ids
+    assert store.count(SubscriberState.ACTIVE) == len(rows)
