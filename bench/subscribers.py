@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"           floor wall {floor_in:.2f} s, cpu {floor_in_cpu:.2f} s; ratio wall "
           f"{took_in / floor_in:.1f}, cpu {took_in_cpu / floor_in_cpu:.1f}  "
           "(targets: <= 60 s, <= 3x)")
-    print(f"           storage reference (same rows pre-built, same schema, executemany only): "
+    print(f"           storage reference (same rows pre-built, same schema, bulk insert only): "
           f"wall {store_wall:.2f} s, cpu {store_cpu:.2f} s; import / (floor + storage) "
           f"cpu {took_in_cpu / (floor_in_cpu + store_cpu):.1f}")
     print(f"  stream : wall {took_out:7.2f} s, cpu {out_cpu:7.2f} s ({int(streamed):,} "
