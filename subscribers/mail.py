@@ -17,15 +17,15 @@ __all__ = ["CONFIRM_TEXT", "confirmation_message"]
 CONFIRM_TEXT: Mapping[str, tuple[str, str]] = {
     "zh-Hans": ("请确认您的订阅",
                 "您好！\n\n有人（希望是您）用这个邮箱地址订阅了「{name}」。\n"
-                "请打开下面的链接确认订阅：\n\n{url}\n\n"
+                "请打开下面的链接，点击页面上的按钮确认订阅：\n\n{url}\n\n"
                 "如果不是您本人操作，请忽略此邮件，您不会再收到我们的邮件。\n"),
     "zh-Hant": ("請確認您的訂閱",
                 "您好！\n\n有人（希望是您）用這個郵件地址訂閱了「{name}」。\n"
-                "請打開下面的連結確認訂閱：\n\n{url}\n\n"
+                "請打開下面的連結，按頁面上的按鈕確認訂閱：\n\n{url}\n\n"
                 "如果不是您本人操作，請忽略此郵件，您不會再收到我們的郵件。\n"),
     "en": ("Please confirm your subscription",
            "Hello,\n\nSomeone (we hope you) subscribed this address to {name}.\n"
-           "Open this link to confirm:\n\n{url}\n\n"
+           "Open this link and press the button on the page to confirm:\n\n{url}\n\n"
            "If it was not you, ignore this message and you will not hear from us again.\n"),
 }
 

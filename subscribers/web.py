@@ -3,7 +3,8 @@
 * ``GET/POST /subscribe``: a bilingual form. The answer to a well-formed address is the same
   whether or not it is on the list, so the form cannot enumerate subscribers; the confirmation
   mail is sent in the background so timing tells little either.
-* ``GET /confirm/TOKEN``: double opt-in; confirming twice is harmless.
+* ``GET /confirm/TOKEN``: a page with a button; ``POST`` to the same address confirms (double
+  opt-in; link scanners only GET). Confirming twice is harmless.
 * ``GET /u/TOKEN``: a bilingual page with a button and a language switch.
 * ``POST /u/TOKEN``: RFC 8058 one-click. Idempotent, no cookie, no login, 200 even when already
   unsubscribed: mail providers post here with nothing but ``List-Unsubscribe=One-Click``.
@@ -266,23 +267,48 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         except Exception as exc:  # a failed confirmation must not take the server down
             log.warning("confirmation for subscriber %d failed: %s", sid, type(exc).__name__)
 
-    async def confirm(request: Request) -> Response:
+    def confirm_bad(langs: tuple[str, ...]) -> HTMLResponse:
+        return message(langs, "confirm_bad_title", "confirm_bad_body", 400,
+                       link=f"{ctx.base_path}/subscribe")
+
+    async def confirm_get(request: Request) -> Response:
+        """Show a button, confirm nothing. Mail providers' link scanners (QQ's among them) open
+        every link in a new message: a GET that confirmed would opt in any address someone
+        typed into the form, which is what double opt-in exists to prevent."""
         langs = chosen_langs(request)
         if (resp := limited(request, langs)) is not None:
             return resp
         try:
             tok = tokens.verify_confirm(request.path_params["token"])
         except BadToken:
-            return message(langs, "confirm_bad_title", "confirm_bad_body", 400,
-                           link=f"{ctx.base_path}/subscribe")
+            return confirm_bad(langs)
+        record = await run_in_threadpool(store.get, tok.subscriber_id)
+        if record is not None and "lang" not in request.query_params:
+            langs = page_languages(record.language)
+        if record is not None and record.state is SubscriberState.ACTIVE:
+            return message(langs, "confirmed_title", "confirmed_body")  # harmless repeat
+        if record is None or record.state is not SubscriberState.PENDING:
+            return confirm_bad(langs)
+        return render("confirm.html", langs, title_key="confirm_title",
+                      action=f"{ctx.base_path}/confirm/{request.path_params['token']}")
+
+    async def confirm_post(request: Request) -> Response:
+        """Confirm. The token is the proof (as for one-click unsubscribe), so no cookie or
+        CSRF token is needed; confirming twice is harmless."""
+        langs = chosen_langs(request)
+        if (resp := limited(request, langs)) is not None:
+            return resp
+        try:
+            tok = tokens.verify_confirm(request.path_params["token"])
+        except BadToken:
+            return confirm_bad(langs)
         state = await run_in_threadpool(store.confirm, tok.subscriber_id, tok.issued_at)
         record = await run_in_threadpool(store.get, tok.subscriber_id)
         if record is not None and "lang" not in request.query_params:
             langs = page_languages(record.language)
         if state is SubscriberState.ACTIVE:
             return message(langs, "confirmed_title", "confirmed_body")
-        return message(langs, "confirm_bad_title", "confirm_bad_body", 400,
-                       link=f"{ctx.base_path}/subscribe")
+        return confirm_bad(langs)
 
     def verify_unsub(request: Request) -> int | None:
         try:
@@ -330,7 +356,8 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
     routes = [
         Route("/subscribe", subscribe_get, methods=["GET"]),
         Route("/subscribe", subscribe_post, methods=["POST"]),
-        Route("/confirm/{token}", confirm, methods=["GET"]),
+        Route("/confirm/{token}", confirm_get, methods=["GET"]),
+        Route("/confirm/{token}", confirm_post, methods=["POST"]),
         Route("/u/{token}", unsubscribe_get, methods=["GET"]),
         Route("/u/{token}", unsubscribe_post, methods=["POST"]),
         Route("/site.css", site_css, methods=["GET"]),

@@ -130,16 +130,30 @@ def test_double_opt_in_over_http(site: Site) -> None:
     assert "请确认" in str(mail["Subject"])
     link = re.search(r"/confirm/([A-Za-z0-9_-]+)", text)
     assert link is not None
-    first = site.http.get(f"/confirm/{link.group(1)}")
+    token = link.group(1)
+    # Opening the link (what a provider's link scanner does too) shows a button and confirms
+    # nothing.
+    for _ in range(2):
+        page = site.http.get(f"/confirm/{token}")
+        assert page.status_code == 200
+        assert "确认订阅" in page.text
+        assert "<button" in page.text
+        assert f'action="/confirm/{token}"' in page.text
+    pending = site.store.get(record.id)
+    assert pending is not None
+    assert pending.state is SubscriberState.PENDING
+    # The button posts with no cookie and no CSRF token: the token is the proof.
+    first = httpx.post(f"{site.server.base}/confirm/{token}", timeout=30)
     assert first.status_code == 200
     assert "订阅已确认" in first.text
-    again = site.http.get(f"/confirm/{link.group(1)}")  # confirming twice is harmless
+    again = httpx.post(f"{site.server.base}/confirm/{token}", timeout=30)  # harmless twice
     assert again.status_code == 200
+    assert "订阅已确认" in site.http.get(f"/confirm/{token}").text
     record = site.store.get(record.id)
     assert record is not None
     assert record.state is SubscriberState.ACTIVE
-    bad = site.http.get(f"/confirm/{link.group(1)[:-2]}xx")
-    assert bad.status_code == 400
+    assert site.http.get(f"/confirm/{token[:-2]}xx").status_code == 400
+    assert site.http.post(f"/confirm/{token[:-2]}xx").status_code == 400
 
 
 def test_unsubscribe_page_and_one_click(site: Site) -> None:
@@ -182,7 +196,7 @@ def test_resubscribing_through_the_form_needs_a_new_confirmation(site: Site) -> 
     assert body is not None
     link = re.search(r"/confirm/([A-Za-z0-9_-]+)", body.get_content())
     assert link is not None
-    assert site.http.get(f"/confirm/{link.group(1)}").status_code == 200
+    assert site.http.post(f"/confirm/{link.group(1)}").status_code == 200
     record = site.store.get(sid)
     assert record is not None
     assert record.state is SubscriberState.ACTIVE
@@ -203,3 +217,16 @@ def test_rate_limit(tmp_path: Path) -> None:
                             timeout=30).status_code for _ in range(3)]
     assert codes[:2] == [403, 403]  # no CSRF token, but still counted
     assert codes[2] == 429
+
+
+def test_every_page_language_has_every_string() -> None:
+    # The pages render each block in several languages with a strict environment: a string
+    # missing from one language would turn that page into a server error.
+    import json
+
+    strings = json.loads((Path(__file__).parents[2] / "templates/web/strings.json").read_text())
+    langs = [k for k in strings if k != "language_names"]
+    assert len(langs) >= 3
+    for lang in langs:
+        assert set(strings[lang]) == set(strings["en"]), lang
+        assert all(v.strip() for v in strings[lang].values()), lang
