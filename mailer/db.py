@@ -25,10 +25,11 @@ def is_postgres(engine: Engine) -> bool:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the web endpoints read while a send writes; busy_timeout waits out short locks
     # instead of failing; foreign keys are off by default in SQLite.
+    # busy_timeout first: switching a new file to WAL takes a lock another process may hold.
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

@@ -126,9 +126,18 @@ def _our_tables(conn: Connection) -> set[str]:
 def prepare_schema(engine: Engine) -> None:
     """Make a fresh database usable, or check that an existing one is at the head revision."""
     head = head_revision()
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:  # the usual case, a current database: no write lock
+            if _context(conn).get_current_revision() == head and \
+                    not set(metadata.tables) - _our_tables(conn):
+                return
     with engine.begin() as conn:
+        # Processes started together on a new database must not all find it empty and all
+        # create the tables: the check and the build run under one write lock.
         if conn.dialect.name == "postgresql":
             conn.execute(text(_SCHEMA_LOCK_SQL))
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits out the other opener (busy_timeout)
         ctx = _context(conn)
         current = ctx.get_current_revision()
         if current == head:

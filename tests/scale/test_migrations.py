@@ -3,8 +3,10 @@ database from an earlier release upgrades with its rows intact, and a stale one 
 
 from __future__ import annotations
 
+import multiprocessing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import (
@@ -202,3 +204,35 @@ def test_cli_db_upgrade_current_and_check(db_url: str, tmp_path: Path,
     engine.dispose()
     assert run_cli([*base, "check"]) == 2
     assert "differs" in capsys.readouterr().err
+
+
+def _open_at_once(url: str, barrier: Any, errors: Any) -> None:
+    try:
+        barrier.wait(timeout=60)
+        open_engine(url).dispose()
+    except BaseException as exc:  # reported to the parent, which fails the test
+        errors.put(f"{type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path,
+                                                                 round_: int) -> None:
+    # Workers, the daemon and `serve` started together on a fresh machine: every one must find
+    # a usable, stamped database, not "table already exists" or "database is locked".
+    url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
+    ctx = multiprocessing.get_context("fork")
+    n = 6
+    barrier, errors = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_at_once, args=(url, barrier, errors)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    failures = [errors.get(timeout=5) for p in procs if p.exitcode != 0]
+    assert failures == []
+    engine = open_engine(url)
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+    engine.dispose()
