@@ -349,6 +349,33 @@ async def test_a_daemon_that_loses_its_lock_stops(tmp_path: Path, sqlite_url: st
     app.engine.dispose()
 
 
+@pytest.mark.postgres
+async def test_a_daemon_on_postgres_that_loses_its_session_stops(
+        tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL: the session holding the advisory lock ended (server restart, network loss,
+    an operator's pg_terminate_backend); a standby may already lead, so we must stop."""
+    from sqlalchemy import text
+
+    config = write_config(tmp_path, postgres_url, digest="0 8 1 1 *")
+    app = make_app(config)
+    d = Daemon(app, install_signals=False, lock_lease=timedelta(seconds=0.6))
+    task = asyncio.ensure_future(d.run())
+    await asyncio.wait_for(d.started.wait(), 30)
+    key = d.lock._key
+    assert key is not None
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    with app.engine.connect() as conn:  # find the holder's session from outside, as a DBA would
+        pid = conn.execute(text("select pid from pg_locks where locktype = 'advisory' "
+                                "and granted and classid = :hi and objid = :lo"),
+                           {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).scalar_one()
+        assert conn.execute(text("select pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+    await asyncio.wait_for(task, 30)
+    assert d.stopping
+    assert "was lost" in caplog.text
+    assert not d.lock.held
+    app.engine.dispose()
+
+
 async def test_end_to_end_poll_then_digest_at_its_time(
         tmp_path: Path, sqlite_url: str, smtp_server: SMTPServer,
         http_server: HTTPServer) -> None:
