@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ from sqlalchemy.pool import NullPool
 from mailer.errors import StorageError
 
 __all__ = ["create_schema", "is_postgres", "is_sqlite", "open_engine"]
+
+
+_OPEN_TRIES = 6  # about 1.5 s of retries in all
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -61,8 +65,15 @@ def create_schema(engine: Engine) -> None:
     """
     from mailer.migrate import prepare_schema  # alembic is imported only when a schema is needed
 
-    try:
-        prepare_schema(engine)
-    except OperationalError as exc:
-        raise StorageError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: "
-                           f"{exc.orig}") from None
+    for attempt in range(_OPEN_TRIES):
+        try:
+            prepare_schema(engine)
+            return
+        except OperationalError as exc:
+            if is_sqlite(engine) and "locked" in str(exc.orig) and attempt < _OPEN_TRIES - 1:
+                # While another process turns a brand-new file into a WAL database, SQLite can
+                # answer "locked" at once instead of calling the busy handler: wait and retry.
+                time.sleep(0.05 * 2**attempt)
+                continue
+            raise StorageError(f"cannot open database "
+                               f"{engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
