@@ -191,7 +191,11 @@ async def send_edition(app: App, edition_id: int, *, progress: bool = False,
             watcher.cancel()
     record_exposure(app.engine, edition_id, prepared.exposure, app.clock())
     if app.outbox.unfinished(edition_id) == 0 and app.editions.info(edition_id).state is EditionState.SENDING:
-        app.editions.set_state(edition_id, EditionState.SENT)
+        try:
+            app.editions.set_state(edition_id, EditionState.SENT)
+        except EditionError:  # a worker marked it sent between our look and our write
+            if app.editions.info(edition_id).state is not EditionState.SENT:
+                raise
     return SendSummary(edition_id, enqueued, report)
 
 

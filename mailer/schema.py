@@ -93,6 +93,9 @@ editions = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("state_reason", Text, nullable=True),
     Column("total", Integer, nullable=True),  # recipients enqueued
+    # Set by the one process that tells the editors it was sent: the daemon and several workers
+    # can each see the edition finish, and the report must go out once (migration 0004).
+    Column("sent_reported_at", DateTime(timezone=True), nullable=True),
 )
 
 edition_posts = Table(

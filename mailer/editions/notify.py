@@ -113,6 +113,8 @@ class Notifier:
     clock: Callable[[], datetime]
     counts: Callable[[int], Mapping[str, int]] | None = None
     titles: Callable[[int], Sequence[str]] | None = None
+    # Across processes, only the caller this returns True for reports an edition sent.
+    claim_sent: Callable[[int], bool] | None = None
 
     @classmethod
     def for_app(cls, app: Any) -> Notifier:
@@ -130,9 +132,12 @@ class Notifier:
         def titles(edition_id: int) -> Sequence[str]:
             return [p.title for p in app.editions.load(edition_id).posts]
 
-        return cls(app.config, send, app.clock, counts, titles)
+        return cls(app.config, send, app.clock, counts, titles, app.editions.claim_sent_report)
 
     async def sent(self, info: EditionInfo) -> None:
+        if self.claim_sent is not None and not self.claim_sent(info.id):
+            log.info("edition %d: the sent report went out already (another process)", info.id)
+            return
         counts = self._counts(info.id)
         await self._report(ReportKind.SENT, info, counts)
         if rejection_rate(counts) > self.config.newsletter.content_rejection_alert:

@@ -340,6 +340,15 @@ class EditionStore:
             conn.execute(update(editions).where(editions.c.id == edition_id)
                          .values(total=total, updated_at=self.clock()))
 
+    def claim_sent_report(self, edition_id: int) -> bool:
+        """True for exactly one caller per edition: the one that sends the editors' report."""
+        with self.engine.begin() as conn:
+            result = conn.execute(update(editions)
+                                  .where(editions.c.id == edition_id,
+                                         editions.c.sent_reported_at.is_(None))
+                                  .values(sent_reported_at=self.clock()))
+        return result.rowcount == 1
+
     # ------------------------------------------------------------------ helpers
 
     def _check(self, info: EditionInfo, target: EditionState) -> None:

@@ -55,3 +55,26 @@ async def test_below_threshold_only_the_sent_report(
     assert [str(r.message()["Subject"]) for r in smtp_server.received] == [
         f"[Newsletter] Edition {eid} sent"]
     app.engine.dispose()
+
+
+async def test_the_sent_report_goes_out_once_whoever_sees_the_edition_finish(
+        tmp_path: Path, sqlite_url: str, smtp_server: SMTPServer) -> None:
+    # The daemon and two workers (three processes, three Apps on one database) each see the
+    # edition finish and each call ``sent``: each editor gets one report.
+    import asyncio
+
+    config = write_config(tmp_path, sqlite_url, smtp_port=smtp_server.port, editors=EDITORS)
+    apps = [make_app(config) for _ in range(3)]
+    add_posts(apps[0].engine, 1)
+    eid = apps[0].editions.create()
+    assert eid is not None
+    apps[0].editions.set_state(eid, S.SENDING)
+    apps[0].editions.set_state(eid, S.SENT)
+    await asyncio.gather(*(Notifier.for_app(a).sent(a.editions.info(eid)) for a in apps))
+    await Notifier.for_app(apps[1]).sent(apps[1].editions.info(eid))  # and once more, later
+    for a in apps:
+        await a.transport.aclose()
+    got = sorted((r.rcpt_tos[0], str(r.message()["Subject"])) for r in smtp_server.received)
+    assert got == [(e, f"[Newsletter] Edition {eid} sent") for e in EDITORS]
+    for a in apps:
+        a.engine.dispose()
