@@ -144,7 +144,9 @@ def build_web_app(app: App) -> Starlette:
     envelope_from = cfg.delivery.envelope_from or parseaddr(cfg.newsletter.from_addr)[1]
 
     async def deliver(recipient: str, data: bytes) -> None:
-        await app.transport.send(envelope_from, recipient, data)
+        from mailer.delivery.transport import send_now
+
+        await send_now(app.transport, envelope_from, recipient, data)
 
     settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
                             rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl)
