@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from jinja2 import Environment
 
     from mailer.delivery.outbox import Outbox
+    from mailer.delivery.peers import SenderRegistry
     from mailer.delivery.transport import Transport
     from mailer.editions.store import EditionStore
     from mailer.feeds.store import PostStore
@@ -142,6 +143,13 @@ class App:
         from mailer.delivery.outbox import Outbox
 
         return Outbox(self.engine, self.clock)
+
+    @cached_property
+    def senders(self) -> SenderRegistry:
+        """The processes sending now: the rate limits are shared among them."""
+        from mailer.delivery.peers import SenderRegistry
+
+        return SenderRegistry(self.engine, self.clock)
 
     @cached_property
     def transport(self) -> Transport:

@@ -180,6 +180,7 @@ async def send_edition(app: App, edition_id: int, *, progress: bool = False,
         clock=app.clock,
         on_bounce=lambda sid: app.subscribers.set_state(sid, "bounced"),
         progress=progress,
+        peers=app.senders,
     )
     if stop is None:
         report = await engine.run(edition_id)

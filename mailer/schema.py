@@ -155,6 +155,16 @@ mirror_exposure = Table(
     Column("first_sent_at", DateTime(timezone=True), nullable=False),
 )
 
+# Every process sending right now (a worker, the daemon, ``newsletter send``), renewed while it
+# sends: the rate limits are shared among the live ones (``mailer.delivery.peers``).
+senders = Table(
+    "senders",
+    metadata,
+    Column("owner", String(128), primary_key=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
 # One daemon per database: a row lease, renewed by heartbeat (PostgreSQL adds an advisory lock).
 daemon_lock = Table(
     "daemon_lock",

@@ -229,6 +229,7 @@ class SenderWorker:
             batch_size=self.batch_size,
             lease=self.lease,
             owner=self.owner,
+            peers=app.senders,
         )
         self._current = engine
         try:

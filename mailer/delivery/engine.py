@@ -40,6 +40,7 @@ from mailer.clock import Clock
 from mailer.config import DeliverySettings
 from mailer.delivery.classify import Classifier, SendResult
 from mailer.delivery.outbox import STOP_STATES, Outbox, OutboxRow, Outcome, RecipientLike
+from mailer.delivery.peers import SenderRegistry
 from mailer.delivery.progress import NullProgress, Progress, progress_for
 from mailer.delivery.ratelimit import DomainLimits, RateLimiter
 from mailer.delivery.transport import Transport
@@ -243,6 +244,8 @@ class DeliveryEngine(Generic[R]):
         owner: str | None = None,
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
+        peers: SenderRegistry | None = None,
+        share_every: float = 10.0,
     ) -> None:
         self.outbox = outbox
         self.transport = transport
@@ -264,6 +267,10 @@ class DeliveryEngine(Generic[R]):
         self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.rand = rand
         self._monotonic = monotonic
+        # With ``peers``, the rate limits are the deployment's: this process takes its part.
+        self.peers = peers
+        self.share_every = share_every
+        self.share = 1
         self.classifier = Classifier(settings.content_rejections, max_attempts=settings.max_attempts,
                                      max_age=settings.max_age, backoff_base=settings.backoff_base)
         self.domain_limits = DomainLimits(settings.domain_rates, monotonic=monotonic)
@@ -291,6 +298,8 @@ class DeliveryEngine(Generic[R]):
         self._counts = dict.fromkeys(OutboxState, 0)
         self._by_relay = {}
         todo = await asyncio.to_thread(self.outbox.unfinished, edition_id)
+        if self.peers is not None:
+            await self._beat()  # our part of the rates is known before the first message
         self.progress.start(edition_id, todo)
         commits = _GroupCommit(self, edition_id, self.owner)
         queue: asyncio.Queue[tuple[OutboxRow, R] | None] = asyncio.Queue(
@@ -306,6 +315,7 @@ class DeliveryEngine(Generic[R]):
                    for _ in range(self.concurrency)]
         renewer = asyncio.create_task(self._renew(edition_id))
         watcher = asyncio.create_task(self._watch(edition_id))
+        sharer = asyncio.create_task(self._share_rates())
         self._lanes = {}
         # One slot per connection: what is in flight never exceeds it (the duplicate bound).
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -321,10 +331,13 @@ class DeliveryEngine(Generic[R]):
                 await queue.put(None)
             results = await asyncio.gather(*workers, return_exceptions=True)
             await commits.close()
-            for task in (renewer, watcher):
+            for task in (renewer, watcher, sharer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self.peers is not None:
+                with contextlib.suppress(Exception):  # the row expires anyway
+                    await asyncio.to_thread(self.peers.leave, self.owner)
             released = await asyncio.to_thread(self.outbox.release, edition_id, self.owner)
             if released:
                 log.info("released %d claimed rows that were not sent", released)
@@ -454,6 +467,29 @@ class DeliveryEngine(Generic[R]):
             state = await asyncio.to_thread(self.outbox.edition_state, edition_id)
             if state in STOP_STATES:
                 self.stop(str(state))
+
+    async def _beat(self) -> None:
+        assert self.peers is not None
+        ttl = timedelta(seconds=3 * self.share_every)
+        share = await asyncio.to_thread(self.peers.beat, self.owner, ttl)
+        if share != self.share:
+            log.info("%d processes are sending: this one paces at 1/%d of each rate", share, share)
+            self.share = share
+        self.domain_limits.set_share(share)
+        set_share = getattr(self.transport, "set_share", None)
+        if set_share is not None:
+            set_share(share)
+
+    async def _share_rates(self) -> None:
+        """Renew our row in ``senders`` and follow the number of live senders."""
+        if self.peers is None:
+            return
+        while True:
+            await asyncio.sleep(self.share_every)
+            try:
+                await self._beat()
+            except Exception as exc:  # keep the last share; the next beat tries again
+                log.warning("could not renew the sender row (%s)", type(exc).__name__)
 
     async def _renew(self, edition_id: int) -> None:
         period = max(self.lease.total_seconds() / 3, 0.05)

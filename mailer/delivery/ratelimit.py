@@ -38,13 +38,30 @@ class Pacer:
 
 
 class RateLimiter:
-    """An awaitable ``Pacer``; a rate of 0 (or less) means unlimited."""
+    """An awaitable ``Pacer``; a rate of 0 (or less) means unlimited.
+
+    ``configured`` is the operator's rate for the whole deployment; ``rate`` is this process's
+    part of it, ``configured / share`` when ``share`` processes send at once.
+    """
 
     def __init__(self, rate: float, *, burst: int = 1,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.configured = rate
         self.rate = rate
+        self.share = 1
+        self._burst = burst
         self._pacer = Pacer(rate, burst) if rate > 0 else None
         self._monotonic = monotonic
+
+    def set_share(self, share: int) -> None:
+        """Pace at ``configured / share`` from the next slot on (slots already booked stand)."""
+        share = max(1, share)
+        if share == self.share or self._pacer is None:
+            self.share = share
+            return
+        self.share = share
+        self.rate = self.configured / share
+        self._pacer.interval = 1.0 / self.rate
 
     async def wait(self) -> None:
         if self._pacer is None:
@@ -81,6 +98,12 @@ class DomainLimits:
 
     def limiter(self, key: str) -> RateLimiter:
         return self._limiters[key]
+
+    def set_share(self, share: int) -> None:
+        """Destination limits hold for the whole deployment: each of ``share`` senders takes
+        its part."""
+        for limiter in self._limiters.values():
+            limiter.set_share(share)
 
     async def wait(self, domain: str) -> None:
         key = match_domain(domain, self._limiters)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import ssl
 import time
@@ -148,6 +149,16 @@ class _ConnectFailed(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1: a relay on this machine, not shared with others."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class RelayPool:
@@ -358,6 +369,15 @@ class SMTPTransport:
     @property
     def concurrency(self) -> int:
         return sum(p.relay.connections for p in self.pools)
+
+    def set_share(self, share: int) -> None:
+        """``share`` processes send at once: each paces a shared relay at its part of ``rate``.
+
+        A relay on loopback is each machine's own (a local Postfix), so its rate stays whole.
+        """
+        for pool in self.pools:
+            if not is_loopback(pool.relay.host):
+                pool._limiter.set_share(share)
 
     def _choose(self, exclude: set[int]) -> int | None:
         candidates = [i for i, p in enumerate(self.pools) if i not in exclude and p.is_up()]

@@ -7,12 +7,12 @@ import time
 
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from mailer.delivery.engine import DeliveryEngine
 from mailer.delivery.outbox import Outbox
-from mailer.delivery.ratelimit import Pacer, match_domain
-from mailer.delivery.smtp import SMTPTransport
+from mailer.delivery.ratelimit import DomainLimits, Pacer, RateLimiter, match_domain
+from mailer.delivery.smtp import SMTPTransport, is_loopback
 from tests.delivery.helpers import (
     FakeClock,
     directory,
@@ -101,3 +101,75 @@ async def test_domain_rate_limits_only_that_domain(sqlite_db: Engine) -> None:
     assert abs(measured_rate(qq) - 25.0) <= 2.5
     # The unlimited domain is not held back behind qq.com's pace.
     assert other[-1] - other[0] < (qq[-1] - qq[0]) / 2
+
+
+# ------------------------------------------------------------------ shared among live senders
+
+
+@given(st.floats(0.5, 5000), st.integers(1, 16), st.lists(st.floats(0, 0.01), min_size=2,
+                                                          max_size=100))
+def test_a_share_paces_at_its_part_of_the_rate(rate: float, share: int,
+                                               gaps: list[float]) -> None:
+    limiter = RateLimiter(rate)
+    limiter.set_share(share)
+    assert limiter.rate == rate / share
+    assert limiter.configured == rate
+    assert limiter._pacer is not None
+    now, slots = 100.0, []
+    for gap in gaps:
+        now += gap
+        slots.append(now + limiter._pacer.reserve(now))
+    for a, b in itertools.pairwise(slots):
+        assert b - a >= share / rate - 1e-9
+    limiter.set_share(1)  # the others stopped: back to the whole rate
+    assert limiter.rate == rate
+
+
+def test_unlimited_stays_unlimited_and_loopback_relays_keep_their_rate() -> None:
+    unlimited = RateLimiter(0)
+    unlimited.set_share(4)
+    assert unlimited._pacer is None
+    transport = SMTPTransport([relay(25, host="relay.example.net", rate=30.0),
+                               relay(25, host="127.0.0.1", rate=30.0),
+                               relay(25, host="localhost", rate=30.0)])
+    transport.set_share(3)
+    assert [p._limiter.rate for p in transport.pools] == [10.0, 30.0, 30.0]
+    assert is_loopback("::1")
+    assert not is_loopback("smtp.qq.com")
+    limits = DomainLimits({"qq.com": 20.0, "163.com": 8.0})
+    limits.set_share(2)
+    assert (limits.limiter("qq.com").rate, limits.limiter("163.com").rate) == (10.0, 4.0)
+
+
+async def test_a_second_live_sender_halves_a_domain_rate(sqlite_db: Engine) -> None:
+    # Another worker is sending (its row in ``senders`` is fresh): qq.com's limit is the
+    # deployment's, so this process paces at half of it, and leaves its row when done.
+    from datetime import UTC, datetime, timedelta
+
+    from mailer.delivery.peers import SenderRegistry
+    from mailer.schema import senders
+
+    clock = lambda: datetime.now(UTC)  # noqa: E731
+    peers = SenderRegistry(sqlite_db, clock)
+    peers.beat("other-host:4242:cafe", timedelta(minutes=5))
+    server, arrivals = arrival_server()
+    box = Outbox(sqlite_db, FakeClock())
+    edition = make_edition(sqlite_db)
+    people = recipients(40, ("qq.com",))
+    box.enqueue(edition, people)
+    transport = SMTPTransport([relay(server.port, connections=4)])
+    engine = DeliveryEngine(box, transport, recipients=directory(people), message_for=message,
+                            envelope_from="b@example.org",
+                            settings=settings(domain_rates={"qq.com": 40.0}), clock=FakeClock(),
+                            peers=peers)
+    try:
+        report = await engine.run(edition, handle_signals=False)
+    finally:
+        await transport.aclose()
+        server.stop()
+    assert report.sent == 40
+    assert engine.share == 2
+    times = sorted(t for t, _ in arrivals)
+    assert abs(measured_rate(times) - 20.0) <= 2.0
+    with sqlite_db.connect() as conn:
+        assert [r.owner for r in conn.execute(select(senders.c.owner))] == ["other-host:4242:cafe"]
