@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import select
 
@@ -151,3 +153,35 @@ def test_existing_rows_are_found_in_chunks(store: SubscriberStore) -> None:
     assert (first.inserted, second.inserted, second.existing) == (len(rows), 0, len(rows))
     assert second.ids == first.ids
     assert store.count(SubscriberState.ACTIVE) == len(rows)
+
+
+def test_fetching_a_batch_of_recipients_reads_only_those_rows(tmp_path: object,
+                                                              ring: KeyRing) -> None:
+    # The sender fetches each batch by id. If SQLite answered through the state index it would
+    # read every active row per batch (N² for a send): count its VM steps while it answers.
+    from pathlib import Path
+
+    from sqlalchemy import event
+
+    from mailer.db import open_engine
+    from subscribers.lifecycle import Event as Ev
+
+    engine = open_engine(f"sqlite:///{Path(str(tmp_path)) / 'plan.db'}")
+    store = SubscriberStore(engine, Codec(ring), Clock(), LANGS)
+    rows = [(f"p{i}@qq.com", "en") for i in range(5000)]
+    ids = store.add_batch(rows, Ev.IMPORT_CONFIRMED).ids
+    steps = [0]
+
+    @event.listens_for(engine, "connect")
+    def count_steps(dbapi_conn: Any, _record: object) -> None:
+        def tick() -> int:
+            steps[0] += 1
+            return 0
+        dbapi_conn.set_progress_handler(tick, 100)
+
+    got = store.get_recipients(ids[:10])
+    assert sorted(got) == sorted(ids[:10])
+    assert steps[0] * 100 < 5000, f"{steps[0] * 100} VM steps for 10 rows of 5,000"
+    store.set_state(ids[0], "unsubscribed")
+    assert ids[0] not in store.get_recipients(ids[:10])
+    engine.dispose()
