@@ -41,7 +41,7 @@ from subscribers.lifecycle import SubscriberState
 from subscribers.mail import confirmation_message
 from subscribers.settings import PageSettings
 from subscribers.store import SubscriberStore
-from subscribers.tokens import BadToken, TokenSigner
+from subscribers.tokens import BadToken, ConfirmToken, TokenSigner
 
 __all__ = ["Deliver", "RateLimiter", "SecurityHeaders", "make_web_app", "page_languages"]
 
@@ -271,17 +271,24 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         return message(langs, "confirm_bad_title", "confirm_bad_body", 400,
                        link=f"{ctx.base_path}/subscribe")
 
-    async def confirm_get(request: Request) -> Response:
-        """Show a button, confirm nothing. Mail providers' link scanners (QQ's among them) open
-        every link in a new message: a GET that confirmed would opt in any address someone
-        typed into the form, which is what double opt-in exists to prevent."""
+    def confirm_token(request: Request) -> tuple[tuple[str, ...], ConfirmToken] | Response:
+        """Both confirm handlers start here: the rate limit, then the token (or an error page)."""
         langs = chosen_langs(request)
         if (resp := limited(request, langs)) is not None:
             return resp
         try:
-            tok = tokens.verify_confirm(request.path_params["token"])
+            return langs, tokens.verify_confirm(request.path_params["token"])
         except BadToken:
             return confirm_bad(langs)
+
+    async def confirm_get(request: Request) -> Response:
+        """Show a button, confirm nothing. Mail providers' link scanners (QQ's among them) open
+        every link in a new message: a GET that confirmed would opt in any address someone
+        typed into the form, which is what double opt-in exists to prevent."""
+        checked = confirm_token(request)
+        if isinstance(checked, Response):
+            return checked
+        langs, tok = checked
         record = await run_in_threadpool(store.get, tok.subscriber_id)
         if record is not None and "lang" not in request.query_params:
             langs = page_languages(record.language)
@@ -295,13 +302,10 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
     async def confirm_post(request: Request) -> Response:
         """Confirm. The token is the proof (as for one-click unsubscribe), so no cookie or
         CSRF token is needed; confirming twice is harmless."""
-        langs = chosen_langs(request)
-        if (resp := limited(request, langs)) is not None:
-            return resp
-        try:
-            tok = tokens.verify_confirm(request.path_params["token"])
-        except BadToken:
-            return confirm_bad(langs)
+        checked = confirm_token(request)
+        if isinstance(checked, Response):
+            return checked
+        langs, tok = checked
         state = await run_in_threadpool(store.confirm, tok.subscriber_id, tok.issued_at)
         record = await run_in_threadpool(store.get, tok.subscriber_id)
         if record is not None and "lang" not in request.query_params:
