@@ -102,3 +102,22 @@ def test_preview_of_a_chosen_single_post_edition(
     assert "In this edition" not in text  # the single-post layout has no table of contents
     msg = message_from_bytes((out / "en.eml").read_bytes(), policy=policy.default)
     assert msg["Subject"] == app.post_store.load([post_id])[0].title
+
+
+def test_preview_open_hands_the_html_file_to_the_browser(tmp_path: Path, config_path: Path) -> None:
+    # A real process with a real $BROWSER (what webbrowser runs): a script that records the URL.
+    import os
+    import subprocess
+    import sys
+
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.py"
+    browser.write_text(f"import sys\nopen({str(opened)!r}, 'w').write(sys.argv[1])\n", encoding="utf-8")
+    env = {**os.environ, "BROWSER": f"{sys.executable} {browser} %s", "PYTHONPATH": str(REPO)}
+    for args in (["poll"], ["preview", "--language", "en", "--out", str(tmp_path / "p"), "--open"]):
+        proc = subprocess.run([sys.executable, "-m", "mailer", "--config", str(config_path), *args],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    url = opened.read_text(encoding="utf-8")
+    assert url == (tmp_path / "p" / "en.html").resolve().as_uri()
+    assert "Citizens' Rights Digest" in (tmp_path / "p" / "en.html").read_text(encoding="utf-8")
