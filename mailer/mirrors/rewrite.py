@@ -16,11 +16,13 @@ from functools import lru_cache
 from urllib.parse import urljoin, urlsplit
 
 __all__ = [
+    "BLOGSPOT_COUNTRY_SUFFIXES",
     "MIRROR_LINKS_CLASS",
     "add_mirror_lines",
     "add_mirror_links",
     "mirror_alternatives",
     "mirror_slot",
+    "origin_hosts",
     "origin_path",
 ]
 
@@ -51,9 +53,31 @@ def mirror_slot(index: int) -> str:
     return f"@@SLOT_M{index}@@"
 
 
+# Blogger once redirected readers to a country domain (NAME.blogspot.hk, NAME.blogspot.com.tw,
+# ...) and old posts still link there; all are Google's, serve the same blog, and are blocked
+# in China like blogspot.com. This is the blogspot part of the Public Suffix List.
+BLOGSPOT_COUNTRY_SUFFIXES = (
+    "ae", "al", "am", "ba", "be", "bg", "bj", "ca", "cf", "ch", "cl", "co.at", "co.id", "co.il",
+    "co.ke", "co.nz", "co.uk", "co.za", "com.ar", "com.au", "com.br", "com.by", "com.co",
+    "com.cy", "com.ee", "com.eg", "com.es", "com.mt", "com.ng", "com.tr", "com.uy", "cv", "cz",
+    "de", "dk", "fi", "fr", "gr", "hk", "hr", "hu", "ie", "in", "is", "it", "jp", "kr", "li",
+    "lt", "lu", "md", "mk", "mr", "mx", "my", "nl", "no", "pe", "pt", "qa", "re", "ro", "rs",
+    "ru", "se", "sg", "si", "sk", "sn", "td", "tw", "ug", "vn",
+)
+
+
+def origin_hosts(host: str) -> tuple[str, ...]:
+    """``host`` and the other names of the same blog: a blogspot.com blog's country domains."""
+    name, dot, rest = host.partition(".")
+    if dot and rest == "blogspot.com":
+        return (host, *(f"{name}.blogspot.{cc}" for cc in BLOGSPOT_COUNTRY_SUFFIXES))
+    return (host,)
+
+
 @lru_cache(maxsize=64)
-def _parse_origins(origins: tuple[str, ...]) -> tuple[tuple[str, int | None, str], ...]:
-    out = []
+def _parse_origins(origins: tuple[str, ...]) -> dict[str, tuple[tuple[int | None, str], ...]]:
+    """Host -> the (port, path prefix) pairs configured for it, country aliases included."""
+    out: dict[str, list[tuple[int | None, str]]] = {}
     for origin in origins:
         parts = urlsplit(origin.strip())
         host = (parts.hostname or "").lower()
@@ -61,15 +85,17 @@ def _parse_origins(origins: tuple[str, ...]) -> tuple[tuple[str, int | None, str
             continue
         scheme = parts.scheme.lower() or "https"
         port = parts.port if parts.port not in (None, _DEFAULT_PORTS.get(scheme)) else None
-        out.append((host, port, parts.path.rstrip("/")))
-    return tuple(out)
+        for name in origin_hosts(host):
+            out.setdefault(name, []).append((port, parts.path.rstrip("/")))
+    return {host: tuple(pairs) for host, pairs in out.items()}
 
 
 def origin_path(url: str, origins: Iterable[str], base: str | None = None) -> str | None:
     """Path + query + fragment of ``url`` when it points at one of ``origins``, else None.
 
     Accepts absolute http(s) URLs, protocol-relative ``//host/...`` and, given ``base``, relative
-    ones. Hosts compare case-insensitively; an origin with a path prefix (``https://h/blog``)
+    ones. Hosts compare case-insensitively, and a blogspot.com origin also matches its country
+    domains (``origin_hosts``); an origin with a path prefix (``https://h/blog``)
     only matches below that prefix, and the prefix is removed. http and https both match, since
     the blog answers on both and a mirror serves the same path either way.
     """
@@ -94,8 +120,8 @@ def origin_path(url: str, origins: Iterable[str], base: str | None = None) -> st
     if port == _DEFAULT_PORTS[scheme]:
         port = None
     path = parts.path or "/"
-    for o_host, o_port, prefix in _parse_origins(tuple(origins)):
-        if host != o_host or port != o_port:
+    for o_port, prefix in _parse_origins(tuple(origins)).get(host, ()):
+        if port != o_port:
             continue
         if prefix:
             if path != prefix and not path.startswith(prefix + "/"):

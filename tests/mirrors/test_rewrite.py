@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailer.mirrors.rewrite import (
+    BLOGSPOT_COUNTRY_SUFFIXES,
     add_mirror_lines,
     add_mirror_links,
     mirror_alternatives,
@@ -150,3 +151,21 @@ def test_any_origin_path_round_trips(parts: list[str], query: str) -> None:
 def test_html_without_origin_links_is_unchanged(text: str) -> None:
     html = f'<p>{text}</p><a href="https://elsewhere.example/">e</a>'
     assert add_mirror_links(html, ORIGINS, 3, label) == html
+
+
+@given(st.sampled_from(BLOGSPOT_COUNTRY_SUFFIXES))
+def test_a_blogspot_origin_matches_its_country_domains(cc: str) -> None:
+    # Old posts link to the country domain Blogger redirected their author to.
+    url = f"http://Citizens-Rights.blogspot.{cc}/2014/11/post.html?m=1"
+    assert origin_path(url, ORIGINS) == "/2014/11/post.html?m=1"
+    assert origin_path(f"https://another-blog.blogspot.{cc}/2014/11/post.html", ORIGINS) is None
+
+
+def test_country_aliases_are_for_blogspot_only_and_reach_the_text_part() -> None:
+    assert origin_path("https://example.org.hk/blog/p.html", ORIGINS) is None
+    assert origin_path("https://citizens-rights.blogspot.xyz/p.html", ORIGINS) is None
+    assert origin_path("https://citizens-rights.blogspot.com.evil.example/p.html", ORIGINS) is None
+    html = '<p><a href="https://citizens-rights.blogspot.hk/2014/11/a.html">a</a></p>'
+    assert "@@SLOT_M0@@/2014/11/a.html" in add_mirror_links(html, ORIGINS, 2, label)
+    text = "Read https://citizens-rights.blogspot.tw/2014/11/a.html today."
+    assert "@@SLOT_M0@@/2014/11/a.html" in add_mirror_lines(text, ORIGINS, 2, label)
