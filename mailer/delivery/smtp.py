@@ -83,6 +83,7 @@ class _Wire(asyncio.Protocol):
         self._replies: deque[tuple[int, str]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._lost = False
+        self._closed = asyncio.Event()  # set once the socket is really closed
 
     def attach(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -105,6 +106,7 @@ class _Wire(asyncio.Protocol):
         self._lost = True
         self.transport = None
         self._wake()
+        self._closed.set()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -132,6 +134,29 @@ class _Wire(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self._lost = True
+
+    @property
+    def closed(self) -> bool:
+        """The socket is closed (not only closing)."""
+        return self._closed.is_set() or self.transport is None
+
+    async def aclose(self, grace: float = 2.0) -> None:
+        """Close, and wait until the socket is really closed.
+
+        Closing TLS waits for the relay's close_notify: a process (or a test) that stops its
+        event loop before that leaves the socket open. A relay that does not answer within
+        ``grace`` seconds gets the connection aborted instead.
+        """
+        transport = self.transport
+        self.close()
+        if transport is None:
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await self._closed.wait()
+        except TimeoutError:
+            transport.abort()
+            await asyncio.sleep(0)  # the abort closes the socket on the next loop turn
 
 
 @dataclass
@@ -161,6 +186,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _OpeningSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client, used only to open a session (greeting, EHLO, TLS, AUTH).
+
+    A session that fails while opening (a refused login after STARTTLS, say) is aborted, not
+    closed: a graceful TLS close waits for the relay that just refused us, up to 30 s, and
+    keeps the socket open meanwhile.
+    """
+
+    def close(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            cast(asyncio.Transport, transport).abort()
+        super().close()
+
+
 class RelayPool:
     """``connections`` reused connections to one relay, paced at its ``rate``."""
 
@@ -173,6 +213,7 @@ class RelayPool:
         self._limiter = RateLimiter(relay.rate, monotonic=monotonic)
         self._idle: asyncio.LifoQueue[_Connection] | None = None
         self._all: list[_Connection] = []
+        self._retired: set[_Wire] = set()  # closed sessions whose sockets may still be closing
         self.down_until = 0.0
         self._cooloff = _FIRST_COOLOFF
         self._tls: ssl.SSLContext | None = None
@@ -215,7 +256,7 @@ class RelayPool:
     async def _connect(self, conn: _Connection) -> None:
         r = self.relay
         security = r.security
-        smtp = aiosmtplib.SMTP(
+        smtp = _OpeningSMTP(
             hostname=r.host, port=r.port, timeout=r.timeout,
             use_tls=security == "tls",
             start_tls=security == "starttls",
@@ -277,8 +318,7 @@ class RelayPool:
             async with asyncio.timeout(self.relay.timeout):
                 return await self._exchange(conn, wire, mail, rcpt, payload)
         except (TimeoutError, _Disconnected, OSError) as exc:
-            wire.close()
-            conn.wire = None
+            self._retire(conn, wire)
             what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
             return SendResult(NO_REPLY, f"{what} during the transaction", self.label)
 
@@ -336,18 +376,28 @@ class RelayPool:
         code, text = reply
         if code == 421 or code < 0:
             # 421: the relay is closing this session (RFC 5321 §3.8); the next send reconnects.
-            wire.close()
-            conn.wire = None
+            self._retire(conn, wire)
         return SendResult(code, scrub_reply(text), self.label)
 
+    def _retire(self, conn: _Connection, wire: _Wire) -> None:
+        """Close a broken or refused session; ``aclose`` waits for it to finish closing."""
+        wire.close()
+        conn.wire = None
+        self._retired = {w for w in self._retired if not w.closed}
+        self._retired.add(wire)
+
     async def aclose(self) -> None:
+        closing = [w.aclose() for w in self._retired if not w.closed]
+        self._retired = set()
         for conn in self._all:
             wire = conn.wire
-            if wire is not None and wire.usable:
-                with contextlib.suppress(Exception):
-                    wire.write(b"QUIT\r\n")
-                wire.close()
+            if wire is not None:
+                if wire.usable:
+                    with contextlib.suppress(Exception):
+                        wire.write(b"QUIT\r\n")
+                closing.append(wire.aclose())
             conn.wire = None
+        await asyncio.gather(*closing)
 
 
 class SMTPTransport:
