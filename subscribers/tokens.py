@@ -54,9 +54,12 @@ def _dec(token: str, length: int) -> bytes:
     if len(token) != length or not token.isascii():
         raise BadToken("this link is not valid")
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         raise BadToken("this link is not valid") from None
+    if _enc(raw) != token:  # one spelling per token: no unused bits set in the last character
+        raise BadToken("this link is not valid")
+    return raw
 
 
 class TokenSigner:

@@ -118,6 +118,11 @@ def test_same_answer_whether_or_not_the_address_exists(site: Site) -> None:
     assert "brand.new" not in unknown.text
 
 
+def tampered(token: str) -> str:
+    """The token with its first character changed (to another one, whatever it was)."""
+    return ("B" if token[0] == "A" else "A") + token[1:]
+
+
 def test_double_opt_in_over_http(site: Site) -> None:
     assert site.subscribe("confirm.me@qq.com", "zh-Hans+en").status_code == 200
     record = site.store.lookup("confirm.me@qq.com")
@@ -152,8 +157,8 @@ def test_double_opt_in_over_http(site: Site) -> None:
     record = site.store.get(record.id)
     assert record is not None
     assert record.state is SubscriberState.ACTIVE
-    assert site.http.get(f"/confirm/{token[:-2]}xx").status_code == 400
-    assert site.http.post(f"/confirm/{token[:-2]}xx").status_code == 400
+    assert site.http.get(f"/confirm/{tampered(token)}").status_code == 400
+    assert site.http.post(f"/confirm/{tampered(token)}").status_code == 400
 
 
 def test_unsubscribe_page_and_one_click(site: Site) -> None:
@@ -180,7 +185,7 @@ def test_unsubscribe_page_and_one_click(site: Site) -> None:
                        data={"List-Unsubscribe": "One-Click"}, timeout=30)
     assert again.status_code == 200
     assert site.http.get(f"/u/{token}").status_code == 200
-    assert site.http.post(f"/u/{token[:-1]}A").status_code == 404
+    assert site.http.post(f"/u/{tampered(token)}").status_code == 404
     assert site.http.get("/u/not-a-token").status_code == 404
 
 
