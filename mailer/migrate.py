@@ -123,13 +123,16 @@ def _our_tables(conn: Connection) -> set[str]:
     return set(inspect(conn).get_table_names()) & set(metadata.tables)
 
 
+def _missing_tables(conn: Connection) -> set[str]:
+    return set(metadata.tables) - _our_tables(conn)
+
+
 def prepare_schema(engine: Engine) -> None:
     """Make a fresh database usable, or check that an existing one is at the head revision."""
     head = head_revision()
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:  # the usual case, a current database: no write lock
-            if _context(conn).get_current_revision() == head and \
-                    not set(metadata.tables) - _our_tables(conn):
+            if _context(conn).get_current_revision() == head and not _missing_tables(conn):
                 return
     with engine.begin() as conn:
         # Processes started together on a new database must not all find it empty and all
@@ -141,7 +144,7 @@ def prepare_schema(engine: Engine) -> None:
         ctx = _context(conn)
         current = ctx.get_current_revision()
         if current == head:
-            if set(metadata.tables) - _our_tables(conn):
+            if _missing_tables(conn):
                 # Until the first release a table may be added without a revision; adding the
                 # missing ones keeps a developer's database usable. (One query when nothing is.)
                 metadata.create_all(conn)

@@ -37,7 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from subscribers.errors import InputError
-from subscribers.lifecycle import SubscriberState
+from subscribers.lifecycle import Subscriber, SubscriberState
 from subscribers.mail import confirmation_message
 from subscribers.settings import PageSettings
 from subscribers.store import SubscriberStore
@@ -214,6 +214,13 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         return page_languages(lang if lang in _PAGE_LANGS else fallback,
                               request.headers.get("accept-language", ""))
 
+    def reader_langs(request: Request, record: Subscriber | None,
+                     langs: tuple[str, ...]) -> tuple[str, ...]:
+        """The subscriber's own languages, unless the page was asked for others (``?lang=``)."""
+        if record is None or "lang" in request.query_params:
+            return langs
+        return page_languages(record.language)
+
     def subscribe_form(request: Request, langs: tuple[str, ...], *, status: int = 200,
                        error: str = "", selected: str | None = None) -> HTMLResponse:
         nonce = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(16)
@@ -290,8 +297,7 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
             return checked
         langs, tok = checked
         record = await run_in_threadpool(store.get, tok.subscriber_id)
-        if record is not None and "lang" not in request.query_params:
-            langs = page_languages(record.language)
+        langs = reader_langs(request, record, langs)
         if record is not None and record.state is SubscriberState.ACTIVE:
             return message(langs, "confirmed_title", "confirmed_body")  # harmless repeat
         if record is None or record.state is not SubscriberState.PENDING:
@@ -308,8 +314,7 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         langs, tok = checked
         state = await run_in_threadpool(store.confirm, tok.subscriber_id, tok.issued_at)
         record = await run_in_threadpool(store.get, tok.subscriber_id)
-        if record is not None and "lang" not in request.query_params:
-            langs = page_languages(record.language)
+        langs = reader_langs(request, record, langs)
         if state is SubscriberState.ACTIVE:
             return message(langs, "confirmed_title", "confirmed_body")
         return confirm_bad(langs)
@@ -326,8 +331,7 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         if sid is None:
             return message(langs, "bad_link_title", "bad_link_body", 404)
         record = await run_in_threadpool(store.get, sid)
-        if record is not None and "lang" not in request.query_params:
-            langs = page_languages(record.language)
+        langs = reader_langs(request, record, langs)
         already = record is None or record.state not in (SubscriberState.ACTIVE,
                                                          SubscriberState.PENDING)
         return render("unsubscribe.html", langs, title_key="unsub_title", already=already,

@@ -49,19 +49,15 @@ class RateLimiter:
         self.configured = rate
         self.rate = rate
         self.share = 1
-        self._burst = burst
         self._pacer = Pacer(rate, burst) if rate > 0 else None
         self._monotonic = monotonic
 
     def set_share(self, share: int) -> None:
         """Pace at ``configured / share`` from the next slot on (slots already booked stand)."""
-        share = max(1, share)
-        if share == self.share or self._pacer is None:
-            self.share = share
-            return
-        self.share = share
-        self.rate = self.configured / share
-        self._pacer.interval = 1.0 / self.rate
+        self.share = max(1, share)
+        if self._pacer is not None:
+            self.rate = self.configured / self.share
+            self._pacer.interval = 1.0 / self.rate
 
     async def wait(self) -> None:
         if self._pacer is None:

@@ -53,8 +53,8 @@ def mirror_slot(index: int) -> str:
     return f"@@SLOT_M{index}@@"
 
 
-# Blogger once redirected readers to a country domain (NAME.blogspot.hk, NAME.blogspot.com.tw,
-# ...) and old posts still link there; all are Google's, serve the same blog, and are blocked
+# Blogger once redirected readers to a country domain (NAME.blogspot.hk, NAME.blogspot.tw,
+# NAME.blogspot.com.ar, ...) and old posts still link there; all are Google's, serve the same blog, and are blocked
 # in China like blogspot.com. This is the blogspot part of the Public Suffix List.
 BLOGSPOT_COUNTRY_SUFFIXES = (
     "ae", "al", "am", "ba", "be", "bg", "bj", "ca", "cf", "ch", "cl", "co.at", "co.id", "co.il",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,8 +12,10 @@ from sqlalchemy import Engine, select
 
 from mailer.delivery.engine import DeliveryEngine
 from mailer.delivery.outbox import Outbox
+from mailer.delivery.peers import SenderRegistry
 from mailer.delivery.ratelimit import DomainLimits, Pacer, RateLimiter, match_domain
 from mailer.delivery.smtp import SMTPTransport, is_loopback
+from mailer.schema import senders
 from tests.delivery.helpers import (
     FakeClock,
     directory,
@@ -144,13 +147,7 @@ def test_unlimited_stays_unlimited_and_loopback_relays_keep_their_rate() -> None
 async def test_a_second_live_sender_halves_a_domain_rate(sqlite_db: Engine) -> None:
     # Another worker is sending (its row in ``senders`` is fresh): qq.com's limit is the
     # deployment's, so this process paces at half of it, and leaves its row when done.
-    from datetime import UTC, datetime, timedelta
-
-    from mailer.delivery.peers import SenderRegistry
-    from mailer.schema import senders
-
-    clock = lambda: datetime.now(UTC)  # noqa: E731
-    peers = SenderRegistry(sqlite_db, clock)
+    peers = SenderRegistry(sqlite_db, lambda: datetime.now(UTC))
     peers.beat("other-host:4242:cafe", timedelta(minutes=5))
     server, arrivals = arrival_server()
     box = Outbox(sqlite_db, FakeClock())

@@ -16,6 +16,7 @@ from mailer.delivery.classify import NO_REPLY
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
 from mailer.delivery.outbox import Outbox
 from mailer.delivery.smtp import SMTPTransport
+from mailer.delivery.transport import send_now
 from mailer.errors import DeliveryError
 from mailer.models import OutboxState
 from mailer.schema import outbox as outbox_table
@@ -349,8 +350,6 @@ async def test_a_line_break_in_an_address_never_reaches_the_relay(
 
 
 async def _send_now(port: int, pauses: tuple[float, ...]) -> tuple[object, list[float]]:
-    from mailer.delivery.transport import send_now
-
     waited: list[float] = []
 
     async def sleep(seconds: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from mailer.editions.notify import Notifier
@@ -61,8 +62,6 @@ async def test_the_sent_report_goes_out_once_whoever_sees_the_edition_finish(
         tmp_path: Path, sqlite_url: str, smtp_server: SMTPServer) -> None:
     # The daemon and two workers (three processes, three Apps on one database) each see the
     # edition finish and each call ``sent``: each editor gets one report.
-    import asyncio
-
     config = write_config(tmp_path, sqlite_url, smtp_port=smtp_server.port, editors=EDITORS)
     apps = [make_app(config) for _ in range(3)]
     add_posts(apps[0].engine, 1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -106,10 +109,6 @@ def test_preview_of_a_chosen_single_post_edition(
 
 def test_preview_open_hands_the_html_file_to_the_browser(tmp_path: Path, config_path: Path) -> None:
     # A real process with a real $BROWSER (what webbrowser runs): a script that records the URL.
-    import os
-    import subprocess
-    import sys
-
     opened = tmp_path / "opened.txt"
     browser = tmp_path / "browser.py"
     browser.write_text(f"import sys\nopen({str(opened)!r}, 'w').write(sys.argv[1])\n", encoding="utf-8")

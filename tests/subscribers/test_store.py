@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
+from mailer.db import open_engine
 from subscribers.codec import Codec
 from subscribers.errors import InputError, WrongKeyError
 from subscribers.keys import KeyRing
@@ -155,21 +157,14 @@ def test_existing_rows_are_found_in_chunks(store: SubscriberStore) -> None:
     assert store.count(SubscriberState.ACTIVE) == len(rows)
 
 
-def test_fetching_a_batch_of_recipients_reads_only_those_rows(tmp_path: object,
+def test_fetching_a_batch_of_recipients_reads_only_those_rows(tmp_path: Path,
                                                               ring: KeyRing) -> None:
     # The sender fetches each batch by id. If SQLite answered through the state index it would
     # read every active row per batch (N² for a send): count its VM steps while it answers.
-    from pathlib import Path
-
-    from sqlalchemy import event
-
-    from mailer.db import open_engine
-    from subscribers.lifecycle import Event as Ev
-
-    engine = open_engine(f"sqlite:///{Path(str(tmp_path)) / 'plan.db'}")
+    engine = open_engine(f"sqlite:///{tmp_path / 'plan.db'}")
     store = SubscriberStore(engine, Codec(ring), Clock(), LANGS)
     rows = [(f"p{i}@qq.com", "en") for i in range(5000)]
-    ids = store.add_batch(rows, Ev.IMPORT_CONFIRMED).ids
+    ids = store.add_batch(rows, Event.IMPORT_CONFIRMED).ids
     steps = [0]
 
     @event.listens_for(engine, "connect")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -227,8 +228,6 @@ def test_rate_limit(tmp_path: Path) -> None:
 def test_every_page_language_has_every_string() -> None:
     # The pages render each block in several languages with a strict environment: a string
     # missing from one language would turn that page into a server error.
-    import json
-
     strings = json.loads((Path(__file__).parents[2] / "templates/web/strings.json").read_text())
     langs = [k for k in strings if k != "language_names"]
     assert len(langs) >= 3
