@@ -15,6 +15,7 @@ No address is printed: only counts and times.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import os
 import random
@@ -61,6 +62,20 @@ def floor_seal(path: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def parse_reference(path: Path) -> float:
+    """CPU time of the least any import must do before the crypto: read the CSV with the
+    stdlib reader and validate each address (the import's own ``validate``)."""
+    from subscribers.normalise import validate
+
+    c0 = time.process_time()
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        for row in reader:
+            validate(row[0])
+    return time.process_time() - c0
+
+
 def floor_open(rows: int) -> tuple[float, float]:
     aead = AESGCM(os.urandom(32))
     items = []
@@ -74,26 +89,36 @@ def floor_open(rows: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def storage_reference(url: str, rows: int) -> tuple[float, float]:
+def storage_reference(url: str, rows: int, *, indexed: bool = True) -> tuple[float, float]:
     """Insert ``rows`` pre-built rows (random ids, indexes and ciphertexts of realistic size)
     into a fresh copy of the same schema, a transaction per import batch, by the import's own
-    bulk path (``insert_rows``): what the database alone costs, with no parsing, validation
-    or crypto."""
+    bulk path (``insert_rows``) and in its order (ids and indexes ascending within a batch):
+    what the database alone costs, with no parsing, validation or crypto.
+
+    With ``indexed=False`` the table has the same columns and no index or key at all: no
+    import that stores rows can cost less than that."""
+    from sqlalchemy import Column, MetaData, Table
+
     from mailer.db import open_engine
     from subscribers.importexport import IMPORT_BATCH
     from subscribers.schema import subscribers as t
     from subscribers.store import bulk_connection, insert_rows
 
-    engine = open_engine(url)
+    engine = open_engine(url, create=indexed)
+    if not indexed:
+        Table(t.name, MetaData(), *(Column(c.name, c.type, nullable=c.nullable)
+                                    for c in t.columns)).create(engine)
     now = datetime.now(UTC)
     wall = cpu = 0.0
     with bulk_connection(engine) as conn:  # as the import: one connection, a transaction per batch
         proc = t.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
         stamp = proc(now) if proc else now
         for start in range(0, rows, IMPORT_BATCH):
-            batch = [(int.from_bytes(os.urandom(8), "big") >> 1, os.urandom(32), os.urandom(48),
-                      "k0123abcd", "en", "active", stamp, stamp, stamp)
-                     for _ in range(min(IMPORT_BATCH, rows - start))]
+            n = min(IMPORT_BATCH, rows - start)
+            ids = sorted(int.from_bytes(os.urandom(8), "big") >> 1 for _ in range(n))
+            indexes = sorted(os.urandom(32) for _ in range(n))
+            batch = [(sid, index, os.urandom(48), "k0123abcd", "en", "active", stamp, stamp, stamp)
+                     for sid, index in zip(ids, indexes, strict=True)]
             t0, c0 = time.perf_counter(), time.process_time()
             with conn.begin():
                 insert_rows(conn, batch)
@@ -182,6 +207,14 @@ def main(argv: list[str] | None = None) -> None:
                 with admin.begin() as conn:
                     conn.execute(text(f'CREATE SCHEMA "{schema}_ref"'))
             store_wall, store_cpu = storage_reference(ref_url, report.inserted)
+            if args.db == "sqlite":
+                bare_url = f"sqlite:///{folder / 'bare.db'}"
+            else:
+                bare_url = url.replace(f"search_path%3D{schema}", f"search_path%3D{schema}_bare")
+                with admin.begin() as conn:
+                    conn.execute(text(f'CREATE SCHEMA "{schema}_bare"'))
+            bare_wall, _ = storage_reference(bare_url, report.inserted, indexed=False)
+            parse_cpu = parse_reference(csv_path)
             child = subprocess.run(
                 [sys.executable, "-m", "bench.subscribers", "--stream-child", url, str(key_path)],
                 capture_output=True, text=True)
@@ -193,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                 with admin.begin() as conn:
                     conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
                     conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}_ref" CASCADE'))
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}_bare" CASCADE'))
                 admin.dispose()
     print(f"subscribers benchmark: {args.rows:,} rows on {args.db}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
@@ -206,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"           storage reference (same rows pre-built, same schema, bulk insert only): "
           f"wall {store_wall:.2f} s, cpu {store_cpu:.2f} s; import / (floor + storage) "
           f"cpu {took_in_cpu / (floor_in_cpu + store_cpu):.1f}")
+    bound = floor_in + parse_cpu + bare_wall
+    print(f"           lower bound of any import: floor + csv.reader and validate "
+          f"({parse_cpu:.2f} s cpu) + storage with no index at all (wall {bare_wall:.2f} s) "
+          f"= {bound:.2f} s, {bound / floor_in:.1f}x the floor")
     print(f"  stream : wall {took_out:7.2f} s, cpu {out_cpu:7.2f} s ({int(streamed):,} "
           f"decrypted); peak RSS {rss:.0f} MB ({base_rss:.0f} MB before streaming)")
     print(f"           floor wall {floor_out:.2f} s, cpu {floor_out_cpu:.2f} s; ratio wall "

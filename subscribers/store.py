@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, literal_column, select, update
@@ -248,6 +249,12 @@ class SubscriberStore:
         Addresses must already be validated and languages checked; ``indexes`` may carry their
         blind indexes when the caller computed them already. Duplicates inside the batch map
         to the same id.
+
+        The batch's new ids are drawn at random and then handed out in the order of the rows'
+        blind indexes, and the rows go in sorted: both unique B-trees are then filled in one
+        ascending sweep instead of at random pages, which cuts the database's share of a
+        large import by about a quarter (bench/README.md). The ids are as random as before;
+        their order inside a batch follows keyed hashes, which mean nothing without the key.
         """
         if conn is None:
             with self.engine.begin() as own:
@@ -257,16 +264,21 @@ class SubscriberStore:
         self.codec.refresh()
         if indexes is None:
             indexes = [self.index_of(addr) for addr, _ in rows]
-        existing = self._existing(conn, list(dict.fromkeys(indexes)))
+        # Sorted by integer keys, not by the bytes: comparing bytes objects strewn over the
+        # heap misses the CPU cache at every step, and cost more than the sort saved.
+        unique = list(dict.fromkeys(indexes))
+        unique.sort(key=int.from_bytes)
+        existing = self._existing(conn, unique)
         result = BatchResult()
         new_rows: list[tuple[int, bytes, bytes, str]] = []
         changes: dict[int, SubscriberState] = {}
         target_new = next_state(None, event)
-        fresh_ids = iter(new_ids(len(rows)))
+        fresh = [index for index in unique if index not in existing]
+        fresh_ids = dict(zip(fresh, sorted(new_ids(len(fresh))), strict=True))
         for (addr, lang), index in zip(rows, indexes, strict=True):
             hit = existing.get(index)
             if hit is None:
-                sid = next(fresh_ids)
+                sid = fresh_ids[index]
                 new_rows.append((sid, index, addr.encode("utf-8"), lang))
                 existing[index] = (sid, target_new.value)
                 result.inserted += 1
@@ -282,6 +294,7 @@ class SubscriberStore:
             elif SubscriberState(state) in SUPPRESSED:
                 result.suppressed += 1
         if new_rows:
+            new_rows.sort(key=itemgetter(0))  # by id, which is blind-index order too
             self._bulk_insert(conn, new_rows, target_new, now)
         for sid, after in changes.items():
             conn.execute(update(t).where(t.c.id == sid).values(**self._state_values(after, now)))

@@ -147,6 +147,32 @@ def test_a_failed_batch_leaves_none_of_its_rows(store: SubscriberStore) -> None:
     assert {r.address for r in store.stream_active()} == {a for a, _ in rows}
 
 
+def test_a_batch_goes_in_blind_index_order_with_ids_in_the_same_order(
+        store: SubscriberStore) -> None:
+    # Both unique B-trees are filled in one ascending sweep: the new rows' ids are handed out
+    # in the order of their blind indexes and the rows are written in that order. Existing
+    # rows and duplicates inside the batch keep their own id.
+    old = store.add("old@qq.com", "en", confirmed=True)
+    rows = [(f"sweep{i}@qq.com", "en") for i in range(300)]
+    rows[7:7] = [("old@qq.com", "en")]
+    rows.append(rows[3])
+    result = store.add_batch(rows, Event.IMPORT_CONFIRMED)
+    assert (result.inserted, result.existing) == (300, 2)
+    for (address, _), sid in zip(rows, result.ids, strict=True):
+        found = store.lookup(address)
+        assert found is not None
+        assert found.id == sid
+    assert result.ids[7] == old
+    assert result.ids[-1] == result.ids[3]
+    with store.engine.connect() as conn:
+        new = conn.execute(select(t.c.id, t.c.email_index).where(t.c.id != old)).all()
+        assert sorted(new, key=lambda r: r.id) == sorted(new, key=lambda r: bytes(r.email_index))
+        if conn.dialect.name == "sqlite":
+            written = [r[0] for r in conn.exec_driver_sql(
+                "SELECT id FROM subscribers WHERE id != ? ORDER BY rowid", (old,))]
+            assert written == sorted(written)
+
+
 def test_existing_rows_are_found_in_chunks(store: SubscriberStore) -> None:
     # More blind indexes than one IN list takes: the existence check must see every one.
     rows = [(f"r{i}@163.com", "zh-Hans") for i in range(_IN_CHUNK + 7)]
