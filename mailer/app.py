@@ -87,18 +87,41 @@ class App:
 
     @cached_property
     def subscribers(self) -> SubscriberStore:
-        """The encrypted subscriber list; refuses a key file that cannot open its rows."""
+        """The encrypted subscriber list; refuses a key file that cannot open its rows, and
+        folding rules other than those its blind indexes were made under."""
+        return self.open_subscribers()
+
+    def open_subscribers(self, *, check_rules: bool = True) -> SubscriberStore:
+        """A store for this config. ``check_rules=False`` is for ``subscribers reindex`` only,
+        which exists to bring the list to the configured rules."""
+        import json
+
+        from mailer.config import config_error
         from subscribers.codec import Codec
+        from subscribers.errors import IndexRulesError
         from subscribers.settings import ListSettings
         from subscribers.store import SubscriberStore
 
-        nl = self.config.newsletter
+        nl, st = self.config.newsletter, self.config.storage
         store = SubscriberStore(
             self.engine, Codec(self.keyring), self.clock,
             ListSettings(languages=nl.languages, bilingual=nl.bilingual,
-                         normalise_gmail_dots=self.config.storage.normalise_gmail_dots),
+                         normalise_gmail_dots=st.normalise_gmail_dots,
+                         case_insensitive_domains=st.case_insensitive_domains),
         )
         store.verify_key()
+        if check_rules:
+            try:
+                store.verify_index_rules()
+            except IndexRulesError as exc:
+                try:
+                    recorded = json.loads(exc.recorded)
+                except ValueError:
+                    recorded = {}
+                key = ("storage.normalise_gmail_dots"
+                       if recorded.get("gmail_dots") != st.normalise_gmail_dots
+                       else "storage.case_insensitive_domains")
+                raise config_error(self.config.path, key, str(exc)) from None
         return store
 
     @cached_property

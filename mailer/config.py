@@ -33,6 +33,7 @@ __all__ = [
     "ScheduleSettings",
     "StorageSettings",
     "WebSettings",
+    "config_error",
     "load_config",
     "parse_duration",
     "parse_size",
@@ -92,6 +93,9 @@ class StorageSettings:
     key_file: Path
     passphrase: str | None = field(default=None, repr=False)
     normalise_gmail_dots: bool = False
+    # Domains whose mailboxes ignore the case of the local part (QQ, 163, 126 do): one blind
+    # index for ``Li.Wei@`` and ``li.wei@``. ASCII, lower-case. Changing it needs a reindex.
+    case_insensitive_domains: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -529,9 +533,38 @@ def _storage(ld: _Loader, s: _Section) -> StorageSettings:
         key_file=ld.resolve(s.get("key_file", str, "data/keys.json")),
         passphrase=ld.secret(s, "passphrase_env"),
         normalise_gmail_dots=s.get("normalise_gmail_dots", bool, False),
+        case_insensitive_domains=_domains(s, "case_insensitive_domains"),
     )
     s.done()
     return out
+
+
+def _domains(s: _Section, name: str) -> frozenset[str]:
+    """A list of mail domains, each lower-cased and IDNA-encoded as addresses are."""
+    from subscribers.normalise import InvalidAddress, ascii_domain
+
+    out = set()
+    for i, raw in enumerate(s.strings(name, [])):
+        try:
+            domain = ascii_domain(raw)
+        except InvalidAddress as exc:
+            raise s.error(f"{name}[{i}]", str(exc)) from None
+        if "@" in domain or "." not in domain or any(c.isspace() for c in domain):
+            raise s.error(f"{name}[{i}]", f"{raw!r} is not a mail domain such as 'qq.com'")
+        out.add(domain)
+    return frozenset(out)
+
+
+def config_error(path: Path, key: str, message: str) -> ConfigError:
+    """A ``ConfigError`` naming ``key`` (dotted) of the config file at ``path``, and its line if
+    the file sets it (else its table's): for settings found wrong later, against stored data."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return ConfigError(message, path=path, key=key)
+    section = key.rsplit(".", 1)[0] if "." in key else None
+    line = _locate(text, key) or (_locate(text, section) if section else None)
+    return ConfigError(message, path=path, key=key, line=line)
 
 
 def _proxy(value: str) -> str:

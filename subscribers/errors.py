@@ -7,6 +7,7 @@ They live here, at the bottom of the import graph, because ``subscribers`` may n
 from __future__ import annotations
 
 __all__ = [
+    "IndexRulesError",
     "InputError",
     "KeyStoreError",
     "NewsletterError",
@@ -47,3 +48,18 @@ class StorageError(NewsletterError):
     """The database cannot be reached or its schema is not the one this code expects."""
 
     exit_code = 2
+
+
+class IndexRulesError(NewsletterError):
+    """The config folds addresses differently from the rules the list's blind indexes were made
+    under: lookups would miss and imports would split one reader into two rows."""
+
+    exit_code = 2
+
+    def __init__(self, recorded: str, configured: str) -> None:
+        self.recorded = recorded
+        self.configured = configured
+        super().__init__(
+            f"the subscriber list's blind indexes were made under the folding rules {recorded}, "
+            f"but the config asks for {configured}. Put the setting back, or run "
+            "'newsletter subscribers reindex' to rebuild the indexes under the new rules")

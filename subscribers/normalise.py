@@ -7,8 +7,13 @@ Two forms of an address matter:
   SMTPUTF8 can still route to an ASCII domain;
 * the *index form*, what the blind index hashes: the delivery form, plus provider-specific
   folding only when the config asks for it (``normalise_gmail_dots``: Gmail ignores dots and
-  ``+tags``). Mail providers treat the domain case-insensitively (RFC 5321 §2.4); the local part
-  belongs to the receiving server, so by default we leave it alone.
+  ``+tags``; ``case_insensitive_domains``: providers such as QQ, 163 and 126 deliver
+  ``Li.Wei@`` and ``li.wei@`` to one mailbox). Mail providers treat the domain
+  case-insensitively (RFC 5321 §2.4); the local part belongs to the receiving server, so by
+  default we leave it alone.
+
+The folding rules decide every blind index, so they are recorded with the list and a change
+needs ``newsletter subscribers reindex`` (``subscribers.reindex``).
 
 Most real addresses are plain ASCII; they take a fast path that is provably a subset of what
 email-validator accepts (the tests check this with hypothesis), and everything else goes
@@ -72,12 +77,19 @@ def delivery_form(address: str) -> str:
     return f"{local}@{ascii_domain(domain)}"
 
 
-def index_form(address: str, *, gmail_dots: bool = False) -> str:
-    """What the blind index hashes: the delivery form, folded further only if configured."""
+def index_form(address: str, *, gmail_dots: bool = False,
+               fold_case: frozenset[str] = frozenset()) -> str:
+    """What the blind index hashes: the delivery form, folded further only if configured.
+
+    ``fold_case`` holds ASCII domains (as ``ascii_domain`` gives them) whose local parts are
+    case-insensitive.
+    """
     local, domain = _split(delivery_form(address))
     if gmail_dots and domain in GMAIL_DOMAINS:
         local = local.split("+", 1)[0].replace(".", "").lower()
         domain = "gmail.com"
+    elif domain in fold_case:
+        local = local.lower()
     return f"{local}@{domain}"
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["import_progress", "key_rotation", "metadata", "subscribers"]
+__all__ = ["import_progress", "key_rotation", "list_meta", "metadata", "subscribers"]
 
 metadata = MetaData(
     naming_convention={
@@ -74,5 +74,15 @@ import_progress = Table(
     Column("source_hash", String(64), primary_key=True),
     Column("line", BigInteger, nullable=False),
     Column("report", Text, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Facts about the list as a whole, by name. ``index_rules``: the folding rules its blind indexes
+# were made under (``ListSettings.index_rules``), so a changed config cannot silently split it.
+list_meta = Table(
+    "list_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

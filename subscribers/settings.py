@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,6 +20,15 @@ class ListSettings:
     languages: tuple[str, ...] = ("zh-Hans", "zh-Hant", "en")
     bilingual: tuple[str, ...] = ()
     normalise_gmail_dots: bool = False
+    case_insensitive_domains: frozenset[str] = frozenset()  # ASCII, lower-case
+
+    @property
+    def index_rules(self) -> str:
+        """The folding rules as one canonical string, recorded with the list: a blind index is
+        only comparable with indexes made under the same rules."""
+        return json.dumps({"gmail_dots": self.normalise_gmail_dots,
+                           "case_insensitive_domains": sorted(self.case_insensitive_domains)},
+                          separators=(",", ":"), sort_keys=True)
 
     @property
     def default_language(self) -> str:

@@ -22,9 +22,10 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, literal_column, select, update
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
 
 from subscribers.codec import Codec
-from subscribers.errors import InputError
+from subscribers.errors import IndexRulesError, InputError
 from subscribers.lifecycle import (
     SUPPRESSED,
     TIMESTAMP_COLUMN,
@@ -35,13 +36,17 @@ from subscribers.lifecycle import (
     next_state,
 )
 from subscribers.normalise import InvalidAddress, index_form, validate
+from subscribers.schema import list_meta
 from subscribers.schema import subscribers as t
 from subscribers.settings import ListSettings
 
-__all__ = ["INSERT_COLUMNS", "BatchResult", "SubscriberStore", "bulk_connection", "insert_rows",
+__all__ = ["INDEX_RULES", "INSERT_COLUMNS", "BatchResult", "SubscriberStore", "bulk_connection", "insert_rows",
            "new_id"]
 
 log = logging.getLogger("newsletter.subscribers")
+
+# The ``list_meta`` row that records the blind index's folding rules.
+INDEX_RULES = "index_rules"
 
 # PostgreSQL and SQLite both accept this many bound values in one IN (...) comfortably.
 _IN_CHUNK = 2000
@@ -150,9 +155,48 @@ class SubscriberStore:
 
     def index_of(self, delivery_address: str) -> bytes:
         """Blind index of an address already in delivery form (what ``validate`` returns)."""
-        if not self.settings.normalise_gmail_dots:
-            return self.codec.blind_index(delivery_address)  # the delivery form is the index form
-        return self.codec.blind_index(index_form(delivery_address, gmail_dots=True))
+        s = self.settings
+        if s.normalise_gmail_dots:
+            return self.codec.blind_index(index_form(
+                delivery_address, gmail_dots=True, fold_case=s.case_insensitive_domains))
+        if s.case_insensitive_domains:
+            local, _, domain = delivery_address.rpartition("@")
+            if domain in s.case_insensitive_domains:
+                return self.codec.blind_index(f"{local.lower()}@{domain}")
+        return self.codec.blind_index(delivery_address)  # the delivery form is the index form
+
+    def recorded_index_rules(self, conn: Connection) -> str | None:
+        """The folding rules this list's blind indexes were made under, if recorded yet."""
+        return conn.execute(select(list_meta.c.value)
+                            .where(list_meta.c.name == INDEX_RULES)).scalar_one_or_none()
+
+    def record_index_rules(self, conn: Connection) -> None:
+        """Record the configured folding rules as the list's own (inside the caller's
+        transaction)."""
+        values = {"value": self.settings.index_rules, "updated_at": self.clock()}
+        if conn.execute(update(list_meta).where(list_meta.c.name == INDEX_RULES)
+                        .values(**values)).rowcount == 0:
+            conn.execute(list_meta.insert().values(name=INDEX_RULES, **values))
+
+    def verify_index_rules(self) -> None:
+        """Refuse (``IndexRulesError``) a config that folds addresses differently from the
+        rules the list was built under; on first use, record the configured rules.
+
+        A list created before the rules were recorded takes the configured ones: that is what
+        its indexes were made with unless the setting changed since, which cannot be known.
+        """
+        configured = self.settings.index_rules
+        try:
+            with self.engine.begin() as conn:
+                recorded = self.recorded_index_rules(conn)
+                if recorded is None:
+                    self.record_index_rules(conn)
+                    return
+        except IntegrityError:  # another process recorded them a moment ago
+            with self.engine.connect() as conn:
+                recorded = self.recorded_index_rules(conn)
+        if recorded != configured:
+            raise IndexRulesError(recorded or "(none)", configured)
 
     def verify_key(self) -> None:
         """Fail with ``WrongKeyError`` before any write if the key file cannot open the rows.

@@ -1,4 +1,5 @@
-"""Subscriber commands: ``keys init|rotate``, ``subscribers import|export|count``, ``serve``.
+"""Subscriber commands: ``keys init|rotate``, ``subscribers import|export|reindex|count``,
+``serve``.
 
 Output names subscribers by count or id only; problems in an import are reported by line.
 """
@@ -117,6 +118,31 @@ def subscribers_export(app: App, file: Path, plaintext: bool, encrypted: bool) -
                "can put them at risk; delete it as soon as you are done.", err=True)
     n = write_text(file, lambda fh: export_csv(store, fh))
     click.echo(f"wrote {n} active subscribers to {file} (mode 0600)")
+
+
+@subscribers_group.command("reindex")
+@click.option("--dry-run", is_flag=True, help="Show what would change, and change nothing.")
+@pass_app
+def subscribers_reindex(app: App, dry_run: bool) -> None:
+    """Rebuild the blind indexes after changing normalise_gmail_dots or case_insensitive_domains.
+
+    Rows that become the same address are merged into one; a reader suppressed under any
+    spelling stays suppressed. One transaction: interrupted, nothing changes.
+    """
+    from subscribers.reindex import reindex
+
+    def progress(done: int, total: int) -> None:
+        click.echo(f"read {done}/{total}", err=True)
+
+    report = reindex(app.open_subscribers(check_rules=False), apply=not dry_run,
+                     progress=progress)
+    click.echo(f"folding rules: {report.rules_before or '(none recorded)'} -> {report.rules_after}")
+    for m in report.merges:
+        click.echo(f"merged: kept subscriber {m.kept} ({m.state}), removed "
+                   f"{', '.join(map(str, m.dropped))}")
+    verb = "would change" if dry_run else "changed"
+    click.echo(f"{report.rows} subscribers: {verb} {report.changed} blind indexes, "
+               f"{len(report.merges)} merges{' (dry run: nothing written)' if dry_run else ''}")
 
 
 @subscribers_group.command("count")

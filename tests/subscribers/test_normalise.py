@@ -67,6 +67,21 @@ def test_gmail_dots_only_when_configured() -> None:
     assert index_form("first.last@qq.com", gmail_dots=True) == "first.last@qq.com"
 
 
+@given(ascii_address)
+def test_case_folding_only_for_the_listed_domains(address: str) -> None:
+    lo, _, dom = address.rpartition("@")
+    listed = frozenset({dom})
+    upper, lower = f"{lo.upper()}@{dom}", f"{lo.lower()}@{dom}"
+    assert index_form(upper, fold_case=listed) == index_form(lower, fold_case=listed)
+    once = index_form(address, fold_case=listed)
+    assert index_form(once, fold_case=listed) == once  # a folded form folds to itself
+    # Any other domain keeps the local part as typed.
+    others = frozenset({"qq.com"}) if dom != "qq.com" else frozenset({"163.com"})
+    assert index_form(address, fold_case=others) == index_form(address)
+    assume(upper != lower)
+    assert index_form(upper) != index_form(lower)
+
+
 @pytest.mark.parametrize("bad", ["", "plain", "@qq.com", "a@", "a b@qq.com", "a@@qq.com",
                                  "a@localhost", "x" * 65 + "@qq.com", "a@-bad-.com"])
 def test_invalid_addresses_are_refused_without_echo(bad: str) -> None:
