@@ -349,11 +349,20 @@ class SubscriberStore:
     def _existing(conn: Connection, indexes: Sequence[bytes]) -> dict[bytes, tuple[int, str]]:
         """Id and state of the rows among ``indexes`` (blind indexes) that are already stored.
 
-        Plain driver SQL with positional markers: SQLAlchemy's per-value bind processing of an
-        expanding IN cost more than the lookup itself on an import of a million rows.
+        Plain driver SQL: SQLAlchemy's per-value bind processing of an expanding IN cost more
+        than the lookup itself on an import of a million rows. On PostgreSQL the whole list
+        goes as one binary array parameter: psycopg parsed each 2,000-marker statement afresh,
+        which cost more client time than the server spent answering.
         """
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         found: dict[bytes, tuple[int, str]] = {}
+        if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+            raw: Any = conn.connection.driver_connection
+            sql = f"SELECT email_index, id, state FROM {t.name} WHERE email_index = ANY(%b)"
+            with raw.cursor(binary=True) as cur:  # a binary bytea[]: no escaping per element
+                for index, sid, state in cur.execute(sql, (list(indexes),)):
+                    found[bytes(index)] = (int(sid), str(state))
+            return found
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         for start in range(0, len(indexes), _IN_CHUNK):
             chunk = indexes[start:start + _IN_CHUNK]
             sql = (f"SELECT email_index, id, state FROM {t.name} "
