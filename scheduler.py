@@ -159,6 +159,9 @@ class Actions:
     check_mirrors: AppFn = default_check_mirrors
 
 
+# The timetable's own jobs (edition jobs are named per edition).
+_TIMETABLE_JOBS = ("poll", "tick", "retry", "mirrors", "digest", "retention")
+
 # Jobs in the store refer to these module-level functions by name ("scheduler:job_poll"); they
 # find the running daemon here. One daemon per process, by construction.
 _running: Daemon | None = None
@@ -195,6 +198,10 @@ async def job_retry(**_: object) -> None:
 
 async def job_mirrors(**_: object) -> None:
     await _daemon().check_mirrors()
+
+
+async def job_retention(**_: object) -> None:
+    await _daemon().retention()
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -476,8 +483,12 @@ class Daemon:
         if self.config.newsletter.mode == "digest":
             wanted["digest"] = (job_digest, crontab_trigger(s.digest, s.timezone),
                                 f"cron {s.digest} {s.timezone}, grace {s.misfire_grace}", True)
+        if self.config.storage.forget_suppressed_after is not None:
+            wanted["retention"] = (job_retention, IntervalTrigger(days=1),
+                                   f"daily, after {self.config.storage.forget_suppressed_after}",
+                                   False)
         for job in sched.get_jobs():
-            if job.id in ("poll", "tick", "retry", "mirrors", "digest") and job.id not in wanted:
+            if job.id in _TIMETABLE_JOBS and job.id not in wanted:
                 job.remove()
         for job_id, (fn, trigger, spec, strict) in wanted.items():
             existing = sched.get_job(job_id)
@@ -486,8 +497,8 @@ class Daemon:
             # Interval jobs run once when late (coalesced); the digest obeys the grace period.
             extra: dict[str, Any] = {"misfire_grace_time": (
                 int(s.misfire_grace.total_seconds()) if strict else None)}
-            if job_id == "poll" and existing is None:
-                extra["next_run_time"] = datetime.now(UTC)  # a fresh daemon polls at once
+            if job_id in ("poll", "retention") and existing is None:
+                extra["next_run_time"] = datetime.now(UTC)  # a fresh daemon starts with these
             sched.add_job(fn, trigger, id=job_id, name=job_id, kwargs={"spec": spec},
                           replace_existing=True, **extra)
             log.info("timetable: %s %s", job_id, spec)
@@ -671,6 +682,16 @@ class Daemon:
 
     async def check_mirrors(self) -> None:
         await self._guard("mirrors", self.actions.check_mirrors(self.app))
+
+    async def retention(self) -> None:
+        """Erase readers suppressed for longer than ``forget_suppressed_after``."""
+        age = self.config.storage.forget_suppressed_after
+        if age is None:
+            return
+        n = await self._guard("retention",
+                              asyncio.to_thread(self.app.subscribers.forget_suppressed, age))
+        if n:
+            log.info("retention: forgot %s readers suppressed for more than %s", n, age)
 
     def _on_missed(self, event: JobExecutionEvent) -> None:
         """APScheduler skipped a run beyond the grace period: a digest becomes a missed edition."""

@@ -96,6 +96,9 @@ class StorageSettings:
     # Domains whose mailboxes ignore the case of the local part (QQ, 163, 126 do): one blind
     # index for ``Li.Wei@`` and ``li.wei@``. ASCII, lower-case. Changing it needs a reindex.
     case_insensitive_domains: frozenset[str] = frozenset()
+    # Erase unsubscribed, bounced and complained readers this long after their last change
+    # (the daemon does it daily; ``subscribers forget`` by hand). None: keep them.
+    forget_suppressed_after: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -534,9 +537,19 @@ def _storage(ld: _Loader, s: _Section) -> StorageSettings:
         passphrase=ld.secret(s, "passphrase_env"),
         normalise_gmail_dots=s.get("normalise_gmail_dots", bool, False),
         case_insensitive_domains=_domains(s, "case_insensitive_domains"),
+        forget_suppressed_after=s.convert("forget_suppressed_after", (str, int, float),
+                                          _retention, None),
     )
     s.done()
     return out
+
+
+def _retention(value: str | int | float) -> timedelta:
+    age = parse_duration(value)
+    if age < timedelta(days=1):
+        raise ValueError("must be at least a day (e.g. '180d'): an unsubscribe needs time to "
+                         "reach every sender first")
+    return age
 
 
 def _domains(s: _Section, name: str) -> frozenset[str]:

@@ -87,7 +87,8 @@ class ImportReport:
     changed: int = 0
     suppressed: int = 0
     restored: int = 0
-    skipped: int = 0  # backup rows already present
+    skipped: int = 0  # backup rows already present (or forgotten since)
+    forgotten: int = 0  # forgotten blind indexes restored from a backup
     problems: list[RowProblem] = field(default_factory=list)
     problem_count: int = 0
     resumed_from: int = 0  # the last line committed by an earlier, interrupted run
@@ -362,6 +363,11 @@ def export_encrypted(store: SubscriberStore, out: IO[bytes]) -> int:
         n += 1
         if len(frame) >= _FRAME_ROWS:
             write(False)
+    for gone in store.stream_forgotten():  # no address: the blind index that keeps it away
+        frame.append({"f": base64.b64encode(gone.email_index).decode(), "s": gone.state,
+                      "fa": _ts(gone.forgotten_at)})
+        if len(frame) >= _FRAME_ROWS:
+            write(False)
     write(True)
     return n
 
@@ -418,7 +424,12 @@ def restore_backup(store: SubscriberStore, path: Path) -> ImportReport:
         store.codec.refresh()
         for plain in _read_frames(fh, header, aead, source):
             rows = []
+            gone = []
             for item in json.loads(plain):
+                if "f" in item:
+                    gone.append({"email_index": base64.b64decode(item["f"]), "state": item["s"],
+                                 "forgotten_at": _parse_ts(item["fa"])})
+                    continue
                 sid = int(item["id"])
                 state = SubscriberState(item["s"])
                 address = str(item["a"])
@@ -433,6 +444,9 @@ def restore_backup(store: SubscriberStore, path: Path) -> ImportReport:
                     "bounced_at": _parse_ts(item["ba"]),
                     "complained_at": _parse_ts(item["xa"]),
                 })
+            if gone:
+                with store.engine.begin() as conn:
+                    report.forgotten += store.insert_forgotten(conn, gone)
             if not rows:
                 continue
             report.rows += len(rows)

@@ -10,7 +10,10 @@ and the new rules recorded. Interrupted, it leaves the list as it was; run it ag
 ``apply=False`` the same work is done and rolled back, to show what would happen.
 
 When several rows become one address, one row stays (``survivor``) and the others are deleted:
-a reader who unsubscribed, bounced or complained under any spelling stays suppressed.
+a reader who unsubscribed, bounced or complained under any spelling stays suppressed. A row
+that becomes the address of a forgotten reader is erased too. Forgotten blind indexes cannot
+be recomputed (their address is gone) and keep the old rules: a spelling that only the new
+rules fold onto them is no longer kept out.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from subscribers.lifecycle import SUPPRESSED, SubscriberState
+from subscribers.schema import forgotten
 from subscribers.schema import subscribers as t
 from subscribers.store import SubscriberStore
 
@@ -68,6 +72,8 @@ class ReindexReport:
     rows: int
     changed: int  # rows kept whose blind index changed
     merges: tuple[Merge, ...]
+    erased: tuple[int, ...]  # rows that turned out to be forgotten readers
+    forgotten: int  # forgotten blind indexes, left as they were (their address is gone)
     rules_before: str | None
     rules_after: str
     applied: bool
@@ -169,6 +175,15 @@ def _run(store: SubscriberStore, conn: Connection, work: Table, apply: bool,
         log.info("subscriber %d kept (%s); merged away %s", kept.id, kept.state,
                  ", ".join(map(str, dropped)))
 
+    # A row that now shares the index of a forgotten reader is that reader: erased again.
+    gone = [int(i) for i in conn.execute(
+        select(work.c.id).join(forgotten, forgotten.c.email_index == work.c.new_index)).scalars()]
+    if gone:
+        conn.execute(delete(t).where(t.c.id.in_(gone)))
+        conn.execute(delete(work).where(work.c.id.in_(gone)))
+        for sid in gone:
+            log.info("subscriber %d matches a forgotten address: erased", sid)
+
     changed = (select(work.c.id, work.c.new_index).join(t, t.c.id == work.c.id)
                .where(t.c.email_index != work.c.new_index))
     moves = [(int(r.id), bytes(r.new_index)) for r in conn.execute(changed)]
@@ -182,6 +197,8 @@ def _run(store: SubscriberStore, conn: Connection, work: Table, apply: bool,
                      [{"sid": sid, "new": new} for sid, new in moves])
     if apply:
         store.record_index_rules(conn)
+    remaining = int(conn.execute(select(func.count()).select_from(forgotten)).scalar_one())
     return ReindexReport(rows=total, changed=len(moves),
-                         merges=tuple(merges), rules_before=before,
+                         merges=tuple(merges), erased=tuple(sorted(gone)), forgotten=remaining,
+                         rules_before=before,
                          rules_after=store.settings.index_rules, applied=apply)

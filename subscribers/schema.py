@@ -19,7 +19,7 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["import_progress", "key_rotation", "list_meta", "metadata", "subscribers"]
+__all__ = ["forgotten", "import_progress", "key_rotation", "list_meta", "metadata", "subscribers"]
 
 metadata = MetaData(
     naming_convention={
@@ -85,4 +85,15 @@ list_meta = Table(
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Forgotten subscribers: the row, and the sealed address with it, is gone; only the blind index
+# (a keyed hash) stays, so the address remains suppressed against imports. The subscribe form
+# clears it: whoever asks again gets a new row through double opt-in.
+forgotten = Table(
+    "forgotten",
+    metadata,
+    Column("email_index", LargeBinary(32), primary_key=True),
+    Column("state", String(16), nullable=False),  # the suppression it stands for
+    Column("forgotten_at", DateTime(timezone=True), nullable=False),
 )

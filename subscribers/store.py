@@ -16,11 +16,11 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, literal_column, select, update
+from sqlalchemy import Engine, and_, delete, func, literal_column, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -36,7 +36,7 @@ from subscribers.lifecycle import (
     next_state,
 )
 from subscribers.normalise import InvalidAddress, index_form, validate
-from subscribers.schema import list_meta
+from subscribers.schema import forgotten, list_meta
 from subscribers.schema import subscribers as t
 from subscribers.settings import ListSettings
 
@@ -245,7 +245,8 @@ class SubscriberStore:
 
     def add(self, address: str, language: str | None = None, *, confirmed: bool = False,
             reactivate: bool = False) -> int:
-        """Add one address (or apply the import rules to an existing one); return its id."""
+        """Add one address (or apply the import rules to an existing one); return its id, or
+        0 for a forgotten address that stays suppressed."""
         try:
             delivery = validate(address)
         except InvalidAddress as exc:
@@ -273,6 +274,8 @@ class SubscriberStore:
             row = conn.execute(select(t.c.id, t.c.state).where(t.c.email_index == index)).first()
             if row is None:
                 sid = new_id()
+                # A forgotten reader who asks again starts afresh, through double opt-in.
+                conn.execute(delete(forgotten).where(forgotten.c.email_index == index))
                 conn.execute(t.insert(), [self._new_row(sid, delivery, index, lang,
                                                         SubscriberState.PENDING, now)])
                 log.info("subscriber %d signed up (pending)", sid)
@@ -318,9 +321,20 @@ class SubscriberStore:
         changes: dict[int, SubscriberState] = {}
         target_new = next_state(None, event)
         fresh = [index for index in unique if index not in existing]
+        kept_out = self._forgotten(conn, fresh)  # erased readers stay suppressed...
+        if kept_out and reactivate:  # ...unless the operator says otherwise
+            conn.execute(delete(forgotten).where(forgotten.c.email_index.in_(kept_out)))
+            kept_out = set()
+        elif kept_out:
+            fresh = [index for index in fresh if index not in kept_out]
         fresh_ids = dict(zip(fresh, sorted(new_ids(len(fresh))), strict=True))
         for (addr, lang), index in zip(rows, indexes, strict=True):
             hit = existing.get(index)
+            if hit is None and kept_out and index in kept_out:
+                result.ids.append(0)
+                result.existing += 1
+                result.suppressed += 1
+                continue
             if hit is None:
                 sid = fresh_ids[index]
                 new_rows.append((sid, index, addr.encode("utf-8"), lang))
@@ -344,6 +358,19 @@ class SubscriberStore:
             conn.execute(update(t).where(t.c.id == sid).values(**self._state_values(after, now)))
         result.changed = len(changes)
         return result
+
+    @staticmethod
+    def _forgotten(conn: Connection, indexes: Sequence[bytes]) -> set[bytes]:
+        """The blind indexes among ``indexes`` that belong to forgotten subscribers."""
+        if not indexes or conn.execute(select(forgotten.c.state).limit(1)).first() is None:
+            return set()  # the usual case, one cheap query per batch
+        found: set[bytes] = set()
+        for start in range(0, len(indexes), _IN_CHUNK):
+            chunk = list(indexes[start:start + _IN_CHUNK])
+            found.update(bytes(i) for i in conn.execute(
+                select(forgotten.c.email_index).where(forgotten.c.email_index.in_(chunk)))
+                .scalars())
+        return found
 
     @staticmethod
     def _existing(conn: Connection, indexes: Sequence[bytes]) -> dict[bytes, tuple[int, str]]:
@@ -394,6 +421,80 @@ class SubscriberStore:
         if changed:
             log.info("subscriber %d is now %s", subscriber_id, state)
         return changed
+
+    def forget(self, ids: Iterable[int]) -> int:
+        """Erase subscribers: delete their rows, and the sealed address with them.
+
+        Only the blind index is kept (``forgotten``), as the suppression it stands for: an
+        import will not bring the address back (unless ``--reactivate``), while the subscribe
+        form still can, through double opt-in. Returns how many rows were erased.
+        """
+        wanted = list(dict.fromkeys(ids))
+        erased: list[int] = []
+        now = self.clock()
+        with self.engine.begin() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start:start + _IN_CHUNK]
+                rows = conn.execute(select(t.c.id, t.c.email_index, t.c.state)
+                                    .where(t.c.id.in_(chunk))).all()
+                if not rows:
+                    continue
+                indexes = [bytes(r.email_index) for r in rows]
+                conn.execute(delete(forgotten).where(forgotten.c.email_index.in_(indexes)))
+                conn.execute(forgotten.insert(), [
+                    {"email_index": index, "forgotten_at": now,
+                     "state": (r.state if SubscriberState(r.state) in SUPPRESSED
+                               else SubscriberState.UNSUBSCRIBED.value)}
+                    for r, index in zip(rows, indexes, strict=True)])
+                conn.execute(delete(t).where(t.c.id.in_([r.id for r in rows])))
+                erased.extend(int(r.id) for r in rows)
+        for sid in erased:
+            log.info("subscriber %d forgotten", sid)
+        return len(erased)
+
+    def forget_suppressed(self, older_than: timedelta) -> int:
+        """Forget every unsubscribed, bounced or complained subscriber whose state is older
+        than ``older_than``: a retention limit for addresses we no longer mail."""
+        cutoff = self.clock() - older_than
+        suppressed = [s.value for s in SUPPRESSED]
+        total = 0
+        while True:
+            with self.engine.connect() as conn:
+                ids = list(conn.execute(
+                    select(t.c.id).where(and_(t.c.state.in_(suppressed),
+                                              t.c.state_changed_at < cutoff))
+                    .limit(_IN_CHUNK)).scalars())
+            if not ids:
+                return total
+            total += self.forget(ids)
+
+    def count_forgotten(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(forgotten)).scalar_one())
+
+    def insert_forgotten(self, conn: Connection, entries: Sequence[dict[str, Any]]) -> int:
+        """Restore forgotten blind indexes (backup restore), unless the index is listed or
+        already forgotten. Returns how many were added."""
+        idx = [e["email_index"] for e in entries]
+        taken = {bytes(b) for b in conn.execute(select(t.c.email_index)
+                                                .where(t.c.email_index.in_(idx))).scalars()}
+        taken |= self._forgotten(conn, idx)
+        fresh = [e for e in entries if e["email_index"] not in taken]
+        if fresh:
+            conn.execute(forgotten.insert(), fresh)
+        return len(fresh)
+
+    def stream_forgotten(self) -> Iterator[Row[Any]]:
+        """Every forgotten blind index (for the encrypted backup)."""
+        last = b""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(forgotten).where(forgotten.c.email_index > last)
+                                    .order_by(forgotten.c.email_index).limit(_IN_CHUNK)).all()
+            yield from rows
+            if len(rows) < _IN_CHUNK:
+                return
+            last = bytes(rows[-1].email_index)
 
     def apply(self, subscriber_id: int, event: Event) -> SubscriberState | None:
         """Apply a lifecycle event; None if the id is unknown. Idempotent."""
@@ -567,13 +668,15 @@ class SubscriberStore:
 
     def insert_raw(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         """Insert fully formed rows (backup restore); rows whose id or address is already
-        present are skipped. Returns how many were inserted."""
+        present are skipped, and so are forgotten addresses: an erasure is never undone by
+        restoring a backup taken before it. Returns how many were inserted."""
         ids = [r["id"] for r in rows]
         taken_ids = set(conn.execute(select(t.c.id).where(t.c.id.in_(ids))).scalars())
         idx = [r["email_index"] for r in rows]
         taken_idx = {bytes(b) for b in
                      conn.execute(select(t.c.email_index).where(t.c.email_index.in_(idx)))
                      .scalars()}
+        taken_idx |= self._forgotten(conn, idx)
         fresh = [r for r in rows if r["id"] not in taken_ids and r["email_index"] not in taken_idx]
         if fresh:
             conn.execute(t.insert(), fresh)

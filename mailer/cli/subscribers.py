@@ -1,4 +1,4 @@
-"""Subscriber commands: ``keys init|rotate``, ``subscribers import|export|reindex|count``,
+"""Subscriber commands: ``keys init|rotate``, ``subscribers import|export|forget|reindex|count``,
 ``serve``.
 
 Output names subscribers by count or id only; problems in an import are reported by line.
@@ -140,9 +140,42 @@ def subscribers_reindex(app: App, dry_run: bool) -> None:
     for m in report.merges:
         click.echo(f"merged: kept subscriber {m.kept} ({m.state}), removed "
                    f"{', '.join(map(str, m.dropped))}")
+    for sid in report.erased:
+        click.echo(f"erased: subscriber {sid} is the address of a forgotten reader")
+    if report.forgotten:
+        click.echo(f"{report.forgotten} forgotten addresses keep their old blind index "
+                   "(their address is gone)")
     verb = "would change" if dry_run else "changed"
     click.echo(f"{report.rows} subscribers: {verb} {report.changed} blind indexes, "
                f"{len(report.merges)} merges{' (dry run: nothing written)' if dry_run else ''}")
+
+
+@subscribers_group.command("forget")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--suppressed-for", metavar="DURATION", default=None,
+              help="Also forget every unsubscribed, bounced or complained subscriber whose "
+                   "state is older than this (e.g. 90d).")
+@pass_app
+def subscribers_forget(app: App, ids: tuple[int, ...], suppressed_for: str | None) -> None:
+    """Erase subscribers by id: their rows and sealed addresses are deleted; a keyed hash of
+    the address stays, so imports cannot bring them back. The subscribe form still can."""
+    from mailer.config import parse_duration
+
+    if not ids and suppressed_for is None:
+        raise InputError("name subscriber ids, or --suppressed-for DURATION")
+    age = None
+    if suppressed_for is not None:
+        try:
+            age = parse_duration(suppressed_for)
+        except ValueError as exc:
+            raise InputError(f"--suppressed-for: {exc}") from None
+    store = app.subscribers
+    by_id = store.forget(ids) if ids else 0
+    by_age = store.forget_suppressed(age) if age is not None else 0
+    missing = len(set(ids)) - by_id
+    click.echo(f"forgot {by_id + by_age} subscribers: their addresses are erased, and a keyed "
+               "hash keeps each one suppressed"
+               + (f"; {missing} of the ids were not listed" if missing else ""))
 
 
 @subscribers_group.command("count")
@@ -154,6 +187,7 @@ def subscribers_count(app: App, all_states: bool) -> None:
     if all_states:
         for state, n in store.counts().items():
             click.echo(f"{state.value}: {n}")
+        click.echo(f"forgotten: {store.count_forgotten()}")
         return
     click.echo(str(store.count()))
 

@@ -77,6 +77,10 @@ def test_relative_paths_resolve_against_the_config_folder_and_secrets_come_from_
         (("port = 2525", "port = \"2525\""), "delivery.relays[0].port", 22),
         (("languages = [\"zh-Hans\", \"en\"]", "languages = [\"zh-Hans\", 3]"), "newsletter.languages[1]", 4),
         (("url = \"https://a.example.org/feed\"", "url = \"ftp://a.example.org/feed\""), "feeds[0].url", 11),
+        (("key_file = \"keys/k.json\"", "key_file = \"keys/k.json\"\nforget_suppressed_after = \"2h\""),
+         "storage.forget_suppressed_after", 9),
+        (("key_file = \"keys/k.json\"", "key_file = \"keys/k.json\"\ncase_insensitive_domains = [\"qq com\"]"),
+         "storage.case_insensitive_domains[0]", 9),
     ],
 )
 def test_errors_name_file_key_and_line(tmp_path: Path, edit: tuple[str, str], key: str, line: int) -> None:
@@ -119,3 +123,15 @@ def test_sizes(n: int) -> None:
     assert parse_size(f"{n}KiB") == n * 1024
     with pytest.raises(ValueError, match="size"):
         parse_size(f"{n} furlongs")
+
+
+def test_list_privacy_settings_are_typed(tmp_path: Path) -> None:
+    text = GOOD.replace('key_file = "keys/k.json"', 'key_file = "keys/k.json"\n'
+                        'forget_suppressed_after = "180d"\n'
+                        'case_insensitive_domains = ["QQ.com", "163.com", "例子.中国"]')
+    cfg = load_config(write(tmp_path, text), {"SMTP_PASSWORD": "x"})
+    assert cfg.storage.forget_suppressed_after == timedelta(days=180)
+    assert cfg.storage.case_insensitive_domains == {"qq.com", "163.com", "xn--fsqu00a.xn--fiqs8s"}
+    plain = load_config(write(tmp_path, GOOD), {"SMTP_PASSWORD": "x"})
+    assert plain.storage.forget_suppressed_after is None
+    assert plain.storage.case_insensitive_domains == frozenset()

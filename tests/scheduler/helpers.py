@@ -14,7 +14,7 @@ def write_config(tmp: Path, db_url: str, *, timezone: str = "UTC", digest: str =
                  mode: str = "digest", require_approval: bool = False, grace: str = "1h",
                  hold: str = "0s",
                  smtp_port: int | None = None, editors: tuple[str, ...] = ("eds@example.net",),
-                 feeds: tuple[str, ...] = (), extra: str = "") -> Path:
+                 feeds: tuple[str, ...] = (), extra: str = "", storage_extra: str = "") -> Path:
     """A complete newsletter.toml for ``db_url``; Maildir unless an SMTP port is given."""
     feed_tables = "".join(f'\n[[feeds]]\nurl = "{u}"\nlanguage = "en"\nbacklog_days = 0\n'
                           for u in feeds)
@@ -33,6 +33,7 @@ require_approval = {"true" if require_approval else "false"}
 [storage]
 database = "{db_url}"
 key_file = "{tmp / "keys.json"}"
+{storage_extra}
 {feed_tables}
 [schedule]
 timezone = "{timezone}"

@@ -426,3 +426,20 @@ async def test_editing_mirrors_in_the_config_takes_effect_without_restart_or_sig
                           encoding="utf-8")
         await scheduler.job_tick()
         assert d.app.mirrors.candidates() == ("https://new-mirror.example.net",)
+
+
+async def test_retention_forgets_long_suppressed_readers_daily(
+        setup: Callable[..., tuple[Path, App]]) -> None:
+    config, app = setup(storage_extra='forget_suppressed_after = "30d"')
+    with time_machine.travel(datetime(2026, 10, 1, 12, 0, tzinfo=UTC), tick=True):
+        old = app.subscribers.add("left-long-ago@example.com", "en", confirmed=True)
+        app.subscribers.unsubscribe(old)
+    with time_machine.travel(datetime(2026, 11, 23, 12, 0, tzinfo=UTC), tick=True):
+        recent = app.subscribers.add("left-last-week@example.com", "en", confirmed=True)
+        app.subscribers.unsubscribe(recent)
+        async with daemon(config) as d:
+            assert "retention" in d.next_runs()
+            await until(lambda: app.subscribers.get(old) is None, "the old unsubscribe forgotten")
+            assert app.subscribers.get(recent) is not None
+            assert app.subscribers.lookup(READER) is not None
+            assert app.subscribers.count_forgotten() == 1

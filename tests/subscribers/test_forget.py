@@ -1,0 +1,157 @@
+"""Forgetting subscribers: the sealed address is erased, a keyed hash keeps it suppressed.
+Against real SQLite and PostgreSQL, through the backup, reindex and the command line."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from mailer.cli.base import run_cli
+from mailer.db import open_engine
+from subscribers.codec import Codec
+from subscribers.importexport import export_encrypted, import_file
+from subscribers.keys import KeyRing
+from subscribers.lifecycle import Event, SubscriberState
+from subscribers.reindex import reindex
+from subscribers.schema import forgotten
+from subscribers.schema import subscribers as t
+from subscribers.settings import ListSettings
+from subscribers.store import SubscriberStore
+from tests.subscribers.conftest import LANGS, Clock
+from tests.subscribers.support import write_config
+
+
+def every_byte(engine: Engine) -> bytes:
+    with engine.connect() as conn:
+        rows = [*conn.execute(select(t)), *conn.execute(select(forgotten))]
+    return b"".join(v if isinstance(v, bytes) else str(v).encode() for r in rows for v in r)
+
+
+def test_a_forgotten_reader_leaves_only_a_keyed_hash_and_stays_suppressed(
+        store: SubscriberStore) -> None:
+    gone = store.add("zhou.min@163.com", "zh-Hans", confirmed=True)
+    stays = store.add("he.ping@qq.com", "en", confirmed=True)
+    with store.engine.connect() as conn:
+        sealed = conn.execute(select(t.c.email_ct).where(t.c.id == gone)).scalar_one()
+    assert store.forget([gone, 12345]) == 1  # an unknown id is simply not there
+    assert store.get(gone) is None
+    assert store.lookup("zhou.min@163.com") is None
+    assert store.count_forgotten() == 1
+    assert sealed not in every_byte(store.engine)  # the ciphertext is gone, not just hidden
+    assert {r.id for r in store.stream_active()} == {stays}
+
+    # An import does not bring the address back: counted as listed and suppressed.
+    result = store.add_batch([("zhou.min@163.com", "en"), ("new.reader@qq.com", "en")],
+                             Event.IMPORT_CONFIRMED)
+    assert (result.inserted, result.existing, result.suppressed) == (1, 1, 1)
+    assert result.ids[0] == 0
+    assert store.lookup("zhou.min@163.com") is None
+    # --reactivate does, as a new row.
+    again = store.add("zhou.min@163.com", "en", confirmed=True, reactivate=True)
+    assert again not in (0, gone)
+    assert store.count_forgotten() == 0
+    found = store.get(again)
+    assert found is not None
+    assert found.state is SubscriberState.ACTIVE
+
+
+def test_the_subscribe_form_starts_a_forgotten_reader_afresh(store: SubscriberStore) -> None:
+    gone = store.add("wu.lan@126.com", "zh-Hant", confirmed=True)
+    store.forget([gone])
+    sid, state = store.subscribe("wu.lan@126.com", "zh-Hant")
+    assert state is SubscriberState.PENDING
+    assert sid != gone
+    assert store.count_forgotten() == 0
+    assert store.address_of(sid) == "wu.lan@126.com"  # sealed again, for the confirmation
+
+
+def test_forget_suppressed_keeps_recent_ones_and_active_readers(
+        store: SubscriberStore, clock: Clock) -> None:
+    old = store.add("old@qq.com", "en", confirmed=True)
+    store.unsubscribe(old)
+    clock.advance(days=100)
+    recent = store.add("recent@qq.com", "en", confirmed=True)
+    store.unsubscribe(recent)
+    active = store.add("active@qq.com", "en", confirmed=True)
+    assert store.forget_suppressed(timedelta(days=90)) == 1
+    assert store.get(old) is None
+    assert store.get(recent) is not None
+    assert store.get(active) is not None
+    with store.engine.connect() as conn:
+        assert conn.execute(select(forgotten.c.state)).scalars().all() == ["unsubscribed"]
+
+
+def test_the_encrypted_backup_carries_the_forgotten_and_a_restore_never_undoes_them(
+        store: SubscriberStore, tmp_path: Path, ring: KeyRing, clock: Clock) -> None:
+    keep = store.add("keep@qq.com", "en", confirmed=True)
+    later = store.add("later@qq.com", "en", confirmed=True)
+    before = io.BytesIO()
+    export_encrypted(store, before)  # ``later`` is still listed in this one
+    store.forget([store.add("gone@qq.com", "en", confirmed=True), later])
+    after = tmp_path / "after.backup"
+    with after.open("wb") as fh:
+        assert export_encrypted(store, fh) == 1
+
+    fresh = SubscriberStore(open_engine(f"sqlite:///{tmp_path / 'fresh.db'}"), Codec(ring),
+                            clock, LANGS)
+    report = import_file(fresh, after)
+    assert (report.restored, report.forgotten) == (1, 2)
+    stale = tmp_path / "before.backup"
+    stale.write_bytes(before.getvalue())
+    again = import_file(fresh, stale)  # taken before the erasure: it must not undo it
+    assert (again.restored, again.skipped) == (0, 2)
+    assert fresh.get(later) is None
+    assert fresh.get(keep) is not None
+    assert fresh.add("gone@qq.com", "en", confirmed=True) == 0
+    fresh.engine.dispose()
+
+
+def test_reindex_erases_a_row_that_turns_out_to_be_a_forgotten_reader(
+        engine: Engine, ring: KeyRing, clock: Clock) -> None:
+    plain = SubscriberStore(engine, Codec(ring), clock, LANGS)
+    plain.verify_index_rules()
+    gone = plain.add("ma.lin@qq.com", "en", confirmed=True)
+    plain.forget([gone])
+    loud = plain.add("Ma.Lin@qq.com", "en", confirmed=True)  # a second spelling, still listed
+    folding = SubscriberStore(engine, Codec(ring), clock, ListSettings(
+        languages=LANGS.languages, bilingual=LANGS.bilingual,
+        case_insensitive_domains=frozenset({"qq.com"})))
+    report = reindex(folding)
+    assert report.erased == (loud,)
+    assert report.forgotten == 1
+    assert folding.count(None) == 0
+
+
+def cli(config: Path, *args: str) -> int:
+    return run_cli(["--config", str(config), *args])
+
+
+def test_forget_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    assert cli(config, "keys", "init") == 0
+    csv = tmp_path / "in.csv"
+    csv.write_text("email,language\nyang.fan@qq.com,en\nxu.li@163.com,en\n", encoding="utf-8")
+    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
+    engine = open_engine(f"sqlite:///{tmp_path / 'data' / 'newsletter.db'}")
+    with engine.connect() as conn:
+        ids = list(conn.execute(select(t.c.id).order_by(t.c.id)).scalars())
+    engine.dispose()
+    capsys.readouterr()
+
+    assert cli(config, "subscribers", "forget") == 2  # nothing named: refuse
+    assert cli(config, "subscribers", "forget", "--suppressed-for", "soon") == 2
+    assert cli(config, "subscribers", "forget", str(ids[0]), "7") == 0
+    out = capsys.readouterr().out
+    assert "forgot 1 subscribers" in out
+    assert "1 of the ids were not listed" in out
+    assert cli(config, "subscribers", "count", "--all-states") == 0
+    lines: Any = capsys.readouterr().out.splitlines()
+    assert "active: 1" in lines
+    assert "forgotten: 1" in lines
+    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
+    assert "1 left suppressed" in capsys.readouterr().out
