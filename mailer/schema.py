@@ -115,7 +115,8 @@ outbox = Table(
     Column("edition_id", Integer, ForeignKey("editions.id"), primary_key=True),
     Column("subscriber_id", BigInteger, primary_key=True),
     Column("language", String(16), nullable=False),
-    Column("domain", String(255), nullable=False),  # recipient's domain only, for rates and reports
+    # A public provider's domain or one the config rate-limits, else "other" (delivery/domains.py)
+    Column("domain", String(255), nullable=False),
     Column("state", String(20), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True), nullable=True),

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailer.clock import Clock, as_utc
+from mailer.delivery.domains import outbox_domain
 from mailer.models import OutboxState
 from mailer.schema import editions, outbox
 
@@ -80,9 +81,12 @@ class Outcome:
 class Outbox:
     """The outbox table behind a small API; the engine and the workers share it."""
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    def __init__(self, engine: Engine, clock: Clock, rate_limited: Collection[str] = ()) -> None:
+        """``rate_limited``: the destination domains the config limits by name, which the
+        outbox keeps by name besides the public providers (``mailer.delivery.domains``)."""
         self.engine = engine
         self.clock = clock
+        self.rate_limited = frozenset(d.lower() for d in rate_limited)
         self._insert: Any = (
             postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         )
@@ -94,7 +98,8 @@ class Outbox:
     # ------------------------------------------------------------------ writing
 
     def enqueue(self, edition_id: int, recipients: Iterable[RecipientLike]) -> int:
-        """Add a queued row per recipient; returns how many were new (0 on a repeat).
+        """Add a queued row per recipient; returns how many were new (0 on a repeat). A
+        recipient's domain is kept only if it says nothing about the reader (``outbox_domain``).
 
         Rows go to the driver's executemany with the statement compiled once and the shared
         timestamp converted once: half the time of SQLAlchemy's per-row parameter processing
@@ -124,7 +129,7 @@ class Outbox:
         for r in recipients:
             batch.append({
                 "edition_id": edition_id, "subscriber_id": r.id, "language": r.language,
-                "domain": r.domain.lower()[:255], "state": queued,
+                "domain": outbox_domain(r.domain, self.rate_limited), "state": queued,
                 "attempts": 0, "created_at": stamp, "updated_at": stamp,
             })
             if len(batch) >= _ENQUEUE_BATCH:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 __all__ = ["DomainLimits", "Pacer", "RateLimiter", "match_domain"]
 
@@ -67,7 +67,7 @@ class RateLimiter:
             await asyncio.sleep(delay)
 
 
-def match_domain(domain: str, configured: Mapping[str, object]) -> str | None:
+def match_domain(domain: str, configured: Collection[str]) -> str | None:
     """The configured key that governs ``domain``: itself, or a parent (``vip.qq.com`` → qq.com)."""
     d = domain.lower().rstrip(".")
     while d:
