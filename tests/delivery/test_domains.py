@@ -43,5 +43,6 @@ def test_the_outbox_keeps_no_identifying_domain(db: Engine) -> None:
               Rcpt(4, "d@uni.edu.tw")]
     assert box.enqueue(ed, people) == 4
     with db.connect() as conn:
-        rows = dict(conn.execute(select(outbox_table.c.subscriber_id, outbox_table.c.domain)).all())
+        rows = {int(r.subscriber_id): r.domain for r in
+                conn.execute(select(outbox_table.c.subscriber_id, outbox_table.c.domain))}
     assert rows == {1: "qq.com", 2: OTHER, 3: "mail.corp.example", 4: OTHER}
