@@ -559,6 +559,16 @@ class SubscriberStore:
             row = conn.execute(select(*self._RECORD_COLS).where(t.c.email_index == index)).first()
         return self._record(row) if row is not None else None
 
+    def forgotten_state(self, address: str) -> str | None:
+        """The suppression a forgotten address stands for, or None if it was not forgotten."""
+        try:
+            delivery = validate(address)
+        except InvalidAddress:
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(select(forgotten.c.state).where(
+                forgotten.c.email_index == self.index_of(delivery))).scalar_one_or_none()
+
     def address_of(self, subscriber_id: int) -> str | None:
         """Decrypt one address (to send a confirmation mail)."""
         with self.engine.connect() as conn:

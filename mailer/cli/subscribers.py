@@ -1,5 +1,5 @@
-"""Subscriber commands: ``keys init|rotate``, ``subscribers import|export|forget|reindex|count``,
-``serve``.
+"""Subscriber commands: ``keys init|rotate``,
+``subscribers import|export|find|forget|reindex|count``, ``serve``.
 
 Output names subscribers by count or id only; problems in an import are reported by line.
 """
@@ -150,19 +150,49 @@ def subscribers_reindex(app: App, dry_run: bool) -> None:
                f"{len(report.merges)} merges{' (dry run: nothing written)' if dry_run else ''}")
 
 
+def _addresses_from_stdin() -> list[tuple[int, str]]:
+    """(line, text) of every non-empty line on standard input: addresses are read there, never
+    taken as arguments, so that they stay out of shell history and the process list."""
+    return [(n, text.strip()) for n, text in enumerate(sys.stdin, start=1) if text.strip()]
+
+
+@subscribers_group.command("find")
+@pass_app
+def subscribers_find(app: App) -> None:
+    """Look up the addresses on standard input (one per line) without decrypting the list.
+
+    Prints, per input line, the subscriber's id, state and language, or that the address is
+    not listed or was forgotten. The address itself is never printed.
+    """
+    store = app.subscribers
+    for line, text in _addresses_from_stdin():
+        found = store.lookup(text)
+        if found is not None:
+            click.echo(f"line {line}: subscriber {found.id}, {found.state}, {found.language}, "
+                       f"since {found.state_changed_at:%Y-%m-%d %H:%M} UTC")
+        elif (gone := store.forgotten_state(text)) is not None:
+            click.echo(f"line {line}: forgotten (kept suppressed: {gone})")
+        else:
+            click.echo(f"line {line}: not listed")
+
+
 @subscribers_group.command("forget")
 @click.argument("ids", nargs=-1, type=int)
+@click.option("--stdin", "from_stdin", is_flag=True,
+              help="Also forget the addresses on standard input, one per line.")
 @click.option("--suppressed-for", metavar="DURATION", default=None,
               help="Also forget every unsubscribed, bounced or complained subscriber whose "
                    "state is older than this (e.g. 90d).")
 @pass_app
-def subscribers_forget(app: App, ids: tuple[int, ...], suppressed_for: str | None) -> None:
-    """Erase subscribers by id: their rows and sealed addresses are deleted; a keyed hash of
-    the address stays, so imports cannot bring them back. The subscribe form still can."""
+def subscribers_forget(app: App, ids: tuple[int, ...], from_stdin: bool,
+                       suppressed_for: str | None) -> None:
+    """Erase subscribers by id (or by address, with --stdin): their rows and sealed addresses
+    are deleted; a keyed hash of the address stays, so imports cannot bring them back. The
+    subscribe form still can."""
     from mailer.config import parse_duration
 
-    if not ids and suppressed_for is None:
-        raise InputError("name subscriber ids, or --suppressed-for DURATION")
+    if not ids and not from_stdin and suppressed_for is None:
+        raise InputError("name subscriber ids, or give --stdin or --suppressed-for DURATION")
     age = None
     if suppressed_for is not None:
         try:
@@ -170,9 +200,17 @@ def subscribers_forget(app: App, ids: tuple[int, ...], suppressed_for: str | Non
         except ValueError as exc:
             raise InputError(f"--suppressed-for: {exc}") from None
     store = app.subscribers
-    by_id = store.forget(ids) if ids else 0
+    wanted = list(ids)
+    if from_stdin:
+        for line, text in _addresses_from_stdin():
+            found = store.lookup(text)
+            if found is None:
+                click.echo(f"line {line}: not listed", err=True)
+            else:
+                wanted.append(found.id)
+    by_id = store.forget(wanted) if wanted else 0
     by_age = store.forget_suppressed(age) if age is not None else 0
-    missing = len(set(ids)) - by_id
+    missing = len(set(wanted)) - by_id
     click.echo(f"forgot {by_id + by_age} subscribers: their addresses are erased, and a keyed "
                "hash keeps each one suppressed"
                + (f"; {missing} of the ids were not listed" if missing else ""))

@@ -4,6 +4,7 @@ Against real SQLite and PostgreSQL, through the backup, reindex and the command 
 from __future__ import annotations
 
 import io
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,36 @@ def test_forget_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "forgotten: 1" in lines
     assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
     assert "1 left suppressed" in capsys.readouterr().out
+
+
+def test_find_and_forget_by_address_read_from_stdin(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reader writes in asking to be erased: the operator has their address, not their id.
+    # Addresses come on standard input, never as arguments, and are never printed back.
+    config = write_config(tmp_path)
+    assert cli(config, "keys", "init") == 0
+    csv = tmp_path / "in.csv"
+    csv.write_text("email,language\ntang.yu@qq.com,en\nsong.jia@163.com,zh-Hant\n",
+                   encoding="utf-8")
+    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
+    capsys.readouterr()
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("tang.yu@QQ.com\n\nnobody@qq.com\nnot an address\n"))
+    assert cli(config, "subscribers", "find") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"line 1: subscriber \d+, active, en, since .* UTC", out[0])
+    assert out[1:] == ["line 3: not listed", "line 4: not listed"]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("song.jia@163.com\nnobody@qq.com\n"))
+    assert cli(config, "subscribers", "forget", "--stdin") == 0
+    captured = capsys.readouterr()
+    assert "forgot 1 subscribers" in captured.out
+    assert "line 2: not listed" in captured.err
+    monkeypatch.setattr("sys.stdin", io.StringIO("song.jia@163.com\n"))
+    assert cli(config, "subscribers", "find") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "line 1: forgotten (kept suppressed: unsubscribed)\n"
+    for text in (captured.out, captured.err):
+        assert "song" not in text
+        assert "tang" not in text.lower()
