@@ -1,5 +1,5 @@
 """Subscriber commands: ``keys init|rotate``,
-``subscribers import|export|find|forget|reindex|count``, ``serve``.
+``subscribers import|export|find|suppress|forget|reindex|count``, ``serve``.
 
 Output names subscribers by count or id only; problems in an import are reported by line.
 """
@@ -174,6 +174,22 @@ def subscribers_find(app: App) -> None:
             click.echo(f"line {line}: forgotten (kept suppressed: {gone})")
         else:
             click.echo(f"line {line}: not listed")
+
+
+@subscribers_group.command("suppress")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.option("--as", "state", type=click.Choice(["unsubscribed", "bounced", "complained"]),
+              default="unsubscribed", show_default=True,
+              help="The reason: a reader's request by mail, a bounce, a complaint.")
+@pass_app
+def subscribers_suppress(app: App, ids: tuple[int, ...], state: str) -> None:
+    """Stop mailing subscribers by id (find them with 'subscribers find'). Mail already queued
+    for them is not sent; imports will not re-activate them."""
+    store = app.subscribers
+    changed = sum(store.set_state(sid, state) for sid in dict.fromkeys(ids))
+    unknown = sum(store.get(sid) is None for sid in dict.fromkeys(ids))
+    click.echo(f"{changed} subscribers now {state}"
+               + (f"; {unknown} of the ids were not listed" if unknown else ""))
 
 
 @subscribers_group.command("forget")

@@ -189,3 +189,23 @@ def test_find_and_forget_by_address_read_from_stdin(
     for text in (captured.out, captured.err):
         assert "song" not in text
         assert "tang" not in text.lower()
+
+
+def test_suppress_by_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    assert cli(config, "keys", "init") == 0
+    csv = tmp_path / "in.csv"
+    csv.write_text("email,language\nguo.ying@qq.com,en\n", encoding="utf-8")
+    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
+    engine = open_engine(f"sqlite:///{tmp_path / 'data' / 'newsletter.db'}")
+    with engine.connect() as conn:
+        sid = conn.execute(select(t.c.id)).scalar_one()
+    capsys.readouterr()
+    assert cli(config, "subscribers", "suppress", str(sid), "99", "--as", "complained") == 0
+    assert capsys.readouterr().out.strip() == "1 subscribers now complained; 1 of the ids were not listed"
+    with engine.connect() as conn:
+        assert conn.execute(select(t.c.state)).scalar_one() == "complained"
+    engine.dispose()
+    assert cli(config, "subscribers", "suppress", str(sid), "--as", "active") == 2  # not a choice
+    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
+    assert "1 left suppressed" in capsys.readouterr().out
