@@ -200,20 +200,18 @@ def main(argv: list[str] | None = None) -> None:
             took_in, took_in_cpu = time.perf_counter() - t0, time.process_time() - c0
             import_rss = peak_rss_mb()
             floor_out, floor_out_cpu = floor_open(report.inserted)
-            if args.db == "sqlite":
-                ref_url = f"sqlite:///{folder / 'reference.db'}"
-            else:
-                ref_url = url.replace(f"search_path%3D{schema}", f"search_path%3D{schema}_ref")
+
+            def fresh_database(name: str) -> str:
+                """An empty database beside the import's, for a reference."""
+                if schema is None:
+                    return f"sqlite:///{folder / f'{name}.db'}"
                 with admin.begin() as conn:
-                    conn.execute(text(f'CREATE SCHEMA "{schema}_ref"'))
-            store_wall, store_cpu = storage_reference(ref_url, report.inserted)
-            if args.db == "sqlite":
-                bare_url = f"sqlite:///{folder / 'bare.db'}"
-            else:
-                bare_url = url.replace(f"search_path%3D{schema}", f"search_path%3D{schema}_bare")
-                with admin.begin() as conn:
-                    conn.execute(text(f'CREATE SCHEMA "{schema}_bare"'))
-            bare_wall, _ = storage_reference(bare_url, report.inserted, indexed=False)
+                    conn.execute(text(f'CREATE SCHEMA "{schema}_{name}"'))
+                return url.replace(f"search_path%3D{schema}", f"search_path%3D{schema}_{name}")
+
+            store_wall, store_cpu = storage_reference(fresh_database("ref"), report.inserted)
+            bare_wall, _ = storage_reference(fresh_database("bare"), report.inserted,
+                                             indexed=False)
             parse_cpu = parse_reference(csv_path)
             child = subprocess.run(
                 [sys.executable, "-m", "bench.subscribers", "--stream-child", url, str(key_path)],

@@ -67,6 +67,38 @@ def write_config(folder: Path, *, database: str | None = None, rate_limit: int =
     return path
 
 
+def add_storage_setting(config: Path, setting: str) -> int:
+    """Add a line to the config's ``[storage]`` table; return its line number."""
+    text = config.read_text(encoding="utf-8")
+    anchor = 'key_file = "secrets/keys.json"\n'
+    config.write_text(text.replace(anchor, f"{anchor}{setting}\n"), encoding="utf-8")
+    return text[:text.index(anchor)].count("\n") + 2
+
+
+def in_process(config: Path, *args: str) -> int:
+    """``newsletter --config CONFIG ARGS`` in this process (pytest captures its output)."""
+    from mailer.cli.base import run_cli
+
+    return run_cli(["--config", str(config), *args])
+
+
+def listed_ids(config: Path, csv_text: str) -> list[int]:
+    """A key file and these CSV rows imported as confirmed; the new ids, ascending."""
+    from sqlalchemy import create_engine, select
+
+    from subscribers.schema import subscribers
+
+    assert in_process(config, "keys", "init") == 0
+    csv = config.parent / "in.csv"
+    csv.write_text(f"email,language\n{csv_text}", encoding="utf-8")
+    assert in_process(config, "subscribers", "import", str(csv), "--confirmed") == 0
+    engine = create_engine(f"sqlite:///{config.parent / 'data' / 'newsletter.db'}")
+    with engine.connect() as conn:
+        ids = list(conn.execute(select(subscribers.c.id).order_by(subscribers.c.id)).scalars())
+    engine.dispose()
+    return ids
+
+
 @dataclass
 class Result:
     code: int

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer.cli.base import run_cli
 from mailer.db import open_engine
 from subscribers.codec import Codec
 from subscribers.importexport import export_encrypted, import_file
@@ -24,7 +23,7 @@ from subscribers.schema import subscribers as t
 from subscribers.settings import ListSettings
 from subscribers.store import SubscriberStore
 from tests.subscribers.conftest import LANGS, Clock
-from tests.subscribers.support import write_config
+from tests.subscribers.support import in_process, listed_ids, write_config
 
 
 def every_byte(engine: Engine) -> bytes:
@@ -128,20 +127,13 @@ def test_reindex_erases_a_row_that_turns_out_to_be_a_forgotten_reader(
     assert folding.count(None) == 0
 
 
-def cli(config: Path, *args: str) -> int:
-    return run_cli(["--config", str(config), *args])
+cli = in_process
 
 
 def test_forget_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
-    assert cli(config, "keys", "init") == 0
+    ids = listed_ids(config, "yang.fan@qq.com,en\nxu.li@163.com,en\n")
     csv = tmp_path / "in.csv"
-    csv.write_text("email,language\nyang.fan@qq.com,en\nxu.li@163.com,en\n", encoding="utf-8")
-    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
-    engine = open_engine(f"sqlite:///{tmp_path / 'data' / 'newsletter.db'}")
-    with engine.connect() as conn:
-        ids = list(conn.execute(select(t.c.id).order_by(t.c.id)).scalars())
-    engine.dispose()
     capsys.readouterr()
 
     assert cli(config, "subscribers", "forget") == 2  # nothing named: refuse
@@ -164,11 +156,7 @@ def test_find_and_forget_by_address_read_from_stdin(
     # A reader writes in asking to be erased: the operator has their address, not their id.
     # Addresses come on standard input, never as arguments, and are never printed back.
     config = write_config(tmp_path)
-    assert cli(config, "keys", "init") == 0
-    csv = tmp_path / "in.csv"
-    csv.write_text("email,language\ntang.yu@qq.com,en\nsong.jia@163.com,zh-Hant\n",
-                   encoding="utf-8")
-    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
+    listed_ids(config, "tang.yu@qq.com,en\nsong.jia@163.com,zh-Hant\n")
     capsys.readouterr()
 
     monkeypatch.setattr("sys.stdin", io.StringIO("tang.yu@QQ.com\n\nnobody@qq.com\nnot an address\n"))
@@ -193,13 +181,9 @@ def test_find_and_forget_by_address_read_from_stdin(
 
 def test_suppress_by_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
-    assert cli(config, "keys", "init") == 0
+    [sid] = listed_ids(config, "guo.ying@qq.com,en\n")
     csv = tmp_path / "in.csv"
-    csv.write_text("email,language\nguo.ying@qq.com,en\n", encoding="utf-8")
-    assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
     engine = open_engine(f"sqlite:///{tmp_path / 'data' / 'newsletter.db'}")
-    with engine.connect() as conn:
-        sid = conn.execute(select(t.c.id)).scalar_one()
     capsys.readouterr()
     assert cli(config, "subscribers", "suppress", str(sid), "99", "--as", "complained") == 0
     assert capsys.readouterr().out.strip() == "1 subscribers now complained; 1 of the ids were not listed"
