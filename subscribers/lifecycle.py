@@ -67,8 +67,13 @@ _TERMINAL = {
 
 
 def next_state(current: SubscriberState | None, event: Event, *,
-               reactivate: bool = False) -> SubscriberState:
+               reactivate: bool = False, was_suppressed: bool = False) -> SubscriberState:
     """The state after ``event``; ``current`` is None for an address not yet on the list.
+
+    ``was_suppressed``: the row unsubscribed, bounced or complained before and is pending
+    again because someone used the subscribe form. Only the reader's own confirmation (or an
+    explicit ``reactivate``) makes it active: anyone can type an address into the form, and an
+    import must not turn that into mail the reader refused.
 
     Returning ``current`` unchanged means "nothing to do"; callers skip the write.
     """
@@ -93,7 +98,7 @@ def next_state(current: SubscriberState | None, event: Event, *,
         return target
     if current in SUPPRESSED:
         return target if reactivate else current
-    if current is SubscriberState.PENDING and confirmed:
+    if current is SubscriberState.PENDING and confirmed and (reactivate or not was_suppressed):
         return SubscriberState.ACTIVE
     return current
 

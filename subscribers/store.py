@@ -274,10 +274,15 @@ class SubscriberStore:
             row = conn.execute(select(t.c.id, t.c.state).where(t.c.email_index == index)).first()
             if row is None:
                 sid = new_id()
-                # A forgotten reader who asks again starts afresh, through double opt-in.
-                conn.execute(delete(forgotten).where(forgotten.c.email_index == index))
-                conn.execute(t.insert(), [self._new_row(sid, delivery, index, lang,
-                                                        SubscriberState.PENDING, now)])
+                fresh = self._new_row(sid, delivery, index, lang, SubscriberState.PENDING, now)
+                # A forgotten reader who asks again starts afresh, through double opt-in; the
+                # new row remembers the suppression until they confirm (``next_state``).
+                gone = conn.execute(select(forgotten.c.state, forgotten.c.forgotten_at)
+                                    .where(forgotten.c.email_index == index)).first()
+                if gone is not None:
+                    fresh[TIMESTAMP_COLUMN[SubscriberState(gone.state)]] = gone.forgotten_at
+                    conn.execute(delete(forgotten).where(forgotten.c.email_index == index))
+                conn.execute(t.insert(), [fresh])
                 log.info("subscriber %d signed up (pending)", sid)
                 return sid, SubscriberState.PENDING
             state = next_state(SubscriberState(row.state), Event.FORM)
@@ -338,18 +343,19 @@ class SubscriberStore:
             if hit is None:
                 sid = fresh_ids[index]
                 new_rows.append((sid, index, addr.encode("utf-8"), lang))
-                existing[index] = (sid, target_new.value)
+                existing[index] = (sid, target_new.value, False)
                 result.inserted += 1
                 result.ids.append(sid)
                 continue
-            sid, state = hit
+            sid, state, was_suppressed = hit
             result.ids.append(sid)
             result.existing += 1
-            after = next_state(SubscriberState(state), event, reactivate=reactivate)
+            after = next_state(SubscriberState(state), event, reactivate=reactivate,
+                               was_suppressed=was_suppressed)
             if after.value != state:
                 changes[sid] = after
-                existing[index] = (sid, after.value)
-            elif SubscriberState(state) in SUPPRESSED:
+                existing[index] = (sid, after.value, was_suppressed)
+            elif SubscriberState(state) in SUPPRESSED or (was_suppressed and not reactivate):
                 result.suppressed += 1
         if new_rows:
             new_rows.sort(key=itemgetter(0))  # by id, which is blind-index order too
@@ -373,29 +379,32 @@ class SubscriberStore:
         return found
 
     @staticmethod
-    def _existing(conn: Connection, indexes: Sequence[bytes]) -> dict[bytes, tuple[int, str]]:
-        """Id and state of the rows among ``indexes`` (blind indexes) that are already stored.
+    def _existing(conn: Connection,
+                  indexes: Sequence[bytes]) -> dict[bytes, tuple[int, str, bool]]:
+        """Id, state and whether it was ever suppressed (``next_state``'s ``was_suppressed``),
+        of the rows among ``indexes`` (blind indexes) that are already stored.
 
         Plain driver SQL: SQLAlchemy's per-value bind processing of an expanding IN cost more
         than the lookup itself on an import of a million rows. On PostgreSQL the whole list
         goes as one binary array parameter: psycopg parsed each 2,000-marker statement afresh,
         which cost more client time than the server spent answering.
         """
-        found: dict[bytes, tuple[int, str]] = {}
+        found: dict[bytes, tuple[int, str, bool]] = {}
+        cols = (f"email_index, id, state, (unsubscribed_at IS NOT NULL OR bounced_at IS NOT NULL "
+                f"OR complained_at IS NOT NULL) FROM {t.name}")
         if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
             raw: Any = conn.connection.driver_connection
-            sql = f"SELECT email_index, id, state FROM {t.name} WHERE email_index = ANY(%b)"
+            sql = f"SELECT {cols} WHERE email_index = ANY(%b)"
             with raw.cursor(binary=True) as cur:  # a binary bytea[]: no escaping per element
-                for index, sid, state in cur.execute(sql, (list(indexes),)):
-                    found[bytes(index)] = (int(sid), str(state))
+                for index, sid, state, before in cur.execute(sql, (list(indexes),)):
+                    found[bytes(index)] = (int(sid), str(state), bool(before))
             return found
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         for start in range(0, len(indexes), _IN_CHUNK):
             chunk = indexes[start:start + _IN_CHUNK]
-            sql = (f"SELECT email_index, id, state FROM {t.name} "
-                   f"WHERE email_index IN ({', '.join([mark] * len(chunk))})")
-            for index, sid, state in conn.exec_driver_sql(sql, tuple(chunk)):
-                found[bytes(index)] = (int(sid), str(state))
+            sql = f"SELECT {cols} WHERE email_index IN ({', '.join([mark] * len(chunk))})"
+            for index, sid, state, before in conn.exec_driver_sql(sql, tuple(chunk)):
+                found[bytes(index)] = (int(sid), str(state), bool(before))
         return found
 
     def _bulk_insert(self, conn: Connection, rows: Sequence[tuple[int, bytes, bytes, str]],

@@ -193,3 +193,29 @@ def test_suppress_by_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert cli(config, "subscribers", "suppress", str(sid), "--as", "active") == 2  # not a choice
     assert cli(config, "subscribers", "import", str(csv), "--confirmed") == 0
     assert "1 left suppressed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("forget_first", [False, True])
+def test_an_import_does_not_confirm_a_form_resubscription_of_a_suppressed_reader(
+        store: SubscriberStore, forget_first: bool) -> None:
+    # Someone types the address of a reader who left into the public form: the row is pending
+    # again (a confirmation goes out). An operator's later import of an old spreadsheet with
+    # --confirmed must not turn that into mail the reader refused; their own click does.
+    sid = store.add("luo.bin@qq.com", "en", confirmed=True)
+    store.unsubscribe(sid)
+    if forget_first:
+        store.forget([sid])
+    sid, state = store.subscribe("luo.bin@qq.com", "en")
+    assert state is SubscriberState.PENDING
+    result = store.add_batch([("luo.bin@qq.com", "en")], Event.IMPORT_CONFIRMED)
+    assert (result.ids, result.changed, result.suppressed) == ([sid], 0, 1)
+    found = store.get(sid)
+    assert found is not None
+    assert found.state is SubscriberState.PENDING
+    assert store.confirm(sid) is SubscriberState.ACTIVE
+    # Without that history, a pending row is confirmed by a confirmed import as before.
+    fresh, _ = store.subscribe("new.reader@qq.com", "en")
+    store.add_batch([("new.reader@qq.com", "en")], Event.IMPORT_CONFIRMED)
+    found = store.get(fresh)
+    assert found is not None
+    assert found.state is SubscriberState.ACTIVE
