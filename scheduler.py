@@ -160,7 +160,7 @@ class Actions:
 
 
 # The timetable's own jobs (edition jobs are named per edition).
-_TIMETABLE_JOBS = ("poll", "tick", "retry", "mirrors", "digest", "retention")
+_TIMETABLE_JOBS = ("poll", "tick", "retry", "mirrors", "digest", "retention", "mailin")
 
 # Jobs in the store refer to these module-level functions by name ("scheduler:job_poll"); they
 # find the running daemon here. One daemon per process, by construction.
@@ -202,6 +202,10 @@ async def job_mirrors(**_: object) -> None:
 
 async def job_retention(**_: object) -> None:
     await _daemon().retention()
+
+
+async def job_mailin(**_: object) -> None:
+    await _daemon().mailin()
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -487,6 +491,9 @@ class Daemon:
             wanted["retention"] = (job_retention, IntervalTrigger(days=1),
                                    f"daily, after {self.config.storage.forget_suppressed_after}",
                                    False)
+        if self.config.web.unsubscribe_maildir is not None:
+            wanted["mailin"] = (job_mailin, IntervalTrigger(seconds=TICK_EVERY.total_seconds()),
+                                f"every {TICK_EVERY}", False)
         for job in sched.get_jobs():
             if job.id in _TIMETABLE_JOBS and job.id not in wanted:
                 job.remove()
@@ -497,7 +504,7 @@ class Daemon:
             # Interval jobs run once when late (coalesced); the digest obeys the grace period.
             extra: dict[str, Any] = {"misfire_grace_time": (
                 int(s.misfire_grace.total_seconds()) if strict else None)}
-            if job_id in ("poll", "retention") and existing is None:
+            if job_id in ("poll", "retention", "mailin") and existing is None:
                 extra["next_run_time"] = datetime.now(UTC)  # a fresh daemon starts with these
             sched.add_job(fn, trigger, id=job_id, name=job_id, kwargs={"spec": spec},
                           replace_existing=True, **extra)
@@ -682,6 +689,11 @@ class Daemon:
 
     async def check_mirrors(self) -> None:
         await self._guard("mirrors", self.actions.check_mirrors(self.app))
+
+    async def mailin(self) -> None:
+        """Unsubscribe the readers who asked by mail (``[web] unsubscribe_maildir``)."""
+        if self.config.web.unsubscribe_maildir is not None:
+            await self._guard("mailin", asyncio.to_thread(pipeline.unsubscribe_by_mail, self.app))
 
     async def retention(self) -> None:
         """Erase readers suppressed for longer than ``forget_suppressed_after``."""

@@ -241,6 +241,9 @@ class WebSettings:
     port: int = 8080
     rate_limit: int = 20
     confirm_ttl: timedelta = timedelta(days=7)
+    # Where the mail server delivers what arrives at ``unsubscribe_mailto``: the daemon and
+    # ``subscribers mailin`` unsubscribe the readers it names (subscribers/mailin.py).
+    unsubscribe_maildir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -868,13 +871,15 @@ def _images(s: _Section) -> ImageSettings:
     return out
 
 
-def _web(s: _Section) -> WebSettings:
+def _web(ld: _Loader, s: _Section) -> WebSettings:
     d = WebSettings()
+    maildir = s.get("unsubscribe_maildir", str, None)
     out = WebSettings(
         host=s.get("host", str, d.host),
         port=s.get("port", int, d.port),
         rate_limit=s.get("rate_limit", int, d.rate_limit),
         confirm_ttl=s.convert("confirm_ttl", (str, int, float), parse_duration, d.confirm_ttl),
+        unsubscribe_maildir=ld.resolve(maildir) if maildir else None,
     )
     s.done()
     return out
@@ -910,7 +915,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         mirrors=_mirrors(ld, root.table("mirrors")),
         fetch=_fetch(root.table("fetch")),
         images=_images(root.table("images")),
-        web=_web(root.table("web")),
+        web=_web(ld, root.table("web")),
     )
     root.done()
     return cfg

@@ -251,8 +251,10 @@ class MessageTemplate:
         head.append(f"List-Id: {_clean_header(headers.list_id)}".encode() + _CRLF)
         head += [b"List-Unsubscribe: <", "UNSUB_URL", b">"]
         if headers.unsubscribe_mailto:
-            mailto = f"mailto:{headers.unsubscribe_mailto}?subject=unsubscribe"
-            head.append(f",\r\n <{mailto}>".encode("ascii"))
+            # The token rides in the subject, so that a reply can be matched to its reader
+            # without trusting its From (``subscribers.mailin``); tokens are URL-safe base64.
+            mailto = f"mailto:{headers.unsubscribe_mailto}?subject=unsubscribe%20"
+            head += [f",\r\n <{mailto}".encode("ascii"), "UNSUB_TOKEN", b">"]
         head.append(_CRLF)
         # RFC 8058: a POST to the List-Unsubscribe URL unsubscribes at once (Gmail, Yahoo require it).
         head.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
@@ -299,6 +301,7 @@ class MessageTemplate:
             "MESSAGE_ID": message_id_for(self.edition_id, slots.subscriber_id,
                                          self.headers.message_id_domain),
             "UNSUB_URL": slots.unsubscribe_url,
+            "UNSUB_TOKEN": slots.unsubscribe_url.rpartition("/")[2],
             "DATE": "",
         }
         if "DATE" in self._head:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
+from pathlib import Path
 
 import httpx
 
@@ -23,7 +24,7 @@ from mailer.delivery.outbox import OutboxRow
 from mailer.editions.notify import Notifier
 from mailer.editions.runner import process_due
 from mailer.editions.store import Decision
-from mailer.errors import EditionError
+from mailer.errors import EditionError, InputError
 from mailer.feeds.poll import PollReport, poll_feeds
 from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
 from mailer.mirrors.exposure import record_exposure
@@ -31,6 +32,7 @@ from mailer.models import EditionState
 from mailer.render.images import fetch_images
 from mailer.render.variant import RenderContext, inline_css, render_variant
 from subscribers.lifecycle import Recipient
+from subscribers.mailin import MailinReport
 
 __all__ = [
     "PreparedEdition",
@@ -43,6 +45,7 @@ __all__ = [
     "run_once",
     "send_edition",
     "send_new_posts",
+    "unsubscribe_by_mail",
 ]
 
 log = logging.getLogger("newsletter.pipeline")
@@ -75,6 +78,19 @@ def ensure_sample_subscribers(app: App, notice: Callable[[str], None]) -> int:
         added += 1
     notice(f"added {added} sample subscribers at {SAMPLE_DOMAIN} (one per language choice)")
     return added
+
+
+def unsubscribe_by_mail(app: App, maildir: Path | None = None) -> MailinReport:
+    """Unsubscribe the readers named by the mail waiting in ``maildir`` (default: the config's
+    ``[web] unsubscribe_maildir``); see ``subscribers.mailin``."""
+    from subscribers.mailin import process_maildir
+
+    folder = maildir or app.config.web.unsubscribe_maildir
+    if folder is None:
+        raise InputError("no Maildir: set [web] unsubscribe_maildir or pass --maildir")
+    if not (folder / "new").is_dir():
+        raise InputError("not a Maildir (no new/ folder)", source=str(folder))
+    return process_maildir(folder, app.subscribers, app.tokens.verify_unsubscribe)
 
 
 async def poll(app: App, client: httpx.AsyncClient | None = None) -> PollReport:

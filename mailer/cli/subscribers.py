@@ -1,5 +1,5 @@
 """Subscriber commands: ``keys init|rotate``,
-``subscribers import|export|find|suppress|forget|reindex|count``, ``serve``.
+``subscribers import|export|find|suppress|forget|reindex|mailin|count``, ``serve``.
 
 Output names subscribers by count or id only; problems in an import are reported by line.
 """
@@ -230,6 +230,20 @@ def subscribers_forget(app: App, ids: tuple[int, ...], from_stdin: bool,
     click.echo(f"forgot {by_id + by_age} subscribers: their addresses are erased, and a keyed "
                "hash keeps each one suppressed"
                + (f"; {missing} of the ids were not listed" if missing else ""))
+
+
+@subscribers_group.command("mailin")
+@click.option("--maildir", type=click.Path(path_type=Path), default=None,
+              help="The Maildir to read (default: [web] unsubscribe_maildir).")
+@pass_app
+def subscribers_mailin(app: App, maildir: Path | None) -> None:
+    """Unsubscribe the readers who asked by mail (List-Unsubscribe's mailto). The daemon does
+    this every half minute when [web] unsubscribe_maildir is set."""
+    from mailer.pipeline import unsubscribe_by_mail
+
+    report = unsubscribe_by_mail(app, maildir)
+    click.echo(f"{report.read} messages: {report.unsubscribed} readers unsubscribed, "
+               f"{report.unmatched} without a valid token (moved to .unmatched)")
 
 
 @subscribers_group.command("count")

@@ -8,6 +8,7 @@ reports. Only the wall clock is moved (time-machine); asyncio's monotonic timers
 from __future__ import annotations
 
 import asyncio
+import mailbox
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -443,3 +444,18 @@ async def test_retention_forgets_long_suppressed_readers_daily(
             assert app.subscribers.get(recent) is not None
             assert app.subscribers.lookup(READER) is not None
             assert app.subscribers.count_forgotten() == 1
+
+
+async def test_unsubscribe_mail_is_handled_by_the_daemon(
+        setup: Callable[..., tuple[Path, App]], tmp_path: Path) -> None:
+    inbox = tmp_path / "unsubscribe-mail"
+    config, app = setup(extra=f'\n[web]\nunsubscribe_maildir = "{inbox}"\n')
+    reader = app.subscribers.lookup(READER)
+    assert reader is not None
+    box = mailbox.Maildir(inbox, create=True)
+    box.add(f"From: {READER}\r\nSubject: unsubscribe "
+            f"{app.tokens.unsubscribe_token(reader.id)}\r\n\r\n\r\n".encode())
+    async with daemon(config) as d:
+        assert "mailin" in d.next_runs()
+        await until(lambda: app.subscribers.count() == 0, "the reader unsubscribed by mail")
+    assert len(box) == 0
