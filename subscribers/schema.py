@@ -19,7 +19,8 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["forgotten", "import_progress", "key_rotation", "list_meta", "metadata", "subscribers"]
+__all__ = ["confirmations", "forgotten", "import_progress", "key_rotation", "list_meta", "metadata",
+           "subscribers"]
 
 metadata = MetaData(
     naming_convention={
@@ -96,4 +97,16 @@ forgotten = Table(
     Column("email_index", LargeBinary(32), primary_key=True),
     Column("state", String(16), nullable=False),  # the suppression it stands for
     Column("forgotten_at", DateTime(timezone=True), nullable=False),
+)
+
+# Confirmation mails still to send: one row per pending subscriber who asked through the form,
+# so that a relay that defers them, or a restart of ``serve``, loses none (confirmations.py).
+confirmations = Table(
+    "confirmations",
+    metadata,
+    Column("subscriber_id", BigInteger, primary_key=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
 )

@@ -2,7 +2,8 @@
 
 * ``GET/POST /subscribe``: a bilingual form. The answer to a well-formed address is the same
   whether or not it is on the list, so the form cannot enumerate subscribers; the confirmation
-  mail is sent in the background so timing tells little either.
+  mail is queued (``ConfirmationQueue``) and sent by a worker in the background, so timing
+  tells little either, and a deferral or a restart loses none.
 * ``GET /confirm/TOKEN``: a page with a button; ``POST`` to the same address confirms (double
   opt-in; link scanners only GET). Confirming twice is harmless.
 * ``GET /u/TOKEN``: a bilingual page with a button and a language switch.
@@ -16,15 +17,17 @@ Logs name subscribers by id and never print a token or an address.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from jinja2 import Environment
@@ -36,6 +39,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from subscribers.confirmations import ConfirmationQueue
 from subscribers.errors import InputError
 from subscribers.lifecycle import Subscriber, SubscriberState
 from subscribers.mail import confirmation_message
@@ -43,14 +47,18 @@ from subscribers.settings import PageSettings
 from subscribers.store import SubscriberStore
 from subscribers.tokens import BadToken, ConfirmToken, TokenSigner
 
-__all__ = ["Deliver", "RateLimiter", "SecurityHeaders", "make_web_app", "page_languages"]
+__all__ = ["Deliver", "Delivered", "RateLimiter", "SecurityHeaders", "make_web_app",
+           "page_languages"]
 
 log = logging.getLogger("newsletter.web")
 
-# ``deliver(recipient_address, message_bytes)``: the caller's transport (SMTP pool or Maildir).
-Deliver = Callable[[str, bytes], Awaitable[Any]]
+# ``deliver(recipient_address, message_bytes)``: one attempt through the caller's transport
+# (SMTP pool or Maildir): "sent", "refused" (for good) or "deferred" (try again later).
+Delivered = Literal["sent", "refused", "deferred"]
+Deliver = Callable[[str, bytes], Awaitable[Delivered]]
 
 CSRF_COOKIE = "nl_csrf"
+_WORKER_IDLE = 30.0  # seconds between looks at the confirmation queue when nothing is due
 _PAGE_LANGS = ("zh-Hans", "zh-Hant", "en")
 
 
@@ -150,6 +158,7 @@ class _Ctx:
     settings: PageSettings
     strings: Mapping[str, Any]
     deliver: Deliver | None
+    queue: ConfirmationQueue | None
     from_addr: str
     clock: Callable[[], datetime]
     limiter: RateLimiter
@@ -166,12 +175,14 @@ def _load_strings(env: Environment) -> dict[str, Any]:
 
 def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
                  settings: PageSettings, *, deliver: Deliver | None, from_addr: str,
-                 clock: Callable[[], datetime]) -> Starlette:
-    """Build the ASGI app. ``env`` is the project's one strict Jinja environment."""
+                 clock: Callable[[], datetime], queue: ConfirmationQueue | None = None) -> Starlette:
+    """Build the ASGI app. ``env`` is the project's one strict Jinja environment. With
+    ``deliver`` and ``queue``, confirmations are queued and a worker runs while the app does
+    (its lifespan)."""
     parts = urlsplit(settings.public_url)
     ctx = _Ctx(
         store=store, tokens=tokens, env=env, settings=settings, strings=_load_strings(env),
-        deliver=deliver, from_addr=from_addr, clock=clock,
+        deliver=deliver, queue=queue, from_addr=from_addr, clock=clock,
         limiter=RateLimiter(settings.rate_limit), base_path=parts.path.rstrip("/"),
         secure_cookie=parts.scheme == "https",
     )
@@ -253,26 +264,76 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         except InputError:
             return subscribe_form(request, langs, status=400, error="invalid_email",
                                   selected=language or None)
-        task = None
-        if state is SubscriberState.PENDING and ctx.deliver is not None:
-            task = BackgroundTask(send_confirmation, sid)
+        if state is SubscriberState.PENDING and ctx.queue is not None:
+            await run_in_threadpool(ctx.queue.request, sid)
+            wake.set()
         # The same page whatever happened: new, pending, already active or re-subscribing.
-        return message(langs, "check_title", "check_body", background=task)
+        return message(langs, "check_title", "check_body")
 
-    async def send_confirmation(sid: int) -> None:
+    async def send_confirmation(sid: int, attempts: int) -> None:
+        """One attempt at one queued confirmation; the queue learns the outcome."""
+        queue, deliver = ctx.queue, ctx.deliver
+        if queue is None or deliver is None:
+            return
         try:
             record = await run_in_threadpool(store.get, sid)
             address = await run_in_threadpool(store.address_of, sid)
-            if record is None or address is None or ctx.deliver is None:
+            if record is None or address is None or record.state is not SubscriberState.PENDING:
+                await run_in_threadpool(queue.done, sid)  # confirmed, left or gone meanwhile
                 return
             url = f"{settings.public_url}/confirm/{tokens.confirm_token(sid)}"
             data = confirmation_message(from_addr=ctx.from_addr, to=address,
                                         language=record.language, url=url,
                                         names=settings.names, now=ctx.clock())
-            await ctx.deliver(address, data)
-            log.info("confirmation sent to subscriber %d", sid)
+            outcome = await deliver(address, data)
         except Exception as exc:  # a failed confirmation must not take the server down
             log.warning("confirmation for subscriber %d failed: %s", sid, type(exc).__name__)
+            outcome = "deferred"
+        if outcome == "sent":
+            await run_in_threadpool(queue.done, sid)
+            log.info("confirmation sent to subscriber %d", sid)
+        elif outcome == "refused":
+            await run_in_threadpool(queue.done, sid)
+            log.warning("confirmation for subscriber %d refused by the relay", sid)
+        elif await run_in_threadpool(queue.retry, sid, attempts):
+            log.info("confirmation for subscriber %d deferred (attempt %d)", sid, attempts + 1)
+        else:
+            log.warning("confirmation for subscriber %d given up after %d attempts", sid,
+                        attempts + 1)
+
+    wake = asyncio.Event()
+
+    async def confirmation_worker() -> None:
+        """Send what the queue holds, now and as it falls due; woken by each new request."""
+        queue = ctx.queue
+        if queue is None:
+            return
+        while True:
+            try:
+                for sid, attempts in await run_in_threadpool(queue.claim):
+                    await send_confirmation(sid, attempts)
+                due = await run_in_threadpool(queue.next_due)
+            except Exception as exc:  # the database away for a moment: try again soon
+                log.warning("confirmation queue: %s", type(exc).__name__)
+                due = None
+            wait = _WORKER_IDLE if due is None else max(
+                0.05, min(_WORKER_IDLE, (due - ctx.clock()).total_seconds()))
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), wait)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        worker = None
+        if ctx.queue is not None and ctx.deliver is not None:
+            worker = asyncio.create_task(confirmation_worker())
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
 
     def confirm_bad(langs: tuple[str, ...]) -> HTMLResponse:
         return message(langs, "confirm_bad_title", "confirm_bad_body", 400,
@@ -371,6 +432,6 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         Route("/site.css", site_css, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(SecurityHeaders, https=ctx.secure_cookie)
     return app

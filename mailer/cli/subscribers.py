@@ -265,21 +265,25 @@ def build_web_app(app: App) -> Starlette:
     """Wire the public endpoints to this config's store, tokens, templates and transport."""
     from email.utils import parseaddr
 
+    from subscribers.confirmations import ConfirmationQueue
     from subscribers.settings import PageSettings
-    from subscribers.web import make_web_app
+    from subscribers.web import Delivered, make_web_app
 
     cfg = app.config
     envelope_from = cfg.delivery.envelope_from or parseaddr(cfg.newsletter.from_addr)[1]
 
-    async def deliver(recipient: str, data: bytes) -> None:
-        from mailer.delivery.transport import send_now
-
-        await send_now(app.transport, envelope_from, recipient, data)
+    async def deliver(recipient: str, data: bytes) -> Delivered:
+        """One attempt; the confirmation queue decides when to try again."""
+        result = await app.transport.send(envelope_from, recipient, data)
+        if result.accepted:
+            return "sent"
+        return "refused" if 500 <= result.code < 600 else "deferred"
 
     settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
                             rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl)
     return make_web_app(app.subscribers, app.tokens, app.jinja, settings, deliver=deliver,
-                        from_addr=cfg.newsletter.from_addr, clock=app.clock)
+                        from_addr=cfg.newsletter.from_addr, clock=app.clock,
+                        queue=ConfirmationQueue(app.engine, app.clock))
 
 
 @cli.command("serve")
@@ -306,6 +310,6 @@ def serve(app: App, host: str | None, port: int | None) -> None:
     click.echo(f"serving on http://{host}:{bound}", err=True)
     sys.stderr.flush()
     # No access log: request paths carry unsubscribe tokens, and logs outlive their purpose.
-    config = uvicorn.Config(web, access_log=False, log_level="warning", lifespan="off",
+    config = uvicorn.Config(web, access_log=False, log_level="warning", lifespan="on",
                             server_header=False, proxy_headers=False)
     uvicorn.Server(config).run(sockets=[sock])

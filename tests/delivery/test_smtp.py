@@ -16,8 +16,6 @@ from mailer.delivery.classify import NO_REPLY
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
 from mailer.delivery.outbox import Outbox
 from mailer.delivery.smtp import SMTPTransport
-from mailer.delivery.transport import send_now
-from mailer.errors import DeliveryError
 from mailer.models import OutboxState
 from mailer.schema import outbox as outbox_table
 from tests.delivery.helpers import (
@@ -344,51 +342,3 @@ async def test_a_line_break_in_an_address_never_reaches_the_relay(
     assert result.code == 501
     assert ok.code == 250
     assert [r.rcpt_tos for r in server.received] == [["c@example.org"]]
-
-
-# ------------------------------------------------------------------ one message, no outbox row
-
-
-async def _send_now(port: int, pauses: tuple[float, ...]) -> tuple[object, list[float]]:
-    waited: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        waited.append(seconds)
-
-    transport = SMTPTransport([relay(port)], down_wait=0.0)
-    try:
-        try:
-            result: object = await send_now(transport, "bounces@example.org", "b@example.org",
-                                            MSG, pauses=pauses, sleep=sleep)
-        except DeliveryError as exc:
-            result = exc
-    finally:
-        await transport.aclose()
-    return result, waited
-
-
-async def test_send_now_retries_a_deferral_until_accepted(
-        server_factory: type[SMTPServer]) -> None:
-    # A confirmation mail met by greylisting (451 twice) arrives on the third try.
-    server = serve(server_factory, lambda step, _e, n: "451 4.7.1 try later"
-                   if step == "rcpt" and n <= 2 else None)
-    result, waited = await _send_now(server.port, (0.0, 5.0, 30.0, 120.0))
-    assert getattr(result, "accepted", False)
-    assert waited == [5.0, 30.0]
-    assert len(server.received) == 1
-
-
-@pytest.mark.parametrize(("reply", "pauses", "says", "waited_for"), [
-    ("550 5.1.1 no such user", (0.0, 5.0, 30.0), "(550)", []),  # permanent: no second try
-    ("421 4.3.2 busy", (0.0, 1.0, 2.0), "3 times (last reply 421)", [1.0, 2.0]),
-], ids=["refused", "deferred-to-the-end"])
-async def test_send_now_gives_up_and_names_no_address(
-        server_factory: type[SMTPServer], reply: str, pauses: tuple[float, ...], says: str,
-        waited_for: list[float]) -> None:
-    server = serve(server_factory, lambda step, _e, _n: reply if step == "rcpt" else None)
-    result, waited = await _send_now(server.port, pauses)
-    assert isinstance(result, DeliveryError)
-    assert says in str(result)
-    assert "example.org" not in str(result)
-    assert waited == waited_for
-    assert server.received == []
