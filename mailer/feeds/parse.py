@@ -5,7 +5,8 @@ UTF-8 and GB18030 as fallbacks) and hand feedparser UTF-8 with its own sanitiser
 relative-URI resolution turned off: those two passes cost about three quarters of its time,
 and ``sanitise_html`` does both better, once. GB2312/GBK are read as GB18030 and Big5 as
 Big5-HKSCS, their supersets, because Chinese sites declare the old name and use the new
-characters.
+characters. When GB18030 and Big5 both decode the bytes, charset-normalizer picks the one
+that reads as Chinese (``_chinese``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import charset_normalizer
 import feedparser
 
 from mailer.errors import NotAFeedError
@@ -129,10 +131,31 @@ def decode_feed(data: bytes, content_type: str | None = None) -> tuple[str, str]
         if codec is None:
             continue
         try:
-            return data.decode(codec), codec
+            text = data.decode(codec)
         except UnicodeDecodeError:
             continue
+        if codec in _CHINESE:
+            return _chinese(data, text, codec)
+        return text, codec
     return data.decode("utf-8", errors="replace"), "utf-8"
+
+
+_CHINESE = ("gb18030", "big5hkscs")
+
+
+def _chinese(data: bytes, text: str, codec: str) -> tuple[str, str]:
+    """GB18030 and Big5 bytes often both decode without error, one of them into nonsense: an
+    old Hong Kong or Taiwan feed labelled GB2312, or not labelled at all, is Big5. When both
+    decode, charset-normalizer (made for this) judges which text is Chinese."""
+    other = _CHINESE[1] if codec == _CHINESE[0] else _CHINESE[0]
+    try:
+        other_text = data.decode(other)
+    except UnicodeDecodeError:
+        return text, codec
+    best = charset_normalizer.from_bytes(data, cp_isolation=list(_CHINESE)).best()
+    if best is not None and best.encoding == other:
+        return other_text, other
+    return text, codec
 
 
 def _when(value: Any) -> datetime | None:

@@ -58,6 +58,20 @@ def test_http_charset_is_a_fallback_when_no_declaration() -> None:
     assert decode_feed(bom, "text/xml; charset=gbk") == ("<rss/>", "utf-8")
 
 
+@pytest.mark.parametrize("label", [b' encoding="gb2312"', b""], ids=["labelled-gb2312", "unlabelled"])
+def test_big5_labelled_gb_or_not_at_all_is_read_as_big5(label: bytes) -> None:
+    # An old Hong Kong feed: Big5 bytes that GB18030 also decodes, into nonsense.
+    body = fixture_bytes("big5.xml").replace(b' encoding="big5"', label)
+    assert body.decode("gb18030")  # no error: the decoder alone cannot tell
+    text, enc = decode_feed(body)
+    assert enc == "big5hkscs"
+    assert "立法會選舉結果公佈" in text
+    # GB text stays GB: Big5 cannot decode it, so nothing is second-guessed.
+    gb, gb_enc = decode_feed(fixture_bytes("gbk.xml"))
+    assert gb_enc == "gb18030"
+    assert "朱镕基" in gb
+
+
 def test_blogger_content_is_unescaped_sanitised_and_absolute() -> None:
     posts = parse_feed(fixture_bytes("blogger.atom.xml"), feed_url="https://b/feed").posts
     first = posts[0]
