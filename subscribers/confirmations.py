@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy import Engine, and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from subscribers.schema import confirmations as q
@@ -83,9 +83,11 @@ class ConfirmationQueue:
         return True
 
     def next_due(self) -> datetime | None:
-        """When the earliest request falls due (leased ones included)."""
+        """When the earliest request can next be claimed: a leased one when its lease ends."""
+        free_at = case((q.c.lease_until > q.c.next_attempt_at, q.c.lease_until),
+                       else_=q.c.next_attempt_at)
         with self.engine.connect() as conn:
-            value = conn.execute(select(func.min(q.c.next_attempt_at))).scalar_one_or_none()
+            value = conn.execute(select(func.min(free_at))).scalar_one_or_none()
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)  # SQLite hands timestamps back naive
         return value

@@ -309,6 +309,7 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         if queue is None:
             return
         while True:
+            wake.clear()  # before looking: a request from now on wakes the wait below
             try:
                 for sid, attempts in await run_in_threadpool(queue.claim):
                     await send_confirmation(sid, attempts)
@@ -318,7 +319,6 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
                 due = None
             wait = _WORKER_IDLE if due is None else max(
                 0.05, min(_WORKER_IDLE, (due - ctx.clock()).total_seconds()))
-            wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), wait)
 

@@ -45,6 +45,7 @@ def test_a_lease_that_expires_comes_back_and_asking_again_starts_over(
     queue = ConfirmationQueue(engine, clock)
     queue.request(3)
     assert queue.claim(lease=timedelta(minutes=5)) == [(3, 0)]  # a serve that then died
+    assert queue.next_due() == clock() + timedelta(minutes=5)  # not before: no busy waiting
     clock.advance(minutes=5, seconds=1)
     assert queue.claim() == [(3, 0)]
     queue.retry(3, 0)
