@@ -306,6 +306,9 @@ def serve(app: App, host: str | None, port: int | None) -> None:
         sock.bind((host, port))
     except OSError as exc:
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    # Listening before we say so: a client that connects while uvicorn still starts up (its
+    # lifespan starts the confirmation worker) waits in the backlog instead of being refused.
+    sock.listen(2048)
     bound = sock.getsockname()[1]
     click.echo(f"serving on http://{host}:{bound}", err=True)
     sys.stderr.flush()
