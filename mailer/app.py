@@ -94,8 +94,6 @@ class App:
     def open_subscribers(self, *, check_rules: bool = True) -> SubscriberStore:
         """A store for this config. ``check_rules=False`` is for ``subscribers reindex`` only,
         which exists to bring the list to the configured rules."""
-        import json
-
         from mailer.config import config_error
         from subscribers.codec import Codec
         from subscribers.errors import IndexRulesError
@@ -114,14 +112,7 @@ class App:
             try:
                 store.verify_index_rules()
             except IndexRulesError as exc:
-                try:
-                    recorded = json.loads(exc.recorded)
-                except ValueError:
-                    recorded = {}
-                key = ("storage.normalise_gmail_dots"
-                       if recorded.get("gmail_dots") != st.normalise_gmail_dots
-                       else "storage.case_insensitive_domains")
-                raise config_error(self.config.path, key, str(exc)) from None
+                raise config_error(self.config.path, f"storage.{exc.setting}", str(exc)) from None
         return store
 
     @cached_property

@@ -1,24 +1,43 @@
-"""Confirmation mails still to send: a small durable queue beside the subscriber list.
+"""Confirmation mails still to send: a small durable queue beside the subscriber list, and the
+worker that sends them.
 
 A reader who uses the subscribe form must get the confirmation mail, or they are lost: relays
 defer mail (greylisting, a provider's rate limit) and ``serve`` restarts on every deployment.
-So the form only records the request (``request``); a worker in ``serve`` sends it
-(``claim``), and either removes it (``done``) or tries again later (``retry``) on the schedule
-in ``BACKOFF``. A row names the subscriber by id only: the address is decrypted when the mail
-is built. Several ``serve`` processes may share the queue: a claim is a lease.
+So the form only records the request (``ConfirmationQueue.request``); ``ConfirmationSender``,
+running in ``serve``, claims it, and either removes it (``done``) or tries again later
+(``retry``) on the schedule in ``BACKOFF``. A row names the subscriber by id only: the address
+is decrypted when the mail is built. Several ``serve`` processes may share the queue: a claim is
+a lease.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import Engine, and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from subscribers.lifecycle import SubscriberState
+from subscribers.mail import confirmation_message
 from subscribers.schema import confirmations as q
+from subscribers.store import SubscriberStore
+from subscribers.tokens import TokenSigner
 
-__all__ = ["BACKOFF", "ConfirmationQueue"]
+__all__ = ["BACKOFF", "ConfirmationQueue", "ConfirmationSender", "Deliver", "Delivered"]
+
+log = logging.getLogger("newsletter.web")
+
+# ``deliver(recipient_address, message_bytes)``: one attempt through the caller's transport
+# (SMTP pool or Maildir): "sent", "refused" (for good) or "deferred" (try again later).
+Delivered = Literal["sent", "refused", "deferred"]
+Deliver = Callable[[str, bytes], Awaitable[Delivered]]
+_IDLE = 30.0  # seconds between looks at the queue when nothing is due
 
 # Pauses before each further attempt; after the last one the request is dropped (the reader
 # can use the form again). Greylisting is usually over within minutes, a provider's rate limit
@@ -95,3 +114,67 @@ class ConfirmationQueue:
     def pending(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(q)).scalar_one())
+
+
+@dataclass
+class ConfirmationSender:
+    """Sends what the queue holds, now and as it falls due (``run``, for as long as ``serve``
+    runs); ``wake`` after a new request sends it at once."""
+
+    queue: ConfirmationQueue
+    store: SubscriberStore
+    tokens: TokenSigner
+    deliver: Deliver
+    from_addr: str
+    public_url: str
+    names: Mapping[str, str]
+    clock: Callable[[], datetime]
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def send_one(self, sid: int, attempts: int) -> None:
+        """One attempt at one queued confirmation; the queue learns the outcome."""
+        queue = self.queue
+        try:
+            record = await asyncio.to_thread(self.store.get, sid)
+            address = await asyncio.to_thread(self.store.address_of, sid)
+            if record is None or address is None or record.state is not SubscriberState.PENDING:
+                await asyncio.to_thread(queue.done, sid)  # confirmed, left or gone meanwhile
+                return
+            url = f"{self.public_url}/confirm/{self.tokens.confirm_token(sid)}"
+            data = confirmation_message(from_addr=self.from_addr, to=address,
+                                        language=record.language, url=url, names=self.names,
+                                        now=self.clock())
+            outcome = await self.deliver(address, data)
+        except Exception as exc:  # a failed confirmation must not take the server down
+            log.warning("confirmation for subscriber %d failed: %s", sid, type(exc).__name__)
+            outcome = "deferred"
+        if outcome == "sent":
+            await asyncio.to_thread(queue.done, sid)
+            log.info("confirmation sent to subscriber %d", sid)
+        elif outcome == "refused":
+            await asyncio.to_thread(queue.done, sid)
+            log.warning("confirmation for subscriber %d refused by the relay", sid)
+        elif await asyncio.to_thread(queue.retry, sid, attempts):
+            log.info("confirmation for subscriber %d deferred (attempt %d)", sid, attempts + 1)
+        else:
+            log.warning("confirmation for subscriber %d given up after %d attempts", sid,
+                        attempts + 1)
+
+    async def run(self) -> None:
+        """Until cancelled: claim what is due, send it, sleep until the next is due."""
+        while True:
+            self._wake.clear()  # before looking: a request from now on wakes the wait below
+            try:
+                for sid, attempts in await asyncio.to_thread(self.queue.claim):
+                    await self.send_one(sid, attempts)
+                due = await asyncio.to_thread(self.queue.next_due)
+            except Exception as exc:  # the database away for a moment: try again soon
+                log.warning("confirmation queue: %s", type(exc).__name__)
+                due = None
+            wait = _IDLE if due is None else max(
+                0.05, min(_IDLE, (due - self.clock()).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)

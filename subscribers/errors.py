@@ -56,9 +56,10 @@ class IndexRulesError(NewsletterError):
 
     exit_code = 2
 
-    def __init__(self, recorded: str, configured: str) -> None:
+    def __init__(self, recorded: str, configured: str, setting: str) -> None:
         self.recorded = recorded
         self.configured = configured
+        self.setting = setting  # the config name of the setting that changed
         super().__init__(
             f"the subscriber list's blind indexes were made under the folding rules {recorded}, "
             f"but the config asks for {configured}. Put the setting back, or run "

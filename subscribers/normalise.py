@@ -34,6 +34,7 @@ __all__ = [
     "ascii_domain",
     "delivery_form",
     "domain_of",
+    "fold",
     "index_form",
     "validate",
 ]
@@ -84,13 +85,19 @@ def index_form(address: str, *, gmail_dots: bool = False,
     ``fold_case`` holds ASCII domains (as ``ascii_domain`` gives them) whose local parts are
     case-insensitive.
     """
-    local, domain = _split(delivery_form(address))
+    return fold(delivery_form(address), gmail_dots=gmail_dots, fold_case=fold_case)
+
+
+def fold(delivery: str, *, gmail_dots: bool = False,
+         fold_case: frozenset[str] = frozenset()) -> str:
+    """``index_form`` of an address already in delivery form (what ``validate`` returns): the
+    configured provider folding alone. The one place the folding rules are applied."""
+    local, _, domain = delivery.rpartition("@")
     if gmail_dots and domain in GMAIL_DOMAINS:
-        local = local.split("+", 1)[0].replace(".", "").lower()
-        domain = "gmail.com"
-    elif domain in fold_case:
-        local = local.lower()
-    return f"{local}@{domain}"
+        return f"{local.split('+', 1)[0].replace('.', '').lower()}@gmail.com"
+    if domain in fold_case:
+        return f"{local.lower()}@{domain}"
+    return delivery
 
 
 def domain_of(address: str) -> str:

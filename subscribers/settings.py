@@ -30,6 +30,16 @@ class ListSettings:
                            "case_insensitive_domains": sorted(self.case_insensitive_domains)},
                           separators=(",", ":"), sort_keys=True)
 
+    def changed_rule(self, recorded: str) -> str:
+        """The setting (its config name) by which ``recorded`` rules differ from these."""
+        try:
+            before = json.loads(recorded)
+        except ValueError:
+            before = {}
+        if not isinstance(before, dict) or before.get("gmail_dots") != self.normalise_gmail_dots:
+            return "normalise_gmail_dots"
+        return "case_insensitive_domains"
+
     @property
     def default_language(self) -> str:
         return self.languages[0]

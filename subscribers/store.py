@@ -35,7 +35,7 @@ from subscribers.lifecycle import (
     SubscriberState,
     next_state,
 )
-from subscribers.normalise import InvalidAddress, index_form, validate
+from subscribers.normalise import InvalidAddress, fold, validate
 from subscribers.schema import forgotten, list_meta
 from subscribers.schema import subscribers as t
 from subscribers.settings import ListSettings
@@ -156,14 +156,10 @@ class SubscriberStore:
     def index_of(self, delivery_address: str) -> bytes:
         """Blind index of an address already in delivery form (what ``validate`` returns)."""
         s = self.settings
-        if s.normalise_gmail_dots:
-            return self.codec.blind_index(index_form(
-                delivery_address, gmail_dots=True, fold_case=s.case_insensitive_domains))
-        if s.case_insensitive_domains:
-            local, _, domain = delivery_address.rpartition("@")
-            if domain in s.case_insensitive_domains:
-                return self.codec.blind_index(f"{local.lower()}@{domain}")
-        return self.codec.blind_index(delivery_address)  # the delivery form is the index form
+        if not s.normalise_gmail_dots and not s.case_insensitive_domains:
+            return self.codec.blind_index(delivery_address)  # the delivery form is the index form
+        return self.codec.blind_index(fold(delivery_address, gmail_dots=s.normalise_gmail_dots,
+                                           fold_case=s.case_insensitive_domains))
 
     def recorded_index_rules(self, conn: Connection) -> str | None:
         """The folding rules this list's blind indexes were made under, if recorded yet."""
@@ -196,7 +192,8 @@ class SubscriberStore:
             with self.engine.connect() as conn:
                 recorded = self.recorded_index_rules(conn)
         if recorded != configured:
-            raise IndexRulesError(recorded or "(none)", configured)
+            raise IndexRulesError(recorded or "(none)", configured,
+                                  self.settings.changed_rule(recorded or ""))
 
     def verify_key(self) -> None:
         """Fail with ``WrongKeyError`` before any write if the key file cannot open the rows.
@@ -378,6 +375,14 @@ class SubscriberStore:
                 .scalars())
         return found
 
+    @classmethod
+    def _taken_indexes(cls, conn: Connection, indexes: Sequence[bytes]) -> set[bytes]:
+        """The blind indexes among ``indexes`` that are listed or forgotten (a restore adds
+        neither again)."""
+        listed = {bytes(b) for b in conn.execute(select(t.c.email_index)
+                                                 .where(t.c.email_index.in_(indexes))).scalars()}
+        return listed | cls._forgotten(conn, indexes)
+
     @staticmethod
     def _existing(conn: Connection,
                   indexes: Sequence[bytes]) -> dict[bytes, tuple[int, str, bool]]:
@@ -484,10 +489,7 @@ class SubscriberStore:
     def insert_forgotten(self, conn: Connection, entries: Sequence[dict[str, Any]]) -> int:
         """Restore forgotten blind indexes (backup restore), unless the index is listed or
         already forgotten. Returns how many were added."""
-        idx = [e["email_index"] for e in entries]
-        taken = {bytes(b) for b in conn.execute(select(t.c.email_index)
-                                                .where(t.c.email_index.in_(idx))).scalars()}
-        taken |= self._forgotten(conn, idx)
+        taken = self._taken_indexes(conn, [e["email_index"] for e in entries])
         fresh = [e for e in entries if e["email_index"] not in taken]
         if fresh:
             conn.execute(forgotten.insert(), fresh)
@@ -557,26 +559,30 @@ class SubscriberStore:
             row = conn.execute(select(*self._RECORD_COLS).where(t.c.id == subscriber_id)).first()
         return self._record(row) if row is not None else None
 
-    def lookup(self, address: str) -> Subscriber | None:
-        """Find by address through the blind index: nothing is decrypted."""
+    def _index_for(self, address: str) -> bytes | None:
+        """The blind index of an address as someone typed it; None if it is not one."""
         try:
-            delivery = validate(address)
+            return self.index_of(validate(address))
         except InvalidAddress:
             return None
-        index = self.index_of(delivery)
+
+    def lookup(self, address: str) -> Subscriber | None:
+        """Find by address through the blind index: nothing is decrypted."""
+        index = self._index_for(address)
+        if index is None:
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(*self._RECORD_COLS).where(t.c.email_index == index)).first()
         return self._record(row) if row is not None else None
 
     def forgotten_state(self, address: str) -> str | None:
         """The suppression a forgotten address stands for, or None if it was not forgotten."""
-        try:
-            delivery = validate(address)
-        except InvalidAddress:
+        index = self._index_for(address)
+        if index is None:
             return None
         with self.engine.connect() as conn:
-            return conn.execute(select(forgotten.c.state).where(
-                forgotten.c.email_index == self.index_of(delivery))).scalar_one_or_none()
+            return conn.execute(select(forgotten.c.state)
+                                .where(forgotten.c.email_index == index)).scalar_one_or_none()
 
     def address_of(self, subscriber_id: int) -> str | None:
         """Decrypt one address (to send a confirmation mail)."""
@@ -691,11 +697,7 @@ class SubscriberStore:
         restoring a backup taken before it. Returns how many were inserted."""
         ids = [r["id"] for r in rows]
         taken_ids = set(conn.execute(select(t.c.id).where(t.c.id.in_(ids))).scalars())
-        idx = [r["email_index"] for r in rows]
-        taken_idx = {bytes(b) for b in
-                     conn.execute(select(t.c.email_index).where(t.c.email_index.in_(idx)))
-                     .scalars()}
-        taken_idx |= self._forgotten(conn, idx)
+        taken_idx = self._taken_indexes(conn, [r["email_index"] for r in rows])
         fresh = [r for r in rows if r["id"] not in taken_ids and r["email_index"] not in taken_idx]
         if fresh:
             conn.execute(t.insert(), fresh)

@@ -24,41 +24,31 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from jinja2 import Environment
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from subscribers.confirmations import ConfirmationQueue
+from subscribers.confirmations import ConfirmationSender
 from subscribers.errors import InputError
 from subscribers.lifecycle import Subscriber, SubscriberState
-from subscribers.mail import confirmation_message
 from subscribers.settings import PageSettings
 from subscribers.store import SubscriberStore
 from subscribers.tokens import BadToken, ConfirmToken, TokenSigner
 
-__all__ = ["Deliver", "Delivered", "RateLimiter", "SecurityHeaders", "make_web_app",
-           "page_languages"]
+__all__ = ["RateLimiter", "SecurityHeaders", "make_web_app", "page_languages"]
 
 log = logging.getLogger("newsletter.web")
 
-# ``deliver(recipient_address, message_bytes)``: one attempt through the caller's transport
-# (SMTP pool or Maildir): "sent", "refused" (for good) or "deferred" (try again later).
-Delivered = Literal["sent", "refused", "deferred"]
-Deliver = Callable[[str, bytes], Awaitable[Delivered]]
-
 CSRF_COOKIE = "nl_csrf"
-_WORKER_IDLE = 30.0  # seconds between looks at the confirmation queue when nothing is due
 _PAGE_LANGS = ("zh-Hans", "zh-Hant", "en")
 
 
@@ -157,10 +147,6 @@ class _Ctx:
     env: Environment
     settings: PageSettings
     strings: Mapping[str, Any]
-    deliver: Deliver | None
-    queue: ConfirmationQueue | None
-    from_addr: str
-    clock: Callable[[], datetime]
     limiter: RateLimiter
     base_path: str
     secure_cookie: bool
@@ -174,15 +160,14 @@ def _load_strings(env: Environment) -> dict[str, Any]:
 
 
 def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
-                 settings: PageSettings, *, deliver: Deliver | None, from_addr: str,
-                 clock: Callable[[], datetime], queue: ConfirmationQueue | None = None) -> Starlette:
+                 settings: PageSettings, *,
+                 confirmations: ConfirmationSender | None = None) -> Starlette:
     """Build the ASGI app. ``env`` is the project's one strict Jinja environment. With
-    ``deliver`` and ``queue``, confirmations are queued and a worker runs while the app does
-    (its lifespan)."""
+    ``confirmations``, the form queues a confirmation mail and the sender runs for as long as
+    the app does (its lifespan)."""
     parts = urlsplit(settings.public_url)
     ctx = _Ctx(
         store=store, tokens=tokens, env=env, settings=settings, strings=_load_strings(env),
-        deliver=deliver, queue=queue, from_addr=from_addr, clock=clock,
         limiter=RateLimiter(settings.rate_limit), base_path=parts.path.rstrip("/"),
         secure_cookie=parts.scheme == "https",
     )
@@ -206,12 +191,9 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         return HTMLResponse(html, status_code=status)
 
     def message(langs: tuple[str, ...], title: str, body: str, status: int = 200,
-                link: str = "", link_key: str = "resubscribe",
-                background: BackgroundTask | None = None) -> HTMLResponse:
-        resp = render("message.html", langs, status, title_key=title, body_key=body, link=link,
+                link: str = "", link_key: str = "resubscribe") -> HTMLResponse:
+        return render("message.html", langs, status, title_key=title, body_key=body, link=link,
                       link_key=link_key)
-        resp.background = background
-        return resp
 
     def limited(request: Request, langs: tuple[str, ...]) -> HTMLResponse | None:
         if ctx.limiter.allow(client(request)):
@@ -264,69 +246,17 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         except InputError:
             return subscribe_form(request, langs, status=400, error="invalid_email",
                                   selected=language or None)
-        if state is SubscriberState.PENDING and ctx.queue is not None:
-            await run_in_threadpool(ctx.queue.request, sid)
-            wake.set()
+        if state is SubscriberState.PENDING and confirmations is not None:
+            await run_in_threadpool(confirmations.queue.request, sid)
+            confirmations.wake()
         # The same page whatever happened: new, pending, already active or re-subscribing.
         return message(langs, "check_title", "check_body")
-
-    async def send_confirmation(sid: int, attempts: int) -> None:
-        """One attempt at one queued confirmation; the queue learns the outcome."""
-        queue, deliver = ctx.queue, ctx.deliver
-        if queue is None or deliver is None:
-            return
-        try:
-            record = await run_in_threadpool(store.get, sid)
-            address = await run_in_threadpool(store.address_of, sid)
-            if record is None or address is None or record.state is not SubscriberState.PENDING:
-                await run_in_threadpool(queue.done, sid)  # confirmed, left or gone meanwhile
-                return
-            url = f"{settings.public_url}/confirm/{tokens.confirm_token(sid)}"
-            data = confirmation_message(from_addr=ctx.from_addr, to=address,
-                                        language=record.language, url=url,
-                                        names=settings.names, now=ctx.clock())
-            outcome = await deliver(address, data)
-        except Exception as exc:  # a failed confirmation must not take the server down
-            log.warning("confirmation for subscriber %d failed: %s", sid, type(exc).__name__)
-            outcome = "deferred"
-        if outcome == "sent":
-            await run_in_threadpool(queue.done, sid)
-            log.info("confirmation sent to subscriber %d", sid)
-        elif outcome == "refused":
-            await run_in_threadpool(queue.done, sid)
-            log.warning("confirmation for subscriber %d refused by the relay", sid)
-        elif await run_in_threadpool(queue.retry, sid, attempts):
-            log.info("confirmation for subscriber %d deferred (attempt %d)", sid, attempts + 1)
-        else:
-            log.warning("confirmation for subscriber %d given up after %d attempts", sid,
-                        attempts + 1)
-
-    wake = asyncio.Event()
-
-    async def confirmation_worker() -> None:
-        """Send what the queue holds, now and as it falls due; woken by each new request."""
-        queue = ctx.queue
-        if queue is None:
-            return
-        while True:
-            wake.clear()  # before looking: a request from now on wakes the wait below
-            try:
-                for sid, attempts in await run_in_threadpool(queue.claim):
-                    await send_confirmation(sid, attempts)
-                due = await run_in_threadpool(queue.next_due)
-            except Exception as exc:  # the database away for a moment: try again soon
-                log.warning("confirmation queue: %s", type(exc).__name__)
-                due = None
-            wait = _WORKER_IDLE if due is None else max(
-                0.05, min(_WORKER_IDLE, (due - ctx.clock()).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), wait)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         worker = None
-        if ctx.queue is not None and ctx.deliver is not None:
-            worker = asyncio.create_task(confirmation_worker())
+        if confirmations is not None:
+            worker = asyncio.create_task(confirmations.run())
         try:
             yield
         finally:

@@ -265,9 +265,9 @@ def build_web_app(app: App) -> Starlette:
     """Wire the public endpoints to this config's store, tokens, templates and transport."""
     from email.utils import parseaddr
 
-    from subscribers.confirmations import ConfirmationQueue
+    from subscribers.confirmations import ConfirmationQueue, ConfirmationSender, Delivered
     from subscribers.settings import PageSettings
-    from subscribers.web import Delivered, make_web_app
+    from subscribers.web import make_web_app
 
     cfg = app.config
     envelope_from = cfg.delivery.envelope_from or parseaddr(cfg.newsletter.from_addr)[1]
@@ -281,9 +281,11 @@ def build_web_app(app: App) -> Starlette:
 
     settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
                             rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl)
-    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, deliver=deliver,
-                        from_addr=cfg.newsletter.from_addr, clock=app.clock,
-                        queue=ConfirmationQueue(app.engine, app.clock))
+    sender = ConfirmationSender(
+        ConfirmationQueue(app.engine, app.clock), app.subscribers, app.tokens, deliver,
+        from_addr=cfg.newsletter.from_addr, public_url=cfg.newsletter.public_url,
+        names=dict(cfg.newsletter.name), clock=app.clock)
+    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, confirmations=sender)
 
 
 @cli.command("serve")
