@@ -42,21 +42,17 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from mailer import pipeline
 from mailer.app import App
 from mailer.config import Config, load_config
 from mailer.db import open_engine
 from mailer.editions.notify import Notifier
-from mailer.editions.runner import (
-    DAEMON_PAUSE_REASON,
-    process_due,
-    resume_after_stop,
-    short_delta,
-)
 from mailer.editions.store import Decision
 from mailer.errors import ConfigError, EditionError, LockError, NewsletterError
 from mailer.lock import DAEMON_LOCK, DatabaseLock
 from mailer.models import EditionState
+from mailer.pipeline import policy
+from mailer.pipeline.policy import DAEMON_PAUSE_REASON, describe_time
+from mailer.pipeline.send import send_edition
 
 __all__ = [
     "JOBS_TABLE",
@@ -123,14 +119,6 @@ def next_fire_times(expr: str, timezone: str, after: datetime, count: int) -> li
     return out
 
 
-def describe_time(at: datetime, timezone: str) -> str:
-    """``2026-11-24 08:00 CST (Asia/Shanghai) = 2026-11-24 00:00 UTC``: editors read both."""
-    local = at.astimezone(ZoneInfo(timezone))
-    utc = at.astimezone(UTC)
-    return (f"{local:%Y-%m-%d %H:%M} {local.tzname()} ({timezone}) = "
-            f"{utc:%Y-%m-%d %H:%M} UTC")
-
-
 # --------------------------------------------------------------------------- what the jobs do
 
 SendFn = Callable[[App, int, asyncio.Event], Awaitable[object]]
@@ -138,12 +126,12 @@ AppFn = Callable[[App], Awaitable[object]]
 
 
 async def default_poll(app: App) -> object:
-    return await pipeline.poll(app)
+    return await policy.poll(app)
 
 
 async def default_send(app: App, edition_id: int, stop: asyncio.Event) -> object:
     """``mailer.pipeline.send_edition`` with the daemon's ``stop``: finish in flight, claim no more."""
-    return await pipeline.send_edition(app, edition_id, stop=stop)
+    return await send_edition(app, edition_id, stop=stop)
 
 
 async def default_check_mirrors(app: App) -> object:
@@ -211,38 +199,6 @@ async def job_mailin(**_: object) -> None:
 # --------------------------------------------------------------------------- the daemon
 
 
-def _has_work(app: App, edition_id: int, now: datetime) -> bool:
-    """Rows a sender could take now: queued, deferred and due, or leased by a sender long gone.
-
-    An edition with no rows at all was interrupted before its recipients were enqueued.
-    """
-    from sqlalchemy import and_, func, or_, select
-
-    from mailer.schema import outbox
-
-    c = outbox.c
-    with app.engine.connect() as conn:
-        total, ready = conn.execute(
-            select(func.count(),
-                   func.count().filter(or_(
-                       c.state == "queued",
-                       and_(c.state == "deferred", c.next_attempt_at <= now),
-                       and_(c.state == "sending", c.lease_expires_at < now))))
-            .where(c.edition_id == edition_id)
-        ).one()
-    return bool(ready) or not total
-
-
-def _class_add(loop: asyncio.AbstractEventLoop, sig: int, callback: Callable[..., object],
-               *args: object) -> None:
-    """The loop class's own method, past any instance-level wrapper (see ``_share_signals``)."""
-    type(loop).add_signal_handler(loop, sig, callback, *args)
-
-
-def _class_remove(loop: asyncio.AbstractEventLoop, sig: int) -> bool:
-    return type(loop).remove_signal_handler(loop, sig)
-
-
 @dataclass
 class Daemon:
     """One scheduler process. ``await run()`` until a signal or ``request_stop()``."""
@@ -280,10 +236,7 @@ class Daemon:
         global _running
         if _running is not None:
             raise RuntimeError("a daemon is already running in this process")
-        loop = asyncio.get_running_loop()
-        self._install_signal_handlers()
-        if self.install_signals:
-            self._share_signals(loop)
+        installed = self._install_signal_handlers()
         try:
             if not await self._take_lock():
                 return
@@ -295,51 +248,19 @@ class Daemon:
                 self.lock.release()
                 log.info("stopped; the database lock is released")
         finally:
-            if self.install_signals:
-                self._unshare_signals(loop)
+            loop = asyncio.get_running_loop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
 
-    def _install_signal_handlers(self) -> None:
-        """Ours again: the delivery engine installs its own during a send and removes them after."""
+    def _install_signal_handlers(self) -> list[signal.Signals]:
+        """The daemon owns the signals: the delivery engine installs none, it is told ``stop``."""
         if not self.install_signals:
-            return
+            return []
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            _class_add(loop, sig, self.request_stop)
-        _class_add(loop, signal.SIGHUP, self.reload)
-
-    def _share_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Let the delivery engine and the daemon both hear SIGTERM/SIGINT.
-
-        During a send the engine installs its own handler (finish the messages in flight, record
-        them, release the rest) and removes it afterwards, which would leave the daemon deaf or
-        the process with the default, abrupt action. So on this loop, a handler someone else
-        installs for those signals also stops the daemon, and removing it reinstates ours.
-        """
-
-        def add(sig: int, callback: Callable[..., object], *args: object) -> None:
-            if sig in (signal.SIGTERM, signal.SIGINT) and callback != self.request_stop:
-                def both(*a: object) -> None:
-                    callback(*a)
-                    self.request_stop()
-
-                _class_add(loop, sig, both, *args)
-            else:
-                _class_add(loop, sig, callback, *args)
-
-        def remove(sig: int) -> bool:
-            removed = _class_remove(loop, sig)
-            if sig in (signal.SIGTERM, signal.SIGINT) and _running is self:
-                _class_add(loop, sig, self.request_stop)
-            return removed
-
-        setattr(loop, "add_signal_handler", add)  # noqa: B010  (instance-level, undone on exit)
-        setattr(loop, "remove_signal_handler", remove)  # noqa: B010
-
-    def _unshare_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for name in ("add_signal_handler", "remove_signal_handler"):
-            loop.__dict__.pop(name, None)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            _class_remove(loop, sig)
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        return [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: schedule nothing new; in-flight sends finish; then exit."""
@@ -578,39 +499,17 @@ class Daemon:
         new = getattr(result, "new", None)
         if new is not None:
             log.info("polled: %d new post(s)", new)
-        if self.config.newsletter.mode == "per-post":
-            self._per_post_editions()
+        if self.config.newsletter.mode == "per-post" and policy.per_post_editions(self.app):
+            self._sync_edition_jobs()
         await self._process_due()
         self.log_next()
         return result
-
-    def _per_post_editions(self) -> list[int]:
-        """Per-post mode: each new post becomes its own edition, due after ``schedule.hold``."""
-        store = self.app.editions
-        created = []
-        for post_id in reversed(store.unsent_post_ids()):  # oldest first
-            eid = store.create([post_id], kind="per-post")
-            if eid is None:
-                continue
-            store.schedule(eid, self.app.clock() + self.config.schedule.hold, allow_past=True)
-            created.append(eid)
-            log.info("post %d: edition %d, due %s", post_id, eid,
-                     describe_time(self.app.clock() + self.config.schedule.hold, self.tz))
-        if created:
-            self._sync_edition_jobs()
-        return created
 
     async def digest(self) -> None:
         await self._guard("digest", self._digest())
 
     async def _digest(self) -> object:
-        store = self.app.editions
-        eid = store.create(kind="digest")
-        if eid is None:
-            log.info("digest time: no new posts, so no edition")
-        else:
-            store.schedule(eid, self.app.clock(), allow_past=True)
-            log.info("digest time: edition %d with %d post(s)", eid, len(store.info(eid).post_ids))
+        eid = policy.digest_now(self.app)
         await self._process_due()
         self.log_next()
         return eid
@@ -619,9 +518,9 @@ class Daemon:
         await self._guard("tick", self._process_due())
 
     async def _process_due(self) -> list[tuple[int, Decision]]:
-        """The shared policy (``mailer.editions.runner``): send, hold, or mark missed; then
+        """The shared policy (``mailer.pipeline.policy``): send, hold, or mark missed; then
         carry on with editions left sending (resumed by an editor, or interrupted)."""
-        done = await process_due(self.app, self._send, self.notifier,
+        done = await policy.process_due(self.app, self._send, self.notifier,
                                  should_stop=lambda: self.stopping)
         self._sync_edition_jobs()
         await self._carry_on()
@@ -640,7 +539,6 @@ class Daemon:
             await self.actions.send(self.app, edition_id, self.stop_event)
         finally:
             self._sending.discard(edition_id)
-            self._install_signal_handlers()
         log.info("edition %d is %s", edition_id, store.info(edition_id).state)
 
     async def _startup(self) -> None:
@@ -650,7 +548,7 @@ class Daemon:
 
     async def _resume_interrupted(self) -> None:
         """Editions left sending by a stop or crash carry on; the outbox keeps them exactly-once."""
-        resumed = set(resume_after_stop(self.app))
+        resumed = set(policy.resume_after_stop(self.app))
         for info in self.app.editions.find([EditionState.SENDING]):
             if self.stopping:
                 return
@@ -675,11 +573,10 @@ class Daemon:
         so a ``newsletter worker`` busy with the same edition is no problem.
         """
         retried = []
-        now = self.app.clock()
         for info in self.app.editions.find([EditionState.SENDING]):
             if self.stopping or info.id in self._sending:
                 continue
-            if not _has_work(self.app, info.id, now):
+            if not self.app.outbox.has_work(info.id):
                 continue
             log.info("edition %d: sending what is left (queued, due for retry, or orphaned)",
                      info.id)
@@ -693,7 +590,7 @@ class Daemon:
     async def mailin(self) -> None:
         """Unsubscribe the readers who asked by mail (``[web] unsubscribe_maildir``)."""
         if self.config.web.unsubscribe_maildir is not None:
-            await self._guard("mailin", asyncio.to_thread(pipeline.unsubscribe_by_mail, self.app))
+            await self._guard("mailin", asyncio.to_thread(policy.unsubscribe_by_mail, self.app))
 
     async def retention(self) -> None:
         """Erase readers suppressed for longer than ``forget_suppressed_after``."""
@@ -709,21 +606,9 @@ class Daemon:
         """APScheduler skipped a run beyond the grace period: a digest becomes a missed edition."""
         if event.job_id != "digest" or self.stopping:
             return
-        when: datetime = event.scheduled_run_time
-        store = self.app.editions
-        eid = store.create(kind="digest")
-        late = self.app.clock() - when
-        if eid is None:
-            log.warning("digest of %s missed (%s late); there were no new posts",
-                        describe_time(when, self.tz), short_delta(late))
+        info = policy.missed_digest(self.app, event.scheduled_run_time)
+        if info is None:
             return
-        store.schedule(eid, when, allow_past=True)
-        store.set_state(eid, EditionState.MISSED,
-                        f"digest due {when.isoformat()}: the daemon was not running; "
-                        f"{short_delta(late)} late, beyond the grace period")
-        log.warning("digest edition %d missed: due %s, %s late; not sent",
-                    eid, describe_time(when, self.tz), short_delta(late))
-        task = asyncio.ensure_future(self.notifier.missed(store.info(eid)))
+        task = asyncio.ensure_future(self.notifier.missed(info))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
-

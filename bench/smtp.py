@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
 
         async def send() -> Any:
             try:
-                return await engine.run(eid, handle_signals=False)
+                return await engine.run(eid)
             finally:
                 await app.transport.aclose()
 

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("smtp-sink/smtp-source not found: apt-get install postfix (tools only)")
 
     from mailer.app import App
-    from mailer.cli.worker import start_edition
+    from mailer.pipeline.send import start_edition
     from mailer.schema import outbox
 
     schema = f"bench_{secrets.token_hex(4)}"

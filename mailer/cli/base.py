@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import update_wrapper
 from typing import Any, TypeVar
 
@@ -14,7 +17,7 @@ import click
 from mailer.app import App, config_path_from
 from mailer.errors import NewsletterError
 
-__all__ = ["cli", "pass_app", "run_cli"]
+__all__ = ["cli", "on_signals", "pass_app", "run_cli", "stop_event_on_signals"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +55,35 @@ def pass_app(fn: F) -> F:
         return ctx.invoke(fn, obj["app"], *args, **kwargs)
 
     return update_wrapper(wrapper, fn)  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def on_signals(stop: Callable[[str], object]) -> Iterator[None]:
+    """SIGTERM/SIGINT call ``stop(name)`` on the running loop: the command finishes what is in
+    flight instead of dying mid-message. The CLI owns signals; the pipeline installs none."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop, sig.name)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def stop_event_on_signals() -> contextlib.AbstractContextManager[asyncio.Event]:
+    """An event that SIGTERM/SIGINT set, for ``send_edition(..., stop=...)``."""
+
+    @contextlib.contextmanager
+    def scope() -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        with on_signals(lambda _name: event.set()):
+            yield event
+
+    return scope()
 
 
 def run_cli(argv: list[str] | None = None) -> int:

@@ -261,7 +261,7 @@ def reorder(app: App, edition_id: int, post_ids: Sequence[int]) -> None:
 @pass_app
 def test_send(app: App, edition_id: int, to_addr: str, language: str | None) -> None:
     """Send the real rendered mail, marked as a test, outside the outbox and its totals."""
-    from mailer.editions.testsend import send_test
+    from mailer.pipeline.send import send_test
 
     choice = language or app.config.newsletter.default_language
     if choice not in app.config.newsletter.choices:

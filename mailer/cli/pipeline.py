@@ -8,15 +8,14 @@ import sys
 import click
 
 from mailer.app import App
-from mailer.cli.base import cli, pass_app
+from mailer.cli.base import cli, pass_app, stop_event_on_signals
+from mailer.pipeline.send import SendSummary
 
 __all__ = ["print_send", "send"]
 
 
 def print_send(app: App, summary: object) -> None:
     """One line per edition: sent, deferred and failed counts, and where the mail went."""
-    from mailer.pipeline import SendSummary
-
     assert isinstance(summary, SendSummary)
     r = summary.report
     where = (f"Maildir {app.config.delivery.maildir / 'new'}" if app.config.delivery.transport == "maildir"
@@ -33,7 +32,11 @@ def send(app: App) -> None:
     """Build one edition from every stored post not yet sent and deliver it now."""
     from mailer.pipeline import send_new_posts
 
-    summary = asyncio.run(send_new_posts(app, progress=sys.stderr.isatty()))
+    async def go() -> SendSummary | None:
+        with stop_event_on_signals() as stop:
+            return await send_new_posts(app, progress=sys.stderr.isatty(), stop=stop)
+
+    summary = asyncio.run(go())
     if summary is None:
         click.echo("nothing to send: no stored post is waiting")
         return

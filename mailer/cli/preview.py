@@ -63,11 +63,6 @@ class PreviewFiles:
     eml: Path
 
 
-def _sample_mirrors(app: App, slots: int) -> tuple[str, ...]:
-    handed_out = [s.url for s in app.config.mirrors.active if s.kind != "onion"]
-    return tuple(handed_out[:slots])
-
-
 def _check_language(app: App, language: str) -> None:
     if language not in app.config.newsletter.choices:
         choices = ", ".join(app.config.newsletter.choices)
@@ -77,33 +72,17 @@ def _check_language(app: App, language: str) -> None:
 def write_preview(
     app: App, edition: Edition, language: str, out: Path, *, date: datetime | None = None
 ) -> PreviewFiles:
-    """Render, serialise and personalise for a sample reader; write .html, .txt and .eml."""
-    import httpx
+    """Render, serialise and personalise for a sample reader; write .html, .txt and .eml.
 
-    from mailer.message import MessageTemplate, PersonalSlots
-    from mailer.pipeline import header_settings
-    from mailer.render.images import fetch_images
-    from mailer.render.variant import RenderContext, render_variant
+    The bytes come from ``mailer.pipeline.prepare``, as a send's do, with the sample reader's
+    mirrors from the registry."""
+    from mailer.pipeline.prepare import Reader, personalise, prepare
 
     _check_language(app, language)
-    now = date or app.clock()
-    images = {}
-    if app.config.images.fetch:
-        with httpx.Client(
-            proxy=app.config.images.proxy, follow_redirects=True, timeout=httpx.Timeout(20.0, connect=10.0)
-        ) as client:
-            images = fetch_images(edition.posts, app.config.images, client=client)
-    ctx = RenderContext.from_config(app.config, date=now, images=images, env=app.jinja, strict=True)
-    variant = render_variant(edition, language, ctx)
-    template = MessageTemplate.build(variant, edition_id=edition.id, headers=header_settings(app), date=now)
-    raw = template.personalise(
-        PersonalSlots(
-            subscriber_id=SAMPLE_SUBSCRIBER_ID,
-            address=SAMPLE_ADDRESS,
-            unsubscribe_url=f"{app.config.newsletter.public_url}/u/PREVIEW-NOT-A-REAL-TOKEN",
-            mirrors=_sample_mirrors(app, variant.mirror_slots),
-        )
-    )
+    prepared = prepare(app, edition, date=date or app.clock(), strict=True, languages=[language])
+    raw = personalise(app, prepared, Reader(
+        SAMPLE_SUBSCRIBER_ID, SAMPLE_ADDRESS, language,
+        unsubscribe_url=f"{app.config.newsletter.public_url}/u/PREVIEW-NOT-A-REAL-TOKEN"))
     msg = message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     html_part = msg.get_body(("html",))

@@ -8,7 +8,7 @@ import sys
 import click
 
 from mailer.app import App
-from mailer.cli.base import cli, pass_app
+from mailer.cli.base import cli, pass_app, stop_event_on_signals
 from mailer.errors import LockError
 
 __all__ = ["run"]
@@ -49,7 +49,8 @@ async def _once(app: App) -> int:
                         f"on this database; it already does what run --once would")
     notice = lambda line: click.echo(line, err=True)  # noqa: E731
     try:
-        summary = await run_once(app, notice, progress=sys.stderr.isatty())
+        with stop_event_on_signals() as stop:
+            summary = await run_once(app, notice, progress=sys.stderr.isatty(), stop=stop)
     finally:
         lock.release()
         transport = app.__dict__.get("transport")

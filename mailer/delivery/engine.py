@@ -13,7 +13,8 @@ How it stays exactly-once-ish (issue 7):
   the messages in flight finish and are recorded.
 - Recipients are looked up (``recipients``) just before their batch is queued; a subscriber
   who is no longer active is recorded ``suppressed`` instead of being mailed.
-- SIGTERM (and SIGINT) do the same as a pause: finish in flight, record, release, return.
+- ``stop()`` (the CLI and the daemon call it on SIGTERM/SIGINT) does the same as a pause: finish
+  in flight, record, release, return. The engine installs no signal handler.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import logging
 import os
 import random
 import secrets
-import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -291,7 +291,9 @@ class DeliveryEngine(Generic[R]):
 
     # ------------------------------------------------------------------ the run
 
-    async def run(self, edition_id: int, *, handle_signals: bool = True) -> DeliveryReport:
+    async def run(self, edition_id: int) -> DeliveryReport:
+        """Deliver what is claimable until done, paused, cancelled or :meth:`stop`; signals are
+        the caller's (the CLI and the daemon call ``stop``)."""
         started = self._monotonic()
         self._stop_reason = None
         self._error = None
@@ -304,13 +306,6 @@ class DeliveryEngine(Generic[R]):
         commits = _GroupCommit(self, edition_id, self.owner)
         queue: asyncio.Queue[tuple[OutboxRow, R] | None] = asyncio.Queue(
             maxsize=self.batch_size)
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(sig, self.stop, sig.name)
-                    installed.append(sig)
         workers = [asyncio.create_task(self._worker(edition_id, queue, commits))
                    for _ in range(self.concurrency)]
         renewer = asyncio.create_task(self._renew(edition_id))
@@ -341,8 +336,6 @@ class DeliveryEngine(Generic[R]):
             released = await asyncio.to_thread(self.outbox.release, edition_id, self.owner)
             if released:
                 log.info("released %d claimed rows that were not sent", released)
-            for sig in installed:
-                loop.remove_signal_handler(sig)
         for r in results:
             if isinstance(r, BaseException):
                 raise r

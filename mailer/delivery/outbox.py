@@ -20,12 +20,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailer.clock import Clock, as_utc
 from mailer.delivery.domains import outbox_domain
-from mailer.models import OutboxState
+from mailer.models import EditionState, OutboxState
 from mailer.schema import editions, outbox
 
 __all__ = [
@@ -139,6 +150,53 @@ class Outbox:
             flush(batch)
         return self.total(edition_id) - before
 
+    @staticmethod
+    def claimable(now: datetime) -> ColumnElement[bool]:
+        """The one rule for which rows a sender may take at ``now``: queued, deferred and due,
+        or leased by a sender whose lease expired."""
+        return or_(
+            outbox.c.state == OutboxState.QUEUED.value,
+            and_(outbox.c.state == OutboxState.DEFERRED.value, outbox.c.next_attempt_at <= now),
+            and_(outbox.c.state == OutboxState.SENDING.value, outbox.c.lease_expires_at < now),
+        )
+
+    def has_work(self, edition_id: int) -> bool:
+        """A sender could take a row of ``edition_id`` now, or it has no rows at all (it was
+        interrupted before its recipients were enqueued)."""
+        c = outbox.c
+        with self.engine.connect() as conn:
+            total, ready = conn.execute(
+                select(func.count(), func.count().filter(self.claimable(self.clock())))
+                .where(c.edition_id == edition_id)
+            ).one()
+        return bool(ready) or not total
+
+    def editions_with_work(self) -> list[int]:
+        """Editions in ``sending`` that have at least one row a sender may claim now."""
+        stmt = (
+            select(editions.c.id)
+            .where(editions.c.state == EditionState.SENDING.value)
+            .where(exists().where(outbox.c.edition_id == editions.c.id,
+                                  self.claimable(self.clock())))
+            .order_by(editions.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [int(i) for i in conn.execute(stmt).scalars()]
+
+    def editions_unfinished(self) -> list[int]:
+        """Editions in ``sending`` with rows still queued, leased (maybe elsewhere) or deferred."""
+        open_states = [OutboxState.QUEUED.value, OutboxState.SENDING.value,
+                       OutboxState.DEFERRED.value]
+        stmt = (
+            select(editions.c.id)
+            .where(editions.c.state == EditionState.SENDING.value)
+            .where(exists().where(outbox.c.edition_id == editions.c.id,
+                                  outbox.c.state.in_(open_states)))
+            .order_by(editions.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [int(i) for i in conn.execute(stmt).scalars()]
+
     def claim(self, edition_id: int, limit: int, owner: str, lease: timedelta,
               skip_domains: Collection[str] = ()) -> list[OutboxRow]:
         """Lease up to ``limit`` rows that are queued, due for retry, or whose lease expired.
@@ -154,11 +212,7 @@ class Outbox:
             outbox.c.edition_id == edition_id,
             outbox.c.state.in_([OutboxState.QUEUED.value, OutboxState.DEFERRED.value,
                                 OutboxState.SENDING.value]),
-            or_(
-                outbox.c.state == OutboxState.QUEUED.value,
-                and_(outbox.c.state == OutboxState.DEFERRED.value, outbox.c.next_attempt_at <= now),
-                and_(outbox.c.state == OutboxState.SENDING.value, outbox.c.lease_expires_at < now),
-            ),
+            self.claimable(now),
         )
         if skip_domains:
             eligible = and_(eligible, outbox.c.domain.not_in(sorted(skip_domains)))

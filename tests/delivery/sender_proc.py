@@ -10,6 +10,7 @@ import asyncio
 import sys
 from datetime import timedelta
 
+from mailer.cli.base import on_signals
 from mailer.clock import utcnow
 from mailer.db import open_engine
 from mailer.delivery.engine import DeliveryEngine
@@ -28,11 +29,14 @@ async def main(url: str, port: int, n: int, connections: int) -> None:
     transport = SMTPTransport([relay(port, connections=connections)])
     try:
         while True:
-            report = await DeliveryEngine(
+            delivery = DeliveryEngine(
                 box, transport, recipients=directory(people), message_for=message,
                 envelope_from="b@example.org", settings=settings(max_attempts=50),
                 clock=utcnow, lease=LEASE, batch_size=8,
-            ).run(1)
+            )
+            # The engine installs no signal handler; like the CLI, this process owns SIGTERM.
+            with on_signals(delivery.stop):
+                report = await delivery.run(1)
             print(report.summary(), flush=True)
             if report.stopped != "done" and report.stopped != "deferred":
                 return

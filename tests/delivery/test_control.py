@@ -34,7 +34,7 @@ async def run_once(db: Engine, server: SMTPServer, edition: int, n: int,
             Outbox(db, FakeClock()), transport, recipients=directory(recipients(n, ("qq.com",))),
             message_for=message, envelope_from="bounces@example.org", settings=settings(),
             clock=FakeClock(), batch_size=4, **kw,  # type: ignore[arg-type]
-        ).run(edition, handle_signals=False)
+        ).run(edition)
     finally:
         await transport.aclose()
 
@@ -160,7 +160,7 @@ async def test_pause_releases_rows_waiting_in_a_slow_domain_lane(sqlite_db: Engi
             recipients=directory(recipients(n, ("qq.com",))), message_for=message,
             envelope_from="b@example.org", settings=settings(domain_rates={"qq.com": 2.0}),
             clock=FakeClock(), batch_size=10,
-        ).run(edition, handle_signals=False)
+        ).run(edition)
     finally:
         await transport.aclose()
         server.stop()
@@ -211,7 +211,7 @@ async def test_unsubscribe_during_the_send_is_honoured_before_that_turn(sqlite_d
         report = await DeliveryEngine(
             Outbox(sqlite_db, FakeClock()), transport, recipients=lookup, message_for=message,
             envelope_from="b@example.org", settings=settings(), clock=FakeClock(), batch_size=4,
-        ).run(edition, handle_signals=False)
+        ).run(edition)
     finally:
         await transport.aclose()
         server.stop()

@@ -36,7 +36,7 @@ async def test_sends_every_recipient_once_over_smtp(db: Engine, smtp_server: SMT
     transport = SMTPTransport([relay(smtp_server.port, connections=3)])
     delivery = DeliveryEngine(outbox, transport, recipients=directory(people), message_for=message,
                               envelope_from="bounces@example.org", settings=settings(), clock=clock)
-    report = await delivery.run(edition, handle_signals=False)
+    report = await delivery.run(edition)
     await transport.aclose()
     assert report.sent == 25
     assert report.remaining == 0
@@ -49,8 +49,7 @@ async def test_sends_every_recipient_once_over_smtp(db: Engine, smtp_server: SMT
     # A second run finds nothing to do: no resend to everyone (listmonk #2070).
     again = await DeliveryEngine(outbox, transport, recipients=directory(people),
                                  message_for=message, envelope_from="bounces@example.org",
-                                 settings=settings(), clock=clock).run(edition,
-                                                                       handle_signals=False)
+                                 settings=settings(), clock=clock).run(edition)
     await transport.aclose()
     assert again.sent == 0
     assert len(smtp_server.received) == 25
@@ -67,7 +66,7 @@ async def test_maildir_transport_writes_each_message_atomically(sqlite_db: Engin
     report = await DeliveryEngine(outbox, transport, recipients=directory(people),
                                   message_for=message, envelope_from="b@example.org",
                                   settings=settings(), clock=FakeClock()).run(
-                                      edition, handle_signals=False)
+                                      edition)
     assert report.sent == 5
     files = sorted((tmp_path / "maildir" / "new").iterdir())
     assert len(files) == 5
@@ -90,7 +89,7 @@ async def test_unsubscribed_meanwhile_is_suppressed(sqlite_db: Engine,
     transport = SMTPTransport([relay(smtp_server.port)])
     report = await DeliveryEngine(outbox, transport, recipients=lookup, message_for=message,
                                   envelope_from="b@example.org", settings=settings(),
-                                  clock=FakeClock()).run(edition, handle_signals=False)
+                                  clock=FakeClock()).run(edition)
     await transport.aclose()
     assert report.sent == 5
     assert report.suppressed == 1
@@ -112,12 +111,12 @@ async def test_paused_edition_is_not_sent_until_resumed(sqlite_db: Engine,
                               envelope_from="b@example.org", settings=settings(),
                               clock=FakeClock())
 
-    report = await engine_run().run(edition, handle_signals=False)
+    report = await engine_run().run(edition)
     assert report.stopped == "paused"
     assert report.sent == 0
     assert outbox.counts(edition)[OutboxState.QUEUED] == 4
     set_edition_state(engine, edition, "sending")
-    report = await engine_run().run(edition, handle_signals=False)
+    report = await engine_run().run(edition)
     await transport.aclose()
     assert report.sent == 4
     assert len(smtp_server.received) == 4
@@ -148,15 +147,15 @@ async def test_deferred_row_is_retried_after_backoff(sqlite_db: Engine) -> None:
                                   message_for=message, envelope_from="b@example.org",
                                   settings=settings(), clock=clock, rand=lambda: 0.0)
 
-        first = await make().run(edition, handle_signals=False)
+        first = await make().run(edition)
         assert first.deferred == 1
         assert first.stopped == "deferred"
         assert not server.received
         # Not due yet: half the base delay with rand=0 is 0.5 s.
         clock.advance(timedelta(milliseconds=400))
-        assert (await make().run(edition, handle_signals=False)).attempted == 0
+        assert (await make().run(edition)).attempted == 0
         clock.advance(timedelta(milliseconds=200))
-        second = await make().run(edition, handle_signals=False)
+        second = await make().run(edition)
         await transport.aclose()
         assert second.sent == 1
         assert len(server.received) == 1

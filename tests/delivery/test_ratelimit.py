@@ -74,7 +74,7 @@ async def send_all(db: Engine, port: int, n: int, domains: tuple[str, ...], **kw
     report = await DeliveryEngine(box, transport, recipients=directory(people),
                                   message_for=message, envelope_from="b@example.org",
                                   settings=settings(**kw), clock=FakeClock()).run(
-                                      edition, handle_signals=False)
+                                      edition)
     await transport.aclose()
     assert report.sent == n
 
@@ -160,7 +160,7 @@ async def test_a_second_live_sender_halves_a_domain_rate(sqlite_db: Engine) -> N
                             settings=settings(domain_rates={"qq.com": 40.0}), clock=FakeClock(),
                             peers=peers)
     try:
-        report = await engine.run(edition, handle_signals=False)
+        report = await engine.run(edition)
     finally:
         await transport.aclose()
         server.stop()

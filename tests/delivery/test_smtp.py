@@ -70,7 +70,7 @@ async def deliver(db: Engine, port: int, n: int, *, connections: int = 2,
             box, transport, recipients=directory(people), message_for=message,
             envelope_from="bounces@example.org", settings=settings(), clock=FakeClock(),
             on_bounce=bounced.append if bounced is not None else None,
-        ).run(edition, handle_signals=False)
+        ).run(edition)
     finally:
         await transport.aclose()
 

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from mailer.cli.editions import format_when, parse_local_time, parse_post_list
 from mailer.config import load_config
 from mailer.editions.notify import ReportKind, compose_report, rejection_rate
-from mailer.editions.runner import short_delta
 from mailer.editions.store import Decision, EditionInfo, decide
 from mailer.editions.testsend import TEST_HEADER, mark_as_test
 from mailer.errors import ConfigError, InputError
 from mailer.models import EditionState as S
+from mailer.pipeline.policy import short_delta
 from scheduler import _crontab_dow, crontab_trigger, describe_time, next_fire_times
 from tests.scheduler.helpers import write_config
 

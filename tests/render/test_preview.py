@@ -47,7 +47,11 @@ def test_preview_writes_html_text_and_eml(
     text = (out / f"{language}.txt").read_text(encoding="utf-8")
     assert remote_references(html) == []
     assert "@@SLOT_" not in html + text
-    assert "https://d1a2b3c4.cloudfront.net/" in text  # the sample reader's first mirror
+    # The sample reader's mirrors come from the registry (its partition, healthy ones only),
+    # exactly as a subscriber's do, not from the config's list.
+    mirrors = App.from_path(config_path).mirrors.for_subscriber(0)
+    assert mirrors
+    assert all(m in text for m in mirrors)
     name = {
         "zh-Hans": "公民权利通讯",
         "zh-Hant": "公民權利通訊",

@@ -15,15 +15,11 @@ import pytest
 from sqlalchemy import Engine, MetaData, func, select
 
 from mailer.app import App
-from mailer.cli.worker import (
-    SenderWorker,
-    editions_unfinished,
-    editions_with_work,
-    start_edition,
-)
 from mailer.delivery.outbox import Outbox
 from mailer.errors import KeyStoreError
 from mailer.models import EditionState, OutboxState
+from mailer.pipeline.send import start_edition
+from mailer.pipeline.worker import SenderWorker
 from mailer.schema import outbox
 from tests.scale.helpers import (
     CountingHandler,
@@ -77,10 +73,10 @@ async def test_two_workers_share_an_edition_without_overlap(
     edition_id = make_edition(first)
     assert start_edition(first, edition_id) == 160
     assert start_edition(first, edition_id) == 0  # enqueueing again adds nobody
-    assert editions_with_work(first.engine, first.clock()) == [edition_id]
+    assert first.outbox.editions_with_work() == [edition_id]
     second = App.from_path(first.config.path, environ={})
     workers = [SenderWorker(app, batch_size=8, once=True, poll=0.1) for app in (first, second)]
-    reports = await asyncio.gather(*(w.run(handle_signals=False) for w in workers))
+    reports = await asyncio.gather(*(w.run() for w in workers))
     assert all(r.sent > 0 for r in reports), [r.summary() for r in reports]
     assert sum(r.sent for r in reports) == 160
     assert sink.per_rcpt.pop("eds@example.net") == 1  # one "sent" report, from the CAS winner
@@ -88,7 +84,7 @@ async def test_two_workers_share_an_edition_without_overlap(
     assert _states(first, edition_id) == {OutboxState.SENT: 160}
     assert first.editions.info(edition_id).state is EditionState.SENT
     assert sum(len(r.finished) for r in reports) == 1  # exactly one worker marked it sent
-    assert editions_unfinished(first.engine) == []
+    assert first.outbox.editions_unfinished() == []
     assert_no_plaintext_address(first.engine, addresses)
     for app in (first, second):
         app.engine.dispose()
@@ -105,7 +101,7 @@ async def test_a_dead_workers_rows_are_reclaimed_after_the_lease(
                                                         timedelta(seconds=1))
     assert len(dead) == 10
     worker = SenderWorker(app, once=True, poll=0.1, batch_size=16)
-    report = await worker.run(handle_signals=False)
+    report = await worker.run()
     assert report.sent == 40
     assert sink.per_rcpt == dict.fromkeys(addresses, 1)
     with app.engine.connect() as conn:
@@ -167,7 +163,7 @@ async def test_a_worker_without_the_key_file_refuses_to_start(
         text.replace(str(tmp_path / "keys.json"), str(other / "keys.json")), encoding="utf-8")
     stray = App.from_path(other / "newsletter.toml", environ={})
     with pytest.raises(KeyStoreError):
-        await SenderWorker(stray, once=True).run(handle_signals=False)
+        await SenderWorker(stray, once=True).run()
     assert not (other / "keys.json").exists()  # no new key made up for a list that has one
     for a in (app, stray):
         a.engine.dispose()
@@ -180,8 +176,8 @@ async def test_worker_leaves_paused_editions_alone(
     edition_id = make_edition(app)
     start_edition(app, edition_id)
     app.editions.pause(edition_id)
-    assert editions_with_work(app.engine, app.clock()) == []
-    report = await SenderWorker(app, once=True, poll=0.1).run(handle_signals=False)
+    assert app.outbox.editions_with_work() == []
+    report = await SenderWorker(app, once=True, poll=0.1).run()
     assert report.sent == 0
     assert sink.total == 0
     assert _states(app, edition_id) == {OutboxState.QUEUED: 20}
@@ -200,7 +196,7 @@ async def test_a_broken_edition_does_not_stop_the_others(
     good = make_edition(app)
     start_edition(app, good)
     worker = SenderWorker(app, poll=0.05)
-    task = asyncio.create_task(worker.run(handle_signals=False))
+    task = asyncio.create_task(worker.run())
     while app.editions.info(good).state is not EditionState.SENT:
         assert not task.done(), "the worker ended on the broken edition"
         await asyncio.sleep(0.05)
@@ -224,7 +220,7 @@ async def test_stop_finishes_in_flight_records_them_and_gives_the_rest_back(
         edition_id = make_edition(app)
         start_edition(app, edition_id)
         worker = SenderWorker(app, once=True, poll=0.1, batch_size=16)
-        task = asyncio.create_task(worker.run(handle_signals=False))
+        task = asyncio.create_task(worker.run())
         while handler.total < 20:
             assert not task.done(), "the worker ended before it was stopped"
             await asyncio.sleep(0.01)

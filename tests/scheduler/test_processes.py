@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import func, select
 
 from mailer.app import App
-from mailer.editions.runner import DAEMON_PAUSE_REASON
 from mailer.models import EditionState as S
+from mailer.pipeline.policy import DAEMON_PAUSE_REASON
 from mailer.schema import outbox
 from tests.editions.helpers import add_posts
 from tests.scheduler.helpers import make_app, write_config

@@ -1,0 +1,249 @@
+"""What is due and what to do with it: send, hold for approval, mark missed, make editions.
+
+The daemon's jobs and ``run --once`` both go through here, so an edition due days ago is
+missed (and the editors told) whichever of them finds it, and nothing unapproved goes out.
+``scheduler.py`` only decides *when* these run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from mailer.app import App
+from mailer.editions.notify import Notifier
+from mailer.editions.store import Decision, EditionInfo, decide
+from mailer.errors import EditionError, InputError
+from mailer.feeds.poll import PollReport, poll_feeds
+from mailer.models import EditionState
+from mailer.pipeline.send import SendSummary, send_edition, send_new_posts
+from subscribers.mailin import MailinReport
+
+__all__ = [
+    "DAEMON_PAUSE_REASON",
+    "RunSummary",
+    "describe_time",
+    "digest_now",
+    "ensure_sample_subscribers",
+    "missed_digest",
+    "per_post_editions",
+    "poll",
+    "process_due",
+    "resume_after_stop",
+    "run_once",
+    "short_delta",
+    "unsubscribe_by_mail",
+]
+
+log = logging.getLogger("newsletter.editions")
+
+SAMPLE_DOMAIN = "example.org"
+
+# The daemon pauses an edition it is sending when told to stop, so the delivery engine claims
+# no more rows while in-flight ones finish; on start it resumes exactly those (not editors').
+DAEMON_PAUSE_REASON = "the daemon stopped while sending; it resumes when the daemon starts"
+
+SendOne = Callable[[int], Awaitable[object]]
+
+
+def short_delta(delta: timedelta) -> str:
+    """``2d 3h``, ``45m``: lateness for people, not ``2 days, 3:00:00.000123``."""
+    seconds = int(delta.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "",
+             f"{minutes}m" if minutes and not days else ""]
+    return " ".join(p for p in parts if p) or f"{seconds}s"
+
+
+def describe_time(at: datetime, timezone: str) -> str:
+    """``2026-11-24 08:00 CST (Asia/Shanghai) = 2026-11-24 00:00 UTC``: editors read both."""
+    local = at.astimezone(ZoneInfo(timezone))
+    utc = at.astimezone(UTC)
+    return (f"{local:%Y-%m-%d %H:%M} {local.tzname()} ({timezone}) = "
+            f"{utc:%Y-%m-%d %H:%M} UTC")
+
+
+def _local(info: EditionInfo, tz: str) -> str:
+    assert info.scheduled_at is not None
+    return f"{info.scheduled_at.astimezone(ZoneInfo(tz)):%Y-%m-%d %H:%M} {tz}"
+
+
+async def process_due(app: App, send: SendOne, notifier: Notifier | None = None, *,
+                      should_stop: Callable[[], bool] = lambda: False,
+                      ) -> list[tuple[int, Decision]]:
+    """Every due edition gets its decision applied; returns what was done, in order."""
+    store = app.editions
+    grace = app.config.schedule.misfire_grace
+    tz = app.config.schedule.timezone
+    notifier = notifier or Notifier.for_app(app)
+    done: list[tuple[int, Decision]] = []
+    for eid in store.due(app.clock()):
+        if should_stop():
+            break
+        now = app.clock()
+        info = store.info(eid)
+        decision = decide(info, now, grace=grace, require_approval=store.require_approval)
+        try:
+            if decision is Decision.SEND:
+                await send(eid)
+                after = store.info(eid)
+                if after.state is EditionState.SENT:
+                    await notifier.sent(after)
+            elif decision is Decision.HOLD:
+                store.hold(eid, "not approved at its send time")
+                log.warning("edition %d held: approval is required and it is not approved", eid)
+                await notifier.held(store.info(eid))
+            elif decision is Decision.MISS:
+                assert info.scheduled_at is not None
+                late = short_delta(now - info.scheduled_at)
+                store.set_state(eid, EditionState.MISSED,
+                                f"due {_local(info, tz)}, {late} late: beyond the "
+                                f"{short_delta(grace)} grace period, so not sent")
+                log.warning("edition %d missed: due %s, %s late; not sent", eid,
+                            _local(info, tz), late)
+                await notifier.missed(store.info(eid))
+        except EditionError as exc:  # an editor changed it a moment ago: theirs wins
+            log.warning("%s", exc)
+            continue
+        done.append((eid, decision))
+    return done
+
+
+def resume_after_stop(app: App) -> list[int]:
+    """Editions the daemon paused on its way out go back to sending; editors' pauses stay."""
+    store = app.editions
+    resumed = []
+    for info in store.find([EditionState.PAUSED]):
+        if info.reason == DAEMON_PAUSE_REASON:
+            store.resume(info.id)
+            resumed.append(info.id)
+    return resumed
+
+
+def per_post_editions(app: App) -> list[int]:
+    """Per-post mode: each new post becomes its own edition, due after ``schedule.hold``."""
+    store = app.editions
+    tz = app.config.schedule.timezone
+    created = []
+    for post_id in reversed(store.unsent_post_ids()):  # oldest first
+        eid = store.create([post_id], kind="per-post")
+        if eid is None:
+            continue
+        store.schedule(eid, app.clock() + app.config.schedule.hold, allow_past=True)
+        created.append(eid)
+        log.info("post %d: edition %d, due %s", post_id, eid,
+                 describe_time(app.clock() + app.config.schedule.hold, tz))
+    return created
+
+
+def digest_now(app: App) -> int | None:
+    """Digest time: every unsent post becomes one edition, due now (None: no new posts)."""
+    store = app.editions
+    eid = store.create(kind="digest")
+    if eid is None:
+        log.info("digest time: no new posts, so no edition")
+    else:
+        store.schedule(eid, app.clock(), allow_past=True)
+        log.info("digest time: edition %d with %d post(s)", eid, len(store.info(eid).post_ids))
+    return eid
+
+
+def missed_digest(app: App, when: datetime) -> EditionInfo | None:
+    """A digest the daemon was not running for becomes a missed edition (the editors are told
+    by the caller); None when there were no new posts."""
+    tz = app.config.schedule.timezone
+    store = app.editions
+    eid = store.create(kind="digest")
+    late = app.clock() - when
+    if eid is None:
+        log.warning("digest of %s missed (%s late); there were no new posts",
+                    describe_time(when, tz), short_delta(late))
+        return None
+    store.schedule(eid, when, allow_past=True)
+    store.set_state(eid, EditionState.MISSED,
+                    f"digest due {when.isoformat()}: the daemon was not running; "
+                    f"{short_delta(late)} late, beyond the grace period")
+    log.warning("digest edition %d missed: due %s, %s late; not sent",
+                eid, describe_time(when, tz), short_delta(late))
+    return store.info(eid)
+
+
+def ensure_sample_subscribers(app: App, notice: Callable[[str], None]) -> int:
+    """On an empty list with ``sample_subscribers`` on, add one example.org reader per choice."""
+    if not app.config.newsletter.sample_subscribers or app.subscribers.count(None) > 0:
+        return 0
+    added = 0
+    for choice in app.config.newsletter.choices:
+        local = "reader-" + choice.lower().replace("+", "-and-")
+        app.subscribers.add(f"{local}@{SAMPLE_DOMAIN}", choice, confirmed=True)
+        added += 1
+    notice(f"added {added} sample subscribers at {SAMPLE_DOMAIN} (one per language choice)")
+    return added
+
+
+def unsubscribe_by_mail(app: App, maildir: Path | None = None) -> MailinReport:
+    """Unsubscribe the readers named by the mail waiting in ``maildir`` (default: the config's
+    ``[web] unsubscribe_maildir``); see ``subscribers.mailin``."""
+    from subscribers.mailin import process_maildir
+
+    folder = maildir or app.config.web.unsubscribe_maildir
+    if folder is None:
+        raise InputError("no Maildir: set [web] unsubscribe_maildir or pass --maildir")
+    if not (folder / "new").is_dir():
+        raise InputError("not a Maildir (no new/ folder)", source=str(folder))
+    return process_maildir(folder, app.subscribers, app.tokens.verify_unsubscribe)
+
+
+async def poll(app: App, client: httpx.AsyncClient | None = None) -> PollReport:
+    """Fetch every configured feed; a broken feed is reported and the others go on."""
+    return await poll_feeds(app.config.feeds, store=app.post_store, fetch=app.config.fetch,
+                            clock=app.clock, client=client)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one pass did: the poll, the sends, editors' editions decided, a held edition."""
+
+    poll: PollReport
+    sends: tuple[SendSummary, ...]
+    decisions: tuple[tuple[int, Decision], ...] = ()
+    held: int | None = None
+    sample_subscribers: int = 0
+
+
+async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = False,
+                   stop: asyncio.Event | None = None) -> RunSummary:
+    """``run --once``: one pass of what the daemon does, under the same send policy.
+
+    Editors' scheduled editions go through the policy first (approval gate, misfire grace);
+    then the feeds are polled and new posts go out as an edition now — or, when approval is
+    required, become an edition held for the editors.
+    """
+    seeded = ensure_sample_subscribers(app, notice)
+    sends: list[SendSummary] = []
+
+    async def send(edition_id: int) -> None:
+        sends.append(await send_edition(app, edition_id, progress=progress, stop=stop))
+
+    decisions = await process_due(app, send)
+    report = await poll(app)
+    held = None
+    if app.config.newsletter.require_approval:
+        held = app.editions.create()
+        if held is not None:
+            app.editions.hold(held, "new posts awaiting an editor's approval")
+            await Notifier.for_app(app).held(app.editions.info(held))
+    else:
+        fresh = await send_new_posts(app, progress=progress, stop=stop)
+        if fresh is not None:
+            sends.append(fresh)
+    return RunSummary(report, tuple(sends), tuple(decisions), held, seeded)
