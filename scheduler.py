@@ -1,24 +1,14 @@
-"""The scheduler daemon: APScheduler 3 on asyncio, its job store in the project's database.
+"""The scheduler daemon: the timetable and the process lifecycle, nothing else.
 
-It only wires the pipeline's pieces to a timetable:
+APScheduler 3 on asyncio runs the jobs of ``mailer.timetable`` (poll, digest, tick, retry,
+mirrors, retention, mailin) and one ``edition:<id>`` date job per scheduled edition; every job
+body is a ``mailer.pipeline`` function. Jobs live in a ``SQLAlchemyJobStore`` (table
+``scheduler_jobs``) so a restart keeps the timetable and can tell a send that is merely late
+from one that was missed; a stored job holds a function reference and at most an edition id.
 
-* ``poll``     every ``schedule.poll_every``: fetch the feeds; in per-post mode new posts become
-               editions, each due after ``schedule.hold``;
-* ``digest``   the cron ``schedule.digest`` read in ``schedule.timezone`` (DST-correct because the
-               trigger works in that zone, not in UTC);
-* ``tick``     every 30 s, and ``edition:<id>`` at each edition's own time: send what is due,
-               hold what is unapproved, mark missed what is too late;
-* ``retry``    every ``schedule.retry_every``: editions with deferred deliveries whose time came
-               are sent again (the outbox hands out only those rows);
-* ``mirrors``  every ``schedule.mirror_check_every``: mirror health checks.
-
-Jobs live in a ``SQLAlchemyJobStore`` (table ``scheduler_jobs``) so a restart keeps the timetable
-and can tell a send that is merely late from one that was missed. A stored job holds a function
-reference and at most an edition id: never an address.
-
-One daemon per database: a ``DatabaseLock`` (advisory lock on PostgreSQL, a row lease on SQLite).
-SIGTERM/SIGINT stop scheduling, let in-flight sends finish, and leave every row in a known state;
-SIGHUP reloads the config (schedule, feeds, mirrors).
+One daemon per database (``DatabaseLock``). The daemon owns the signals: SIGTERM/SIGINT stop
+scheduling, let in-flight sends finish and leave every row in a known state; SIGHUP re-reads
+the config, and so does the 30 s tick when the file changed (mirrors only).
 """
 
 from __future__ import annotations
@@ -31,28 +21,29 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
-from mailer.app import App
-from mailer.config import Config, load_config
-from mailer.db import open_engine
+from mailer.app import App, config_fingerprint
+from mailer.config import Config
 from mailer.editions.notify import Notifier
-from mailer.editions.store import Decision
-from mailer.errors import ConfigError, EditionError, LockError, NewsletterError
-from mailer.lock import DAEMON_LOCK, DatabaseLock
+from mailer.errors import NewsletterError
+from mailer.lock import DAEMON_LOCK, DatabaseLock, keep_alive, take_or_wait
 from mailer.models import EditionState
 from mailer.pipeline import policy
-from mailer.pipeline.policy import DAEMON_PAUSE_REASON, describe_time
+from mailer.pipeline.policy import describe_time
 from mailer.pipeline.send import send_edition
+from mailer.timetable import (
+    crontab_trigger,
+    install,
+    make_scheduler,
+    next_fire_times,
+    sync_editions,
+    timetable,
+)
 
 __all__ = [
     "JOBS_TABLE",
@@ -68,69 +59,14 @@ log = logging.getLogger("newsletter.scheduler")
 
 LOCK_NAME = DAEMON_LOCK  # kept for callers that know the daemon by this name
 JOBS_TABLE = "scheduler_jobs"
-TICK_EVERY = timedelta(seconds=30)
 EDITION_JOB = "edition:"
-
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-# --------------------------------------------------------------------------- pure timetable helpers
-
-
-def _crontab_dow(field_text: str) -> str:
-    """Crontab counts weekdays from Sunday = 0 (and 7); APScheduler 3 from Monday = 0.
-
-    ``from_crontab`` passes numbers through unchanged, so ``1-5`` would mean Tuesday to Saturday.
-    We turn numbers into names, which both read the same way.
-    """
-    parts = []
-    for part in field_text.split(","):
-        body, slash, step = part.partition("/")
-        names = "-".join(_DAYS[int(x)] if x.isdigit() else x for x in body.split("-"))
-        parts.append(names + slash + step)
-    return ",".join(parts)
-
-
-def crontab_trigger(expr: str, timezone: str) -> CronTrigger:
-    """A trigger for a 5-field crontab read in ``timezone`` (08:00 stays 08:00 across DST)."""
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ConfigError(f"{expr!r} is not a 5-field cron expression", key="schedule.digest")
-    minute, hour, day, month, dow = fields
-    try:
-        return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=_crontab_dow(dow), timezone=ZoneInfo(timezone))
-    except (ValueError, IndexError) as exc:
-        raise ConfigError(f"{expr!r}: {exc}", key="schedule.digest") from None
-
-
-def next_fire_times(expr: str, timezone: str, after: datetime, count: int) -> list[datetime]:
-    """The next ``count`` digest times strictly after ``after``, aware, in ``timezone``."""
-    trigger = crontab_trigger(expr, timezone)
-    out: list[datetime] = []
-    previous: datetime | None = None
-    now = after + timedelta(microseconds=1)
-    while len(out) < count:
-        nxt = trigger.get_next_fire_time(previous, now)
-        if nxt is None:
-            break
-        out.append(nxt)
-        previous, now = nxt, nxt + timedelta(microseconds=1)
-    return out
-
-
-# --------------------------------------------------------------------------- what the jobs do
 
 SendFn = Callable[[App, int, asyncio.Event], Awaitable[object]]
 AppFn = Callable[[App], Awaitable[object]]
 
 
-async def default_poll(app: App) -> object:
-    return await policy.poll(app)
-
-
 async def default_send(app: App, edition_id: int, stop: asyncio.Event) -> object:
-    """``mailer.pipeline.send_edition`` with the daemon's ``stop``: finish in flight, claim no more."""
+    """``send_edition`` with the daemon's ``stop``: finish in flight, claim no more."""
     return await send_edition(app, edition_id, stop=stop)
 
 
@@ -142,13 +78,10 @@ async def default_check_mirrors(app: App) -> object:
 class Actions:
     """The pipeline steps the daemon drives. Tests and the CLI assemble the real ones."""
 
-    poll: AppFn = default_poll
+    poll: AppFn = policy.poll
     send: SendFn = default_send
     check_mirrors: AppFn = default_check_mirrors
 
-
-# The timetable's own jobs (edition jobs are named per edition).
-_TIMETABLE_JOBS = ("poll", "tick", "retry", "mirrors", "digest", "retention", "mailin")
 
 # Jobs in the store refer to these module-level functions by name ("scheduler:job_poll"); they
 # find the running daemon here. One daemon per process, by construction.
@@ -171,8 +104,7 @@ async def job_digest(**_: object) -> None:
 
 async def job_tick(**_: object) -> None:
     daemon = _daemon()
-    # Operators rotate mirrors by editing the config: pick that up without a restart or SIGHUP.
-    daemon.app.mirrors.reload_if_changed(daemon.app.config.path)
+    daemon.reload_mirrors_if_changed()
     await daemon.process_due()
 
 
@@ -196,7 +128,10 @@ async def job_mailin(**_: object) -> None:
     await _daemon().mailin()
 
 
-# --------------------------------------------------------------------------- the daemon
+_JOBS: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
+    "poll": job_poll, "tick": job_tick, "retry": job_retry, "mirrors": job_mirrors,
+    "digest": job_digest, "retention": job_retention, "mailin": job_mailin,
+}
 
 
 @dataclass
@@ -219,9 +154,8 @@ class Daemon:
         self._inflight: set[asyncio.Task[object]] = set()
         self._sending: set[int] = set()
         self._scheduler: AsyncIOScheduler | None = None
+        self._seen = config_fingerprint(self.app.config.path)
         self.started = asyncio.Event()
-
-    # ------------------------------------------------------------------ lifecycle
 
     @property
     def config(self) -> Config:
@@ -231,14 +165,19 @@ class Daemon:
     def tz(self) -> str:
         return self.config.schedule.timezone
 
+    # ------------------------------------------------------------------ lifecycle
+
     async def run(self) -> None:
         """Take the lock (or wait as standby), run the timetable, stop gracefully."""
         global _running
         if _running is not None:
             raise RuntimeError("a daemon is already running in this process")
-        installed = self._install_signal_handlers()
+        loop = asyncio.get_running_loop()
+        signals = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP] if self.install_signals else []
+        for sig in signals:
+            loop.add_signal_handler(sig, self.reload if sig == signal.SIGHUP else self.request_stop)
         try:
-            if not await self._take_lock():
+            if not await take_or_wait(self.lock, standby=self.standby, stopped=self.stop_event):
                 return
             _running = self
             try:
@@ -248,19 +187,8 @@ class Daemon:
                 self.lock.release()
                 log.info("stopped; the database lock is released")
         finally:
-            loop = asyncio.get_running_loop()
-            for sig in installed:
+            for sig in signals:
                 loop.remove_signal_handler(sig)
-
-    def _install_signal_handlers(self) -> list[signal.Signals]:
-        """The daemon owns the signals: the delivery engine installs none, it is told ``stop``."""
-        if not self.install_signals:
-            return []
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        return [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: schedule nothing new; in-flight sends finish; then exit."""
@@ -269,56 +197,16 @@ class Daemon:
                      len(self._inflight))
         self.stopping = True
         self.stop_event.set()
-        for eid in sorted(self._sending):
-            # The delivery engine checks the edition's state between batches: paused, it claims
-            # no more rows, and the ones in flight finish with their replies recorded.
-            try:
-                self.app.editions.set_state(eid, EditionState.PAUSED, DAEMON_PAUSE_REASON)
-                log.info("edition %d paused until the daemon starts again", eid)
-            except EditionError as exc:
-                log.info("%s", exc)
+        policy.pause_for_stop(self.app, self._sending)
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.pause()
 
-    async def _take_lock(self) -> bool:
-        if self.lock.acquire(wait=False):
-            log.info("holding the database lock %r as %s", LOCK_NAME, self.lock.owner)
-            return True
-        holder = self.lock.holder()
-        who = holder.owner if holder else "another process"
-        if not self.standby:
-            raise LockError(f"another daemon ({who}) is already running on this database; "
-                            f"stop it first, or start this one with --standby")
-        log.info("standby: another daemon (%s) holds the database lock; waiting to take over", who)
-        acquire = asyncio.ensure_future(self.lock.acquire_async(wait=True))
-        stopped = asyncio.ensure_future(self.stop_event.wait())
-        await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if acquire.done() and acquire.result():
-            stopped.cancel()
-            log.info("took over the database lock %r as %s", LOCK_NAME, self.lock.owner)
-            return True
-        acquire.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await acquire
-        self.lock.release()
-        return False
-
     async def _serve(self) -> None:
-        grace = int(self.config.schedule.misfire_grace.total_seconds())
-        scheduler = AsyncIOScheduler(
-            # Its own engine: the job store disposes it on shutdown, which must not pull the
-            # pool from under the lock's session or the pipeline's connections.
-            jobstores={"default": SQLAlchemyJobStore(
-                engine=open_engine(self.config.storage.database, create=False),
-                tablename=JOBS_TABLE)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace},
-            timezone=ZoneInfo(self.tz),
-        )
+        scheduler = self._scheduler = make_scheduler(self.config, JOBS_TABLE)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
-        self._scheduler = scheduler
         # Paused first: the stored timetable is reconciled with the config before anything fires.
         scheduler.start(paused=True)
-        heartbeat = asyncio.ensure_future(self._heartbeat())
+        heartbeat = asyncio.ensure_future(keep_alive(self.lock, self.request_stop))
         try:
             self._install_jobs()
             if not self.stopping:
@@ -340,115 +228,47 @@ class Daemon:
             scheduler.shutdown(wait=False)
             await asyncio.sleep(0)  # shutdown runs via call_soon
             self._scheduler = None
-            transport = self.app.__dict__.get("transport")
-            if transport is not None:  # close the relay connections politely (QUIT)
+            if self.app.built("transport"):  # close the relay connections politely (QUIT)
                 with contextlib.suppress(Exception):
-                    await transport.aclose()
-
-    async def _heartbeat(self) -> None:
-        every = max(self.lock.lease.total_seconds() / 3, 0.2)
-        while True:
-            await asyncio.sleep(every)
-            try:
-                # In a thread: on a busy SQLite file a write may wait out busy_timeout, and the
-                # event loop (and the sends on it) must not wait with it.
-                await asyncio.to_thread(self.lock.heartbeat)
-            except LockError as exc:
-                log.error("%s; stopping so that two daemons never act at once", exc)
-                self.request_stop()
-                return
-            except Exception as exc:
-                log.warning("lock heartbeat failed (%s); will retry", type(exc).__name__)
+                    await self.app.transport.aclose()
 
     def reload(self) -> None:
-        """SIGHUP: read the config again; keep the old one if the new one is wrong."""
-        try:
-            new = load_config(self.config.path, self.app.environ)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
+        """SIGHUP: read the config again (once); keep the old one if the new one is wrong."""
+        self._seen = config_fingerprint(self.config.path)
+        new = self.app.read_config()
+        if new is None:
             return
-        if new.storage != self.config.storage:
-            log.warning("[storage] changed: restart the daemon for that to take effect")
-            new = dataclasses.replace(new, storage=self.config.storage)
-        if new.delivery != self.config.delivery and "transport" in self.app.__dict__:
-            # The open relay pool keeps its settings; a restart rebuilds it.
-            log.warning("[delivery] changed: restart the daemon for relays to change")
-        self.app.config = new
-        self.app.__dict__.pop("editions", None)  # require_approval may have changed
-        # The registry validates [mirrors] itself and keeps the last good set when that fails.
-        self.app.mirrors.reload(new.path)
+        self.app.replace_config(new)
         self.notifier = Notifier.for_app(self.app)
         if self._scheduler is not None:
             self._install_jobs()
         log.info("reloaded %s", new.path)
         self.log_next()
 
+    def reload_mirrors_if_changed(self) -> None:
+        """Operators rotate mirrors by editing the file: the tick picks up a changed
+        ``[mirrors]`` without a restart or SIGHUP (the rest waits for SIGHUP)."""
+        current = config_fingerprint(self.config.path)
+        if current is None or current == self._seen:
+            return
+        self._seen = current
+        new = self.app.read_config()
+        if new is not None:
+            self.app.replace_config(dataclasses.replace(self.config, mirrors=new.mirrors))
+
     # ------------------------------------------------------------------ timetable
 
     def _install_jobs(self) -> None:
-        """Put the config's timetable in the store, keeping stored jobs whose spec is unchanged.
-
-        A job re-added unchanged would lose its stored next run time, and with it the daemon's
-        knowledge that a digest was due while it was down.
-        """
-        sched = self._scheduler
-        assert sched is not None
-        s = self.config.schedule
-        wanted: dict[str, tuple[Callable[..., Coroutine[Any, Any, None]], Any, str, bool]] = {
-            "poll": (job_poll, IntervalTrigger(seconds=s.poll_every.total_seconds()),
-                     f"every {s.poll_every}", False),
-            "tick": (job_tick, IntervalTrigger(seconds=TICK_EVERY.total_seconds()),
-                     f"every {TICK_EVERY}", False),
-            "retry": (job_retry, IntervalTrigger(seconds=s.retry_every.total_seconds()),
-                      f"every {s.retry_every}", False),
-            "mirrors": (job_mirrors,
-                        IntervalTrigger(seconds=s.mirror_check_every.total_seconds()),
-                        f"every {s.mirror_check_every}", False),
-        }
-        if self.config.newsletter.mode == "digest":
-            wanted["digest"] = (job_digest, crontab_trigger(s.digest, s.timezone),
-                                f"cron {s.digest} {s.timezone}, grace {s.misfire_grace}", True)
-        if self.config.storage.forget_suppressed_after is not None:
-            wanted["retention"] = (job_retention, IntervalTrigger(days=1),
-                                   f"daily, after {self.config.storage.forget_suppressed_after}",
-                                   False)
-        if self.config.web.unsubscribe_maildir is not None:
-            wanted["mailin"] = (job_mailin, IntervalTrigger(seconds=TICK_EVERY.total_seconds()),
-                                f"every {TICK_EVERY}", False)
-        for job in sched.get_jobs():
-            if job.id in _TIMETABLE_JOBS and job.id not in wanted:
-                job.remove()
-        for job_id, (fn, trigger, spec, strict) in wanted.items():
-            existing = sched.get_job(job_id)
-            if existing is not None and existing.kwargs.get("spec") == spec:
-                continue
-            # Interval jobs run once when late (coalesced); the digest obeys the grace period.
-            extra: dict[str, Any] = {"misfire_grace_time": (
-                int(s.misfire_grace.total_seconds()) if strict else None)}
-            if job_id in ("poll", "retention", "mailin") and existing is None:
-                extra["next_run_time"] = datetime.now(UTC)  # a fresh daemon starts with these
-            sched.add_job(fn, trigger, id=job_id, name=job_id, kwargs={"spec": spec},
-                          replace_existing=True, **extra)
-            log.info("timetable: %s %s", job_id, spec)
+        assert self._scheduler is not None
+        install(self._scheduler, timetable(self.config), _JOBS,
+                int(self.config.schedule.misfire_grace.total_seconds()))
         self._sync_edition_jobs()
 
     def _sync_edition_jobs(self) -> None:
         """One date job per scheduled edition, so it goes out at its minute, not the next tick."""
-        sched = self._scheduler
-        if sched is None:
-            return
-        upcoming = {f"{EDITION_JOB}{i.id}": i for i in self.app.editions.upcoming(self.app.clock())}
-        for job in sched.get_jobs():
-            if job.id.startswith(EDITION_JOB) and job.id not in upcoming:
-                job.remove()
-        for job_id, info in upcoming.items():
-            assert info.scheduled_at is not None
-            existing = sched.get_job(job_id)
-            if existing is not None and existing.next_run_time == info.scheduled_at:
-                continue
-            sched.add_job(job_edition, DateTrigger(run_date=info.scheduled_at), id=job_id,
-                          name=job_id, kwargs={"edition_id": info.id},
-                          replace_existing=True, misfire_grace_time=None)
+        if self._scheduler is not None:
+            sync_editions(self._scheduler, self.app.editions.upcoming(self.app.clock()),
+                          job_edition)
 
     def next_runs(self) -> dict[str, datetime]:
         """Job id -> next run time, for the log line and for tests."""
@@ -459,19 +279,10 @@ class Daemon:
 
     def log_next(self) -> None:
         """Say what happens next: the next poll, and the next send with its local time."""
-        runs = self.next_runs()
-        if "poll" in runs:
-            log.info("next poll: %s", describe_time(runs["poll"], self.tz))
-        upcoming = self.app.editions.upcoming(self.app.clock())
-        if upcoming and upcoming[0].scheduled_at is not None:
-            log.info("next send: edition %d at %s", upcoming[0].id,
-                     describe_time(upcoming[0].scheduled_at, self.tz))
-        if "digest" in runs:
-            log.info("next digest: %s", describe_time(runs["digest"], self.tz))
-        elif not upcoming:
-            log.info("next send: none scheduled (mode %s)", self.config.newsletter.mode)
+        for line in policy.whats_next(self.app, self.next_runs()):
+            log.info("%s", line)
 
-    # ------------------------------------------------------------------ job bodies
+    # ------------------------------------------------------------------ jobs: pipeline calls
 
     async def _guard(self, name: str, coro: Awaitable[object]) -> object:
         """Run a job body as a tracked task that a shutdown waits for and never cancels."""
@@ -517,11 +328,10 @@ class Daemon:
     async def process_due(self) -> None:
         await self._guard("tick", self._process_due())
 
-    async def _process_due(self) -> list[tuple[int, Decision]]:
-        """The shared policy (``mailer.pipeline.policy``): send, hold, or mark missed; then
-        carry on with editions left sending (resumed by an editor, or interrupted)."""
+    async def _process_due(self) -> object:
+        """Send, hold, or mark missed what is due; then carry on with editions left sending."""
         done = await policy.process_due(self.app, self._send, self.notifier,
-                                 should_stop=lambda: self.stopping)
+                                        should_stop=lambda: self.stopping)
         self._sync_edition_jobs()
         await self._carry_on()
         return done
@@ -530,8 +340,8 @@ class Daemon:
         if edition_id in self._sending:  # a tick and a date job can both find it due
             return
         store = self.app.editions
-        info = store.info(edition_id)
-        if info.state in (EditionState.SCHEDULED, EditionState.APPROVED, EditionState.DRAFT):
+        if store.info(edition_id).state in (EditionState.SCHEDULED, EditionState.APPROVED,
+                                            EditionState.DRAFT):
             store.set_state(edition_id, EditionState.SENDING)
         self._sending.add(edition_id)
         log.info("sending edition %d", edition_id)
@@ -541,13 +351,15 @@ class Daemon:
             self._sending.discard(edition_id)
         log.info("edition %d is %s", edition_id, store.info(edition_id).state)
 
-    async def _startup(self) -> None:
-        """Editions interrupted by the last stop carry on; those that came due meanwhile go."""
-        await self._resume_interrupted()
-        await self._process_due()
+    async def _send_and_report(self, edition_id: int) -> None:
+        await self._send(edition_id)
+        info = self.app.editions.info(edition_id)
+        if info.state is EditionState.SENT:
+            await self.notifier.sent(info)
 
-    async def _resume_interrupted(self) -> None:
-        """Editions left sending by a stop or crash carry on; the outbox keeps them exactly-once."""
+    async def _startup(self) -> None:
+        """Editions interrupted by the last stop carry on (the outbox keeps them exactly-once);
+        then those that came due meanwhile go."""
         resumed = set(policy.resume_after_stop(self.app))
         for info in self.app.editions.find([EditionState.SENDING]):
             if self.stopping:
@@ -555,34 +367,14 @@ class Daemon:
             how = "stopped" if info.id in resumed else "interrupted"
             log.info("resuming edition %d, %s while sending", info.id, how)
             await self._guard(f"edition {info.id}", self._send_and_report(info.id))
-
-    async def _send_and_report(self, edition_id: int) -> None:
-        await self._send(edition_id)
-        info = self.app.editions.info(edition_id)
-        if info.state is EditionState.SENT:
-            await self.notifier.sent(info)
+        await self._process_due()
 
     async def retry(self) -> None:
         await self._guard("retry", self._carry_on())
 
     async def _carry_on(self) -> list[int]:
-        """Editions still sending that this daemon is not sending: pick them up again.
-
-        That covers deferred rows whose time came (the ``retry`` job), an edition an editor
-        resumed, and rows a dead sender left leased. The outbox hands each row to one sender,
-        so a ``newsletter worker`` busy with the same edition is no problem.
-        """
-        retried = []
-        for info in self.app.editions.find([EditionState.SENDING]):
-            if self.stopping or info.id in self._sending:
-                continue
-            if not self.app.outbox.has_work(info.id):
-                continue
-            log.info("edition %d: sending what is left (queued, due for retry, or orphaned)",
-                     info.id)
-            await self._send_and_report(info.id)
-            retried.append(info.id)
-        return retried
+        return await policy.carry_on(self.app, self._send_and_report, busy=self._sending,
+                                     should_stop=lambda: self.stopping)
 
     async def check_mirrors(self) -> None:
         await self._guard("mirrors", self.actions.check_mirrors(self.app))
@@ -593,14 +385,7 @@ class Daemon:
             await self._guard("mailin", asyncio.to_thread(policy.unsubscribe_by_mail, self.app))
 
     async def retention(self) -> None:
-        """Erase readers suppressed for longer than ``forget_suppressed_after``."""
-        age = self.config.storage.forget_suppressed_after
-        if age is None:
-            return
-        n = await self._guard("retention",
-                              asyncio.to_thread(self.app.subscribers.forget_suppressed, age))
-        if n:
-            log.info("retention: forgot %s readers suppressed for more than %s", n, age)
+        await self._guard("retention", asyncio.to_thread(policy.forget_suppressed, self.app))
 
     def _on_missed(self, event: JobExecutionEvent) -> None:
         """APScheduler skipped a run beyond the grace period: a digest becomes a missed edition."""

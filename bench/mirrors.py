@@ -66,7 +66,7 @@ def bench_partition(tmp: Path) -> tuple[float, float]:
     settings = MirrorSettings(origins=(ORIGIN,), per_recipient=PER_RECIPIENT,
                               sites=tuple(MirrorSite(url=m) for m in MIRRORS))
     now = datetime(2026, 11, 23, 12, tzinfo=UTC)
-    registry = MirrorRegistry(settings, engine, lambda: now, SECRET, environ={})
+    registry = MirrorRegistry(settings, engine, lambda: now, SECRET)
     registry.for_subscriber(0)  # build the snapshot outside the timing
 
     def ours() -> None:

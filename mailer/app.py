@@ -6,6 +6,8 @@ reads the environment or constructs an engine on its own.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from subscribers.store import SubscriberStore
     from subscribers.tokens import TokenSigner
 
-__all__ = ["App", "config_path_from"]
+__all__ = ["App", "config_fingerprint", "config_path_from"]
 
 log = logging.getLogger("newsletter")
 
@@ -45,13 +47,64 @@ def config_path_from(option: str | None, environ: Mapping[str, str]) -> Path:
     return Path(environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_NAME)
 
 
-@dataclass
+def config_fingerprint(path: Path) -> str | None:
+    """The config file's content hash (None: unreadable), so a watcher reloads only on change."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+@dataclass(init=False)
 class App:
-    """Lazily built services for one process. Cheap to create; pieces are built on first use."""
+    """Lazily built services for one process. Cheap to create; pieces are built on first use.
+
+    ``transport``: a transport to use instead of the configured one (tests, the admin's test
+    sends). The config changes only through :meth:`replace_config`.
+    """
 
     config: Config
     clock: Clock = system_clock
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    transport_override: Transport | None = None
+
+    def __init__(self, config: Config, clock: Clock = system_clock,
+                 environ: Mapping[str, str] | None = None, *,
+                 transport: Transport | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.environ = dict(os.environ) if environ is None else environ
+        self.transport_override = transport
+
+    def built(self, name: str) -> bool:
+        """Whether the lazily built piece ``name`` exists yet (close only what was opened)."""
+        return name in self.__dict__
+
+    def read_config(self) -> Config | None:
+        """The config file read and validated again; None, with the reason logged, when it is
+        wrong (the running config, and the last good set of mirrors, stay in force)."""
+        from mailer.errors import NewsletterError
+
+        try:
+            return load_config(self.config.path, self.environ)
+        except NewsletterError as exc:
+            log.error("reload of %s refused, keeping the running config and the last good set "
+                      "of mirrors: %s", self.config.path, exc)
+            return None
+
+    def replace_config(self, new: Config) -> None:
+        """Swap in an already validated config (the daemon's reload): the pieces built from it
+        follow, except the database and the open relay pool, which need a restart."""
+        if new.storage != self.config.storage:
+            log.warning("[storage] changed: restart the daemon for that to take effect")
+            new = dataclasses.replace(new, storage=self.config.storage)
+        if new.delivery != self.config.delivery and self.built("transport"):
+            # The open relay pool keeps its settings; a restart rebuilds it.
+            log.warning("[delivery] changed: restart the daemon for relays to change")
+        self.config = new
+        self.__dict__.pop("editions", None)  # require_approval may have changed
+        if self.built("mirrors"):
+            self.mirrors.apply(new.mirrors)
 
     @classmethod
     def from_path(cls, path: Path | str, environ: Mapping[str, str] | None = None,
@@ -148,8 +201,7 @@ class App:
         from mailer.mirrors.registry import MirrorRegistry
 
         secret = self.config.mirrors.secret or self.keyring.derive(b"mirror-partition/v1")
-        return MirrorRegistry(self.config.mirrors, self.engine, self.clock, secret,
-                              environ=self.environ, config_path=self.config.path)
+        return MirrorRegistry(self.config.mirrors, self.engine, self.clock, secret)
 
     @cached_property
     def outbox(self) -> Outbox:
@@ -171,6 +223,8 @@ class App:
         from mailer.delivery.maildir import MaildirTransport
         from mailer.delivery.smtp import SMTPTransport
 
+        if self.transport_override is not None:
+            return self.transport_override
         delivery = self.config.delivery
         if delivery.transport == "smtp":
             return SMTPTransport(delivery.relays)

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
@@ -35,7 +36,8 @@ from mailer.clock import Clock, as_utc, system_clock
 from mailer.errors import LockError
 from mailer.schema import daemon_lock
 
-__all__ = ["DAEMON_LOCK", "DEFAULT_LEASE", "DatabaseLock", "LockHolder", "advisory_key", "default_owner"]
+__all__ = ["DAEMON_LOCK", "DEFAULT_LEASE", "DatabaseLock", "LockHolder", "advisory_key", "default_owner",
+           "keep_alive", "take_or_wait"]
 
 # The lock the daemon and ``run --once`` hold: one scheduler per database.
 DAEMON_LOCK = "scheduler"
@@ -323,3 +325,49 @@ class DatabaseLock:
                 conn.close()
             except DBAPIError:
                 pass
+
+
+async def take_or_wait(lock: DatabaseLock, *, standby: bool, stopped: asyncio.Event) -> bool:
+    """Take ``lock`` now; else, as a standby, wait for it until ``stopped`` is set (False).
+
+    Without ``standby`` a held lock is a :class:`LockError` naming its holder (exit 2), so two
+    daemons never act on one database.
+    """
+    if lock.acquire(wait=False):
+        log.info("holding the database lock %r as %s", lock.name, lock.owner)
+        return True
+    holder = lock.holder()
+    who = holder.owner if holder else "another process"
+    if not standby:
+        raise LockError(f"another daemon ({who}) is already running on this database; "
+                        f"stop it first, or start this one with --standby")
+    log.info("standby: another daemon (%s) holds the database lock; waiting to take over", who)
+    acquire = asyncio.ensure_future(lock.acquire_async(wait=True))
+    stop = asyncio.ensure_future(stopped.wait())
+    await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if acquire.done() and acquire.result():
+        stop.cancel()
+        log.info("took over the database lock %r as %s", lock.name, lock.owner)
+        return True
+    acquire.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await acquire
+    lock.release()
+    return False
+
+
+async def keep_alive(lock: DatabaseLock, on_lost: Callable[[], object]) -> None:
+    """Renew ``lock`` every third of its lease until cancelled; ``on_lost`` when it is gone."""
+    every = max(lock.lease.total_seconds() / 3, 0.2)
+    while True:
+        await asyncio.sleep(every)
+        try:
+            # In a thread: on a busy SQLite file a write may wait out busy_timeout, and the
+            # event loop (and the sends on it) must not wait with it.
+            await asyncio.to_thread(lock.heartbeat)
+        except LockError as exc:
+            log.error("%s; stopping so that two daemons never act at once", exc)
+            on_lost()
+            return
+        except Exception as exc:
+            log.warning("lock heartbeat failed (%s); will retry", type(exc).__name__)

@@ -1,9 +1,9 @@
 """The mirror registry: which bases each recipient gets, from config plus health, hot-reloadable.
 
-Operators rotate mirrors by editing ``[mirrors]`` in the config file; the daemon calls
-``reload`` on SIGHUP and ``reload_if_changed`` on a timer, with no restart. A file that fails
-validation is logged and ignored: the last good set stays in force, because a typo must not
-stop a send or hand out a reserve mirror.
+Operators rotate mirrors by editing ``[mirrors]`` in the config file; the daemon re-reads the
+file (SIGHUP, or a changed file on its 30 s tick) and hands the new settings to ``apply``, with
+no restart. A file that fails validation is logged and ignored by the daemon: the last good set
+stays in force, because a typo must not stop a send or hand out a reserve mirror.
 
 What is handed out (``candidates``): active, non-onion mirrors that the health check has not
 marked down and that OONI has not shown blocked in one of ``settings.countries``. Onion
@@ -20,23 +20,19 @@ health, and with none of those either, the first origin, so links still work ove
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.clock import Clock, as_utc
-from mailer.config import MirrorSettings, MirrorSite, load_config
-from mailer.errors import NewsletterError
+from mailer.config import MirrorSettings, MirrorSite
 from mailer.mirrors.partition import Partitioner, period_index
 from mailer.schema import mirror_state
 
@@ -141,13 +137,6 @@ class _Snapshot:
     built_at: datetime
 
 
-def _fingerprint(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 class MirrorRegistry:
     """Hands each recipient ``slots`` mirror bases for the current rotation period.
 
@@ -158,7 +147,6 @@ class MirrorRegistry:
 
     def __init__(
         self, settings: MirrorSettings, engine: Engine, clock: Clock, secret: bytes, *,
-        environ: Mapping[str, str] | None = None, config_path: Path | str | None = None,
         refresh_every: timedelta = DEFAULT_REFRESH,
     ) -> None:
         if not secret:
@@ -166,13 +154,11 @@ class MirrorRegistry:
         self._engine = engine
         self._clock = clock
         self._secret = secret
-        self._environ = dict(os.environ) if environ is None else dict(environ)
         self._refresh_every = refresh_every
         self._lock = threading.Lock()
         self._settings = settings
         self._snap: _Snapshot | None = None
         self._stale = False
-        self._fingerprint = _fingerprint(Path(config_path)) if config_path else None
         for warning in settings.warnings:
             log.warning("mirrors: %s", warning)
 
@@ -283,35 +269,15 @@ class MirrorRegistry:
     # ------------------------------------------------------------------ rotation
 
     def apply(self, settings: MirrorSettings) -> None:
-        """Swap in already-validated settings (tests and importers use this)."""
+        """Swap in already-validated settings: the daemon hands them over after it re-read the
+        config (SIGHUP, or a changed file on its tick); the registry reads no file itself."""
         for warning in settings.warnings:
             log.warning("mirrors: %s", warning)
-        with self._lock:
-            self._settings = settings
-            self._stale = True
-
-    def reload(self, config_path: Path | str) -> bool:
-        """Re-read ``[mirrors]`` from the file. False, with the reason logged, keeps the old set."""
-        path = Path(config_path)
-        try:
-            settings = load_config(path, self._environ).mirrors
-        except NewsletterError as exc:
-            log.error("mirrors: reload of %s failed, keeping the last good set: %s", path, exc)
-            return False
-        self._fingerprint = _fingerprint(path)
         old = {s.url: s.status for s in self._settings.sites}
         new = {s.url: s.status for s in settings.sites}
         changes = [f"{u}: {old.get(u, 'new')} -> {st}" for u, st in new.items() if old.get(u) != st]
         changes += [f"{u}: removed" for u in old if u not in new]
-        self.apply(settings)
-        log.info("mirrors: reloaded %s (%s)", path, "; ".join(changes) or "no status changes")
-        return True
-
-    def reload_if_changed(self, config_path: Path | str) -> bool:
-        """Reload when the file's content differs from the last one seen; True if it reloaded."""
-        path = Path(config_path)
-        current = _fingerprint(path)
-        if current is None or current == self._fingerprint:
-            return False
-        self._fingerprint = current
-        return self.reload(path)
+        with self._lock:
+            self._settings = settings
+            self._stale = True
+        log.info("mirrors: new settings (%s)", "; ".join(changes) or "no status changes")

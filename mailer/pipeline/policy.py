@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,10 +29,13 @@ from subscribers.mailin import MailinReport
 __all__ = [
     "DAEMON_PAUSE_REASON",
     "RunSummary",
+    "carry_on",
     "describe_time",
     "digest_now",
     "ensure_sample_subscribers",
+    "forget_suppressed",
     "missed_digest",
+    "pause_for_stop",
     "per_post_editions",
     "poll",
     "process_due",
@@ -40,6 +43,7 @@ __all__ = [
     "run_once",
     "short_delta",
     "unsubscribe_by_mail",
+    "whats_next",
 ]
 
 log = logging.getLogger("newsletter.editions")
@@ -247,3 +251,61 @@ async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = 
         if fresh is not None:
             sends.append(fresh)
     return RunSummary(report, tuple(sends), tuple(decisions), held, seeded)
+
+
+def pause_for_stop(app: App, edition_ids: Iterable[int]) -> None:
+    """The daemon is stopping: pause what it sends, so the delivery engine (which reads the
+    state between batches) claims no more rows and the ones in flight finish, recorded."""
+    for eid in sorted(edition_ids):
+        try:
+            app.editions.set_state(eid, EditionState.PAUSED, DAEMON_PAUSE_REASON)
+            log.info("edition %d paused until the daemon starts again", eid)
+        except EditionError as exc:
+            log.info("%s", exc)
+
+
+async def carry_on(app: App, send: SendOne, *, busy: Collection[int],
+                   should_stop: Callable[[], bool] = lambda: False) -> list[int]:
+    """Editions still sending that no one here is sending (``busy``): pick them up again.
+
+    That covers deferred rows whose time came (the ``retry`` job), an edition an editor
+    resumed, and rows a dead sender left leased. The outbox hands each row to one sender,
+    so a ``newsletter worker`` busy with the same edition is no problem.
+    """
+    retried = []
+    for info in app.editions.find([EditionState.SENDING]):
+        if should_stop() or info.id in busy or not app.outbox.has_work(info.id):
+            continue
+        log.info("edition %d: sending what is left (queued, due for retry, or orphaned)",
+                 info.id)
+        await send(info.id)
+        retried.append(info.id)
+    return retried
+
+
+def forget_suppressed(app: App) -> int:
+    """Erase readers suppressed for longer than ``[storage] forget_suppressed_after``."""
+    age = app.config.storage.forget_suppressed_after
+    if age is None:
+        return 0
+    n = app.subscribers.forget_suppressed(age)
+    if n:
+        log.info("retention: forgot %s readers suppressed for more than %s", n, age)
+    return n
+
+
+def whats_next(app: App, runs: Mapping[str, datetime]) -> list[str]:
+    """For the log: the next poll, the next send with its local time, the next digest."""
+    tz = app.config.schedule.timezone
+    lines = []
+    if "poll" in runs:
+        lines.append(f"next poll: {describe_time(runs['poll'], tz)}")
+    upcoming = app.editions.upcoming(app.clock())
+    if upcoming and upcoming[0].scheduled_at is not None:
+        lines.append(f"next send: edition {upcoming[0].id} at "
+                     f"{describe_time(upcoming[0].scheduled_at, tz)}")
+    if "digest" in runs:
+        lines.append(f"next digest: {describe_time(runs['digest'], tz)}")
+    elif not upcoming:
+        lines.append(f"next send: none scheduled (mode {app.config.newsletter.mode})")
+    return lines

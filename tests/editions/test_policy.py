@@ -17,8 +17,8 @@ from mailer.editions.store import Decision, EditionInfo, decide
 from mailer.editions.testsend import TEST_HEADER, mark_as_test
 from mailer.errors import ConfigError, InputError
 from mailer.models import EditionState as S
-from mailer.pipeline.policy import short_delta
-from scheduler import _crontab_dow, crontab_trigger, describe_time, next_fire_times
+from mailer.pipeline.policy import describe_time, short_delta
+from mailer.timetable import _crontab_dow, crontab_trigger, next_fire_times
 from tests.scheduler.helpers import write_config
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)

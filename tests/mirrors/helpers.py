@@ -53,6 +53,5 @@ def make_registry(path: Path, db_url: str, sites: list[dict[str, str]], clock: C
                   **kw: object) -> tuple[MirrorRegistry, Engine]:
     cfg = write_config(path, sites, db_url=db_url, **kw)
     engine = open_engine(db_url)
-    reg = MirrorRegistry(cfg.mirrors, engine, clock or Clock(), SECRET, environ={},
-                         config_path=path)
+    reg = MirrorRegistry(cfg.mirrors, engine, clock or Clock(), SECRET)
     return reg, engine

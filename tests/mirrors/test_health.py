@@ -73,7 +73,7 @@ async def test_answers_failures_and_wrong_content(http_server: HTTPServer, engin
     assert health[base + "/down"].last_error == "HTTP 503"
     assert health[base + "/down"].last_check_at == clock.now
 
-    registry = MirrorRegistry(settings, engine, clock, SECRET, environ={})
+    registry = MirrorRegistry(settings, engine, clock, SECRET)
     assert registry.candidates() == (base + "/good",)  # only healthy active mirrors go out
 
     # One success brings a mirror back; the registry's own check (the daemon's job) hands it

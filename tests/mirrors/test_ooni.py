@@ -73,8 +73,8 @@ def test_marks_are_stored_and_stop_hand_out(engine: Engine) -> None:
     assert health[CF].blocked == {"CN": "2026-11-18T03:00:00+00:00"}
     assert health[CF].healthy
     settings = MirrorSettings(origins=("https://citizens-rights.blogspot.com",), sites=SITES)
-    registry = MirrorRegistry(settings, engine, Clock(), SECRET, environ={})
+    registry = MirrorRegistry(settings, engine, Clock(), SECRET)
     assert registry.candidates() == (BUCKET,)
     other = MirrorSettings(origins=settings.origins, sites=SITES, countries=("IR",))
-    assert set(MirrorRegistry(other, engine, Clock(), SECRET, environ={}).candidates()) == {
+    assert set(MirrorRegistry(other, engine, Clock(), SECRET).candidates()) == {
         CF, NETLIFY, BUCKET}

@@ -122,11 +122,10 @@ def test_hot_reload_promotes_and_retires(registry_factory: Factory, tmp_path: Pa
     db = f"sqlite:///{tmp_path / 'db'}"
     reg, _ = registry_factory(path, db, SITES)
     before = {s: reg.for_subscriber(s) for s in range(400)}
-    assert not reg.reload_if_changed(path)
     sites = [{"url": A}, {"url": B}, {"url": C, "status": "retired", "retired": "2026-11-23"},
              {"url": R}, {"url": ONION}]
-    write_config(path, sites, db_url=db)
-    assert reg.reload_if_changed(path)
+    # The daemon re-reads the file and hands the registry the new settings.
+    reg.apply(write_config(path, sites, db_url=db).mirrors)
     assert set(reg.candidates()) == {A, B, R}
     after = {s: reg.for_subscriber(s) for s in range(400)}
     for s in before:
@@ -136,21 +135,22 @@ def test_hot_reload_promotes_and_retires(registry_factory: Factory, tmp_path: Pa
 
 
 def test_bad_reload_keeps_last_good_set(
-    registry_factory: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = tmp_path / "n.toml"
-    reg, _ = registry_factory(path, f"sqlite:///{tmp_path / 'db'}", SITES)
-    good = reg.candidates()
+    write_config(path, SITES, db_url=f"sqlite:///{tmp_path / 'db'}")
+    app = App.from_path(path, environ={}, clock=Clock())
+    good = app.mirrors.candidates()
     path.write_text(path.read_text() + '\n[[mirrors.sites]]\nurl = "not a url"\n')
-    with caplog.at_level(logging.ERROR, logger="newsletter.mirrors"):
-        assert not reg.reload(path)
-        assert not reg.reload_if_changed(path)
-    assert reg.candidates() == good
-    assert any("keeping the last good set" in r.getMessage() and "mirrors.sites[6].url"
-               in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.ERROR):
+        assert app.read_config() is None
+    assert app.mirrors.candidates() == good
+    assert any("keeping the running config and the last good set" in r.getMessage()
+               and "mirrors.sites[6].url" in r.getMessage() for r in caplog.records)
     path.write_text("this is = = not toml")
-    assert not reg.reload(path)
-    assert reg.candidates() == good
+    assert app.read_config() is None
+    assert app.mirrors.candidates() == good
+    app.engine.dispose()
 
 
 def test_app_mirrors_uses_config_secret(tmp_path: Path) -> None:
