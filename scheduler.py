@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import logging
 import signal
@@ -27,7 +26,7 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from mailer.app import App, config_fingerprint
+from mailer.app import App
 from mailer.config import Config
 from mailer.editions.notify import Notifier
 from mailer.errors import NewsletterError
@@ -35,7 +34,6 @@ from mailer.lock import DAEMON_LOCK, DatabaseLock, keep_alive, take_or_wait
 from mailer.models import EditionState
 from mailer.pipeline import policy
 from mailer.pipeline.policy import describe_time
-from mailer.pipeline.send import send_edition
 from mailer.timetable import (
     crontab_trigger,
     install,
@@ -45,15 +43,8 @@ from mailer.timetable import (
     timetable,
 )
 
-__all__ = [
-    "JOBS_TABLE",
-    "LOCK_NAME",
-    "Actions",
-    "Daemon",
-    "crontab_trigger",
-    "describe_time",
-    "next_fire_times",
-]
+__all__ = ["JOBS_TABLE", "LOCK_NAME", "Actions", "Daemon", "crontab_trigger", "describe_time",
+           "next_fire_times"]
 
 log = logging.getLogger("newsletter.scheduler")
 
@@ -65,22 +56,13 @@ SendFn = Callable[[App, int, asyncio.Event], Awaitable[object]]
 AppFn = Callable[[App], Awaitable[object]]
 
 
-async def default_send(app: App, edition_id: int, stop: asyncio.Event) -> object:
-    """``send_edition`` with the daemon's ``stop``: finish in flight, claim no more."""
-    return await send_edition(app, edition_id, stop=stop)
-
-
-async def default_check_mirrors(app: App) -> object:
-    return await app.mirrors.check()
-
-
 @dataclass(frozen=True)
 class Actions:
     """The pipeline steps the daemon drives. Tests and the CLI assemble the real ones."""
 
     poll: AppFn = policy.poll
-    send: SendFn = default_send
-    check_mirrors: AppFn = default_check_mirrors
+    send: SendFn = policy.send_with_stop
+    check_mirrors: AppFn = policy.check_mirrors
 
 
 # Jobs in the store refer to these module-level functions by name ("scheduler:job_poll"); they
@@ -104,7 +86,8 @@ async def job_digest(**_: object) -> None:
 
 async def job_tick(**_: object) -> None:
     daemon = _daemon()
-    daemon.reload_mirrors_if_changed()
+    # Operators rotate mirrors by editing the file: pick that up without a restart or SIGHUP.
+    daemon.app.reload_mirrors_if_changed()
     await daemon.process_due()
 
 
@@ -146,26 +129,18 @@ class Daemon:
     lock_lease: timedelta = timedelta(seconds=30)
 
     def __post_init__(self) -> None:
-        self.lock = DatabaseLock(self.app.engine, LOCK_NAME, self.owner, self.app.clock,
-                                 self.lock_lease)
+        self.lock = DatabaseLock(self.app.engine, LOCK_NAME, self.owner, self.app.clock, self.lock_lease)
         self.notifier = Notifier.for_app(self.app)
         self.stop_event = asyncio.Event()
         self.stopping = False
         self._inflight: set[asyncio.Task[object]] = set()
         self._sending: set[int] = set()
         self._scheduler: AsyncIOScheduler | None = None
-        self._seen = config_fingerprint(self.app.config.path)
         self.started = asyncio.Event()
 
     @property
     def config(self) -> Config:
         return self.app.config
-
-    @property
-    def tz(self) -> str:
-        return self.config.schedule.timezone
-
-    # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
         """Take the lock (or wait as standby), run the timetable, stop gracefully."""
@@ -193,8 +168,7 @@ class Daemon:
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: schedule nothing new; in-flight sends finish; then exit."""
         if not self.stopping:
-            log.info("stopping: no new jobs; waiting for %d in-flight task(s)",
-                     len(self._inflight))
+            log.info("stopping: no new jobs; waiting for %d in-flight task(s)", len(self._inflight))
         self.stopping = True
         self.stop_event.set()
         policy.pause_for_stop(self.app, self._sending)
@@ -234,29 +208,13 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: read the config again (once); keep the old one if the new one is wrong."""
-        self._seen = config_fingerprint(self.config.path)
-        new = self.app.read_config()
-        if new is None:
+        if not self.app.reload_config():
             return
-        self.app.replace_config(new)
         self.notifier = Notifier.for_app(self.app)
         if self._scheduler is not None:
             self._install_jobs()
-        log.info("reloaded %s", new.path)
+        log.info("reloaded %s", self.config.path)
         self.log_next()
-
-    def reload_mirrors_if_changed(self) -> None:
-        """Operators rotate mirrors by editing the file: the tick picks up a changed
-        ``[mirrors]`` without a restart or SIGHUP (the rest waits for SIGHUP)."""
-        current = config_fingerprint(self.config.path)
-        if current is None or current == self._seen:
-            return
-        self._seen = current
-        new = self.app.read_config()
-        if new is not None:
-            self.app.replace_config(dataclasses.replace(self.config, mirrors=new.mirrors))
-
-    # ------------------------------------------------------------------ timetable
 
     def _install_jobs(self) -> None:
         assert self._scheduler is not None
@@ -282,8 +240,6 @@ class Daemon:
         for line in policy.whats_next(self.app, self.next_runs()):
             log.info("%s", line)
 
-    # ------------------------------------------------------------------ jobs: pipeline calls
-
     async def _guard(self, name: str, coro: Awaitable[object]) -> object:
         """Run a job body as a tracked task that a shutdown waits for and never cancels."""
         if self.stopping:
@@ -297,10 +253,9 @@ class Daemon:
             return await asyncio.shield(task)
         except NewsletterError as exc:
             log.error("%s failed: %s", name, exc)
-            return None
         except Exception:  # a bug in one job must not take the daemon down; it is logged
             log.exception("%s failed", name)
-            return None
+        return None
 
     async def poll(self) -> None:
         await self._guard("poll", self._poll())
@@ -330,8 +285,7 @@ class Daemon:
 
     async def _process_due(self) -> object:
         """Send, hold, or mark missed what is due; then carry on with editions left sending."""
-        done = await policy.process_due(self.app, self._send, self.notifier,
-                                        should_stop=lambda: self.stopping)
+        done = await policy.process_due(self.app, self._send, self.notifier, should_stop=lambda: self.stopping)
         self._sync_edition_jobs()
         await self._carry_on()
         return done
@@ -353,28 +307,24 @@ class Daemon:
 
     async def _send_and_report(self, edition_id: int) -> None:
         await self._send(edition_id)
-        info = self.app.editions.info(edition_id)
-        if info.state is EditionState.SENT:
+        if (info := self.app.editions.info(edition_id)).state is EditionState.SENT:
             await self.notifier.sent(info)
 
     async def _startup(self) -> None:
-        """Editions interrupted by the last stop carry on (the outbox keeps them exactly-once);
-        then those that came due meanwhile go."""
-        resumed = set(policy.resume_after_stop(self.app))
-        for info in self.app.editions.find([EditionState.SENDING]):
-            if self.stopping:
-                return
-            how = "stopped" if info.id in resumed else "interrupted"
-            log.info("resuming edition %d, %s while sending", info.id, how)
-            await self._guard(f"edition {info.id}", self._send_and_report(info.id))
-        await self._process_due()
+        """Editions interrupted by the last stop carry on; then those that came due meanwhile."""
+        async def one(eid: int) -> None:
+            await self._guard(f"edition {eid}", self._send_and_report(eid))
+
+        await policy.resume_interrupted(self.app, one, should_stop=lambda: self.stopping)
+        if not self.stopping:
+            await self._process_due()
 
     async def retry(self) -> None:
         await self._guard("retry", self._carry_on())
 
     async def _carry_on(self) -> list[int]:
-        return await policy.carry_on(self.app, self._send_and_report, busy=self._sending,
-                                     should_stop=lambda: self.stopping)
+        stop = lambda: self.stopping  # noqa: E731
+        return await policy.carry_on(self.app, self._send_and_report, busy=self._sending, should_stop=stop)
 
     async def check_mirrors(self) -> None:
         await self._guard("mirrors", self.actions.check_mirrors(self.app))

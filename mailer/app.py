@@ -75,6 +75,7 @@ class App:
         self.clock = clock
         self.environ = dict(os.environ) if environ is None else environ
         self.transport_override = transport
+        self._seen = config_fingerprint(config.path)
 
     def built(self, name: str) -> bool:
         """Whether the lazily built piece ``name`` exists yet (close only what was opened)."""
@@ -91,6 +92,27 @@ class App:
             log.error("reload of %s refused, keeping the running config and the last good set "
                       "of mirrors: %s", self.config.path, exc)
             return None
+
+    def reload_config(self) -> bool:
+        """SIGHUP: read the file once and, if it is valid, :meth:`replace_config` with it."""
+        self._seen = config_fingerprint(self.config.path)
+        new = self.read_config()
+        if new is not None:
+            self.replace_config(new)
+        return new is not None
+
+    def reload_mirrors_if_changed(self) -> bool:
+        """The daemon's tick: when the file changed, its ``[mirrors]`` take effect (the rest
+        waits for SIGHUP). True if new mirror settings were handed over."""
+        current = config_fingerprint(self.config.path)
+        if current is None or current == self._seen:
+            return False
+        self._seen = current
+        new = self.read_config()
+        if new is None:
+            return False
+        self.replace_config(dataclasses.replace(self.config, mirrors=new.mirrors))
+        return True
 
     def replace_config(self, new: Config) -> None:
         """Swap in an already validated config (the daemon's reload): the pieces built from it

@@ -30,6 +30,7 @@ __all__ = [
     "DAEMON_PAUSE_REASON",
     "RunSummary",
     "carry_on",
+    "check_mirrors",
     "describe_time",
     "digest_now",
     "ensure_sample_subscribers",
@@ -40,7 +41,9 @@ __all__ = [
     "poll",
     "process_due",
     "resume_after_stop",
+    "resume_interrupted",
     "run_once",
+    "send_with_stop",
     "short_delta",
     "unsubscribe_by_mail",
     "whats_next",
@@ -309,3 +312,26 @@ def whats_next(app: App, runs: Mapping[str, datetime]) -> list[str]:
     elif not upcoming:
         lines.append(f"next send: none scheduled (mode {app.config.newsletter.mode})")
     return lines
+
+
+async def resume_interrupted(app: App, send: SendOne, *,
+                             should_stop: Callable[[], bool] = lambda: False) -> None:
+    """On start: editions left sending by a stop or crash carry on (the outbox keeps them
+    exactly-once), the daemon's own pauses first undone."""
+    resumed = set(resume_after_stop(app))
+    for info in app.editions.find([EditionState.SENDING]):
+        if should_stop():
+            return
+        how = "stopped" if info.id in resumed else "interrupted"
+        log.info("resuming edition %d, %s while sending", info.id, how)
+        await send(info.id)
+
+
+async def send_with_stop(app: App, edition_id: int, stop: asyncio.Event) -> object:
+    """The daemon's send: :func:`send_edition` with its ``stop`` (finish in flight, claim no more)."""
+    return await send_edition(app, edition_id, stop=stop)
+
+
+async def check_mirrors(app: App) -> object:
+    """Mirror health checks (the ``mirrors`` job)."""
+    return await app.mirrors.check()
