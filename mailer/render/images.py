@@ -223,7 +223,7 @@ async def _download(client: httpx.AsyncClient, url: str, settings: ImageSettings
         log.warning("image %s: refused, %s; shown as its alt text", url, exc)
     except TimeoutError:
         log.warning("image %s: not done within %gs; shown as its alt text", url, settings.timeout)
-    except (httpx.HTTPError, OSError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
         log.warning("image %s: %s; shown as its alt text", url, type(exc).__name__)
     return FetchedImage(url, None)
 
