@@ -13,6 +13,7 @@ address guard (mailer/net.py), and each image and the whole phase have a wall-cl
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import io
@@ -229,6 +230,22 @@ async def _download(client: httpx.AsyncClient, url: str, settings: ImageSettings
 
 
 _SAFE_URL = re.compile(r"^https?://[^\s]+$")
+_DATA_IMAGE = re.compile(r"^data:image/(?:png|jpeg|gif|webp);base64,([a-z0-9+/=\s]+)$", re.I)
+
+
+def _data_image(url: str) -> bytes | None:
+    """Pure: the bytes of a raster ``data:`` image the sanitiser kept (RFC 2397), else None.
+
+    It is embedded like a fetched one (recompressed, within the budget); one that is not
+    shows its alt text only, never a link: readers' clients would open the data: URL.
+    """
+    m = _DATA_IMAGE.match(url)
+    if m is None or len(m.group(1)) > MAX_DOWNLOAD * 4 // 3 + 4:
+        return None
+    try:
+        return base64.b64decode(m.group(1), validate=False)
+    except ValueError:
+        return None
 
 
 def image_client(settings: ImageSettings, *, resolver: Resolver | None = None,
@@ -295,8 +312,10 @@ def fetch_images(
     """
     if not settings.fetch or settings.budget <= 0:
         return {}
-    urls = [u for u in image_urls(posts) if _SAFE_URL.match(u)]
-    if not urls:
-        return {}
-    fetched = _run(_fetch_all(urls, settings, client, workers))
-    return fit_images(fetched, settings)
+    every = image_urls(posts)
+    inline = {u: _data_image(u) for u in every if u[:5].lower() == "data:"}
+    urls = [u for u in every if _SAFE_URL.match(u)]
+    fetched = {f.url: f for f in _run(_fetch_all(urls, settings, client, workers))} if urls else {}
+    found = [fetched[u] if u in fetched else FetchedImage(u, inline.get(u)) for u in every
+             if u in fetched or u in inline]
+    return fit_images(found, settings)

@@ -191,3 +191,17 @@ def test_encoded_size_matches_mime_base64(data: bytes) -> None:
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 57, 58, 10_000])
 def test_encoded_size_examples(n: int) -> None:
     assert encoded_size(n) >= n * 4 // 3
+
+
+def test_data_images_are_embedded_and_never_become_links(ctx: RenderContext) -> None:
+    """A raster data: image is embedded like a fetched one; one that is not shows its alt only."""
+    good = "data:image/png;base64," + base64.b64encode(png(40, 30, alpha=False)).decode()
+    broken = "data:image/png;base64," + base64.b64encode(b"not a png at all").decode()
+    post = images_post([good, broken])
+    images = fetch_images([post], LOOPBACK)
+    assert list(images) == [good]
+    variant = render_variant(single_edition(post), "zh-Hans", dataclasses.replace(ctx, images=images))
+    assert remote_references(variant.html) == []
+    assert "data:" not in variant.html
+    assert "图片：照片2" in variant.html
+    assert len(variant.images) == 1
