@@ -135,7 +135,9 @@ def is_local_name(host: str) -> bool:
 
 # The hosts the operator configured for the fetch under way (a feed's own host): they may be
 # anywhere, loopback included. Set per task by ``open_guarded``; read by the network backend,
-# which sees only the host it is asked to connect to.
+# which sees only the host it is asked to connect to. A kept-alive connection to a trusted
+# host can serve a later redirect that names exactly that host: it is one of the operator's
+# feed hosts, so that is no way inside that the operator did not open.
 _TRUSTED: ContextVar[frozenset[str]] = ContextVar("newsletter_trusted_hosts", default=frozenset())
 
 

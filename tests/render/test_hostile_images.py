@@ -183,3 +183,19 @@ def test_the_phase_deadline_bounds_many_slow_images(tmp_path: Path, public: HTTP
     assert shown.returncode == 0, shown.stderr
     assert took < 15, took  # 12 images x 30 s / 4 workers would be 90 s
     assert "the edition's 3s image deadline passed; 12 image(s)" in shown.stderr
+
+
+def test_poll_refuses_a_feed_redirect_to_an_internal_address(
+    tmp_path: Path, internal: HTTPServer, public: HTTPServer
+) -> None:
+    """The operator chose the feed's host, not where it redirects."""
+    internal.routes["/feed.xml"] = Reply(body=b"<rss version='2.0'><channel><title>x</title></channel></rss>")
+    public.routes["/feed.xml"] = Reply(302, headers={"Location": internal.url("/feed.xml")})
+    _feed(tmp_path / "unused.xml", [])
+    config = _config(tmp_path, tmp_path / "unused.xml", "", fetch=ALLOW_PUBLIC)
+    text = config.read_text(encoding="utf-8").replace(f'"{tmp_path / "unused.xml"}"', f'"{public.url("/feed.xml")}"')
+    config.write_text(text, encoding="utf-8")
+    polled = _newsletter(config, "poll")
+    assert "redirect refused: 127.0.0.1 is not a public address" in polled.stdout + polled.stderr
+    assert [p for p, _ in public.requests] == ["/feed.xml"]
+    assert internal.requests == []
