@@ -76,7 +76,7 @@ class PreparedEdition:
 
 def prepare(app: App, edition: Edition, *, date: datetime | None = None, strict: bool = False,
             languages: Iterable[str] | None = None,
-            images_client: httpx.Client | None = None) -> PreparedEdition:
+            images_client: httpx.AsyncClient | None = None) -> PreparedEdition:
     """Render and serialise ``edition`` for ``languages`` (default: every choice); premailer
     runs once per variant. ``strict``: a missing translation fails (preview), not the send."""
     if not edition.posts:
@@ -114,7 +114,7 @@ def prepare(app: App, edition: Edition, *, date: datetime | None = None, strict:
 
 
 def prepare_edition(app: App, edition_id: int, *, date: datetime | None = None,
-                    images_client: httpx.Client | None = None) -> PreparedEdition:
+                    images_client: httpx.AsyncClient | None = None) -> PreparedEdition:
     """:func:`prepare` for a stored edition, every language choice."""
     return prepare(app, app.editions.load(edition_id), date=date, images_client=images_client)
 
