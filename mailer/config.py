@@ -13,6 +13,7 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from email.utils import parseaddr
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -274,6 +275,13 @@ class Config:
     fetch: FetchSettings = FetchSettings()
     images: ImageSettings = ImageSettings()
     web: WebSettings = WebSettings()
+    # The SMTP envelope sender (MAIL FROM, where bounces go): ``[delivery] envelope_from``, else
+    # the address in ``[newsletter] from``. Resolved here, once, for every sender of mail.
+    envelope_sender: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sender = self.delivery.envelope_from or parseaddr(self.newsletter.from_addr)[1]
+        object.__setattr__(self, "envelope_sender", sender)
 
     @property
     def base_dir(self) -> Path:

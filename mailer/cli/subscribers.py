@@ -185,8 +185,16 @@ def subscribers_find(app: App) -> None:
 def subscribers_suppress(app: App, ids: tuple[int, ...], state: str) -> None:
     """Stop mailing subscribers by id (find them with 'subscribers find'). Mail already queued
     for them is not sent; imports will not re-activate them."""
+    from subscribers.lifecycle import Event
+
     store = app.subscribers
-    changed = sum(store.set_state(sid, state) for sid in dict.fromkeys(ids))
+    event = {"unsubscribed": Event.UNSUBSCRIBE, "bounced": Event.BOUNCE,
+             "complained": Event.COMPLAINT}[state]
+    # Through the lifecycle: a reader who complained stays complained whatever the operator types.
+    changed = 0
+    for sid in dict.fromkeys(ids):
+        before = store.get(sid)
+        changed += before is not None and store.apply(sid, event) is not before.state
     unknown = sum(store.get(sid) is None for sid in dict.fromkeys(ids))
     click.echo(f"{changed} subscribers now {state}"
                + (f"; {unknown} of the ids were not listed" if unknown else ""))
@@ -263,14 +271,13 @@ def subscribers_count(app: App, all_states: bool) -> None:
 
 def build_web_app(app: App) -> Starlette:
     """Wire the public endpoints to this config's store, tokens, templates and transport."""
-    from email.utils import parseaddr
 
     from subscribers.confirmations import ConfirmationQueue, ConfirmationSender, Delivered
     from subscribers.settings import PageSettings
     from subscribers.web import make_web_app
 
     cfg = app.config
-    envelope_from = cfg.delivery.envelope_from or parseaddr(cfg.newsletter.from_addr)[1]
+    envelope_from = cfg.envelope_sender
 
     async def deliver(recipient: str, data: bytes) -> Delivered:
         """One attempt; the confirmation queue decides when to try again."""

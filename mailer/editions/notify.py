@@ -175,8 +175,7 @@ class Notifier:
         # CRLF for SMTP; no folding below 998 octets (RFC 5322 2.1.1), because the stdlib folds a
         # long Subject right after the colon and parsers then keep the leading space.
         data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n", max_line_length=998))
-        sender = (self.config.delivery.envelope_from
-                  or parseaddr(self.config.newsletter.from_addr)[1])
+        sender = self.config.envelope_sender
         ok = True
         for i, editor in enumerate(editors):
             try:

@@ -12,7 +12,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from email.utils import parseaddr
 
 from sqlalchemy.exc import IntegrityError
 
@@ -30,7 +29,7 @@ from mailer.pipeline.prepare import (
     personaliser,
     prepare_edition,
 )
-from subscribers.lifecycle import Recipient
+from subscribers.lifecycle import Event, Recipient
 
 __all__ = [
     "SendSummary",
@@ -46,11 +45,6 @@ __all__ = [
 log = logging.getLogger("newsletter.pipeline")
 
 DEFAULT_ENGINE_LEASE = timedelta(minutes=5)  # one sender per edition: renewals are rare
-
-
-def envelope_sender(app: App) -> str:
-    """The SMTP envelope sender (``MAIL FROM``)."""
-    return app.config.delivery.envelope_from or parseaddr(app.config.newsletter.from_addr)[1]
 
 
 def start_edition(app: App, edition_id: int) -> int:
@@ -73,10 +67,10 @@ def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = Fal
         app.transport,
         recipients=app.subscribers.get_recipients,
         message_for=personaliser(app, prepared),
-        envelope_from=envelope_sender(app),
+        envelope_from=app.config.envelope_sender,
         settings=app.config.delivery,
         clock=app.clock,
-        on_bounce=lambda sid: app.subscribers.set_state(sid, "bounced"),
+        on_bounce=lambda sid: app.subscribers.apply(sid, Event.BOUNCE),
         progress=progress,
         peers=app.senders,
         batch_size=batch_size,
@@ -173,6 +167,6 @@ async def send_test(app: App, edition_id: int, address: str, language: str) -> S
     data = personalise(app, prepared, Reader(TEST_SUBSCRIBER_ID, address, language, unsubscribe))
     transport = app.transport
     try:
-        return await transport.send(envelope_sender(app), address, mark_as_test(data))
+        return await transport.send(app.config.envelope_sender, address, mark_as_test(data))
     finally:
         await transport.aclose()
