@@ -42,7 +42,7 @@ from mailer.delivery.classify import Classifier, SendResult
 from mailer.delivery.outbox import STOP_STATES, Outbox, OutboxRow, Outcome, RecipientLike
 from mailer.delivery.peers import SenderRegistry
 from mailer.delivery.progress import NullProgress, Progress, progress_for
-from mailer.delivery.ratelimit import DomainLimits, RateLimiter
+from mailer.delivery.ratelimit import DomainLimits, Throttle
 from mailer.delivery.transport import Transport
 from mailer.models import OutboxState
 
@@ -177,7 +177,7 @@ class _Lane(Generic[R]):
     while a lane is full the producer stops claiming that domain's rows.
     """
 
-    def __init__(self, engine: DeliveryEngine[R], limiter: RateLimiter, capacity: int,
+    def __init__(self, engine: DeliveryEngine[R], limiter: Throttle, capacity: int,
                  commits: _GroupCommit) -> None:
         self.engine = engine
         self.limiter = limiter

@@ -9,16 +9,20 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import Protocol, TextIO
 
 from mailer.models import OutboxState
 
-if TYPE_CHECKING:
-    from mailer.delivery.engine import DeliveryReport
-
-__all__ = ["LogProgress", "NullProgress", "Progress", "RichProgress", "progress_for"]
+__all__ = ["LogProgress", "NullProgress", "Progress", "RichProgress", "Summarised", "progress_for"]
 
 log = logging.getLogger("newsletter.delivery.progress")
+
+
+class Summarised(Protocol):
+    """What a progress display needs of a finished run (the engine's ``DeliveryReport``);
+    a protocol, so this module does not import the engine that imports it."""
+
+    def summary(self) -> str: ...
 
 
 class Progress(Protocol):
@@ -26,7 +30,7 @@ class Progress(Protocol):
 
     def update(self, counts: Mapping[OutboxState, int]) -> None: ...
 
-    def finish(self, report: DeliveryReport) -> None: ...
+    def finish(self, report: Summarised) -> None: ...
 
 
 class NullProgress:
@@ -38,7 +42,7 @@ class NullProgress:
     def update(self, counts: Mapping[OutboxState, int]) -> None:
         return None
 
-    def finish(self, report: DeliveryReport) -> None:
+    def finish(self, report: Summarised) -> None:
         return None
 
 
@@ -79,7 +83,7 @@ class LogProgress:
             counts[OutboxState.DEFERRED], counts[OutboxState.FAILED],
             counts[OutboxState.BOUNCED], counts[OutboxState.CONTENT_REJECTED], rate, eta)
 
-    def finish(self, report: DeliveryReport) -> None:
+    def finish(self, report: Summarised) -> None:
         self._log.info("%s", report.summary())
 
 
@@ -124,7 +128,7 @@ class RichProgress:
             + counts[OutboxState.CONTENT_REJECTED],
         )
 
-    def finish(self, report: DeliveryReport) -> None:
+    def finish(self, report: Summarised) -> None:
         self._bar.stop()
         self._console.print(report.summary())
 

@@ -2,7 +2,7 @@
 
 Mainland providers (qq.com, 163.com, 126.com) throttle and then block bulk senders that burst,
 so the limiter paces evenly instead of allowing a bucket's worth at once. The arithmetic is a
-pure ``Pacer`` (tested with hypothesis); ``RateLimiter`` only adds the sleeping.
+pure ``Pacer`` (tested with hypothesis); ``Throttle`` only adds the sleeping.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Collection, Mapping
 
-__all__ = ["DomainLimits", "Pacer", "RateLimiter", "match_domain"]
+__all__ = ["DomainLimits", "Pacer", "Throttle", "match_domain"]
 
 
 class Pacer:
@@ -37,7 +37,7 @@ class Pacer:
         return max(0.0, slot - now)
 
 
-class RateLimiter:
+class Throttle:
     """An awaitable ``Pacer``; a rate of 0 (or less) means unlimited.
 
     ``configured`` is the operator's rate for the whole deployment; ``rate`` is this process's
@@ -82,7 +82,7 @@ class DomainLimits:
 
     def __init__(self, rates: Mapping[str, float], *,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._limiters = {d.lower(): RateLimiter(r, monotonic=monotonic)
+        self._limiters = {d.lower(): Throttle(r, monotonic=monotonic)
                           for d, r in rates.items() if r > 0}
 
     def __bool__(self) -> bool:
@@ -92,7 +92,7 @@ class DomainLimits:
         """The configured domain that limits ``domain``, if any."""
         return match_domain(domain, self._limiters)
 
-    def limiter(self, key: str) -> RateLimiter:
+    def limiter(self, key: str) -> Throttle:
         return self._limiters[key]
 
     def set_share(self, share: int) -> None:

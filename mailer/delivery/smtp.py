@@ -29,7 +29,7 @@ import aiosmtplib
 
 from mailer.config import RelaySettings
 from mailer.delivery.classify import NO_REPLY, SendResult, dot_stuff, scrub_reply
-from mailer.delivery.ratelimit import RateLimiter
+from mailer.delivery.ratelimit import Throttle
 from mailer.errors import DeliveryError
 
 __all__ = ["RelayPool", "SMTPTransport", "parse_replies"]
@@ -210,7 +210,7 @@ class RelayPool:
         self.label = relay.label
         self._local_hostname = local_hostname
         self._monotonic = monotonic
-        self._limiter = RateLimiter(relay.rate, monotonic=monotonic)
+        self._limiter = Throttle(relay.rate, monotonic=monotonic)
         self._idle: asyncio.LifoQueue[_Connection] | None = None
         self._all: list[_Connection] = []
         self._retired: set[_Wire] = set()  # closed sessions whose sockets may still be closing

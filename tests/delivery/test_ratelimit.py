@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 from mailer.delivery.engine import DeliveryEngine
 from mailer.delivery.outbox import Outbox
 from mailer.delivery.peers import SenderRegistry
-from mailer.delivery.ratelimit import DomainLimits, Pacer, RateLimiter, match_domain
+from mailer.delivery.ratelimit import DomainLimits, Pacer, Throttle, match_domain
 from mailer.delivery.smtp import SMTPTransport, is_loopback
 from mailer.schema import senders
 from tests.delivery.helpers import (
@@ -113,7 +113,7 @@ async def test_domain_rate_limits_only_that_domain(sqlite_db: Engine) -> None:
                                                           max_size=100))
 def test_a_share_paces_at_its_part_of_the_rate(rate: float, share: int,
                                                gaps: list[float]) -> None:
-    limiter = RateLimiter(rate)
+    limiter = Throttle(rate)
     limiter.set_share(share)
     assert limiter.rate == rate / share
     assert limiter.configured == rate
@@ -129,7 +129,7 @@ def test_a_share_paces_at_its_part_of_the_rate(rate: float, share: int,
 
 
 def test_unlimited_stays_unlimited_and_loopback_relays_keep_their_rate() -> None:
-    unlimited = RateLimiter(0)
+    unlimited = Throttle(0)
     unlimited.set_share(4)
     assert unlimited._pacer is None
     transport = SMTPTransport([relay(25, host="relay.example.net", rate=30.0),
