@@ -33,8 +33,12 @@ def send(app: App) -> None:
     from mailer.pipeline import send_new_posts
 
     async def go() -> SendSummary | None:
-        with stop_event_on_signals() as stop:
-            return await send_new_posts(app, progress=sys.stderr.isatty(), stop=stop)
+        try:
+            with stop_event_on_signals() as stop:
+                return await send_new_posts(app, progress=sys.stderr.isatty(), stop=stop)
+        finally:
+            if app.built("transport"):  # close the relay connections politely (QUIT)
+                await app.transport.aclose()
 
     summary = asyncio.run(go())
     if summary is None:

@@ -53,9 +53,8 @@ async def _once(app: App) -> int:
             summary = await run_once(app, notice, progress=sys.stderr.isatty(), stop=stop)
     finally:
         lock.release()
-        transport = app.__dict__.get("transport")
-        if transport is not None:
-            await transport.aclose()
+        if app.built("transport"):
+            await app.transport.aclose()
     what = {"hold": "held for approval", "miss": "missed its time; not sent"}
     for eid, decision in summary.decisions:
         if decision.value != "send":
