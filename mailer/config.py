@@ -241,6 +241,9 @@ class WebSettings:
     port: int = 8080
     rate_limit: int = 20
     confirm_ttl: timedelta = timedelta(days=7)
+    # Reverse proxies whose X-Forwarded-For (or Forwarded) is believed (subscribers/forwarded.py).
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_header: str = "x-forwarded-for"
     # Where the mail server delivers what arrives at ``unsubscribe_mailto``: the daemon and
     # ``subscribers mailin`` unsubscribe the readers it names (subscribers/mailin.py).
     unsubscribe_maildir: Path | None = None
@@ -871,6 +874,20 @@ def _images(s: _Section) -> ImageSettings:
     return out
 
 
+def _networks(values: list[Any]) -> tuple[str, ...]:
+    from subscribers.forwarded import parse_networks
+
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError("must be a list of strings")
+    return tuple(str(n) for n in parse_networks(values))
+
+
+def _proxy_header(value: str) -> str:
+    if value.lower() not in ("x-forwarded-for", "forwarded"):
+        raise ValueError('must be "X-Forwarded-For" or "Forwarded"')
+    return value.lower()
+
+
 def _web(ld: _Loader, s: _Section) -> WebSettings:
     d = WebSettings()
     maildir = s.get("unsubscribe_maildir", str, None)
@@ -879,6 +896,8 @@ def _web(ld: _Loader, s: _Section) -> WebSettings:
         port=s.get("port", int, d.port),
         rate_limit=s.get("rate_limit", int, d.rate_limit),
         confirm_ttl=s.convert("confirm_ttl", (str, int, float), parse_duration, d.confirm_ttl),
+        trusted_proxies=s.convert("trusted_proxies", list, _networks, d.trusted_proxies),
+        proxy_header=s.convert("proxy_header", str, _proxy_header, d.proxy_header),
         unsubscribe_maildir=ld.resolve(maildir) if maildir else None,
     )
     s.done()

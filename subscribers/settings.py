@@ -57,4 +57,7 @@ class PageSettings:
     names: Mapping[str, str] = field(default_factory=dict)
     rate_limit: int = 20  # requests per minute per client address, on each form endpoint
     confirm_ttl: timedelta = timedelta(days=7)
-    trust_forwarded: bool = False  # behind a reverse proxy: take the client from X-Forwarded-For
+    # Behind a reverse proxy: the proxies whose ``proxy_header`` names the client
+    # (subscribers/forwarded.py); empty, no header is believed.
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_header: str = "x-forwarded-for"

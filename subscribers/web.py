@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from subscribers.confirmations import ConfirmationSender
 from subscribers.errors import InputError
+from subscribers.forwarded import client_address, parse_networks
 from subscribers.lifecycle import Subscriber, SubscriberState
 from subscribers.settings import PageSettings
 from subscribers.store import SubscriberStore
@@ -172,12 +173,13 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         secure_cookie=parts.scheme == "https",
     )
 
+    proxies = parse_networks(settings.trusted_proxies)
+
     def client(request: Request) -> str:
-        if settings.trust_forwarded:
-            fwd = request.headers.get("x-forwarded-for", "")
-            if fwd:
-                return fwd.split(",")[0].strip()
-        return request.client.host if request.client else "unknown"
+        peer = request.client.host if request.client else "unknown"
+        if not proxies:
+            return peer
+        return client_address(peer, request.headers.items(), proxies, settings.proxy_header)
 
     def render(name: str, langs: tuple[str, ...], status: int = 200,
                **extra: Any) -> HTMLResponse:

@@ -282,7 +282,9 @@ def build_web_app(app: App) -> Starlette:
         return "refused" if 500 <= result.code < 600 else "deferred"
 
     settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
-                            rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl)
+                            rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl,
+                            trusted_proxies=cfg.web.trusted_proxies,
+                            proxy_header=cfg.web.proxy_header)
     sender = ConfirmationSender(
         ConfirmationQueue(app.engine, app.clock), app.subscribers, app.tokens, deliver,
         from_addr=cfg.newsletter.from_addr, public_url=cfg.newsletter.public_url,
