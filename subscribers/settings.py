@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-__all__ = ["ListSettings", "PageSettings"]
+__all__ = ["ListSettings", "PageSettings", "SignupSettings"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,15 @@ class PageSettings:
     # (subscribers/forwarded.py); empty, no header is believed.
     trusted_proxies: tuple[str, ...] = ()
     proxy_header: str = "x-forwarded-for"
+
+
+@dataclass(frozen=True)
+class SignupSettings:
+    """The limits on confirmation mails (subscribers/signup.py), whichever door the request came
+    through: the form today, mail tomorrow. Anyone can type anyone's address, so these are what
+    stops the list from being used to mail-bomb a stranger or a whole company."""
+
+    confirm_every: timedelta = timedelta(days=1)  # at most one confirmation per address per ...
+    confirm_max: int = 3  # ... and this many in all, until the pending row expires
+    domain_per_hour: int = 50  # confirmation mails per recipient domain per hour
+    pending_ttl: timedelta = timedelta(days=30)  # unconfirmed rows are erased after this

@@ -267,7 +267,7 @@ def build_web_app(app: App) -> Starlette:
     """Wire the public endpoints to this config's store, tokens, templates and transport."""
     from email.utils import parseaddr
 
-    from subscribers.confirmations import ConfirmationQueue, ConfirmationSender, Delivered
+    from subscribers.confirmations import ConfirmationSender, Delivered
     from subscribers.settings import PageSettings
     from subscribers.web import make_web_app
 
@@ -286,10 +286,11 @@ def build_web_app(app: App) -> Starlette:
                             trusted_proxies=cfg.web.trusted_proxies,
                             proxy_header=cfg.web.proxy_header)
     sender = ConfirmationSender(
-        ConfirmationQueue(app.engine, app.clock), app.subscribers, app.tokens, deliver,
+        app.signup.queue, app.subscribers, app.tokens, deliver,
         from_addr=cfg.newsletter.from_addr, public_url=cfg.newsletter.public_url,
-        names=dict(cfg.newsletter.name), clock=app.clock)
-    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, confirmations=sender)
+        names=dict(cfg.newsletter.name), clock=app.clock, intake=app.signup.intake)
+    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, signup=app.signup,
+                        confirmations=sender)
 
 
 @cli.command("serve")
