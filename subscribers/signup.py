@@ -121,10 +121,15 @@ class SignupDesk:
                 except Exception:  # sealed under a key retired since: the visitor asks again
                     log.warning("a subscribe request could not be opened; dropped")
                     continue
-                self._decide(conn, address, row.language)
+                try:
+                    self._decide(conn, address, row.language)
+                except InputError:  # a language the config no longer offers: nothing to do
+                    log.warning("a subscribe request named a language no longer offered; "
+                                "dropped")
         return len(waiting)
 
     def _decide(self, conn: Connection, address: str, language: str) -> Action:
+        language = self.store.check_language(language)  # before anything is counted
         index = self.store.index_of(address)
         row = self.store.by_index(conn, index)
         action = choose(SubscriberState(row.state) if row is not None else None,

@@ -123,3 +123,17 @@ def test_pending_rows_expire_and_only_a_suppression_is_remembered(
     assert store.get(reader) is not None
     assert store.forgotten_state("left@qq.com") == "unsubscribed"  # still suppressed
     assert store.forgotten_state("stranger@qq.com") is None  # a stranger is not remembered
+
+
+def test_a_request_the_config_no_longer_allows_is_dropped_not_stuck(
+        store: SubscriberStore, clock: Clock) -> None:
+    from dataclasses import replace
+
+    d = desk(store, clock)
+    d.request("early@qq.com", "zh-Hans+en")
+    d.request("later@qq.com", "en")
+    store.settings = replace(store.settings, bilingual=())  # the operator dropped the pair
+    assert d.intake() == 2
+    assert store.lookup("early@qq.com") is None
+    assert store.lookup("later@qq.com") is not None  # not held up behind it
+    assert d.intake() == 0
