@@ -15,24 +15,12 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-__all__ = ["Network", "client_address", "parse_networks"]
+__all__ = ["Network", "client_address"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 # RFC 7239 §4: for=192.0.2.60, for="[2001:db8:cafe::17]:4711", for=unknown, for=_hidden.
 _FOR = re.compile(r'(?i)(?:^|;)\s*for\s*=\s*("[^"]*"|[^;,\s]*)')
-
-
-def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
-    """``["127.0.0.1", "10.0.0.0/8", "::1"]`` as networks; ValueError names a bad entry."""
-    out = []
-    for value in values:
-        try:
-            out.append(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address or network "
-                             "(e.g. \"127.0.0.1\" or \"10.0.0.0/8\")") from None
-    return tuple(out)
 
 
 def _ip(text: str) -> _IP | None:

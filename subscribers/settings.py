@@ -9,6 +9,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network
 
 __all__ = ["ListSettings", "PageSettings", "SignupSettings"]
 
@@ -59,7 +60,7 @@ class PageSettings:
     confirm_ttl: timedelta = timedelta(days=7)
     # Behind a reverse proxy: the proxies whose ``proxy_header`` names the client
     # (subscribers/forwarded.py); empty, no header is believed.
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     proxy_header: str = "x-forwarded-for"
 
 

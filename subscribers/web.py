@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from subscribers.confirmations import ConfirmationSender
 from subscribers.errors import InputError
-from subscribers.forwarded import client_address, parse_networks
+from subscribers.forwarded import client_address
 from subscribers.lifecycle import Subscriber, SubscriberState
 from subscribers.settings import PageSettings
 from subscribers.signup import SignupDesk
@@ -177,7 +177,7 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         secure_cookie=parts.scheme == "https",
     )
 
-    proxies = parse_networks(settings.trusted_proxies)
+    proxies = settings.trusted_proxies
 
     def client(request: Request) -> str:
         peer = request.client.host if request.client else "unknown"

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from subscribers.forwarded import client_address, parse_networks
+from subscribers.forwarded import client_address
 
-PROXIES = parse_networks(["127.0.0.1", "10.0.0.0/8", "::1"])
+PROXIES = tuple(ipaddress.ip_network(n) for n in ("127.0.0.1", "10.0.0.0/8", "::1"))
 
 
 @pytest.mark.parametrize(("peer", "headers", "client"), [
@@ -40,11 +40,6 @@ def test_forwarded_header_rfc7239() -> None:
 
 def test_nothing_is_believed_without_trusted_proxies() -> None:
     assert client_address("127.0.0.1", [("X-Forwarded-For", "6.6.6.6")], ()) == "127.0.0.1"
-
-
-def test_a_bad_network_is_named() -> None:
-    with pytest.raises(ValueError, match="'nginx'"):
-        parse_networks(["nginx"])
 
 
 @given(st.lists(st.ip_addresses(v=4).map(str), max_size=6), st.ip_addresses(v=4).map(str))
