@@ -112,10 +112,8 @@ def timetable(config: Config) -> dict[str, JobSpec]:
         jobs["digest"] = JobSpec(crontab_trigger(s.digest, s.timezone),
                                  f"cron {s.digest} {s.timezone}, grace {s.misfire_grace}",
                                  strict=True)
-    if config.storage.forget_suppressed_after is not None:
-        jobs["retention"] = JobSpec(IntervalTrigger(days=1),
-                                    f"daily, after {config.storage.forget_suppressed_after}",
-                                    start_now=True)
+    # Daily: pending sign-ups expire, and suppressed readers are forgotten when configured.
+    jobs["retention"] = JobSpec(IntervalTrigger(days=1), "daily", start_now=True)
     if config.web.unsubscribe_maildir is not None:
         jobs["mailin"] = every(TICK_EVERY, start_now=True)
     return jobs

@@ -287,7 +287,9 @@ async def carry_on(app: App, send: SendOne, *, busy: Collection[int],
 
 
 def forget_suppressed(app: App) -> int:
-    """Erase readers suppressed for longer than ``[storage] forget_suppressed_after``."""
+    """The daily retention job: pending sign-ups past their time expire, and readers
+    suppressed for longer than ``[storage] forget_suppressed_after`` are erased."""
+    app.signup.expire()
     age = app.config.storage.forget_suppressed_after
     if age is None:
         return 0
