@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from itertools import accumulate
 from urllib.parse import urljoin, urlsplit
 
 import nh3
@@ -35,6 +36,7 @@ __all__ = ["ALLOWED_TAGS", "MAX_DEPTH", "SanitisedHTML", "flatten_deep", "saniti
 MAX_DEPTH = 64
 _VOID = frozenset({"br", "col", "hr", "img"})
 _ANY_TAG = re.compile(r"<(/?)([a-z][a-z0-9]*)[^>]*>")
+_NON_VOID = re.compile(r"<(/?)(?!(?:br|col|hr|img)[\s>/])[a-z]")
 
 ALLOWED_TAGS = frozenset({
     "a", "abbr", "b", "blockquote", "br", "caption", "center", "cite", "code", "col", "colgroup",
@@ -204,8 +206,9 @@ def flatten_deep(cleaned: str, max_depth: int = MAX_DEPTH) -> str:
 
     Works on nh3's output, which is balanced: every element but the void ones has its end tag.
     """
-    if cleaned.count("</") < max_depth:
-        return cleaned  # cannot be that deep: the common case costs one count
+    if cleaned.count("</") < max_depth or max(accumulate(
+            -1 if end else 1 for end in _NON_VOID.findall(cleaned)), default=0) <= max_depth:
+        return cleaned  # not that deep: the common case costs a scan, no call per tag
     kept: list[bool] = []
     depth = 0
 
