@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from mailer.schema import editions
-from tests.conftest import REPO
+from tests.support.cli import ENV, newsletter, newsletter_cmd, write_config
 from tests.support.smtp import RecordingHandler, SMTPServer
 
 N = 2000
@@ -35,38 +34,6 @@ def addresses(n: int = N) -> list[str]:
     return [f"reader{i:05d}@d{i % 7}.example" for i in range(n)]
 
 
-def newsletter_cmd(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "mailer", "--config", str(config), *args]
-
-
-ENV = {**os.environ, "NEWSLETTER_MIRROR_SECRET": "crash-secret", "PYTHONPATH": str(REPO)}
-
-
-def newsletter(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(newsletter_cmd(config, *args), capture_output=True, text=True,
-                          env=ENV, timeout=300, check=False, cwd=config.parent)
-
-
-def write_config(tmp_path: Path, db_url: str, smtp_port: int) -> Path:
-    text = (REPO / "newsletter.toml").read_text(encoding="utf-8")
-    (tmp_path / "examples").mkdir()
-    shutil.copy(REPO / "examples" / "sample-feed.atom.xml", tmp_path / "examples")
-    text = text.replace('database = "sqlite:///data/newsletter.db"', f'database = "{db_url}"')
-    text = text.replace("sample_subscribers = true", "sample_subscribers = false")
-    text = text.replace('transport = "maildir"', 'transport = "smtp"')
-    text += f"""
-[[delivery.relays]]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "none"
-connections = {CONNECTIONS}
-rate = 0
-"""
-    path = tmp_path / "newsletter.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def slow_server() -> Iterator[SMTPServer]:
     # A little latency per message keeps every connection busy when the signal lands.
@@ -77,8 +44,7 @@ def slow_server() -> Iterator[SMTPServer]:
 
 @pytest.fixture
 def config(tmp_path: Path, db_url: str, slow_server: SMTPServer) -> Path:
-    path = write_config(tmp_path, db_url, slow_server.port)
-    (tmp_path / "data").mkdir()
+    path = write_config(tmp_path, db_url, slow_server.port, connections=CONNECTIONS)
     csv = tmp_path / "list.csv"
     csv.write_text("email,language\n" + "".join(f"{a},en\n" for a in addresses()),
                    encoding="utf-8")
