@@ -69,6 +69,7 @@ def test_a_wrong_key_file_touches_nothing(store: SubscriberStore, ring: KeyRing,
     store.add("w@qq.com", "en", confirmed=True)
     with store.engine.connect() as conn:
         before = conn.execute(select(t)).all()
+    key_file = ring.path.read_bytes()
     wrong = SubscriberStore(store.engine, Codec(KeyRing.generate(ring.path)), clock, LANGS)
     with pytest.raises(WrongKeyError):
         wrong.verify_key()
@@ -76,6 +77,7 @@ def test_a_wrong_key_file_touches_nothing(store: SubscriberStore, ring: KeyRing,
         rotate(wrong)
     with store.engine.connect() as conn:
         assert conn.execute(select(t)).all() == before
+    assert ring.path.read_bytes() == key_file  # the real key file was not replaced
 
 
 def test_a_running_process_follows_the_rotation(store: SubscriberStore, ring: KeyRing,
