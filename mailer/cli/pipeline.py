@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -11,7 +13,7 @@ from mailer.app import App
 from mailer.cli.base import cli, pass_app, stop_event_on_signals
 from mailer.pipeline.send import SendSummary
 
-__all__ = ["print_send", "send"]
+__all__ = ["print_resumed", "print_send", "send"]
 
 
 def print_send(app: App, summary: object) -> None:
@@ -26,25 +28,54 @@ def print_send(app: App, summary: object) -> None:
                f"{f', {r.suppressed} suppressed' if r.suppressed else ''} → {where}")
 
 
+def print_resumed(app: App, resumed: Sequence[object]) -> None:
+    """``resumed edition 3: 1,912 left``, then its usual line."""
+    from mailer.pipeline import Resumed
+
+    for r in resumed:
+        assert isinstance(r, Resumed)
+        click.echo(f"resumed edition {r.edition_id}: {r.left:,} left")
+        print_send(app, r.summary)
+
+
+def failed(summary: object) -> bool:
+    """A send that failed messages, or delivered none and deferred some: exit 1."""
+    from mailer.pipeline import SendSummary
+
+    assert isinstance(summary, SendSummary)
+    r = summary.report
+    return bool(r.failed or (r.sent == 0 and r.deferred))
+
+
 @cli.command()
 @pass_app
 def send(app: App) -> None:
-    """Build one edition from every stored post not yet sent and deliver it now."""
-    from mailer.pipeline import send_new_posts
+    """Finish any interrupted edition, then build one edition from every stored post not yet
+    sent and deliver it now."""
+    from mailer.pipeline import resume_interrupted, send_edition, send_new_posts
 
-    async def go() -> SendSummary | None:
+    async def go() -> tuple[list[Any], SendSummary | None]:
         try:
             with stop_event_on_signals() as stop:
-                return await send_new_posts(app, progress=sys.stderr.isatty(), stop=stop)
+                async def finish(edition_id: int) -> SendSummary:
+                    return await send_edition(app, edition_id, progress=sys.stderr.isatty(), stop=stop)
+
+                resumed = await resume_interrupted(app, finish, should_stop=stop.is_set)
+                if stop.is_set():
+                    return resumed, None
+                return resumed, await send_new_posts(app, progress=sys.stderr.isatty(), stop=stop)
         finally:
             if app.built("transport"):  # close the relay connections politely (QUIT)
                 await app.transport.aclose()
 
-    summary = asyncio.run(go())
+    resumed, summary = asyncio.run(go())
+    print_resumed(app, resumed)
+    sends = [r.summary for r in resumed]
     if summary is None:
-        click.echo("nothing to send: no stored post is waiting")
-        return
-    print_send(app, summary)
-    r = summary.report
-    if r.failed or (r.sent == 0 and r.deferred):
+        if not resumed:
+            click.echo("nothing to send: no stored post is waiting")
+    else:
+        print_send(app, summary)
+        sends.append(summary)
+    if any(failed(s) for s in sends):
         sys.exit(1)

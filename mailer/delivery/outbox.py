@@ -329,6 +329,32 @@ class Outbox:
             )
         return int(result.rowcount)
 
+    def lease_holders(self, edition_id: int) -> list[str]:
+        """The owners of this edition's leased rows (live senders, or senders that died)."""
+        with self.engine.connect() as conn:
+            owners = conn.execute(
+                select(outbox.c.lease_owner).distinct()
+                .where(outbox.c.edition_id == edition_id,
+                       outbox.c.state == OutboxState.SENDING.value,
+                       outbox.c.lease_owner.is_not(None))
+            ).scalars()
+            return sorted(str(o) for o in owners)
+
+    def expire_lease(self, edition_id: int, owner: str) -> int:
+        """End the lease of a sender known to be dead, so ``claim`` hands its rows out now.
+
+        Unlike ``release``, the attempt stays counted: the message may have been on the wire.
+        """
+        past = self.clock() - timedelta(seconds=1)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
+                       outbox.c.state == OutboxState.SENDING.value)
+                .values(lease_expires_at=past)
+            )
+        return int(result.rowcount)
+
     def release_rows(self, edition_id: int, owner: str, subscriber_ids: Sequence[int]) -> int:
         """Like ``release``, for the given rows only (the rest of the batch is still in flight)."""
         if not subscriber_ids:

@@ -11,9 +11,11 @@
 """
 
 from mailer.pipeline.policy import (
+    Resumed,
     RunSummary,
     ensure_sample_subscribers,
     poll,
+    resume_interrupted,
     run_once,
     unsubscribe_by_mail,
 )
@@ -31,6 +33,7 @@ from mailer.pipeline.send import SendSummary, send_edition, send_new_posts, star
 __all__ = [
     "PreparedEdition",
     "Reader",
+    "Resumed",
     "RunSummary",
     "SendSummary",
     "ensure_sample_subscribers",
@@ -40,6 +43,7 @@ __all__ = [
     "poll",
     "prepare",
     "prepare_edition",
+    "resume_interrupted",
     "run_once",
     "send_edition",
     "send_new_posts",

@@ -22,12 +22,14 @@ from mailer.editions.notify import Notifier
 from mailer.editions.store import Decision, EditionInfo, decide
 from mailer.errors import EditionError, InputError
 from mailer.feeds.poll import PollReport, poll_feeds
+from mailer.lock import process_is_gone
 from mailer.models import EditionState
 from mailer.pipeline.send import SendSummary, send_edition, send_new_posts
 from subscribers.mailin import MailinReport
 
 __all__ = [
     "DAEMON_PAUSE_REASON",
+    "Resumed",
     "RunSummary",
     "carry_on",
     "check_mirrors",
@@ -225,21 +227,28 @@ class RunSummary:
     decisions: tuple[tuple[int, Decision], ...] = ()
     held: int | None = None
     sample_subscribers: int = 0
+    resumed: tuple[Resumed, ...] = ()
 
 
 async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = False,
                    stop: asyncio.Event | None = None) -> RunSummary:
     """``run --once``: one pass of what the daemon does, under the same send policy.
 
-    Editors' scheduled editions go through the policy first (approval gate, misfire grace);
-    then the feeds are polled and new posts go out as an edition now — or, when approval is
-    required, become an edition held for the editors.
+    Editions a crash or a stopping daemon left unfinished are finished first
+    (:func:`resume_interrupted`); editors' scheduled editions then go through the policy
+    (approval gate, misfire grace); then the feeds are polled and new posts go out as an
+    edition now — or, when approval is required, become an edition held for the editors.
     """
     seeded = ensure_sample_subscribers(app, notice)
     sends: list[SendSummary] = []
 
+    async def finish(edition_id: int) -> SendSummary:
+        return await send_edition(app, edition_id, progress=progress, stop=stop)
+
+    resumed = await resume_interrupted(app, finish, should_stop=lambda: stop is not None and stop.is_set())
+
     async def send(edition_id: int) -> None:
-        sends.append(await send_edition(app, edition_id, progress=progress, stop=stop))
+        sends.append(await finish(edition_id))
 
     decisions = await process_due(app, send)
     report = await poll(app)
@@ -253,7 +262,7 @@ async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = 
         fresh = await send_new_posts(app, progress=progress, stop=stop)
         if fresh is not None:
             sends.append(fresh)
-    return RunSummary(report, tuple(sends), tuple(decisions), held, seeded)
+    return RunSummary(report, tuple(sends), tuple(decisions), held, seeded, tuple(resumed))
 
 
 def pause_for_stop(app: App, edition_ids: Iterable[int]) -> None:
@@ -316,17 +325,43 @@ def whats_next(app: App, runs: Mapping[str, datetime]) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """An edition a crash or a stopping daemon left unfinished, and what resuming it gave."""
+
+    edition_id: int
+    left: int
+    reclaimed: int
+    summary: object
+
+
 async def resume_interrupted(app: App, send: SendOne, *,
-                             should_stop: Callable[[], bool] = lambda: False) -> None:
-    """On start: editions left sending by a stop or crash carry on (the outbox keeps them
-    exactly-once), the daemon's own pauses first undone."""
-    resumed = set(resume_after_stop(app))
+                             should_stop: Callable[[], bool] = lambda: False) -> list[Resumed]:
+    """Finish every edition left ``sending`` (a crash) or paused by a stopping daemon.
+
+    The daemon calls this on start, ``send`` and ``run --once`` before their own work, so an
+    interrupted edition never waits for someone else. Rows leased by a dead process on this
+    host are handed out at once (``process_is_gone``); a live sender's rows (a daemon, a
+    worker) stay its own, and an edition whose unfinished rows are all held by live senders or
+    deferred to later is left to them and to the ``retry`` job. An edition with nothing
+    unfinished is still sent, which only marks it sent: a crash can come between the last
+    row and that mark. The outbox keeps every row exactly-once.
+    """
+    stopped = set(resume_after_stop(app))
+    resumed = []
     for info in app.editions.find([EditionState.SENDING]):
         if should_stop():
-            return
-        how = "stopped" if info.id in resumed else "interrupted"
-        log.info("resuming edition %d, %s while sending", info.id, how)
-        await send(info.id)
+            break
+        reclaimed = sum(app.outbox.expire_lease(info.id, owner)
+                        for owner in app.outbox.lease_holders(info.id) if process_is_gone(owner))
+        left = app.outbox.unfinished(info.id)
+        if left and not app.outbox.has_work(info.id):
+            continue
+        how = "stopped" if info.id in stopped else "interrupted"
+        log.info("resuming edition %d, %s while sending: %d left, %d reclaimed from a dead sender",
+                 info.id, how, left, reclaimed)
+        resumed.append(Resumed(info.id, left, reclaimed, await send(info.id)))
+    return resumed
 
 
 async def send_with_stop(app: App, edition_id: int, stop: asyncio.Event) -> object:
