@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from subscribers.store import SubscriberStore
     from subscribers.tokens import TokenSigner
 
-__all__ = ["App", "config_path_from"]
+__all__ = ["App", "config_path_from", "signing"]
 
 log = logging.getLogger("newsletter")
 
@@ -172,6 +172,20 @@ class App:
         from mailer.delivery.smtp import SMTPTransport
 
         delivery = self.config.delivery
+        inner: Transport
         if delivery.transport == "smtp":
-            return SMTPTransport(delivery.relays)
-        return MaildirTransport(delivery.maildir)
+            inner = SMTPTransport(delivery.relays)
+        else:
+            inner = MaildirTransport(delivery.maildir)
+        return signing(self.config, inner)
+
+
+def signing(config: Config, transport: Transport) -> Transport:
+    """Wrap ``transport`` so every message is DKIM-signed when ``[dkim]`` is configured: the
+    one place that decides it, so confirmations, test-sends and reports are signed too."""
+    if config.dkim is None:
+        return transport
+    from mailer.delivery.dkim import SigningTransport, load_keys
+
+    d = config.dkim
+    return SigningTransport(transport, load_keys(d.key_files, d.selector, d.domain), workers=d.workers)

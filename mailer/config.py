@@ -22,6 +22,7 @@ from mailer.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_NAME",
     "Config",
+    "DKIMSettings",
     "DeliverySettings",
     "FeedSettings",
     "FetchSettings",
@@ -247,6 +248,16 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class DKIMSettings:
+    """``[dkim]``: sign every message we send (docs/deployment.md, "DKIM")."""
+
+    domain: str
+    selector: str
+    key_files: tuple[Path, ...]  # one or two PEM files: RSA-2048 and/or Ed25519
+    workers: int | None = None  # signing processes; default one per core
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated config. ``path`` is the file it came from."""
 
@@ -260,6 +271,7 @@ class Config:
     fetch: FetchSettings = FetchSettings()
     images: ImageSettings = ImageSettings()
     web: WebSettings = WebSettings()
+    dkim: DKIMSettings | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -885,6 +897,31 @@ def _web(ld: _Loader, s: _Section) -> WebSettings:
     return out
 
 
+_DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+
+
+def _dkim(ld: _Loader, s: _Section) -> DKIMSettings | None:
+    if not s._data:
+        return None
+    domain = s.get("domain", str)
+    if not re.fullmatch(rf"{_DNS_LABEL}(\.{_DNS_LABEL})+", domain):
+        raise s.error("domain", f"{domain!r} is not a domain name")
+    selector = s.get("selector", str)
+    if not re.fullmatch(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*", selector):
+        raise s.error("selector", f"{selector!r} is not a DNS label")
+    raw = s.get("key_file", (str, list))
+    files = s.strings("key_file") if isinstance(raw, list) else (raw,)
+    if not 1 <= len(files) <= 2:
+        raise s.error("key_file", "must name one or two key files (RSA-2048 and/or Ed25519)")
+    workers = s.get("workers", int, None)
+    if workers is not None and workers < 1:
+        raise s.error("workers", "must be at least 1")
+    out = DKIMSettings(domain=domain.lower(), selector=selector,
+                       key_files=tuple(ld.resolve(f) for f in files), workers=workers)
+    s.done()
+    return out
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -916,6 +953,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         fetch=_fetch(root.table("fetch")),
         images=_images(root.table("images")),
         web=_web(ld, root.table("web")),
+        dkim=_dkim(ld, root.table("dkim")),
     )
     root.done()
     return cfg

@@ -6,6 +6,7 @@ import sys
 
 from mailer.cli import (
     db,  # noqa: F401  (registers commands)
+    dkim,  # noqa: F401  (registers commands)
     editions,  # noqa: F401  (registers commands)
     feeds,  # noqa: F401  (registers commands)
     mirrors,  # noqa: F401  (registers commands)
