@@ -1,4 +1,5 @@
-"""``newsletter dkim init``: create the signing keys and print the DNS records to publish."""
+"""``newsletter dkim init`` creates the signing keys and prints the DNS records to publish;
+``newsletter dns check`` says whether SPF, DKIM and DMARC are published and aligned."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from mailer.config import Config, DKIMSettings
 from mailer.delivery.dkim import Algorithm, create_key_file, dns_record, load_keys
 from mailer.errors import ConfigError
 
-__all__ = ["dkim_group", "need_dkim", "zone_line"]
+__all__ = ["dkim_group", "dns_group", "need_dkim", "zone_line"]
 
 
 def need_dkim(config: Config) -> DKIMSettings:
@@ -53,3 +54,34 @@ def init_cmd(app: App) -> None:
     click.echo("; publish in the DNS zone of " + d.domain)
     for key in load_keys(d.key_files, d.selector, d.domain):
         click.echo(zone_line(key.record_name, dns_record(key)))
+
+
+@cli.group("dns")
+def dns_group() -> None:
+    """The From domain's DNS records that receivers check."""
+
+
+@dns_group.command("check")
+@click.option("--nameserver", metavar="HOST[:PORT]", default=None,
+              help="Ask this server instead of the system resolver (e.g. your zone's primary).")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds per query.")
+@pass_app
+@click.pass_context
+def dns_check_cmd(ctx: click.Context, app: App, nameserver: str | None, timeout: float) -> None:
+    """Look up SPF, DKIM (our selector) and DMARC for the From domain; exit 1 if anything is
+    missing or misaligned."""
+    from email.utils import parseaddr
+
+    from mailer.delivery import dnscheck
+
+    from_domain = parseaddr(app.config.newsletter.from_addr)[1].rpartition("@")[2].lower()
+    d = app.config.dkim
+    keys = load_keys(d.key_files, d.selector, d.domain) if d else ()
+    records = dnscheck.lookup(dnscheck.names(from_domain, keys), nameserver, timeout)
+    findings = dnscheck.assess(from_domain, keys, records)
+    marks = {"ok": "ok  ", "note": "note", "problem": "FIX "}
+    for f in findings:
+        click.echo(f"{marks[f.level]} {f.text}")
+    problems = sum(f.level == "problem" for f in findings)
+    click.echo(f"{problems} problem(s) for {from_domain}" if problems else f"{from_domain}: all records in place")
+    ctx.exit(1 if problems else 0)

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import dkim
+import dns.resolver
 
 from tests.e2e.test_end_to_end import FEED, newsletter, smtp_config
+from tests.support.dns import DNSServer
 from tests.support.http import HTTPServer, Reply
 from tests.support.smtp import SMTPServer
 
@@ -53,15 +55,35 @@ def test_dkim_init_then_every_sent_message_verifies(tmp_path: Path, http_server:
     assert sent.returncode == 0, sent.stderr
     assert "3 sent" in sent.stdout
 
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-        return records.get(name, b"")
+    zone = {name.decode().rstrip("."): [value.decode()] for name, value in records.items()}
+    with DNSServer(zone) as dns_server:
+        # `dns check` against the published zone: DKIM is there, SPF and DMARC are not yet.
+        check = newsletter(config, "dns", "check", "--nameserver", dns_server.address)
+        assert check.returncode == 1, check.stderr
+        assert "2 problem(s) for example.org" in check.stdout
+        assert "no SPF record" in check.stdout
+        assert "no record at _dmarc.example.org" in check.stdout
+        dns_server.records["example.org"] = ["v=spf1 ip4:127.0.0.1 -all"]
+        dns_server.records["_dmarc.example.org"] = ["v=DMARC1; p=reject"]
+        check = newsletter(config, "dns", "check", "--nameserver", dns_server.address)
+        assert check.returncode == 0, check.stdout
+        assert "example.org: all records in place" in check.stdout
 
-    assert len(smtp_server.received) == 3
-    for r in smtp_server.received:
-        sigs = re.findall(rb"^DKIM-Signature:", r.data, re.MULTILINE)
-        assert len(sigs) == 2
-        for i in range(2):
-            assert dkim.DKIM(r.data).verify(idx=i, dnsfunc=dnsfunc)
+        # A receiver's view: every message verifies, both signatures, with keys fetched by DNS.
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port = ["127.0.0.1"], dns_server.port
+
+        def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+            answer = resolver.resolve(name.decode(), "TXT")
+            return b"".join(answer[0].strings)  # type: ignore[attr-defined, no-any-return]
+
+        assert len(smtp_server.received) == 3
+        for r in smtp_server.received:
+            sigs = re.findall(rb"^DKIM-Signature:", r.data, re.MULTILINE)
+            assert len(sigs) == 2
+            for i in range(2):
+                assert dkim.DKIM(r.data).verify(idx=i, dnsfunc=dnsfunc)
+        assert "news2026-ed25519._domainkey.example.org" in dns_server.queries
 
 
 def test_dkim_init_without_a_section_is_one_clear_error(tmp_path: Path) -> None:
