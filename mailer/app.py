@@ -23,6 +23,7 @@ from mailer.db import open_engine
 if TYPE_CHECKING:
     from jinja2 import Environment
 
+    from mailer.delivery.dkim import DKIMSigner
     from mailer.delivery.outbox import Outbox
     from mailer.delivery.peers import SenderRegistry
     from mailer.delivery.transport import Transport
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from subscribers.store import SubscriberStore
     from subscribers.tokens import TokenSigner
 
-__all__ = ["App", "config_path_from", "signing"]
+__all__ = ["App", "config_path_from", "dkim_signer", "signing"]
 
 log = logging.getLogger("newsletter")
 
@@ -180,12 +181,23 @@ class App:
         return signing(self.config, inner)
 
 
-def signing(config: Config, transport: Transport) -> Transport:
-    """Wrap ``transport`` so every message is DKIM-signed when ``[dkim]`` is configured: the
-    one place that decides it, so confirmations, test-sends and reports are signed too."""
+def dkim_signer(config: Config) -> DKIMSigner | None:
+    """The signer for ``[dkim]``, or None: the one place that decides whether mail is signed."""
     if config.dkim is None:
-        return transport
-    from mailer.delivery.dkim import SigningTransport, load_keys
+        return None
+    from mailer.delivery.dkim import DKIMSigner, load_keys
 
     d = config.dkim
-    return SigningTransport(transport, load_keys(d.key_files, d.selector, d.domain), workers=d.workers)
+    return DKIMSigner(load_keys(d.key_files, d.selector, d.domain))
+
+
+def signing(config: Config, transport: Transport) -> Transport:
+    """Wrap ``transport`` so every message is DKIM-signed when ``[dkim]`` is configured, so
+    confirmations, test-sends and editors' reports are signed too."""
+    signer = dkim_signer(config)
+    if signer is None:
+        return transport
+    from mailer.delivery.dkim import SigningTransport
+
+    assert config.dkim is not None
+    return SigningTransport(transport, signer.keys, workers=config.dkim.workers)

@@ -12,6 +12,7 @@ from mailer.cli import (
     mirrors,  # noqa: F401  (registers commands)
     pipeline,  # noqa: F401  (registers commands)
     preview,  # noqa: F401  (registers commands)
+    relay,  # noqa: F401  (registers commands)
     run,  # noqa: F401  (registers commands)
     subscribers,  # noqa: F401  (registers commands)
     worker,  # noqa: F401  (registers commands)
