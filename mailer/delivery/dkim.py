@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import multiprocessing
 import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +42,8 @@ __all__ = [
     "load_keys",
     "selector_for",
 ]
+
+log = logging.getLogger("newsletter.delivery.dkim")
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 
@@ -260,7 +264,16 @@ class SigningTransport:
             # lock into the child; the workers need nothing of ours but the keys.
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
                                              initializer=_init_worker, initargs=(self.signer.keys,))
-        return await asyncio.get_running_loop().run_in_executor(self._pool, _sign_in_worker, data)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, _sign_in_worker, data)
+        except BrokenProcessPool:
+            # A worker was killed (OOM killer, an operator's kill): sign here for the rest of the
+            # run rather than fail every message; the send goes on at one core's speed.
+            log.warning("DKIM signing pool broke; signing in this process from now on")
+            self.workers = 1
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            return self.signer.sign(data)
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
         return await self.inner.send(envelope_from, recipient, await self.sign(data))

@@ -165,3 +165,23 @@ async def test_signing_smtp_verifies_after_dot_stuffing(smtp_server: SMTPServer,
     [got] = smtp_server.received
     assert b"\r\n.line that SMTP dot-stuffs" in got.data
     assert sorted(verify_all(got.data, keys)) == [b"ed25519-sha256", b"rsa-sha256"]
+
+
+async def test_a_killed_signing_worker_does_not_fail_the_send(tmp_path: Path, keys: tuple[DKIMKey, ...]) -> None:
+    import os
+    import signal
+
+    transport = SigningTransport(MaildirTransport(tmp_path / "md"), keys, workers=2, pool_after=0)
+    try:
+        assert (await transport.send("b@example.org", "r@example.com", MSG)).code == 250
+        assert transport._pool is not None
+        for pid in list(transport._pool._processes):  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(2):
+            assert (await transport.send("b@example.org", "r@example.com", MSG)).code == 250
+        assert transport._pool is None
+    finally:
+        await transport.aclose()
+    files = list((tmp_path / "md" / "new").iterdir())
+    assert len(files) == 3
+    assert all(len(verify_all(f.read_bytes(), keys)) == 2 for f in files)
