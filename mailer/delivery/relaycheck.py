@@ -10,6 +10,7 @@ from collections.abc import Callable
 import aiosmtplib
 
 from mailer.config import RelaySettings
+from mailer.delivery.classify import scrub_reply
 from mailer.delivery.dnscheck import Finding
 from mailer.delivery.smtp import RelayPool, is_loopback
 
@@ -28,8 +29,8 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
         return "no answer in time"
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return f"it answered {exc.code} {exc.message}"
-    return f"{type(exc).__name__}: {exc}"
+        return f"it answered {exc.code} {scrub_reply(exc.message, 200)}"
+    return f"{type(exc).__name__}: {scrub_reply(str(exc), 200)}"
 
 
 async def check_relay(relay: RelaySettings, *, to: str | None = None, envelope_from: str = "",
@@ -104,7 +105,7 @@ async def check_relay(relay: RelaySettings, *, to: str | None = None, envelope_f
             except aiosmtplib.SMTPException as exc:
                 out.append(Finding("problem", f"{name}: the test message was refused: {_why(exc)}"))
                 return out
-            out.append(Finding("ok", f"{name}: test message accepted ({reply.strip()[:120]})"))
+            out.append(Finding("ok", f"{name}: test message accepted ({scrub_reply(reply.strip(), 120)})"))
         return out
     except (aiosmtplib.SMTPException, OSError) as exc:
         out.append(Finding("problem", f"{name}: the session failed: {_why(exc)}"))

@@ -135,6 +135,7 @@ def test_working_relay_sends_one_signed_test_message(tmp_path: Path, ca: trustme
     assert "logged in" in r.stdout
     assert "test message accepted (" in r.stdout
     assert "1 relay(s) usable" in r.stdout
+    assert "me@example.net" not in r.stdout + r.stderr  # no address in output
     [got] = s.received
     assert got.rcpt_tos == ["me@example.net"]
     assert dkim.verify(got.data, dnsfunc=lambda name, timeout=5: record)
