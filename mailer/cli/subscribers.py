@@ -115,7 +115,9 @@ def subscribers_export(app: App, file: Path, plaintext: bool, encrypted: bool) -
                    "restore it with 'newsletter subscribers import'")
         return
     click.echo(f"WARNING: {file} will hold subscribers' addresses in clear. Anyone who gets it "
-               "can put them at risk; delete it as soon as you are done.", err=True)
+               "can put them at risk; delete it as soon as you are done. A cell that starts "
+               "with = + - @, a tab or a CR is written with a leading ' so that a spreadsheet "
+               "shows it as text instead of running it.", err=True)
     n = write_text(file, lambda fh: export_csv(store, fh))
     click.echo(f"wrote {n} active subscribers to {file} (mode 0600)")
 
@@ -265,7 +267,7 @@ def build_web_app(app: App) -> Starlette:
     """Wire the public endpoints to this config's store, tokens, templates and transport."""
     from email.utils import parseaddr
 
-    from subscribers.confirmations import ConfirmationQueue, ConfirmationSender, Delivered
+    from subscribers.confirmations import ConfirmationSender, Delivered
     from subscribers.settings import PageSettings
     from subscribers.web import make_web_app
 
@@ -280,12 +282,15 @@ def build_web_app(app: App) -> Starlette:
         return "refused" if 500 <= result.code < 600 else "deferred"
 
     settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
-                            rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl)
+                            rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl,
+                            trusted_proxies=cfg.web.trusted_proxies,
+                            proxy_header=cfg.web.proxy_header)
     sender = ConfirmationSender(
-        ConfirmationQueue(app.engine, app.clock), app.subscribers, app.tokens, deliver,
+        app.signup.queue, app.subscribers, app.tokens, deliver,
         from_addr=cfg.newsletter.from_addr, public_url=cfg.newsletter.public_url,
-        names=dict(cfg.newsletter.name), clock=app.clock)
-    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, confirmations=sender)
+        names=dict(cfg.newsletter.name), clock=app.clock, intake=app.signup.intake)
+    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, signup=app.signup,
+                        confirmations=sender)
 
 
 @cli.command("serve")
