@@ -25,6 +25,7 @@ from mailer.db import open_engine
 if TYPE_CHECKING:
     from jinja2 import Environment
 
+    from mailer.delivery.dkim import DKIMSigner
     from mailer.delivery.outbox import Outbox
     from mailer.delivery.peers import SenderRegistry
     from mailer.delivery.transport import Transport
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from subscribers.store import SubscriberStore
     from subscribers.tokens import TokenSigner
 
-__all__ = ["App", "config_fingerprint", "config_path_from"]
+__all__ = ["App", "config_fingerprint", "config_path_from", "dkim_signer", "signing"]
 
 log = logging.getLogger("newsletter")
 
@@ -262,8 +263,33 @@ class App:
         from mailer.delivery.smtp import SMTPTransport
 
         if self.transport_override is not None:
-            return self.transport_override
+            return signing(self.config, self.transport_override)
         delivery = self.config.delivery
+        inner: Transport
         if delivery.transport == "smtp":
-            return SMTPTransport(delivery.relays)
-        return MaildirTransport(delivery.maildir)
+            inner = SMTPTransport(delivery.relays)
+        else:
+            inner = MaildirTransport(delivery.maildir)
+        return signing(self.config, inner)
+
+
+def dkim_signer(config: Config) -> DKIMSigner | None:
+    """The signer for ``[dkim]``, or None: the one place that decides whether mail is signed."""
+    if config.dkim is None:
+        return None
+    from mailer.delivery.dkim import DKIMSigner, load_keys
+
+    d = config.dkim
+    return DKIMSigner(load_keys(d.key_files, d.selector, d.domain))
+
+
+def signing(config: Config, transport: Transport) -> Transport:
+    """Wrap ``transport`` so every message is DKIM-signed when ``[dkim]`` is configured, so
+    confirmations, test-sends and editors' reports are signed too."""
+    signer = dkim_signer(config)
+    if signer is None:
+        return transport
+    from mailer.delivery.dkim import SigningTransport
+
+    assert config.dkim is not None
+    return SigningTransport(transport, signer.keys, workers=config.dkim.workers)

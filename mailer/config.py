@@ -24,6 +24,7 @@ from mailer.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_NAME",
     "Config",
+    "DKIMSettings",
     "DeliverySettings",
     "FeedSettings",
     "FetchSettings",
@@ -276,6 +277,16 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class DKIMSettings:
+    """``[dkim]``: sign every message we send (docs/deployment.md, "DKIM")."""
+
+    domain: str
+    selector: str
+    key_files: tuple[Path, ...]  # one or two PEM files: RSA-2048 and/or Ed25519
+    workers: int | None = None  # signing processes; default one per core
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated config. ``path`` is the file it came from."""
 
@@ -289,13 +300,19 @@ class Config:
     fetch: FetchSettings = FetchSettings()
     images: ImageSettings = ImageSettings()
     web: WebSettings = WebSettings()
+    dkim: DKIMSettings | None = None
     # The SMTP envelope sender (MAIL FROM, where bounces go): ``[delivery] envelope_from``, else
     # the address in ``[newsletter] from``. Resolved here, once, for every sender of mail.
     envelope_sender: str = field(init=False, repr=False, compare=False)
+    # The domain of ``[newsletter] from``, lower-cased: Message-IDs, DKIM alignment and DNS
+    # checks all name it (RFC 7489 §3.1 aligns on the RFC5322.From domain).
+    from_domain: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sender = self.delivery.envelope_from or parseaddr(self.newsletter.from_addr)[1]
         object.__setattr__(self, "envelope_sender", sender)
+        domain = parseaddr(self.newsletter.from_addr)[1].rpartition("@")[2].lower() or "localhost"
+        object.__setattr__(self, "from_domain", domain)
 
     @property
     def base_dir(self) -> Path:
@@ -976,6 +993,31 @@ def _web(ld: _Loader, s: _Section) -> WebSettings:
     return out
 
 
+_DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+
+
+def _dkim(ld: _Loader, s: _Section) -> DKIMSettings | None:
+    if not s._data:
+        return None
+    domain = s.get("domain", str)
+    if not re.fullmatch(rf"{_DNS_LABEL}(\.{_DNS_LABEL})+", domain):
+        raise s.error("domain", f"{domain!r} is not a domain name")
+    selector = s.get("selector", str)
+    if not re.fullmatch(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*", selector):
+        raise s.error("selector", f"{selector!r} is not a DNS label")
+    raw = s.get("key_file", (str, list))
+    files = s.strings("key_file") if isinstance(raw, list) else (raw,)
+    if not 1 <= len(files) <= 2:
+        raise s.error("key_file", "must name one or two key files (RSA-2048 and/or Ed25519)")
+    workers = s.get("workers", int, None)
+    if workers is not None and workers < 1:
+        raise s.error("workers", "must be at least 1")
+    out = DKIMSettings(domain=domain.lower(), selector=selector,
+                       key_files=tuple(ld.resolve(f) for f in files), workers=workers)
+    s.done()
+    return out
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -1007,6 +1049,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         fetch=(fetch := _fetch(root.table("fetch"))),
         images=_images(root.table("images"), fetch),
         web=_web(ld, root.table("web")),
+        dkim=_dkim(ld, root.table("dkim")),
     )
     root.done()
     return cfg

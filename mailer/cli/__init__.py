@@ -6,11 +6,13 @@ import sys
 
 from mailer.cli import (
     db,  # noqa: F401  (registers commands)
+    dkim,  # noqa: F401  (registers commands)
     editions,  # noqa: F401  (registers commands)
     feeds,  # noqa: F401  (registers commands)
     mirrors,  # noqa: F401  (registers commands)
     pipeline,  # noqa: F401  (registers commands)
     preview,  # noqa: F401  (registers commands)
+    relay,  # noqa: F401  (registers commands)
     run,  # noqa: F401  (registers commands)
     subscribers,  # noqa: F401  (registers commands)
     worker,  # noqa: F401  (registers commands)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, make_msgid
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -78,8 +78,7 @@ def compose_report(kind: ReportKind, info: EditionInfo, *, config: Config, now: 
     msg["From"] = config.newsletter.from_addr
     msg["To"] = ", ".join(config.newsletter.editors)
     msg["Date"] = format_datetime(now)
-    domain = parseaddr(config.newsletter.from_addr)[1].rpartition("@")[2] or "localhost"
-    msg["Message-ID"] = make_msgid("editors", domain=domain)
+    msg["Message-ID"] = make_msgid("editors", domain=config.from_domain)
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no autoreplies to this
     lines = [f"Edition {info.id} ({info.kind}) is now {info.state}."]
     if info.reason:

@@ -11,7 +11,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.utils import parseaddr
 
 import httpx
 
@@ -38,7 +37,7 @@ __all__ = [
 def header_settings(app: App) -> HeaderSettings:
     """The headers every message shares, from ``[newsletter]``."""
     nl = app.config.newsletter
-    domain = parseaddr(nl.from_addr)[1].rpartition("@")[2] or "localhost"
+    domain = app.config.from_domain
     return HeaderSettings(
         from_addr=nl.from_addr,
         list_id=nl.list_id,

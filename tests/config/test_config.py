@@ -135,3 +135,35 @@ def test_list_privacy_settings_are_typed(tmp_path: Path) -> None:
     plain = load_config(write(tmp_path, GOOD), {"SMTP_PASSWORD": "x"})
     assert plain.storage.forget_suppressed_after is None
     assert plain.storage.case_insensitive_domains == frozenset()
+
+
+DKIM = ('\n[dkim]\ndomain = "example.org"\nselector = "news2026"\n'
+        'key_file = ["keys/dkim-rsa.pem", "keys/dkim-ed25519.pem"]\n')
+
+
+def test_dkim_section_is_optional_and_resolves_key_files(tmp_path: Path) -> None:
+    env = {"SMTP_PASSWORD": "x"}
+    assert load_config(write(tmp_path, GOOD), env).dkim is None
+    d = load_config(write(tmp_path, GOOD + DKIM), env).dkim
+    assert d is not None
+    assert (d.domain, d.selector) == ("example.org", "news2026")
+    assert d.key_files == (tmp_path / "keys/dkim-rsa.pem", tmp_path / "keys/dkim-ed25519.pem")
+    one = load_config(write(tmp_path, GOOD + DKIM.replace('["keys/dkim-rsa.pem", "keys/dkim-ed25519.pem"]',
+                                                          '"k.pem"')), env).dkim
+    assert one is not None
+    assert one.key_files == (tmp_path / "k.pem",)
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    (('domain = "example.org"', 'domain = "example org"'), "dkim.domain"),
+    (('selector = "news2026"', 'selector = "news_2026"'), "dkim.selector"),
+    (('selector = "news2026"\n', ''), "dkim.selector"),
+    (('"keys/dkim-ed25519.pem"]', '"b.pem", "c.pem"]'), "dkim.key_file"),
+    (('selector = "news2026"', 'selector = "news2026"\nselectr = "x"'), "dkim.selectr"),
+])
+def test_dkim_errors_name_the_key_and_line(tmp_path: Path, edit: tuple[str, str], key: str) -> None:
+    path = write(tmp_path, GOOD + DKIM.replace(*edit))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"SMTP_PASSWORD": "x"})
+    assert info.value.key == key
+    assert info.value.line is not None

@@ -1,0 +1,187 @@
+"""DKIM: keys, signatures that survive re-folding and long lines, and the signing transport
+in front of the real Maildir and SMTP transports."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import dkim
+import pytest
+from dkim.crypto import RSASSA_PKCS1_v1_5_sign as pure_rsa_sign
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailer.delivery import dkim as ours
+from mailer.delivery.dkim import DKIMKey, DKIMSigner, SigningTransport, create_key_file, dns_record, load_keys
+from mailer.delivery.maildir import MaildirTransport
+from mailer.delivery.smtp import SMTPTransport
+from mailer.errors import KeyStoreError
+from tests.delivery.helpers import relay
+from tests.support.smtp import SMTPServer
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[DKIMKey, ...]:
+    d = tmp_path_factory.mktemp("dkim")
+    create_key_file(d / "rsa.pem", "rsa-sha256")
+    create_key_file(d / "ed.pem", "ed25519-sha256")
+    return load_keys([d / "rsa.pem", d / "ed.pem"], "news", "example.org")
+
+
+def dns_for(keys: tuple[DKIMKey, ...]) -> Callable[..., bytes]:
+    records = {f"{k.record_name}.".encode(): dns_record(k).encode() for k in keys}
+    return lambda name, timeout=5: records.get(name, b"")
+
+
+def verify_all(data: bytes, keys: tuple[DKIMKey, ...]) -> list[bytes]:
+    """Verify every DKIM-Signature in ``data``; return the algorithms that verified."""
+    n = len(re.findall(rb"^DKIM-Signature:", data, re.MULTILINE))
+    ok = []
+    for i in range(n):
+        d = dkim.DKIM(data)
+        try:
+            if d.verify(idx=i, dnsfunc=dns_for(keys)):
+                ok.append(d.signature_fields[b"a"])
+        except dkim.DKIMException:
+            pass
+    return ok
+
+
+MSG = (b"From: Digest <news@example.org>\r\nTo: reader@example.com\r\nSubject: hello\r\n"
+       b"Date: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n"
+       b"List-Unsubscribe: <https://news.example.org/u/abc>\r\n"
+       b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: text/plain; charset=utf-8\r\nX-Other: not signed\r\n\r\n"
+       b"body\r\n.line that SMTP dot-stuffs\r\n")
+
+
+def test_dual_signed_both_verify_and_only_present_headers_are_signed(keys: tuple[DKIMKey, ...]) -> None:
+    signed = DKIMSigner(keys).sign(MSG)
+    assert signed.endswith(MSG)
+    assert sorted(verify_all(signed, keys)) == [b"ed25519-sha256", b"rsa-sha256"]
+    h = dkim.DKIM(signed)
+    h.verify(dnsfunc=dns_for(keys))
+    listed = [x.strip().lower() for x in h.signature_fields[b"h"].split(b":")]
+    assert listed == [b"from", b"to", b"subject", b"date", b"message-id", b"list-unsubscribe",
+                      b"list-unsubscribe-post", b"mime-version", b"content-type"]
+
+
+def test_tampered_body_fails(keys: tuple[DKIMKey, ...]) -> None:
+    signed = DKIMSigner(keys).sign(MSG)
+    assert verify_all(signed.replace(b"body", b"bodY"), keys) == []
+
+
+def test_openssl_rsa_gives_dkimpys_own_bytes(keys: tuple[DKIMKey, ...]) -> None:
+    """PKCS#1 v1.5 is deterministic: the fast path must be byte-identical to dkimpy's."""
+    import hashlib
+
+    from dkim.crypto import parse_pem_private_key
+
+    pk = parse_pem_private_key(keys[0].private)
+    for text in (b"", b"a", b"x" * 1000):
+        assert ours._openssl_rsa_sign(hashlib.sha256(text), pk) == pure_rsa_sign(hashlib.sha256(text), pk)
+
+
+def refold(data: bytes) -> bytes:
+    """What a relay may do under relaxed canonicalisation: unfold and refold every header
+    differently, and add trailing white space to body lines."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = re.split(rb"\r\n(?![ \t])", head)
+    out = []
+    for f in fields:
+        name, _, value = f.partition(b":")
+        words = re.sub(rb"\r\n[ \t]+", b" ", value).split(b" ")
+        out.append(name + b":" + b"\r\n\t".join(w for w in words if w) if len(words) > 2
+                   else name + b":  " + value.strip())
+    return b"\r\n".join(out) + b"\r\n\r\n" + body.replace(b"\r\n", b" \r\n")
+
+
+header_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(subject_words=st.lists(header_text, min_size=1, max_size=60),
+       folds=st.lists(st.booleans(), min_size=60, max_size=60),
+       long_line=st.integers(min_value=0, max_value=3000),
+       extra=st.lists(st.sampled_from(["List-Id", "Feedback-ID", "X-Mailer"]), unique=True))
+def test_folding_and_long_lines_never_break_the_signature(
+        keys: tuple[DKIMKey, ...], subject_words: list[str], folds: list[bool],
+        long_line: int, extra: list[str]) -> None:
+    subject = b""
+    for word, fold in zip(subject_words, folds, strict=False):
+        subject += (b"\r\n " if fold and subject else b" ") + word.encode()
+    head = b"From: news@example.org\r\nTo: r@example.com\r\nSubject:" + subject + b"\r\n"
+    for name in extra:
+        head += f"{name}: <x.example.org>\r\n".encode()
+    data = head + b"\r\n" + b"a" * long_line + b"\r\nend\r\n"
+    signed = DKIMSigner(keys).sign(data)
+    assert sorted(verify_all(signed, keys)) == [b"ed25519-sha256", b"rsa-sha256"]
+    assert sorted(verify_all(refold(signed), keys)) == [b"ed25519-sha256", b"rsa-sha256"]
+
+
+def test_key_files_checked(tmp_path: Path) -> None:
+    with pytest.raises(KeyStoreError, match="not found"):
+        load_keys([tmp_path / "missing.pem"], "news", "example.org")
+    create_key_file(tmp_path / "a.pem", "ed25519-sha256")
+    assert (tmp_path / "a.pem").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(KeyStoreError, match="already exists"):
+        create_key_file(tmp_path / "a.pem", "rsa-sha256")
+    create_key_file(tmp_path / "b.pem", "ed25519-sha256")
+    with pytest.raises(KeyStoreError, match="second ed25519"):
+        load_keys([tmp_path / "a.pem", tmp_path / "b.pem"], "news", "example.org")
+    (tmp_path / "c.pem").write_text("junk")
+    with pytest.raises(KeyStoreError, match="not an unencrypted PEM"):
+        load_keys([tmp_path / "c.pem"], "news", "example.org")
+    [ed] = load_keys([tmp_path / "a.pem"], "news", "example.org")
+    assert ed.record_name == "news-ed25519._domainkey.example.org"
+
+
+@pytest.mark.parametrize("pool_after", [1000, 0])
+async def test_signing_maildir_inline_and_in_the_pool(tmp_path: Path, keys: tuple[DKIMKey, ...],
+                                                      pool_after: int) -> None:
+    transport = SigningTransport(MaildirTransport(tmp_path / "md"), keys, workers=2, pool_after=pool_after)
+    try:
+        for _ in range(3):
+            assert (await transport.send("bounce@example.org", "r@example.com", MSG)).code == 250
+        assert (transport._pool is not None) == (pool_after == 0)
+    finally:
+        await transport.aclose()
+    files = list((tmp_path / "md" / "new").iterdir())
+    assert len(files) == 3
+    for f in files:
+        assert len(verify_all(f.read_bytes(), keys)) == 2
+
+
+async def test_signing_smtp_verifies_after_dot_stuffing(smtp_server: SMTPServer,
+                                                        keys: tuple[DKIMKey, ...]) -> None:
+    transport = SigningTransport(SMTPTransport([relay(smtp_server.port)]), keys)
+    transport.set_share(1)
+    try:
+        assert (await transport.send("bounce@example.org", "r@example.com", MSG)).code == 250
+    finally:
+        await transport.aclose()
+    [got] = smtp_server.received
+    assert b"\r\n.line that SMTP dot-stuffs" in got.data
+    assert sorted(verify_all(got.data, keys)) == [b"ed25519-sha256", b"rsa-sha256"]
+
+
+async def test_a_killed_signing_worker_does_not_fail_the_send(tmp_path: Path, keys: tuple[DKIMKey, ...]) -> None:
+    import os
+    import signal
+
+    transport = SigningTransport(MaildirTransport(tmp_path / "md"), keys, workers=2, pool_after=0)
+    try:
+        assert (await transport.send("b@example.org", "r@example.com", MSG)).code == 250
+        assert transport._pool is not None
+        for pid in list(transport._pool._processes):  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(2):
+            assert (await transport.send("b@example.org", "r@example.com", MSG)).code == 250
+        assert transport._pool is None
+    finally:
+        await transport.aclose()
+    files = list((tmp_path / "md" / "new").iterdir())
+    assert len(files) == 3
+    assert all(len(verify_all(f.read_bytes(), keys)) == 2 for f in files)

@@ -1,0 +1,95 @@
+"""DKIM as an operator meets it: `dkim init` makes the keys and prints the records, and every
+message a real `newsletter send` hands to the relay verifies against those records."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dkim
+import dns.resolver
+
+from tests.e2e.test_end_to_end import FEED, newsletter, smtp_config
+from tests.support.dns import DNSServer
+from tests.support.http import HTTPServer, Reply
+from tests.support.smtp import SMTPServer
+
+DKIM = ('\n[dkim]\ndomain = "example.org"\nselector = "news2026"\n'
+        'key_file = ["keys/dkim-rsa.pem", "keys/dkim-ed25519.pem"]\n')
+
+
+def published(zone: str) -> dict[bytes, bytes]:
+    """The TXT records `dkim init` printed, as a resolver would return them (strings joined)."""
+    out = {}
+    for m in re.finditer(r"^(\S+) IN TXT \( (.*) \)$", zone, re.MULTILINE):
+        out[m.group(1).encode()] = "".join(re.findall(r'"([^"]*)"', m.group(2))).encode()
+    return out
+
+
+def test_dkim_init_then_every_sent_message_verifies(tmp_path: Path, http_server: HTTPServer,
+                                                    smtp_server: SMTPServer) -> None:
+    http_server.routes["/feed"] = Reply(body=FEED, headers={"Content-Type": "application/atom+xml"})
+    config = smtp_config(tmp_path, http_server.url("/feed"), smtp_server.port)
+    config.write_text(config.read_text(encoding="utf-8") + DKIM, encoding="utf-8")
+
+    init = newsletter(config, "dkim", "init")
+    assert init.returncode == 0, init.stderr
+    for name in ("dkim-rsa.pem", "dkim-ed25519.pem"):
+        assert (tmp_path / "keys" / name).stat().st_mode & 0o777 == 0o600
+    records = published(init.stdout)
+    assert sorted(records) == [b"news2026-ed25519._domainkey.example.org.", b"news2026._domainkey.example.org."]
+    assert records[b"news2026._domainkey.example.org."].startswith(b"v=DKIM1; k=rsa; p=")
+    key_before = (tmp_path / "keys" / "dkim-rsa.pem").read_bytes()
+    again = newsletter(config, "dkim", "init")  # idempotent: prints the same, replaces nothing
+    assert again.returncode == 0
+    assert published(again.stdout) == records
+    assert (tmp_path / "keys" / "dkim-rsa.pem").read_bytes() == key_before
+
+    csv = tmp_path / "list.csv"
+    csv.write_text("email,language\nli.hua@qq.example,zh-Hans\nchen.wei@163.example,zh-Hant\n"
+                   "sam@mail.example,en\n", encoding="utf-8")
+    assert newsletter(config, "keys", "init").returncode == 0
+    assert newsletter(config, "subscribers", "import", str(csv), "--confirmed").returncode == 0
+    assert newsletter(config, "poll").returncode == 0
+    sent = newsletter(config, "send")
+    assert sent.returncode == 0, sent.stderr
+    assert "3 sent" in sent.stdout
+
+    zone = {name.decode().rstrip("."): [value.decode()] for name, value in records.items()}
+    with DNSServer(zone) as dns_server:
+        # `dns check` against the published zone: DKIM is there, SPF and DMARC are not yet.
+        check = newsletter(config, "dns", "check", "--nameserver", dns_server.address)
+        assert check.returncode == 1, check.stderr
+        assert "2 problem(s) for example.org" in check.stdout
+        assert "no SPF record" in check.stdout
+        assert "no record at _dmarc.example.org" in check.stdout
+        dns_server.records["example.org"] = ["v=spf1 ip4:127.0.0.1 -all"]
+        dns_server.records["_dmarc.example.org"] = ["v=DMARC1; p=reject"]
+        check = newsletter(config, "dns", "check", "--nameserver", dns_server.address)
+        assert check.returncode == 0, check.stdout
+        assert "example.org: all records in place" in check.stdout
+
+        # A receiver's view: every message verifies, both signatures, with keys fetched by DNS.
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port = ["127.0.0.1"], dns_server.port
+
+        def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+            answer = resolver.resolve(name.decode(), "TXT")
+            return b"".join(answer[0].strings)  # type: ignore[attr-defined, no-any-return]
+
+        assert len(smtp_server.received) == 3
+        for r in smtp_server.received:
+            sigs = re.findall(rb"^DKIM-Signature:", r.data, re.MULTILINE)
+            assert len(sigs) == 2
+            for i in range(2):
+                assert dkim.DKIM(r.data).verify(idx=i, dnsfunc=dnsfunc)
+        assert "news2026-ed25519._domainkey.example.org" in dns_server.queries
+
+
+def test_dkim_init_without_a_section_is_one_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "newsletter.toml"
+    config.write_text((Path(__file__).parents[2] / "newsletter.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    result = newsletter(config, "dkim", "init")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("newsletter: error:")
+    assert "[dkim]" in result.stderr
