@@ -46,9 +46,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MirrorHealth",
     "MirrorRegistry",
-    "fill_slots",
     "handed_out",
     "load_health",
+    "spread_over_slots",
 ]
 
 log = logging.getLogger("newsletter.mirrors")
@@ -121,7 +121,7 @@ def _fallback(settings: MirrorSettings, health: Mapping[str, MirrorHealth]) -> t
     return settings.origins[:1]
 
 
-def fill_slots(chosen: Sequence[str], slots: int) -> tuple[str, ...]:
+def spread_over_slots(chosen: Sequence[str], slots: int) -> tuple[str, ...]:
     """Exactly ``slots`` bases: the chosen ones in order, repeated when there are too few (pure)."""
     if slots <= 0:
         return ()
@@ -254,7 +254,7 @@ class MirrorRegistry:
         if want > len(chosen) and len(part.candidates) > len(chosen):
             # More slots than per_recipient (a reload lowered it mid-send): choose afresh.
             chosen = Partitioner(self._secret, part.candidates, want).choose(period, subscriber_id)
-        return fill_slots(chosen[:want], want)
+        return spread_over_slots(chosen[:want], want)
 
     def static_links(self) -> tuple[MirrorSite, ...]:
         """Onion mirrors every footer shows (see the module docstring for why they are not split)."""

@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from urllib.parse import urljoin, urlsplit
 
+from mailer.slots import mirror_slot
+
 __all__ = [
     "BLOGSPOT_COUNTRY_SUFFIXES",
     "MIRROR_LINKS_CLASS",
     "add_mirror_lines",
     "add_mirror_links",
     "mirror_alternatives",
-    "mirror_slot",
     "origin_hosts",
     "origin_path",
 ]
@@ -46,11 +47,6 @@ _HREF = re.compile(
 # ("见https://x/p.html。") is not swallowed.
 _TEXT_URL = re.compile(r"(?:https?:)?//[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+", re.IGNORECASE)
 _TRAILING = ".,;:!?'"
-
-
-def mirror_slot(index: int) -> str:
-    """The placeholder for the recipient's ``index``-th mirror base (no trailing slash)."""
-    return f"@@SLOT_M{index}@@"
 
 
 # Blogger once redirected readers to a country domain (NAME.blogspot.hk, NAME.blogspot.tw,

@@ -12,8 +12,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mailer.errors import RenderError
-from mailer.message import SLOT_RE, HeaderSettings, MessageTemplate, PersonalSlots, fill_slots, slot
+from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
 from mailer.models import InlineImage, RenderedVariant
+from mailer.slots import SLOT_RE, slot
+from mailer.slots import fill as fill_slots
 
 HEADERS = HeaderSettings(
     from_addr="公民权利通讯 <digest@example.org>",
