@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from mailer.errors import ConfigError
+from mailer.mirrors.sites import is_origin_host, same_place
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -754,13 +755,7 @@ def _mirror_url(value: str) -> str:
     return _url(value, schemes=("http", "https", "ipfs"))
 
 
-def _same_place(a: str, b: str) -> bool:
-    """Two bases name the same place: scheme and host compare case-insensitively, paths exactly."""
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.netloc.lower(), pa.path.rstrip("/")) == (pb.netloc.lower(), pb.path.rstrip("/"))
-
-
-def _mirror_site(i: int, site: _Section, gateway: str, origin_hosts: set[str],
+def _mirror_site(i: int, site: _Section, gateway: str, origins: tuple[str, ...],
                  warnings: list[str]) -> MirrorSite:
     url = site.convert("url", str, _mirror_url)
     if url.startswith("ipfs://"):
@@ -768,9 +763,10 @@ def _mirror_site(i: int, site: _Section, gateway: str, origin_hosts: set[str],
         url = f"{gateway}/ipfs/{url[len('ipfs://'):]}"
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    if host in origin_hosts:
-        raise site.error("url", "is on an origin's host; a mirror must be another address "
-                                "(the censor blocks the origin's host whatever the path)")
+    if is_origin_host(host, origins):
+        raise site.error("url", "is on an origin's host (or one of its blogspot country domains); "
+                                "a mirror must be another address (the censor blocks the "
+                                "origin's host whatever the path)")
     guess = "onion" if host.endswith(".onion") else "ipfs" if "/ipfs/" in url else "https"
     kind = site.get("kind", str, guess)
     if kind not in ("https", "onion", "ipfs"):
@@ -822,11 +818,10 @@ def _mirrors(ld: _Loader, s: _Section) -> MirrorSettings:
         raise s.error("canary_path", "must start with '/' (it is appended to each mirror's base)")
     sites: list[MirrorSite] = []
     warnings: list[str] = []
-    origin_hosts = {(urlsplit(o).hostname or "").lower() for o in clean_origins}
     for i, section in enumerate(s.tables("sites")):
-        site = _mirror_site(i, section, gateway, origin_hosts, warnings)
+        site = _mirror_site(i, section, gateway, tuple(clean_origins), warnings)
         for j, earlier in enumerate(sites):
-            if _same_place(site.url, earlier.url):
+            if same_place(site.url, earlier.url):
                 raise section.error("url", f"duplicate of mirrors.sites[{j}] ({earlier.url})")
         sites.append(site)
     active = sum(1 for x in sites if x.status == "active" and x.kind != "onion")
