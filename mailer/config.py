@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from mailer.errors import ConfigError
 from mailer.mirrors.sites import is_origin_host, same_place
+from subscribers.languages import KNOWN_LANGUAGES, choices, is_pair_of
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_NAME = "newsletter.toml"
-KNOWN_LANGUAGES = ("zh-Hans", "zh-Hant", "en")
 
 # Provider answers that mean "we refused the content", not "the address is bad" (issue 7).
 DEFAULT_CONTENT_REJECTIONS = (
@@ -82,8 +82,8 @@ class NewsletterSettings:
 
     @property
     def choices(self) -> tuple[str, ...]:
-        """Every language a subscriber may choose: the single ones, then the bilingual pairs."""
-        return self.languages + self.bilingual
+        """Every language a subscriber may choose (``subscribers.languages`` owns the rule)."""
+        return choices(self.languages, self.bilingual)
 
 
 @dataclass(frozen=True)
@@ -479,7 +479,7 @@ def _address(value: str) -> str:
 
 
 def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
-    languages = s.strings("languages", ["zh-Hans", "zh-Hant", "en"])
+    languages = s.strings("languages", list(KNOWN_LANGUAGES))
     if not languages:
         raise s.error("languages", "must name at least one language")
     for i, lang in enumerate(languages):
@@ -489,8 +489,7 @@ def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
             raise s.error(f"languages[{i}]", str(exc)) from None
     bilingual = s.strings("bilingual", [])
     for i, pair in enumerate(bilingual):
-        halves = pair.split("+")
-        if len(halves) != 2 or any(h not in languages for h in halves) or halves[0] == halves[1]:
+        if not is_pair_of(pair, languages):
             raise s.error(f"bilingual[{i}]", f"{pair!r} must be two configured languages, like 'zh-Hans+en'")
     names_sec = s.table("name")
     names: dict[str, str] = {}

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from subscribers.languages import KNOWN_LANGUAGES, choices
+
 __all__ = ["ListSettings", "PageSettings"]
 
 
@@ -17,7 +19,7 @@ __all__ = ["ListSettings", "PageSettings"]
 class ListSettings:
     """What a subscriber may choose and how addresses are folded for the blind index."""
 
-    languages: tuple[str, ...] = ("zh-Hans", "zh-Hant", "en")
+    languages: tuple[str, ...] = KNOWN_LANGUAGES
     bilingual: tuple[str, ...] = ()
     normalise_gmail_dots: bool = False
     case_insensitive_domains: frozenset[str] = frozenset()  # ASCII, lower-case
@@ -46,7 +48,7 @@ class ListSettings:
 
     @property
     def choices(self) -> tuple[str, ...]:
-        return self.languages + self.bilingual
+        return choices(self.languages, self.bilingual)
 
 
 @dataclass(frozen=True)
