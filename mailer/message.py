@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
+from mailer.clock import Clock, system_clock
 from mailer.errors import RenderError
 from mailer.models import InlineImage, RenderedVariant
 from mailer.slots import SLOT_RE, UNSUB, UNSUB_SLOT, is_known, mirror_index
@@ -205,12 +206,14 @@ class MessageTemplate:
     _tail_parts: bytes
     _boundaries: tuple[bytes, bytes]
     mirror_slots: int
+    clock: Clock = system_clock  # the Date header is the send time, read from the clock passed in
     _date_cache: tuple[int, str] = (0, "")
 
     @classmethod
     def build(cls, variant: RenderedVariant, *, edition_id: int, headers: HeaderSettings,
-              date: datetime | None = None) -> MessageTemplate:
-        """Serialise ``variant``; ``date`` fixes the Date header (tests), else it is the send time."""
+              date: datetime | None = None, clock: Clock = system_clock) -> MessageTemplate:
+        """Serialise ``variant``; ``date`` fixes the Date header (a preview), else it is the send
+        time by ``clock``."""
         for body in (variant.text, variant.html):
             for name in SLOT_RE.findall(body):
                 if not is_known(name):
@@ -258,10 +261,11 @@ class MessageTemplate:
             _tail_parts=tail,
             _boundaries=(outer, inner),
             mirror_slots=variant.mirror_slots,
+            clock=clock,
         )
 
     def _date(self) -> str:
-        now = datetime.now(UTC)
+        now = self.clock().astimezone(UTC)
         second = int(now.timestamp())
         if self._date_cache[0] != second:
             self._date_cache = (second, format_datetime(now))
