@@ -16,7 +16,8 @@ from sqlalchemy import insert, update
 from mailer.app import App
 from mailer.config import MirrorSettings, MirrorSite, load_config
 from mailer.mirrors.partition import Partitioner
-from mailer.mirrors.registry import MirrorHealth, handed_out, spread_over_slots
+from mailer.mirrors.registry import handed_out, spread_over_slots
+from mailer.mirrors.state import MirrorHealth
 from mailer.schema import mirror_state
 from tests.mirrors.conftest import Factory
 from tests.mirrors.helpers import NOW, Clock, write_config
