@@ -13,6 +13,7 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -115,6 +116,10 @@ class FetchSettings:
     proxy: str | None = None
     # Whole-fetch limit: a server that dribbles a byte every few seconds never trips read_timeout.
     deadline: float = 120.0
+    # TEST ONLY: networks the address guard (mailer/net.py) treats as public, so that tests can
+    # serve images and redirects from loopback. Empty in every deployment: anything here is a
+    # network that hostile post content can make the server fetch from.
+    unsafe_allow_networks_for_tests: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,16 @@ class ImageSettings:
     fetch: bool = True
     budget: int = 1_500_000
     max_dimension: int = 1200
+    # These four default to [fetch]'s at load time: one proxy hides the server for all fetches.
     proxy: str | None = None
+    user_agent: str = FetchSettings.user_agent
+    connect_timeout: float = FetchSettings.connect_timeout
+    unsafe_allow_networks_for_tests: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Wall-clock limits: per image (a server that sends a byte every 5 s never trips a read
+    # timeout) and for all of an edition's images together. A late image shows its alt text.
+    timeout: float = 20.0
+    deadline: float = 60.0
+    max_redirects: int = 5
 
 
 @dataclass(frozen=True)
@@ -598,6 +612,7 @@ def _fetch(s: _Section) -> FetchSettings:
         max_body=s.convert("max_body", (str, int), parse_size, d.max_body),
         proxy=s.convert("proxy", str, _proxy, None),
         deadline=float(s.get("deadline", float, d.deadline)),
+        unsafe_allow_networks_for_tests=_networks(s, "unsafe_allow_networks_for_tests"),
     )
     if out.concurrency < 1:
         raise s.error("concurrency", "must be at least 1")
@@ -853,14 +868,40 @@ def _mirrors(ld: _Loader, s: _Section) -> MirrorSettings:
     return out
 
 
-def _images(s: _Section) -> ImageSettings:
+def _networks(s: _Section, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    out = []
+    for i, item in enumerate(s.strings(name, ())):
+        try:
+            out.append(ip_network(item, strict=False))
+        except ValueError as exc:
+            raise s.error(f"{name}[{i}]", str(exc)) from None
+    return tuple(out)
+
+
+def _images(s: _Section, fetch: FetchSettings) -> ImageSettings:
+    """``[images]``; proxy, User-Agent, connect timeout and the test-only networks come from
+    ``[fetch]`` unless given here (``proxy = "none"`` fetches images directly)."""
     d = ImageSettings()
+    proxy = s.get("proxy", str, None)
     out = ImageSettings(
         fetch=s.get("fetch", bool, d.fetch),
         budget=s.convert("budget", (str, int), parse_size, d.budget),
         max_dimension=s.get("max_dimension", int, d.max_dimension),
-        proxy=s.convert("proxy", str, _proxy, None),
+        proxy=fetch.proxy if proxy is None else None if proxy == "none" else s.convert("proxy", str, _proxy),
+        user_agent=s.get("user_agent", str, fetch.user_agent),
+        connect_timeout=fetch.connect_timeout,
+        unsafe_allow_networks_for_tests=(
+            _networks(s, "unsafe_allow_networks_for_tests") if s.has("unsafe_allow_networks_for_tests")
+            else fetch.unsafe_allow_networks_for_tests),
+        timeout=float(s.get("timeout", float, d.timeout)),
+        deadline=float(s.get("deadline", float, d.deadline)),
+        max_redirects=s.get("max_redirects", int, fetch.max_redirects),
     )
+    for key, value in (("timeout", out.timeout), ("deadline", out.deadline)):
+        if value <= 0:
+            raise s.error(key, "must be positive")
+    if out.max_redirects < 0:
+        raise s.error("max_redirects", "must not be negative")
     s.done()
     return out
 
@@ -907,8 +948,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         schedule=_schedule(root.table("schedule")),
         delivery=_delivery(ld, root.table("delivery")),
         mirrors=_mirrors(ld, root.table("mirrors")),
-        fetch=_fetch(root.table("fetch")),
-        images=_images(root.table("images")),
+        fetch=(fetch := _fetch(root.table("fetch"))),
+        images=_images(root.table("images"), fetch),
         web=_web(ld, root.table("web")),
     )
     root.done()

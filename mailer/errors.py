@@ -11,6 +11,7 @@
     ├── FeedError                        one feed could not be read; others go on     (exit 1)
     │   ├── FetchError(ConnectionError)  network, timeout, HTTP status, body too large
     │   └── NotAFeedError                block page, captive portal, empty body
+    ├── BlockedAddressError(ConnectionError)  content named a non-public address (SSRF guard)
     ├── RenderError                      template or catalog problem                  (exit 1)
     ├── DeliveryError                    a send could not complete                    (exit 1)
     │                                    (every relay down is a deferral, not an error:
@@ -36,6 +37,7 @@ from subscribers.errors import (
 )
 
 __all__ = [
+    "BlockedAddressError",
     "ConfigError",
     "DeliveryError",
     "EditionError",
@@ -93,6 +95,17 @@ class FetchError(FeedError, ConnectionError):
 
 class NotAFeedError(FeedError):
     """The body is not a feed: an HTML block page, a captive portal, an empty body."""
+
+
+class BlockedAddressError(NewsletterError, ConnectionError):
+    """A fetch on content's behalf would reach loopback, a private network or another
+    non-public address, or use a scheme other than http(s): refused before any byte is sent."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, url: str) -> None:
+        self.url = url
+        super().__init__(message)
 
 
 class RenderError(NewsletterError):

@@ -114,7 +114,7 @@ class PreparedEdition:
 
 
 def prepare_edition(app: App, edition_id: int, *, date: datetime | None = None,
-                    images_client: httpx.Client | None = None) -> PreparedEdition:
+                    images_client: httpx.AsyncClient | None = None) -> PreparedEdition:
     """Render and serialise every variant of ``edition_id``: premailer runs once per variant."""
     edition = app.editions.load(edition_id)
     if not edition.posts:

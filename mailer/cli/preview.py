@@ -78,8 +78,6 @@ def write_preview(
     app: App, edition: Edition, language: str, out: Path, *, date: datetime | None = None
 ) -> PreviewFiles:
     """Render, serialise and personalise for a sample reader; write .html, .txt and .eml."""
-    import httpx
-
     from mailer.message import MessageTemplate, PersonalSlots
     from mailer.pipeline import header_settings
     from mailer.render.images import fetch_images
@@ -87,12 +85,7 @@ def write_preview(
 
     _check_language(app, language)
     now = date or app.clock()
-    images = {}
-    if app.config.images.fetch:
-        with httpx.Client(
-            proxy=app.config.images.proxy, follow_redirects=True, timeout=httpx.Timeout(20.0, connect=10.0)
-        ) as client:
-            images = fetch_images(edition.posts, app.config.images, client=client)
+    images = fetch_images(edition.posts, app.config.images) if app.config.images.fetch else {}
     ctx = RenderContext.from_config(app.config, date=now, images=images, env=app.jinja, strict=True)
     variant = render_variant(edition, language, ctx)
     template = MessageTemplate.build(variant, edition_id=edition.id, headers=header_settings(app), date=now)

@@ -2,6 +2,12 @@
 
 This is the only module here that touches the network or the disk. Every failure becomes a
 ``FetchError`` naming the feed, so the poller can record it and go on with the others.
+
+The operator chose the feed's host, not where it redirects: the configured host is trusted
+wherever it resolves (it may be 127.0.0.1 or an intranet name), and every other host a redirect
+names must be public, checked by the address guard (mailer/net.py) on every hop. So a blog that
+redirects its feed to 169.254.169.254, to localhost or to another intranet host is refused, even
+when the blog itself lives inside; an internal feed that redirects within its own host works.
 """
 
 from __future__ import annotations
@@ -9,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-import ssl
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from mailer.config import FeedSettings, FetchSettings
-from mailer.errors import FetchError
+from mailer.errors import BlockedAddressError, FetchError
+from mailer.net import AddressGuard, guarded_transport, open_guarded, tls_context
 
 __all__ = ["FetchOutcome", "FetchResult", "Validators", "build_client", "fetch_feed", "redact"]
 
@@ -57,16 +62,13 @@ class FetchResult:
     truncated: bool = False
 
 
-@cache
-def _tls_context() -> ssl.SSLContext:
-    """Loading the CA bundle takes ~0.2 s: do it once per process, not once per poll."""
-    return httpx.create_ssl_context()
-
-
 def build_client(fetch: FetchSettings, proxy: str | None = None) -> httpx.AsyncClient:
-    """One client per proxy. Redirects are followed, at most ``max_redirects`` of them."""
+    """One client per proxy, over the guarded transport; ``fetch_feed`` follows the redirects."""
+    limits = httpx.Limits(max_connections=fetch.concurrency,
+                          max_keepalive_connections=fetch.concurrency)
     return httpx.AsyncClient(
-        verify=_tls_context(),
+        transport=guarded_transport(_guard(fetch), proxy=proxy or fetch.proxy, verify=tls_context(),
+                                    limits=limits),
         headers={
             "User-Agent": fetch.user_agent,
             "Accept": "application/atom+xml, application/rss+xml, application/rdf+xml;q=0.9, "
@@ -78,13 +80,13 @@ def build_client(fetch: FetchSettings, proxy: str | None = None) -> httpx.AsyncC
             connect=fetch.connect_timeout, read=fetch.read_timeout,
             write=fetch.read_timeout, pool=fetch.connect_timeout + fetch.read_timeout,
         ),
-        follow_redirects=True,
-        max_redirects=fetch.max_redirects,
-        proxy=proxy or fetch.proxy,
-        limits=httpx.Limits(max_connections=fetch.concurrency,
-                            max_keepalive_connections=fetch.concurrency),
+        follow_redirects=False,
         trust_env=False,
     )
+
+
+def _guard(fetch: FetchSettings) -> AddressGuard:
+    return AddressGuard(fetch.unsafe_allow_networks_for_tests)
 
 
 async def fetch_feed(feed: FeedSettings, validators: Validators, *, client: httpx.AsyncClient | None,
@@ -103,6 +105,8 @@ async def fetch_feed(feed: FeedSettings, validators: Validators, *, client: http
             return await _get(feed, validators, headers, client, fetch)
     except FetchError:
         raise
+    except BlockedAddressError as exc:
+        raise FetchError(f"redirect refused: {exc}", feed=redact(feed.url)) from None
     except TimeoutError:
         raise FetchError(f"took longer than the {fetch.deadline:g}s deadline", feed=redact(feed.url)) from None
     except httpx.TooManyRedirects:
@@ -117,7 +121,9 @@ async def fetch_feed(feed: FeedSettings, validators: Validators, *, client: http
 
 async def _get(feed: FeedSettings, validators: Validators, headers: dict[str, str],
                client: httpx.AsyncClient, fetch: FetchSettings) -> FetchResult:
-    async with client.stream("GET", feed.url, headers=headers) as resp:
+    host = httpx.URL(feed.url).host
+    async with open_guarded(client, feed.url, guard=_guard(fetch), max_redirects=fetch.max_redirects,
+                            headers=headers, trusted=(host,)) as resp:
         if resp.status_code != 200:
             # Read the (empty or short) body, or httpcore drops the connection instead of
             # keeping it alive for the next feed on the same host.

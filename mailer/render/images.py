@@ -6,26 +6,33 @@ fetched when the edition is built (I/O, here), then shrunk and recompressed (pur
 all of a message's images fit ``ImageSettings.budget`` (default 1.5 MB, counted as base64 on the
 wire). An image past the budget, or one that failed to download, is simply left out of the
 returned mapping: the renderer shows its alt text and a link instead. Nothing here fails the
-edition.
+edition. Image URLs come from post content, which may be hostile: every fetch goes through the
+address guard (mailer/net.py), and each image and the whole phase have a wall-clock deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import hashlib
 import io
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from typing import Any, TypeVar
 
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mailer.config import ImageSettings
+from mailer.errors import BlockedAddressError
 from mailer.models import InlineImage, Post
+from mailer.net import AddressGuard, Resolver, guarded_transport, open_guarded
 
 __all__ = [
     "MAX_DOWNLOAD",
@@ -33,11 +40,13 @@ __all__ = [
     "encoded_size",
     "fetch_images",
     "fit_images",
+    "image_client",
     "image_urls",
     "shrink",
 ]
 
 log = logging.getLogger("newsletter.render.images")
+T = TypeVar("T")
 
 MAX_DOWNLOAD = 15 * 1024 * 1024  # a larger "image" is not worth the edition's time
 MIN_SIDE = 240  # below this an image stops being useful; better the alt text and a link
@@ -193,57 +202,120 @@ def fit_images(fetched: Sequence[FetchedImage], settings: ImageSettings) -> dict
     return out
 
 
-def _download(client: httpx.Client, url: str) -> FetchedImage:
+async def _download(client: httpx.AsyncClient, url: str, settings: ImageSettings,
+                    guard: AddressGuard) -> FetchedImage:
+    """One image within its own wall-clock deadline; any failure is one log line and None."""
     try:
-        with client.stream("GET", url) as response:
-            if response.status_code != 200:
-                log.warning("image %s: HTTP %s; shown as its alt text", url, response.status_code)
-                return FetchedImage(url, None)
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > MAX_DOWNLOAD:
-                    log.warning("image %s: larger than %d bytes; skipped", url, MAX_DOWNLOAD)
+        async with asyncio.timeout(settings.timeout):
+            async with open_guarded(client, url, guard=guard, max_redirects=settings.max_redirects) as response:
+                if response.status_code != 200:
+                    log.warning("image %s: HTTP %s; shown as its alt text", url, response.status_code)
                     return FetchedImage(url, None)
-                chunks.append(chunk)
-            return FetchedImage(url, b"".join(chunks))
-    except (httpx.HTTPError, OSError) as exc:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_DOWNLOAD:
+                        log.warning("image %s: larger than %d bytes; skipped", url, MAX_DOWNLOAD)
+                        return FetchedImage(url, None)
+                    chunks.append(chunk)
+                return FetchedImage(url, b"".join(chunks))
+    except BlockedAddressError as exc:
+        log.warning("image %s: refused, %s; shown as its alt text", url, exc)
+    except TimeoutError:
+        log.warning("image %s: not done within %gs; shown as its alt text", url, settings.timeout)
+    except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
         log.warning("image %s: %s; shown as its alt text", url, type(exc).__name__)
-        return FetchedImage(url, None)
+    return FetchedImage(url, None)
 
 
 _SAFE_URL = re.compile(r"^https?://[^\s]+$")
+_DATA_IMAGE = re.compile(r"^data:image/(?:png|jpeg|gif|webp);base64,([a-z0-9+/=\s]+)$", re.I)
+
+
+def _data_image(url: str) -> bytes | None:
+    """Pure: the bytes of a raster ``data:`` image the sanitiser kept (RFC 2397), else None.
+
+    It is embedded like a fetched one (recompressed, within the budget); one that is not
+    shows its alt text only, never a link: readers' clients would open the data: URL.
+    """
+    m = _DATA_IMAGE.match(url)
+    if m is None or len(m.group(1)) > MAX_DOWNLOAD * 4 // 3 + 4:
+        return None
+    try:
+        return base64.b64decode(m.group(1), validate=False)
+    except ValueError:
+        return None
+
+
+def image_client(settings: ImageSettings, *, resolver: Resolver | None = None,
+                 workers: int = 4) -> httpx.AsyncClient:
+    """The client for image fetches: guarded transport, [fetch]'s proxy and User-Agent unless
+    [images] says otherwise, redirects followed hop by hop by ``open_guarded``."""
+    guard = AddressGuard(settings.unsafe_allow_networks_for_tests)
+    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+    return httpx.AsyncClient(
+        transport=guarded_transport(guard, proxy=settings.proxy, limits=limits, resolver=resolver),
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.timeout, connect=min(settings.connect_timeout, settings.timeout)),
+        headers={"User-Agent": settings.user_agent},
+        trust_env=False,
+    )
+
+
+async def _fetch_all(urls: Sequence[str], settings: ImageSettings, client: httpx.AsyncClient | None,
+                     workers: int) -> list[FetchedImage]:
+    guard = AddressGuard(settings.unsafe_allow_networks_for_tests)
+    gate = asyncio.Semaphore(max(1, workers))
+
+    async def one(http: httpx.AsyncClient, url: str) -> FetchedImage:
+        async with gate:
+            return await _download(http, url, settings, guard)
+
+    async with contextlib.AsyncExitStack() as stack:
+        http: httpx.AsyncClient = client if client is not None else \
+            await stack.enter_async_context(image_client(settings, workers=workers))
+        tasks = [asyncio.create_task(one(http, u)) for u in urls]
+        _done, late = await asyncio.wait(tasks, timeout=settings.deadline)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        if late:
+            log.warning("images: the edition's %gs image deadline passed; %d image(s) shown as "
+                        "their alt text", settings.deadline, len(late))
+        return [t.result() if t in _done else FetchedImage(u, None) for t, u in zip(tasks, urls, strict=True)]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end from sync code, also when this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def fetch_images(
     posts: Sequence[Post],
     settings: ImageSettings,
     *,
-    client: httpx.Client | None = None,
+    client: httpx.AsyncClient | None = None,
     workers: int = 4,
 ) -> dict[str, InlineImage]:
     """Download the posts' images (I/O) and fit them to the budget: ``{url: InlineImage}``.
 
-    ``client`` is the seam: tests pass one aimed at a loopback server; without one, a client is
-    built from ``settings.proxy`` and closed again.
+    Every URL comes from post content, so every fetch goes through the address guard
+    (mailer/net.py). Each image has ``settings.timeout`` seconds, all of them together
+    ``settings.deadline``; whatever is late or refused shows its alt text. ``client`` is the
+    seam for tests (``image_client`` with a resolver); without one, it is built from settings.
     """
     if not settings.fetch or settings.budget <= 0:
         return {}
-    urls = [u for u in image_urls(posts) if _SAFE_URL.match(u)]
-    if not urls:
-        return {}
-    own = client is None
-    http = client or httpx.Client(
-        proxy=settings.proxy,
-        follow_redirects=True,
-        timeout=httpx.Timeout(20.0, connect=10.0),
-        headers={"User-Agent": "newsletter-pipeline/0.1 (image fetch for an email edition)"},
-    )
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(urls)))) as pool:
-            fetched = list(pool.map(lambda u: _download(http, u), urls))
-    finally:
-        if own:
-            http.close()
-    return fit_images(fetched, settings)
+    every = image_urls(posts)
+    inline = {u: _data_image(u) for u in every if u[:5].lower() == "data:"}
+    urls = [u for u in every if _SAFE_URL.match(u)]
+    fetched = {f.url: f for f in _run(_fetch_all(urls, settings, client, workers))} if urls else {}
+    found = [fetched[u] if u in fetched else FetchedImage(u, inline.get(u)) for u in every
+             if u in fetched or u in inline]
+    return fit_images(found, settings)

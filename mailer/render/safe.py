@@ -72,6 +72,8 @@ ImageFallback = Callable[[str, str], str]
 
 def _default_fallback(alt: str, url: str) -> str:
     shown = html.escape(alt or url)
+    if not url:
+        return f"[{shown}]"
     return f'[<a href="{html.escape(url, quote=True)}">{shown}</a>]'
 
 
@@ -125,8 +127,11 @@ class _Cleaner(HTMLParser):
                 if src.lower().startswith("cid:"):
                     pass  # already embedded by someone upstream (a template override)
                 else:
-                    if src.startswith(("http://", "https://")) or alt:
-                        self.out.append(self.fallback(alt, src))
+                    # Only a web address becomes a link: a data: or javascript: src that was not
+                    # embedded shows its alt text alone (readers' clients would open or run it).
+                    remote = src.lower().startswith(("http://", "https://"))
+                    if remote or alt:
+                        self.out.append(self.fallback(alt, src if remote else ""))
                     return
             else:
                 self.used[image.cid] = image

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.config import FeedSettings, FetchSettings, load_config
+from mailer.config import FeedSettings, FetchSettings, ImageSettings, load_config
 from mailer.errors import ConfigError
 from mailer.feeds.fetch import redact
 from mailer.feeds.parse import decode_feed
@@ -76,6 +76,42 @@ url = "feeds/local.xml"
     ("[[feeds]]\nurl = \"https://x/feed\"\nlanguge = \"en\"\n", "feeds[0].languge"),
 ])
 def test_bad_feed_keys_are_named(tmp_path: Path, extra: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, extra)
+    assert info.value.key == key
+
+
+def test_images_use_the_fetch_proxy_and_user_agent_unless_they_say_otherwise(tmp_path: Path) -> None:
+    fetch = """
+[fetch]
+user_agent = "digest-bot/2"
+proxy = "socks5h://127.0.0.1:9050"
+max_redirects = 2
+"""
+    inherited: ImageSettings = _load(tmp_path, fetch).images  # type: ignore[attr-defined]
+    assert (inherited.proxy, inherited.user_agent, inherited.max_redirects) == (
+        "socks5h://127.0.0.1:9050", "digest-bot/2", 2)
+    assert inherited.unsafe_allow_networks_for_tests == ()
+    own: ImageSettings = _load(tmp_path, fetch + """
+[images]
+proxy = "http://127.0.0.1:8118"
+user_agent = "img/1"
+timeout = 5
+deadline = 30
+""").images  # type: ignore[attr-defined]
+    assert (own.proxy, own.user_agent, own.timeout, own.deadline) == ("http://127.0.0.1:8118", "img/1", 5.0, 30.0)
+    direct: ImageSettings = _load(tmp_path, fetch + '[images]\nproxy = "none"\n').images  # type: ignore[attr-defined]
+    assert direct.proxy is None
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ("[images]\ntimeout = 0\n", "images.timeout"),
+    ("[images]\ndeadline = -1\n", "images.deadline"),
+    ("[images]\nproxy = \"ftp://x\"\n", "images.proxy"),
+    ("[fetch]\nunsafe_allow_networks_for_tests = [\"127.0.0.300/8\"]\n",
+     "fetch.unsafe_allow_networks_for_tests[0]"),
+])
+def test_bad_image_keys_are_named(tmp_path: Path, extra: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         _load(tmp_path, extra)
     assert info.value.key == key

@@ -20,6 +20,7 @@ class Reply:
     delay: float = 0.0
     gzip: bool = False
     truncate_at: int | None = None  # send Content-Length of the full body, then close early
+    trickle: float | None = None  # send the body one byte at a time, this many seconds apart
 
 
 Route = Reply | Callable[[dict[str, str]], Reply]
@@ -28,7 +29,8 @@ Route = Reply | Callable[[dict[str, str]], Reply]
 class HTTPServer:
     """``server.routes["/feed.xml"] = Reply(body=...)``; ``server.url("/feed.xml")``."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         outer = self
@@ -58,6 +60,12 @@ class HTTPServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
+                    if reply.trickle is not None:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(reply.trickle)
+                        return
                     if reply.truncate_at is not None:
                         self.wfile.write(body[: reply.truncate_at])
                         self.wfile.flush()
@@ -67,7 +75,7 @@ class HTTPServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((host, 0), Handler)
         self._server.daemon_threads = True
         # A short poll interval: shutdown() waits up to one interval, paid by every test.
         self._thread = threading.Thread(target=self._server.serve_forever,
@@ -78,7 +86,7 @@ class HTTPServer:
         return int(self._server.server_address[1])
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def start(self) -> HTTPServer:
         self._thread.start()
