@@ -24,7 +24,7 @@ from sqlalchemy import Engine, and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from subscribers.lifecycle import SubscriberState
-from subscribers.mail import confirmation_message
+from subscribers.mail import ConfirmTexts, confirmation_message
 from subscribers.schema import confirmations as q
 from subscribers.store import SubscriberStore
 from subscribers.tokens import TokenSigner
@@ -129,6 +129,7 @@ class ConfirmationSender:
     public_url: str
     names: Mapping[str, str]
     clock: Callable[[], datetime]
+    texts: ConfirmTexts  # the mail's text per language, from the message catalog
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake(self) -> None:
@@ -146,7 +147,7 @@ class ConfirmationSender:
             url = f"{self.public_url}/confirm/{self.tokens.confirm_token(sid)}"
             data = confirmation_message(from_addr=self.from_addr, to=address,
                                         language=record.language, url=url, names=self.names,
-                                        now=self.clock())
+                                        now=self.clock(), texts=self.texts)
             outcome = await self.deliver(address, data)
         except Exception as exc:  # a failed confirmation must not take the server down
             log.warning("confirmation for subscriber %d failed: %s", sid, type(exc).__name__)

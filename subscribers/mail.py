@@ -12,38 +12,34 @@ from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 
-__all__ = ["CONFIRM_TEXT", "confirmation_message"]
+__all__ = ["CONFIRM_BODY", "CONFIRM_SUBJECT", "ConfirmTexts", "confirmation_message"]
 
-CONFIRM_TEXT: Mapping[str, tuple[str, str]] = {
-    "zh-Hans": ("请确认您的订阅",
-                "您好！\n\n有人（希望是您）用这个邮箱地址订阅了「{name}」。\n"
-                "请打开下面的链接，点击页面上的按钮确认订阅：\n\n{url}\n\n"
-                "如果不是您本人操作，请忽略此邮件，您不会再收到我们的邮件。\n"),
-    "zh-Hant": ("請確認您的訂閱",
-                "您好！\n\n有人（希望是您）用這個郵件地址訂閱了「{name}」。\n"
-                "請打開下面的連結，按頁面上的按鈕確認訂閱：\n\n{url}\n\n"
-                "如果不是您本人操作，請忽略此郵件，您不會再收到我們的郵件。\n"),
-    "en": ("Please confirm your subscription",
-           "Hello,\n\nSomeone (we hope you) subscribed this address to {name}.\n"
-           "Open this link and press the button on the page to confirm:\n\n{url}\n\n"
-           "If it was not you, ignore this message and you will not hear from us again.\n"),
-}
+# The English text is the msgid: the translations are in templates/locale/*/LC_MESSAGES
+# beside the emails' and the pages' (one catalog), looked up by whoever wires the sender.
+CONFIRM_SUBJECT = "Please confirm your subscription"
+CONFIRM_BODY = (
+    "Hello,\n\nSomeone (we hope you) subscribed this address to {name}.\n"
+    "Open this link and press the button on the page to confirm:\n\n{url}\n\n"
+    "If it was not you, ignore this message and you will not hear from us again.\n")
+
+ConfirmTexts = Mapping[str, tuple[str, str]]  # language -> (subject, body), from the catalog
 
 
-def _halves(language: str) -> list[str]:
-    langs = [h for h in language.split("+") if h in CONFIRM_TEXT] or ["en"]
+def _halves(language: str, texts: ConfirmTexts) -> list[str]:
+    langs = [h for h in language.split("+") if h in texts] or ["en"]
     if "en" not in langs:
         langs.append("en")  # a confirmation is always bilingual: the reader's language + English
     return langs
 
 
 def confirmation_message(*, from_addr: str, to: str, language: str, url: str,
-                         names: Mapping[str, str], now: datetime) -> bytes:
-    """RFC 5322 bytes (CRLF) asking ``to`` to open ``url``."""
-    langs = _halves(language)
-    subject = " / ".join(CONFIRM_TEXT[lang][0] for lang in langs)
+                         names: Mapping[str, str], now: datetime,
+                         texts: ConfirmTexts) -> bytes:
+    """RFC 5322 bytes (CRLF) asking ``to`` to open ``url``; ``texts`` must hold English."""
+    langs = _halves(language, texts)
+    subject = " / ".join(texts[lang][0] for lang in langs)
     body = "\n----\n\n".join(
-        CONFIRM_TEXT[lang][1].format(name=names.get(lang) or names.get("en") or "", url=url)
+        texts[lang][1].format(name=names.get(lang) or names.get("en") or "", url=url)
         for lang in langs)
     msg = EmailMessage(policy=SMTP)
     msg["From"] = from_addr

@@ -8,11 +8,24 @@ from email.utils import parseaddr
 from starlette.applications import Starlette
 
 from mailer.app import App
+from mailer.render.catalog import catalog_for
 from subscribers.confirmations import ConfirmationQueue, ConfirmationSender, Delivered
+from subscribers.languages import KNOWN_LANGUAGES
+from subscribers.mail import CONFIRM_BODY, CONFIRM_SUBJECT, ConfirmTexts
 from subscribers.settings import PageSettings
 from subscribers.web import make_web_app
 
-__all__ = ["build_public_app"]
+__all__ = ["build_public_app", "confirmation_texts"]
+
+
+def confirmation_texts(app: App) -> ConfirmTexts:
+    """The confirmation mail in every known language, from the one message catalog (a
+    deployment's own ``locale/`` wins, as for the emails)."""
+    out = {}
+    for lang in KNOWN_LANGUAGES:
+        catalog = catalog_for(lang, override_dir=app.config.newsletter.templates_dir)
+        out[lang] = (catalog.gettext(CONFIRM_SUBJECT), catalog.gettext(CONFIRM_BODY))
+    return out
 
 
 def build_public_app(app: App) -> Starlette:
@@ -32,5 +45,5 @@ def build_public_app(app: App) -> Starlette:
     sender = ConfirmationSender(
         ConfirmationQueue(app.engine, app.clock), app.subscribers, app.tokens, deliver,
         from_addr=cfg.newsletter.from_addr, public_url=cfg.newsletter.public_url,
-        names=dict(cfg.newsletter.name), clock=app.clock)
+        names=dict(cfg.newsletter.name), clock=app.clock, texts=confirmation_texts(app))
     return make_web_app(app.subscribers, app.tokens, app.jinja, settings, confirmations=sender)
