@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -37,6 +36,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from subscribers.catalog import page_strings
 from subscribers.confirmations import ConfirmationSender
 from subscribers.errors import InputError
 from subscribers.lifecycle import Subscriber, SubscriberState
@@ -153,10 +153,10 @@ class _Ctx:
 
 
 def _load_strings(env: Environment) -> dict[str, Any]:
-    assert env.loader is not None
-    source, _, _ = env.loader.get_source(env, "web/strings.json")
-    data: dict[str, Any] = json.loads(source)
-    return data
+    """The pages' text from the one message catalog, read through the Jinja loader."""
+    loader = env.loader
+    assert loader is not None
+    return dict(page_strings(lambda path: loader.get_source(env, path)[0].encode("utf-8")))
 
 
 def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,

@@ -23,12 +23,13 @@ from mailer.config import Config, MirrorSettings, NewsletterSettings
 from mailer.errors import RenderError
 from mailer.mirrors.rewrite import add_mirror_links, mirror_alternatives
 from mailer.models import Edition, InlineImage, Post, RenderedVariant
-from mailer.render.catalog import BABEL_LOCALES, Lazy, Translator, catalog_for
+from mailer.render.catalog import Lazy, Translator, catalog_for
 from mailer.render.convert import CHINESE, conversion_for, convert_html, convert_text
 from mailer.render.env import make_environment
 from mailer.render.safe import make_self_contained, remote_references
 from mailer.render.text import Reference, html_to_text, wrap
 from mailer.slots import UNSUB_SLOT, defuse, mirror_slot
+from subscribers.catalog import BABEL_LOCALES
 
 __all__ = [
     "SINGLE_POST_KINDS",

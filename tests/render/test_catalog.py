@@ -12,6 +12,7 @@ from mailer.render import variant
 from mailer.render.catalog import BilingualCatalog, Lazy, MessageCatalog, catalog_for, load_catalog
 from mailer.render.env import TEMPLATES_DIR
 from subscribers import mail
+from subscribers.catalog import PAGE_TEXT
 
 REPO = Path(__file__).resolve().parents[2]
 LANGUAGES = ["zh-Hans", "zh-Hant", "en"]
@@ -29,6 +30,7 @@ def used_msgids() -> set[str]:
         ids.add(message if isinstance(message, str) else message[0])
     ids.update(variant._LANGUAGE_NAMES.values())
     ids.update((mail.CONFIRM_SUBJECT, mail.CONFIRM_BODY))  # the confirmation mail's text
+    ids.update(f"web\x04{v}" for v in PAGE_TEXT.values())  # the public pages' text
     return ids
 
 
