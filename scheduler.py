@@ -487,10 +487,7 @@ class Daemon:
         if self.config.newsletter.mode == "digest":
             wanted["digest"] = (job_digest, crontab_trigger(s.digest, s.timezone),
                                 f"cron {s.digest} {s.timezone}, grace {s.misfire_grace}", True)
-        if self.config.storage.forget_suppressed_after is not None:
-            wanted["retention"] = (job_retention, IntervalTrigger(days=1),
-                                   f"daily, after {self.config.storage.forget_suppressed_after}",
-                                   False)
+        wanted["retention"] = (job_retention, IntervalTrigger(days=1), "daily", False)
         if self.config.web.unsubscribe_maildir is not None:
             wanted["mailin"] = (job_mailin, IntervalTrigger(seconds=TICK_EVERY.total_seconds()),
                                 f"every {TICK_EVERY}", False)
@@ -697,6 +694,7 @@ class Daemon:
 
     async def retention(self) -> None:
         """Erase readers suppressed for longer than ``forget_suppressed_after``."""
+        await self._guard("retention", asyncio.to_thread(self.app.signup.expire))  # pending rows
         age = self.config.storage.forget_suppressed_after
         if age is None:
             return

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mailer.feeds.store import PostStore
     from mailer.mirrors.registry import MirrorRegistry
     from subscribers.keys import KeyRing
+    from subscribers.signup import SignupDesk
     from subscribers.store import SubscriberStore
     from subscribers.tokens import TokenSigner
 
@@ -114,6 +115,21 @@ class App:
             except IndexRulesError as exc:
                 raise config_error(self.config.path, f"storage.{exc.setting}", str(exc)) from None
         return store
+
+    @cached_property
+    def signup(self) -> SignupDesk:
+        """The subscribe use case and its limits, for the form and the mail channel alike."""
+        from subscribers.confirmations import ConfirmationQueue
+        from subscribers.settings import SignupSettings
+        from subscribers.signup import SignupDesk
+
+        web = self.config.web
+        return SignupDesk(self.subscribers, ConfirmationQueue(self.engine, self.clock),
+                          SignupSettings(confirm_every=web.confirm_every,
+                                         confirm_max=web.confirm_max,
+                                         domain_per_hour=web.confirm_domain_per_hour,
+                                         pending_ttl=self.config.storage.forget_pending_after),
+                          self.clock)
 
     @cached_property
     def tokens(self) -> TokenSigner:

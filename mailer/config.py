@@ -101,6 +101,8 @@ class StorageSettings:
     # Erase unsubscribed, bounced and complained readers this long after their last change
     # (the daemon does it daily; ``subscribers forget`` by hand). None: keep them.
     forget_suppressed_after: timedelta | None = None
+    # Erase pending (never confirmed) rows this long after they became pending (daily).
+    forget_pending_after: timedelta = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,14 @@ class WebSettings:
     port: int = 8080
     rate_limit: int = 20
     confirm_ttl: timedelta = timedelta(days=7)
+    # Reverse proxies whose X-Forwarded-For (or Forwarded) is believed (subscribers/forwarded.py).
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    proxy_header: str = "x-forwarded-for"
+    # Confirmation mails (subscribers/signup.py): one per address per ``confirm_every``, at
+    # most ``confirm_max`` in all, ``confirm_domain_per_hour`` per recipient domain.
+    confirm_every: timedelta = timedelta(days=1)
+    confirm_max: int = 3
+    confirm_domain_per_hour: int = 50
     # Where the mail server delivers what arrives at ``unsubscribe_mailto``: the daemon and
     # ``subscribers mailin`` unsubscribe the readers it names (subscribers/mailin.py).
     unsubscribe_maildir: Path | None = None
@@ -556,6 +566,8 @@ def _storage(ld: _Loader, s: _Section) -> StorageSettings:
         case_insensitive_domains=_domains(s, "case_insensitive_domains"),
         forget_suppressed_after=s.convert("forget_suppressed_after", (str, int, float),
                                           _retention, None),
+        forget_pending_after=s.convert("forget_pending_after", (str, int, float), _retention,
+                                       StorageSettings.forget_pending_after),
     )
     s.done()
     return out
@@ -906,6 +918,18 @@ def _images(s: _Section, fetch: FetchSettings) -> ImageSettings:
     return out
 
 
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _proxy_header(value: str) -> str:
+    if value.lower() not in ("x-forwarded-for", "forwarded"):
+        raise ValueError('must be "X-Forwarded-For" or "Forwarded"')
+    return value.lower()
+
+
 def _web(ld: _Loader, s: _Section) -> WebSettings:
     d = WebSettings()
     maildir = s.get("unsubscribe_maildir", str, None)
@@ -914,6 +938,13 @@ def _web(ld: _Loader, s: _Section) -> WebSettings:
         port=s.get("port", int, d.port),
         rate_limit=s.get("rate_limit", int, d.rate_limit),
         confirm_ttl=s.convert("confirm_ttl", (str, int, float), parse_duration, d.confirm_ttl),
+        trusted_proxies=_networks(s, "trusted_proxies"),
+        confirm_every=s.convert("confirm_every", (str, int, float), parse_duration,
+                                d.confirm_every),
+        confirm_max=s.convert("confirm_max", int, _at_least_one, d.confirm_max),
+        confirm_domain_per_hour=s.convert("confirm_domain_per_hour", int, _at_least_one,
+                                          d.confirm_domain_per_hour),
+        proxy_header=s.convert("proxy_header", str, _proxy_header, d.proxy_header),
         unsubscribe_maildir=ld.resolve(maildir) if maildir else None,
     )
     s.done()

@@ -66,6 +66,12 @@ PAGE_TEXT: Mapping[str, str] = {
     "too_many_title": "Too many requests",
     "too_many_body": "Please wait a minute and try again.",
     "switch_language": "Language",
+    "language_title": "Change your language",
+    "language_body": (
+        "Press the button to receive this newsletter in the language named in the email we sent you."
+    ),
+    "language_done_title": "Language changed",
+    "language_done_body": "You will receive the next edition in the language you chose.",
 }
 PAGE_CONTEXT = "web"
 

@@ -7,7 +7,10 @@ So the form only records the request (``ConfirmationQueue.request``); ``Confirma
 running in ``serve``, claims it, and either removes it (``done``) or tries again later
 (``retry``) on the schedule in ``BACKOFF``. A row names the subscriber by id only: the address
 is decrypted when the mail is built. Several ``serve`` processes may share the queue: a claim is
-a lease.
+a lease. A row with a ``language`` asks an active reader to confirm a change of language.
+
+What goes into the queue is decided by ``subscribers.signup``; the sender runs its intake first
+on every round, so a form request becomes a mail within moments.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import Engine, and_, case, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from subscribers.lifecycle import SubscriberState
@@ -54,35 +57,42 @@ class ConfirmationQueue:
         self.engine = engine
         self.clock = clock
 
-    def request(self, subscriber_id: int) -> None:
-        """Queue a confirmation now; asking again restarts the schedule."""
+    def request(self, subscriber_id: int, language: str | None = None, *,
+                conn: Connection | None = None) -> None:
+        """Queue a confirmation now (of a subscription, or with ``language`` of a change of
+        language); asking again restarts the schedule. In the caller's transaction if ``conn``."""
+        if conn is None:
+            with self.engine.begin() as own:
+                self.request(subscriber_id, language, conn=own)
+            return
         now = self.clock()
         values = {"attempts": 0, "next_attempt_at": now, "lease_until": None,
-                  "requested_at": now}
-        with self.engine.begin() as conn:
-            if conn.execute(update(q).where(q.c.subscriber_id == subscriber_id)
-                            .values(**values)).rowcount:
-                return
-            try:
-                with conn.begin_nested():
-                    conn.execute(q.insert().values(subscriber_id=subscriber_id, **values))
-            except IntegrityError:  # another process queued it a moment ago: that one counts
-                pass
+                  "requested_at": now, "language": language}
+        if conn.execute(update(q).where(q.c.subscriber_id == subscriber_id)
+                        .values(**values)).rowcount:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(q.insert().values(subscriber_id=subscriber_id, **values))
+        except IntegrityError:  # another process queued it a moment ago: that one counts
+            pass
 
-    def claim(self, limit: int = 20, lease: timedelta = LEASE) -> list[tuple[int, int]]:
-        """Lease up to ``limit`` due requests: (subscriber id, attempts so far)."""
+    def claim(self, limit: int = 20,
+              lease: timedelta = LEASE) -> list[tuple[int, int, str | None]]:
+        """Lease up to ``limit`` due requests: (subscriber id, attempts so far, the language a
+        change asks for or None)."""
         now = self.clock()
         free = or_(q.c.lease_until.is_(None), q.c.lease_until < now)
         due = and_(q.c.next_attempt_at <= now, free)
         claimed = []
         with self.engine.begin() as conn:
-            rows = conn.execute(select(q.c.subscriber_id, q.c.attempts).where(due)
-                                .order_by(q.c.next_attempt_at).limit(limit)).all()
-            for sid, attempts in rows:
+            rows = conn.execute(select(q.c.subscriber_id, q.c.attempts, q.c.language)
+                                .where(due).order_by(q.c.next_attempt_at).limit(limit)).all()
+            for sid, attempts, language in rows:
                 # Guarded on the lease: of two processes that saw the row, one takes it.
                 if conn.execute(update(q).where(and_(q.c.subscriber_id == sid, free))
                                 .values(lease_until=now + lease)).rowcount:
-                    claimed.append((int(sid), int(attempts)))
+                    claimed.append((int(sid), int(attempts), language))
         return claimed
 
     def done(self, subscriber_id: int) -> None:
@@ -129,25 +139,32 @@ class ConfirmationSender:
     public_url: str
     names: Mapping[str, str]
     clock: Callable[[], datetime]
-    texts: ConfirmTexts  # the mail's text per language, from the message catalog
+    texts: ConfirmTexts  # the mails' text per kind and language, from the message catalog
+    # Decides the requests that came in (``SignupDesk.intake``) before each round of sending.
+    intake: Callable[[], int] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake(self) -> None:
         self._wake.set()
 
-    async def send_one(self, sid: int, attempts: int) -> None:
+    async def send_one(self, sid: int, attempts: int, language: str | None = None) -> None:
         """One attempt at one queued confirmation; the queue learns the outcome."""
         queue = self.queue
+        wanted = SubscriberState.ACTIVE if language else SubscriberState.PENDING
         try:
             record = await asyncio.to_thread(self.store.get, sid)
             address = await asyncio.to_thread(self.store.address_of, sid)
-            if record is None or address is None or record.state is not SubscriberState.PENDING:
+            if record is None or address is None or record.state is not wanted:
                 await asyncio.to_thread(queue.done, sid)  # confirmed, left or gone meanwhile
                 return
-            url = f"{self.public_url}/confirm/{self.tokens.confirm_token(sid)}"
+            if language:
+                url = f"{self.public_url}/language/{self.tokens.language_token(sid, language)}"
+            else:
+                url = f"{self.public_url}/confirm/{self.tokens.confirm_token(sid)}"
             data = confirmation_message(from_addr=self.from_addr, to=address,
                                         language=record.language, url=url, names=self.names,
-                                        now=self.clock(), texts=self.texts)
+                                        now=self.clock(), texts=self.texts,
+                                        choice=language or "")
             outcome = await self.deliver(address, data)
         except Exception as exc:  # a failed confirmation must not take the server down
             log.warning("confirmation for subscriber %d failed: %s", sid, type(exc).__name__)
@@ -169,8 +186,10 @@ class ConfirmationSender:
         while True:
             self._wake.clear()  # before looking: a request from now on wakes the wait below
             try:
-                for sid, attempts in await asyncio.to_thread(self.queue.claim):
-                    await self.send_one(sid, attempts)
+                if self.intake is not None:
+                    await asyncio.to_thread(self.intake)
+                for sid, attempts, language in await asyncio.to_thread(self.queue.claim):
+                    await self.send_one(sid, attempts, language)
                 due = await asyncio.to_thread(self.queue.next_due)
             except Exception as exc:  # the database away for a moment: try again soon
                 log.warning("confirmation queue: %s", type(exc).__name__)

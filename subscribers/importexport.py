@@ -43,6 +43,7 @@ __all__ = [
     "IMPORT_BATCH",
     "ImportReport",
     "RowProblem",
+    "cell",
     "detect_encoding",
     "export_csv",
     "export_encrypted",
@@ -50,6 +51,7 @@ __all__ = [
     "is_backup",
     "parse_csv",
     "restore_backup",
+    "uncell",
     "write_binary",
     "write_text",
 ]
@@ -164,7 +166,7 @@ def parse_csv(lines: Iterable[str], source: str, choices: tuple[str, ...],
         line = reader.line_num
         if not row or all(not c.strip() for c in row):
             continue
-        raw = row[col_email] if col_email < len(row) else ""
+        raw = uncell(row[col_email]) if col_email < len(row) else ""
         try:
             address = validate(raw)
         except InvalidAddress:
@@ -301,16 +303,35 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
 # --------------------------------------------------------------------------- export
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): an address
+# such as ``=cmd|'/Ccalc'!A0@example.net`` is valid (RFC 5322 atext), and the form accepts it.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading ``'`` before a formula character
+    (OWASP's advice), and before a ``'`` too, so that ``uncell`` restores every value."""
+    return f"'{value}" if value.startswith((*_FORMULA_START, "'")) else value
+
+
+def uncell(value: str) -> str:
+    """The value ``cell`` wrote: an export read back imports the same addresses."""
+    if value.startswith("'") and value[1:].startswith((*_FORMULA_START, "'")):
+        return value[1:]
+    return value
+
+
 def export_csv(store: SubscriberStore, out: IO[str], *,
                states: Iterable[SubscriberState] = (SubscriberState.ACTIVE,)) -> int:
-    """Plaintext ``email,language`` for the given states. The caller must have asked for it."""
+    """Plaintext ``email,language`` for the given states. The caller must have asked for it.
+    Cells go through ``cell``, so no address runs as a spreadsheet formula."""
     wanted = {SubscriberState(s).value for s in states}
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["email", "language"])
     n = 0
     for row, address in store.stream_all():
         if row.state in wanted:
-            writer.writerow([address, row.language])
+            writer.writerow([cell(address), cell(row.language)])
             n += 1
     return n
 

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 
 __all__ = ["confirmations", "forgotten", "import_progress", "key_rotation", "list_meta", "metadata",
-           "subscribers"]
+           "signup_domains", "signup_limits", "signup_requests", "subscribers"]
 
 metadata = MetaData(
     naming_convention={
@@ -109,4 +109,39 @@ confirmations = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, index=True),
     Column("lease_until", DateTime(timezone=True), nullable=True),
     Column("requested_at", DateTime(timezone=True), nullable=False),
+    # Set for an active reader's language change (the language asked for); NULL for a
+    # subscription (migration 0009).
+    Column("language", String(16), nullable=True),
+)
+
+# Requests from the subscribe form not yet decided (subscribers/signup.py). The form only adds a
+# row, the same work whatever the address, so its timing says nothing about the list; the worker
+# in ``serve`` decides. The address is sealed like a subscriber's, bound to the row's random id.
+signup_requests = Table(
+    "signup_requests",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("email_ct", LargeBinary, nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("language", String(16), nullable=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+)
+
+# Confirmation mails sent per address, by blind index, so that the limits hold across processes
+# and restarts: at most one per window, a few in total (subscribers/signup.py).
+signup_limits = Table(
+    "signup_limits",
+    metadata,
+    Column("email_index", LargeBinary(32), primary_key=True),
+    Column("sent", Integer, nullable=False),
+    Column("last_sent_at", DateTime(timezone=True), nullable=False),
+)
+
+# Confirmation mails sent per recipient domain (a keyed hash of it) per hour.
+signup_domains = Table(
+    "signup_domains",
+    metadata,
+    Column("domain_index", LargeBinary(32), primary_key=True),
+    Column("hour", DateTime(timezone=True), primary_key=True),
+    Column("sent", Integer, nullable=False),
 )

@@ -9,10 +9,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network
 
 from subscribers.languages import KNOWN_LANGUAGES, choices
 
-__all__ = ["ListSettings", "PageSettings"]
+__all__ = ["ListSettings", "PageSettings", "SignupSettings"]
 
 
 @dataclass(frozen=True)
@@ -59,4 +60,19 @@ class PageSettings:
     names: Mapping[str, str] = field(default_factory=dict)
     rate_limit: int = 20  # requests per minute per client address, on each form endpoint
     confirm_ttl: timedelta = timedelta(days=7)
-    trust_forwarded: bool = False  # behind a reverse proxy: take the client from X-Forwarded-For
+    # Behind a reverse proxy: the proxies whose ``proxy_header`` names the client
+    # (subscribers/forwarded.py); empty, no header is believed.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    proxy_header: str = "x-forwarded-for"
+
+
+@dataclass(frozen=True)
+class SignupSettings:
+    """The limits on confirmation mails (subscribers/signup.py), whichever door the request came
+    through: the form today, mail tomorrow. Anyone can type anyone's address, so these are what
+    stops the list from being used to mail-bomb a stranger or a whole company."""
+
+    confirm_every: timedelta = timedelta(days=1)  # at most one confirmation per address per ...
+    confirm_max: int = 3  # ... and this many in all, until the pending row expires
+    domain_per_hour: int = 50  # confirmation mails per recipient domain per hour
+    pending_ttl: timedelta = timedelta(days=30)  # unconfirmed rows are erased after this

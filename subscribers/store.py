@@ -253,42 +253,93 @@ class SubscriberStore:
         result = self.add_batch([(delivery, lang)], event, reactivate=reactivate)
         return result.ids[0]
 
-    def subscribe(self, address: str, language: str | None = None) -> tuple[int, SubscriberState]:
-        """The subscribe form: new or suppressed addresses go to pending (double opt-in).
+    def subscribe(self, address: str, language: str | None = None, *,
+                  conn: Connection | None = None) -> tuple[int, SubscriberState]:
+        """A reader's own request (subscribers/signup.py decides when): a new or suppressed
+        address goes to pending (double opt-in); a pending one takes the language asked for,
+        and keeps its state's time, so a confirmation link already sent stays valid; an active
+        one is left alone (a language change needs the reader's confirmation).
 
-        Returns the id and the state afterwards; the caller sends a confirmation only when it
-        is pending, but answers the visitor the same way whatever happened.
+        Returns the id and the state afterwards; inside the caller's transaction if ``conn``.
         """
         try:
             delivery = validate(address)
         except InvalidAddress as exc:
             raise InputError(str(exc)) from None
         lang = self.check_language(language)
+        if conn is None:
+            with self.engine.begin() as own:
+                return self._subscribe(own, delivery, lang)
+        return self._subscribe(conn, delivery, lang)
+
+    def _subscribe(self, conn: Connection, delivery: str,
+                   lang: str) -> tuple[int, SubscriberState]:
         index = self.index_of(delivery)
         now = self.clock()
         self.codec.refresh()
-        with self.engine.begin() as conn:
-            row = conn.execute(select(t.c.id, t.c.state).where(t.c.email_index == index)).first()
-            if row is None:
-                sid = new_id()
-                fresh = self._new_row(sid, delivery, index, lang, SubscriberState.PENDING, now)
-                # A forgotten reader who asks again starts afresh, through double opt-in; the
-                # new row remembers the suppression until they confirm (``next_state``).
-                gone = conn.execute(select(forgotten.c.state, forgotten.c.forgotten_at)
-                                    .where(forgotten.c.email_index == index)).first()
-                if gone is not None:
-                    fresh[TIMESTAMP_COLUMN[SubscriberState(gone.state)]] = gone.forgotten_at
-                    conn.execute(delete(forgotten).where(forgotten.c.email_index == index))
-                conn.execute(t.insert(), [fresh])
-                log.info("subscriber %d signed up (pending)", sid)
-                return sid, SubscriberState.PENDING
-            state = next_state(SubscriberState(row.state), Event.FORM)
-            values: dict[str, Any] = {"language": lang}
-            if state.value != row.state or state is SubscriberState.PENDING:
-                values.update(self._state_values(state, now))
-            conn.execute(update(t).where(t.c.id == row.id).values(**values))
-            log.info("subscriber %d used the subscribe form (%s -> %s)", row.id, row.state, state)
+        row = conn.execute(select(t.c.id, t.c.state).where(t.c.email_index == index)).first()
+        if row is None:
+            sid = new_id()
+            fresh = self._new_row(sid, delivery, index, lang, SubscriberState.PENDING, now)
+            # A forgotten reader who asks again starts afresh, through double opt-in; the
+            # new row remembers the suppression until they confirm (``next_state``).
+            gone = conn.execute(select(forgotten.c.state, forgotten.c.forgotten_at)
+                                .where(forgotten.c.email_index == index)).first()
+            if gone is not None:
+                fresh[TIMESTAMP_COLUMN[SubscriberState(gone.state)]] = gone.forgotten_at
+                conn.execute(delete(forgotten).where(forgotten.c.email_index == index))
+            conn.execute(t.insert(), [fresh])
+            log.info("subscriber %d signed up (pending)", sid)
+            return sid, SubscriberState.PENDING
+        before = SubscriberState(row.state)
+        state = next_state(before, Event.FORM)
+        if state is SubscriberState.ACTIVE:
             return int(row.id), state
+        values: dict[str, Any] = {"language": lang}
+        if state is not before:
+            values.update(self._state_values(state, now))
+        conn.execute(update(t).where(t.c.id == row.id).values(**values))
+        log.info("subscriber %d used the subscribe form (%s -> %s)", row.id, before, state)
+        return int(row.id), state
+
+    def by_index(self, conn: Connection, index: bytes) -> Row[Any] | None:
+        """(id, state, language) of the row with this blind index, inside ``conn``."""
+        return conn.execute(select(t.c.id, t.c.state, t.c.language)
+                            .where(t.c.email_index == index)).first()
+
+    def expire_pending(self, older_than: timedelta) -> int:
+        """Erase pending rows older than ``older_than``: an address someone typed into the form
+        and never confirmed (or an import without ``--confirmed``) is kept no longer.
+
+        Only a row that was suppressed before leaves its blind index behind, with its strongest
+        suppression, as ``forget`` does: a stranger's address is not remembered at all."""
+        cutoff = self.clock() - older_than
+        total = 0
+        while True:
+            with self.engine.begin() as conn:
+                rows = conn.execute(
+                    select(t.c.id, t.c.email_index, t.c.unsubscribed_at, t.c.bounced_at,
+                           t.c.complained_at)
+                    .where(and_(t.c.state == SubscriberState.PENDING.value,
+                                t.c.state_changed_at < cutoff)).limit(_IN_CHUNK)).all()
+                if not rows:
+                    return total
+                kept = []
+                for r in rows:
+                    was = (SubscriberState.COMPLAINED if r.complained_at else
+                           SubscriberState.BOUNCED if r.bounced_at else
+                           SubscriberState.UNSUBSCRIBED if r.unsubscribed_at else None)
+                    if was is not None:
+                        kept.append({"email_index": bytes(r.email_index), "state": was.value,
+                                     "forgotten_at": self.clock()})
+                if kept:
+                    conn.execute(delete(forgotten).where(forgotten.c.email_index.in_(
+                        [k["email_index"] for k in kept])))
+                    conn.execute(forgotten.insert(), kept)
+                conn.execute(delete(t).where(t.c.id.in_([r.id for r in rows])))
+            for r in rows:
+                log.info("subscriber %d expired unconfirmed", r.id)
+            total += len(rows)
 
     def add_batch(self, rows: Sequence[tuple[str, str]], event: Event, *,
                   reactivate: bool = False, conn: Connection | None = None,

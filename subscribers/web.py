@@ -1,11 +1,14 @@
 """The public endpoints: subscribe, confirm, unsubscribe (Starlette).
 
 * ``GET/POST /subscribe``: a bilingual form. The answer to a well-formed address is the same
-  whether or not it is on the list, so the form cannot enumerate subscribers; the confirmation
-  mail is queued (``ConfirmationQueue``) and sent by a worker in the background, so timing
-  tells little either, and a deferral or a restart loses none.
+  whether or not it is on the list, and so is the work done before it: the form only records
+  the request (``SignupDesk.request``); the worker in the background decides it, within the
+  limits on confirmation mails, and sends the mail (``ConfirmationQueue``), so a deferral or a
+  restart loses none.
 * ``GET /confirm/TOKEN``: a page with a button; ``POST`` to the same address confirms (double
   opt-in; link scanners only GET). Confirming twice is harmless.
+* ``GET /language/TOKEN``: a button; ``POST`` changes an active reader's language to the one
+  in the token, which was mailed to them (a form post alone never changes a reader).
 * ``GET /u/TOKEN``: a bilingual page with a button and a language switch.
 * ``POST /u/TOKEN``: RFC 8058 one-click. Idempotent, no cookie, no login, 200 even when already
   unsubscribed: mail providers post here with nothing but ``List-Unsubscribe=One-Click``.
@@ -39,10 +42,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from subscribers.catalog import page_strings
 from subscribers.confirmations import ConfirmationSender
 from subscribers.errors import InputError
+from subscribers.forwarded import client_address
 from subscribers.lifecycle import Subscriber, SubscriberState
 from subscribers.settings import PageSettings
+from subscribers.signup import SignupDesk
 from subscribers.store import SubscriberStore
-from subscribers.tokens import BadToken, ConfirmToken, TokenSigner
+from subscribers.tokens import BadToken, ConfirmToken, LanguageToken, TokenSigner
 
 __all__ = ["RateLimiter", "SecurityHeaders", "make_web_app", "page_languages"]
 
@@ -160,11 +165,11 @@ def _load_strings(env: Environment) -> dict[str, Any]:
 
 
 def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
-                 settings: PageSettings, *,
+                 settings: PageSettings, *, signup: SignupDesk,
                  confirmations: ConfirmationSender | None = None) -> Starlette:
-    """Build the ASGI app. ``env`` is the project's one strict Jinja environment. With
-    ``confirmations``, the form queues a confirmation mail and the sender runs for as long as
-    the app does (its lifespan)."""
+    """Build the ASGI app. ``env`` is the project's one strict Jinja environment. The form
+    hands requests to ``signup``; with ``confirmations``, its worker decides them and sends
+    the mails for as long as the app runs (its lifespan)."""
     parts = urlsplit(settings.public_url)
     ctx = _Ctx(
         store=store, tokens=tokens, env=env, settings=settings, strings=_load_strings(env),
@@ -172,12 +177,13 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         secure_cookie=parts.scheme == "https",
     )
 
+    proxies = settings.trusted_proxies
+
     def client(request: Request) -> str:
-        if settings.trust_forwarded:
-            fwd = request.headers.get("x-forwarded-for", "")
-            if fwd:
-                return fwd.split(",")[0].strip()
-        return request.client.host if request.client else "unknown"
+        peer = request.client.host if request.client else "unknown"
+        if not proxies:
+            return peer
+        return client_address(peer, request.headers.items(), proxies, settings.proxy_header)
 
     def render(name: str, langs: tuple[str, ...], status: int = 200,
                **extra: Any) -> HTMLResponse:
@@ -242,14 +248,14 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
             return subscribe_form(request, langs, status=403, error="bad_form")
         address = str(form.get("email") or "")[:320]
         try:
-            sid, state = await run_in_threadpool(store.subscribe, address, language or None)
+            # The same work for every address: decided later, by the worker (signup.py).
+            await run_in_threadpool(signup.request, address, language or None)
         except InputError:
             return subscribe_form(request, langs, status=400, error="invalid_email",
                                   selected=language or None)
-        if state is SubscriberState.PENDING and confirmations is not None:
-            await run_in_threadpool(confirmations.queue.request, sid)
+        if confirmations is not None:
             confirmations.wake()
-        # The same page whatever happened: new, pending, already active or re-subscribing.
+        # The same page whatever the list holds: new, pending, active or re-subscribing.
         return message(langs, "check_title", "check_body")
 
     @contextlib.asynccontextmanager
@@ -293,7 +299,7 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
             return message(langs, "confirmed_title", "confirmed_body")  # harmless repeat
         if record is None or record.state is not SubscriberState.PENDING:
             return confirm_bad(langs)
-        return render("confirm.html", langs, title_key="confirm_title",
+        return render("confirm.html", langs, title_key="confirm_title", body_key="confirm_body",
                       action=f"{ctx.base_path}/confirm/{request.path_params['token']}")
 
     async def confirm_post(request: Request) -> Response:
@@ -309,6 +315,54 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         if state is SubscriberState.ACTIVE:
             return message(langs, "confirmed_title", "confirmed_body")
         return confirm_bad(langs)
+
+    def language_token(request: Request) -> tuple[tuple[str, ...], LanguageToken] | Response:
+        langs = chosen_langs(request)
+        if (resp := limited(request, langs)) is not None:
+            return resp
+        try:
+            tok = tokens.verify_language(request.path_params["token"])
+        except BadToken:
+            return confirm_bad(langs)
+        if tok.language not in store.settings.choices:
+            return confirm_bad(langs)
+        return langs, tok
+
+    def language_current(record: Subscriber | None, tok: LanguageToken) -> bool:
+        """The link still speaks for the reader: active, and issued since they last changed
+        state (a link from before an unsubscribe and a re-subscription is spent)."""
+        if record is None or record.state is not SubscriberState.ACTIVE:
+            return False
+        return tok.issued_at.replace(microsecond=0) >= \
+            record.state_changed_at.replace(microsecond=0)
+
+    async def language_get(request: Request) -> Response:
+        """A button only, like ``confirm_get``: link scanners must change nothing."""
+        checked = language_token(request)
+        if isinstance(checked, Response):
+            return checked
+        langs, tok = checked
+        record = await run_in_threadpool(store.get, tok.subscriber_id)
+        if not language_current(record, tok):
+            return confirm_bad(langs)
+        langs = reader_langs(request, record, langs)
+        return render("confirm.html", langs, title_key="language_title",
+                      body_key="language_body",
+                      action=f"{ctx.base_path}/language/{request.path_params['token']}")
+
+    async def language_post(request: Request) -> Response:
+        checked = language_token(request)
+        if isinstance(checked, Response):
+            return checked
+        langs, tok = checked
+        record = await run_in_threadpool(store.get, tok.subscriber_id)
+        if not language_current(record, tok):
+            return confirm_bad(langs)
+        await run_in_threadpool(store.set_language, tok.subscriber_id, tok.language)
+        log.info("subscriber %d changed language (confirmed)", tok.subscriber_id)
+        langs = reader_langs(request, await run_in_threadpool(store.get, tok.subscriber_id),
+                             langs)
+        return message(langs, "language_done_title", "language_done_body")
 
     def verify_unsub(request: Request) -> int | None:
         try:
@@ -357,6 +411,8 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         Route("/subscribe", subscribe_post, methods=["POST"]),
         Route("/confirm/{token}", confirm_get, methods=["GET"]),
         Route("/confirm/{token}", confirm_post, methods=["POST"]),
+        Route("/language/{token}", language_get, methods=["GET"]),
+        Route("/language/{token}", language_post, methods=["POST"]),
         Route("/u/{token}", unsubscribe_get, methods=["GET"]),
         Route("/u/{token}", unsubscribe_post, methods=["POST"]),
         Route("/site.css", site_css, methods=["GET"]),

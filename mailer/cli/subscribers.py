@@ -111,7 +111,9 @@ def subscribers_export(app: App, file: Path, plaintext: bool, encrypted: bool) -
                    "restore it with 'newsletter subscribers import'")
         return
     click.echo(f"WARNING: {file} will hold subscribers' addresses in clear. Anyone who gets it "
-               "can put them at risk; delete it as soon as you are done.", err=True)
+               "can put them at risk; delete it as soon as you are done. A cell that starts "
+               "with = + - @, a tab or a CR is written with a leading ' so that a spreadsheet "
+               "shows it as text instead of running it.", err=True)
     n = write_text(file, lambda fh: export_csv(store, fh))
     click.echo(f"wrote {n} active subscribers to {file} (mode 0600)")
 

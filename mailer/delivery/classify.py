@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 
 from mailer.models import OutboxState
 
@@ -77,13 +78,55 @@ class Decision:
         return self.state is OutboxState.BOUNCED
 
 
-def scrub_reply(reply: str, limit: int = 500) -> str:
+def _spelling(part: str) -> str:
+    """A pattern for ``part`` in any case, each character also as its %XX UTF-8 escapes."""
+    out = []
+    for ch in part:
+        escaped = "".join(f"%{b:02x}" for b in ch.encode("utf-8"))
+        out.append(f"(?:{re.escape(ch)}|{escaped})")
+    return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def _recipient_pattern(recipient: str) -> re.Pattern[str] | None:
+    """The recipient's local part and domain, each anywhere in a reply, in every spelling that
+    relays were seen to use: case changed, percent-encoded (``bob%40qq.com``), split by " at "
+    or quoted (``"bob"@qq.com``), the domain also in its IDNA form. Each part goes on its own,
+    so any joining between them is covered. A local part shorter than four characters is only
+    taken as a whole word (scrubbing every "a" would leave nothing to read)."""
+    local, _, domain = recipient.rpartition("@")
+    parts = []
+    if local:
+        pattern = _spelling(local)
+        parts.append(pattern if len(local) >= 4 else rf"(?<![\w%]){pattern}(?!\w)")
+    if domain:
+        parts.append(_spelling(domain))
+        try:
+            ascii_domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_domain = domain
+        if ascii_domain.lower() != domain.lower():
+            parts.append(_spelling(ascii_domain))
+    if not parts:
+        return None
+    # Longest first, so a domain inside a local part (or the reverse) is removed whole.
+    parts.sort(key=len, reverse=True)
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
+def scrub_reply(reply: str, limit: int = 500, *, recipient: str = "") -> str:
     """Remove addresses from a relay's words before they reach the database or a log.
 
-    Relays echo the recipient (``550 5.1.1 <bob@qq.com>: Recipient address rejected``); our
-    privacy rule is that no plaintext address is stored anywhere.
+    Relays echo the recipient (``550 5.1.1 <bob@qq.com>: Recipient address rejected``) and
+    not always in that form: ``550 mailbox bob unavailable``, ``(bob at qq.com)``,
+    ``bob%40qq.com``. Anything shaped like an address goes; with ``recipient``, so does its
+    local part and its domain in any spelling (issue 15). Our privacy rule is that no
+    plaintext address is stored anywhere.
     """
     text = _ADDRESS.sub("<address>", reply.replace("\r", " ").replace("\n", " "))
+    pattern = _recipient_pattern(recipient) if recipient else None
+    if pattern is not None:
+        text = pattern.sub("<recipient>", text)
     return text[:limit]
 
 

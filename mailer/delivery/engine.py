@@ -29,7 +29,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 
 from mailer.clock import Clock
 from mailer.config import DeliverySettings
-from mailer.delivery.classify import Classifier, SendResult
+from mailer.delivery.classify import Classifier, SendResult, scrub_reply
 from mailer.delivery.outbox import STOP_STATES, Outbox, OutboxRow, Outcome, RecipientLike
 from mailer.delivery.peers import SenderRegistry
 from mailer.delivery.progress import NullProgress, Progress, progress_for
@@ -439,17 +439,19 @@ class DeliveryEngine(Generic[R]):
             self.stop("error")
             return
         try:
-            await commits.record(self._outcome(row, result))
+            await commits.record(self._outcome(row, result, rcpt.address))
         except Exception as exc:
             # The database refused the commit: stop (run() raises it); the queue keeps draining
             # so the producer is never left waiting on a dead worker.
             self._error = self._error or exc
             self.stop("error")
 
-    def _outcome(self, row: OutboxRow, result: SendResult) -> Outcome:
+    def _outcome(self, row: OutboxRow, result: SendResult, recipient: str) -> Outcome:
         now = self.clock()
         age = now - row.created_at if row.created_at is not None else timedelta(0)
         decision = self.classifier.decide(result, attempts=row.attempts, age=age, rand=self.rand())
+        # Decided on the relay's words, stored and logged without any spelling of the address.
+        result = replace(result, reply=scrub_reply(result.reply, recipient=recipient))
         next_at = now + decision.retry_in if decision.retry_in is not None else None
         if decision.state is not OutboxState.SENT:
             log.debug("subscriber %d: %s %s %s", row.subscriber_id, decision.state.value,

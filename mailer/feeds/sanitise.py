@@ -24,7 +24,7 @@ import nh3
 
 from mailer.models import PostImage
 
-__all__ = ["ALLOWED_TAGS", "SanitisedHTML", "sanitise_html", "strip_tags"]
+__all__ = ["ALLOWED_TAGS", "SanitisedHTML", "sanitise_html", "strip_bidi", "strip_tags"]
 
 ALLOWED_TAGS = frozenset({
     "a", "abbr", "b", "blockquote", "br", "caption", "center", "cite", "code", "col", "colgroup",
@@ -222,10 +222,23 @@ def _is_tracker(src: str, attrs: dict[str, str]) -> bool:
     return _tiny(width) and _tiny(height)
 
 
+# Bidirectional embeddings, overrides, isolates and marks (Unicode UAX #9): in a title they make
+# a Subject or a table of contents read differently from what it is ("Trojan Source",
+# CVE-2021-42574), e.g. a file name or a link that looks reversed. A title needs none of them.
+_BIDI_CONTROLS = dict.fromkeys(
+    [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C])
+
+
+def strip_bidi(text: str) -> str:
+    """``text`` without bidirectional control characters."""
+    return text.translate(_BIDI_CONTROLS)
+
+
 def strip_tags(fragment: str) -> str:
-    """Plain text of an HTML fragment, for titles and language detection (not for display)."""
+    """Plain text of an HTML fragment, for titles and language detection (not for display).
+    Bidirectional controls go too (``strip_bidi``), escaped or not."""
     if "<" in fragment:
         fragment = _TAG.sub(" ", fragment)
     if "&" in fragment:
         fragment = html.unescape(fragment)
-    return _SPACE.sub(" ", fragment).strip()
+    return _SPACE.sub(" ", strip_bidi(fragment)).strip()

@@ -9,9 +9,9 @@ from starlette.applications import Starlette
 
 from mailer.app import App
 from mailer.render.catalog import catalog_for
-from subscribers.confirmations import ConfirmationQueue, ConfirmationSender, Delivered
+from subscribers.confirmations import ConfirmationSender, Delivered
 from subscribers.languages import KNOWN_LANGUAGES
-from subscribers.mail import CONFIRM_BODY, CONFIRM_SUBJECT, ConfirmTexts
+from subscribers.mail import MSGIDS, ConfirmTexts
 from subscribers.settings import PageSettings
 from subscribers.web import make_web_app
 
@@ -21,11 +21,10 @@ __all__ = ["build_public_app", "confirmation_texts"]
 def confirmation_texts(app: App) -> ConfirmTexts:
     """The confirmation mail in every known language, from the one message catalog (a
     deployment's own ``locale/`` wins, as for the emails)."""
-    out = {}
-    for lang in KNOWN_LANGUAGES:
-        catalog = catalog_for(lang, override_dir=app.config.newsletter.templates_dir)
-        out[lang] = (catalog.gettext(CONFIRM_SUBJECT), catalog.gettext(CONFIRM_BODY))
-    return out
+    catalogs = {lang: catalog_for(lang, override_dir=app.config.newsletter.templates_dir)
+                for lang in KNOWN_LANGUAGES}
+    return {kind: {lang: (c.gettext(subject), c.gettext(body)) for lang, c in catalogs.items()}
+            for kind, (subject, body) in MSGIDS.items()}
 
 
 def build_public_app(app: App) -> Starlette:
@@ -41,9 +40,13 @@ def build_public_app(app: App) -> Starlette:
         return "refused" if 500 <= result.code < 600 else "deferred"
 
     settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
-                            rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl)
+                            rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl,
+                            trusted_proxies=cfg.web.trusted_proxies,
+                            proxy_header=cfg.web.proxy_header)
     sender = ConfirmationSender(
-        ConfirmationQueue(app.engine, app.clock), app.subscribers, app.tokens, deliver,
+        app.signup.queue, app.subscribers, app.tokens, deliver,
         from_addr=cfg.newsletter.from_addr, public_url=cfg.newsletter.public_url,
-        names=dict(cfg.newsletter.name), clock=app.clock, texts=confirmation_texts(app))
-    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, confirmations=sender)
+        names=dict(cfg.newsletter.name), clock=app.clock, intake=app.signup.intake,
+        texts=confirmation_texts(app))
+    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, signup=app.signup,
+                        confirmations=sender)

@@ -29,7 +29,7 @@ def used_msgids() -> set[str]:
     for _, _, message, _, _ in extract_from_dir(str(REPO / "mailer" / "render"), [("**.py", "python")]):
         ids.add(message if isinstance(message, str) else message[0])
     ids.update(variant._LANGUAGE_NAMES.values())
-    ids.update((mail.CONFIRM_SUBJECT, mail.CONFIRM_BODY))  # the confirmation mail's text
+    ids.update(m for pair in mail.MSGIDS.values() for m in pair)  # the confirmation mails' text
     ids.update(f"web\x04{v}" for v in PAGE_TEXT.values())  # the public pages' text
     return ids
 

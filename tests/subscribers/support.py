@@ -106,10 +106,12 @@ class Result:
     err: str
 
 
-def run(config: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-    """Run ``newsletter --config CONFIG ARGS`` in the config's folder."""
+def run(config: Path, *args: str, env: dict[str, str] | None = None,
+        input: str | None = None) -> Result:
+    """Run ``newsletter --config CONFIG ARGS`` in the config's folder (``input`` on stdin)."""
     proc = subprocess.run(
         [*NEWSLETTER, "--config", str(config), *args], cwd=config.parent, capture_output=True,
+        input=input,
         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)

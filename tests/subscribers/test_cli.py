@@ -131,3 +131,36 @@ def test_rotate_reports_progress_and_retires(config: Path,
     assert {r[3] for r in rows(config)} == {doc["current"]}
     assert cli(config, "subscribers", "count") == 0
     assert capsys.readouterr().out.strip() == "12"
+
+
+FORMULAS = ["=cmd|'/Ccalc'!A0@example.net", "=1+1@example.net", "+1+1@example.net",
+            "-2+3@example.net", "'quoted@example.net"]
+
+
+def test_plaintext_export_defuses_formulas_and_reads_back(tmp_path: Path) -> None:
+    """Issue 15: an address a spreadsheet would run is exported as text (OWASP: a leading
+    ``'``), the notice says so, and importing the export gives the same addresses back."""
+    from tests.subscribers.support import run
+
+    config = write_config(tmp_path)
+    assert run(config, "keys", "init").code == 0
+    (tmp_path / "in.csv").write_text("email\n" + "".join(f"{a}\n" for a in FORMULAS),
+                                     encoding="utf-8")
+    imported = run(config, "subscribers", "import", "in.csv", "--confirmed")
+    assert imported.code == 0, imported.err
+    exported = run(config, "subscribers", "export", "out.csv", "--plaintext")
+    assert exported.code == 0, exported.err
+    assert "leading '" in exported.err
+    cells = [line.split(",")[0] for line in
+             (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()[1:]]
+    assert len(cells) == len(FORMULAS)
+    for c in cells:
+        assert c.lstrip('"')[0] not in "=+-@\t\r", c
+    again = write_config(tmp_path / "again")
+    (tmp_path / "again" / "secrets").mkdir()
+    (tmp_path / "again" / "secrets" / "keys.json").write_bytes(
+        (tmp_path / "secrets" / "keys.json").read_bytes())
+    assert run(again, "subscribers", "import", str(tmp_path / "out.csv"), "--confirmed").code == 0
+    for address in FORMULAS:
+        found = run(again, "subscribers", "find", input=address)
+        assert found.out.startswith("line 1: subscriber "), (address, found.out)

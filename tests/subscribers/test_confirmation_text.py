@@ -9,15 +9,13 @@ from email.message import EmailMessage
 
 from mailer.render.catalog import catalog_for
 from subscribers.languages import KNOWN_LANGUAGES
-from subscribers.mail import CONFIRM_BODY, CONFIRM_SUBJECT, confirmation_message
+from subscribers.mail import MSGIDS, confirmation_message
 
 
-def texts() -> dict[str, tuple[str, str]]:
-    out = {}
-    for lang in KNOWN_LANGUAGES:
-        catalog = catalog_for(lang, strict=True)  # strict: a missing translation raises
-        out[lang] = (catalog.gettext(CONFIRM_SUBJECT), catalog.gettext(CONFIRM_BODY))
-    return out
+def texts() -> dict[str, dict[str, tuple[str, str]]]:
+    catalogs = {lang: catalog_for(lang, strict=True) for lang in KNOWN_LANGUAGES}  # strict: raises
+    return {kind: {lang: (c.gettext(s), c.gettext(b)) for lang, c in catalogs.items()}
+            for kind, (s, b) in MSGIDS.items()}
 
 
 def test_a_confirmation_is_in_the_readers_language_and_english() -> None:
@@ -32,3 +30,15 @@ def test_a_confirmation_is_in_the_readers_language_and_english() -> None:
     assert "訂閱了「公民權利通訊」" in body
     assert "subscribed this address to Rights." in body
     assert body.count("https://x.example/confirm/T") == 2
+
+
+def test_a_change_of_language_names_the_choice_in_its_own_language() -> None:
+    raw = confirmation_message(from_addr="digest@example.org", to="r@example.com",
+                               language="zh-Hans", url="https://x.example/language/T",
+                               names={"zh-Hans": "公民权利通讯", "en": "Rights"},
+                               now=datetime(2026, 12, 2, tzinfo=UTC), texts=texts(),
+                               choice="zh-Hant+en")
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    assert msg["Subject"] == "请确认更改语言 / Please confirm the change of language"
+    assert "改为：繁體中文 + English。" in msg.get_content()

@@ -25,7 +25,7 @@ def test_a_request_is_claimed_once_and_retried_on_the_schedule(engine: Engine,
     queue.request(7)
     queue.request(7)  # asking twice is one request
     assert queue.pending() == 1
-    assert queue.claim() == [(7, 0)]
+    assert queue.claim() == [(7, 0, None)]
     assert other.claim() == []  # leased
     for attempt, pause in enumerate(BACKOFF):
         assert queue.retry(7, attempt)
@@ -35,7 +35,7 @@ def test_a_request_is_claimed_once_and_retried_on_the_schedule(engine: Engine,
         clock.advance(pause - timedelta(seconds=1))
         assert queue.claim() == []
         clock.advance(seconds=1)
-        assert other.claim() == [(7, attempt + 1)]
+        assert other.claim() == [(7, attempt + 1, None)]
     assert not queue.retry(7, len(BACKOFF))  # given up: dropped
     assert queue.pending() == 0
 
@@ -44,13 +44,13 @@ def test_a_lease_that_expires_comes_back_and_asking_again_starts_over(
         engine: Engine, clock: Clock) -> None:
     queue = ConfirmationQueue(engine, clock)
     queue.request(3)
-    assert queue.claim(lease=timedelta(minutes=5)) == [(3, 0)]  # a serve that then died
+    assert queue.claim(lease=timedelta(minutes=5)) == [(3, 0, None)]  # a serve that then died
     assert queue.next_due() == clock() + timedelta(minutes=5)  # not before: no busy waiting
     clock.advance(minutes=5, seconds=1)
-    assert queue.claim() == [(3, 0)]
+    assert queue.claim() == [(3, 0, None)]
     queue.retry(3, 0)
     queue.request(3)  # the reader used the form again: at once, from the start
-    assert queue.claim() == [(3, 0)]
+    assert queue.claim() == [(3, 0, None)]
     queue.done(3)
     assert queue.pending() == 0
     assert queue.next_due() is None

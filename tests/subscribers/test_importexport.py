@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from mailer.db import open_engine
@@ -182,3 +184,11 @@ def test_plaintext_export_has_the_contract_header(store: SubscriberStore) -> Non
     out = io.StringIO()
     assert export_csv(store, out) == 1
     assert out.getvalue() == "email,language\nx@qq.com,en\n"
+
+
+@given(st.text(max_size=30))
+def test_a_cell_never_starts_a_formula_and_reads_back(value: str) -> None:
+    from subscribers.importexport import cell, uncell
+
+    assert not cell(value).startswith(("=", "+", "-", "@", "\t", "\r"))
+    assert uncell(cell(value)) == value

@@ -106,3 +106,57 @@ def test_no_address_in_any_byte_written(tmp_path: Path) -> None:
     assert_clean({f"log {i}": text.encode() for i, text in enumerate(logs)})
     count = run(config, "subscribers", "count")
     assert count.out.strip() == str(len(ADDRESSES) - 1)  # the one-click unsubscribe held
+
+
+# A relay that names the recipient without angle brackets, as some do (issue 15, item 6).
+RELAY_REPLIES = {
+    "secretname3@corp-example.org": "550 mailbox secretname3 unavailable",
+    "secretname1@corp-example.org": "550 5.1.1 no such user (secretname1 at corp-example.org)",
+    "secretname4@corp-example.org": "450 4.2.0 secretname4%40corp-example.org greylisted",
+    "Secretname5@corp-example.org": '550 "SECRETNAME5"@Corp-Example.ORG refused',
+}
+
+
+def test_no_address_from_a_relay_reply_is_stored_or_logged(tmp_path: Path) -> None:
+    from tests.support.smtp import RecordingHandler, SMTPServer
+
+    def fault(step: str, envelope: object, count: int) -> str | None:
+        if step != "data":  # by DATA the envelope holds the recipient
+            return None
+        rcpt = getattr(envelope, "rcpt_tos", [])
+        return RELAY_REPLIES.get(rcpt[-1]) if rcpt else None
+
+    relay = SMTPServer(RecordingHandler(fault=fault)).start()
+    try:
+        config = write_config(tmp_path)
+        text = config.read_text(encoding="utf-8")
+        config.write_text(text.replace(
+            'transport = "maildir"\nmaildir = "data/outbox"\n',
+            f'transport = "smtp"\n[[delivery.relays]]\nhost = "127.0.0.1"\nport = {relay.port}\n'
+            'security = "none"\nconnections = 1\nrate = 0\n'), encoding="utf-8")
+        logs: list[str] = []
+        for args in (("keys", "init"), ("subscribers", "import", "list.csv", "--confirmed"),
+                     ("poll",), ("send",)):
+            if args[0] == "subscribers":
+                (tmp_path / "list.csv").write_text(
+                    "email\n" + "".join(f"{a}\n" for a in RELAY_REPLIES), encoding="utf-8")
+            result = run(config, "-v", *args)
+            logs.extend([result.out, result.err])
+            # ``send`` exits 1 while a deferred message is left, as here by design.
+            assert result.code == (1 if args == ("send",) else 0), result.err
+        assert relay.handler.ehlos > 0  # the relay really answered
+        db = sqlite3.connect(tmp_path / "data" / "newsletter.db")
+        replies = [r for (r,) in db.execute("select last_reply from outbox")]
+        db.close()
+        assert len(replies) == len(RELAY_REPLIES), replies
+        assert all(replies), replies
+        assert any("<recipient>" in r for r in replies), replies  # scrubbed, and kept
+    finally:
+        relay.stop()
+    blobs = {**project_bytes(tmp_path), **{f"log {i}": t.encode() for i, t in enumerate(logs)}}
+    for name, data in blobs.items():
+        folded = data.lower()
+        for address in RELAY_REPLIES:
+            local = address.partition("@")[0].lower().encode()
+            assert local not in folded, f"{local!r} found in {name}"
+        assert b"corp-example" not in folded, f"the recipients' domain found in {name}"

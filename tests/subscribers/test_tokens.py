@@ -91,3 +91,39 @@ def test_csrf_tokens_are_bound_to_the_cookie_nonce() -> None:
     assert not SIGNER.verify_csrf("x" * 27, "nonce-a")
     later = TokenSigner(RING.token_key, lambda: NOW + timedelta(hours=3))
     assert not later.verify_csrf(token, "nonce-a")
+
+
+LANGUAGES = st.sampled_from(["zh-Hans", "zh-Hant", "en", "zh-Hans+en", "zh-Hant+en"])
+
+
+@given(ids, LANGUAGES, st.data())
+def test_language_tokens_round_trip_and_refuse_any_change(sid: int, language: str,
+                                                         data: st.DataObject) -> None:
+    token = SIGNER.language_token(sid, language)
+    assert URLSAFE.match(token)
+    got = SIGNER.verify_language(token)
+    assert (got.subscriber_id, got.language, got.issued_at) == (sid, language, NOW)
+    pos = data.draw(st.integers(0, len(token) - 1))
+    repl = data.draw(st.sampled_from("ABCdef012-_"))
+    if repl != token[pos]:
+        with pytest.raises(BadToken):
+            SIGNER.verify_language(token[:pos] + repl + token[pos + 1:])
+
+
+@given(st.text(max_size=60))
+def test_language_garbage_is_refused(text: str) -> None:
+    with pytest.raises(BadToken):
+        SIGNER.verify_language(text)
+
+
+def test_a_language_token_is_no_other_token_and_expires() -> None:
+    with pytest.raises(BadToken):
+        SIGNER.verify_language(SIGNER.confirm_token(42))
+    with pytest.raises(BadToken):
+        SIGNER.verify_confirm(SIGNER.language_token(42, "en"))
+    clock = [NOW]
+    signer = TokenSigner(RING.token_key, lambda: clock[0], confirm_ttl=timedelta(days=7))
+    token = signer.language_token(7, "en")
+    clock[0] = NOW + timedelta(days=8)
+    with pytest.raises(BadToken, match="expired"):
+        signer.verify_language(token)
