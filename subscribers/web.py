@@ -43,6 +43,7 @@ from subscribers.catalog import page_strings
 from subscribers.confirmations import ConfirmationSender
 from subscribers.errors import InputError
 from subscribers.forwarded import client_address
+from subscribers.languages import KNOWN_LANGUAGES
 from subscribers.lifecycle import Subscriber, SubscriberState
 from subscribers.settings import PageSettings
 from subscribers.signup import SignupDesk
@@ -54,7 +55,7 @@ __all__ = ["RateLimiter", "SecurityHeaders", "make_web_app", "page_languages"]
 log = logging.getLogger("newsletter.web")
 
 CSRF_COOKIE = "nl_csrf"
-_PAGE_LANGS = ("zh-Hans", "zh-Hant", "en")
+_PAGE_LANGS = KNOWN_LANGUAGES  # every known language has page text in the catalog
 
 
 class RateLimiter:
