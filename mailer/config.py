@@ -118,6 +118,9 @@ class FetchSettings:
     proxy: str | None = None
     # Whole-fetch limit: a server that dribbles a byte every few seconds never trips read_timeout.
     deadline: float = 120.0
+    # Entries one feed may bring in one poll (the newest win): a hostile or broken feed of
+    # 150,000 entries once took 53 s and 527 MB to store, and the next edition 2 GB.
+    max_new_posts: int = 50
     # TEST ONLY: networks the address guard (mailer/net.py) treats as public, so that tests can
     # serve images and redirects from loopback. Empty in every deployment: anything here is a
     # network that hostile post content can make the server fetch from.
@@ -133,6 +136,7 @@ class FeedSettings:
     backlog_days: int = 7
     proxy: str | None = None
     name: str | None = None
+    max_new_posts: int | None = None  # None: ``[fetch] max_new_posts``
 
     @property
     def is_local(self) -> bool:
@@ -625,9 +629,12 @@ def _fetch(s: _Section) -> FetchSettings:
         proxy=s.convert("proxy", str, _proxy, None),
         deadline=float(s.get("deadline", float, d.deadline)),
         unsafe_allow_networks_for_tests=_networks(s, "unsafe_allow_networks_for_tests"),
+        max_new_posts=s.get("max_new_posts", int, d.max_new_posts),
     )
     if out.concurrency < 1:
         raise s.error("concurrency", "must be at least 1")
+    if out.max_new_posts < 1:
+        raise s.error("max_new_posts", "must be at least 1")
     if out.deadline <= 0 or out.connect_timeout <= 0 or out.read_timeout <= 0:
         raise s.error("deadline" if out.deadline <= 0 else
                       "connect_timeout" if out.connect_timeout <= 0 else "read_timeout",
@@ -658,9 +665,13 @@ def _feed(ld: _Loader, s: _Section) -> FeedSettings:
     backlog = s.get("backlog_days", int, 7)
     if backlog < 0:
         raise s.error("backlog_days", "must not be negative")
+    cap = s.get("max_new_posts", int, None)
+    if cap is not None and cap < 1:
+        raise s.error("max_new_posts", "must be at least 1")
     out = FeedSettings(
         url=url, language=language, backlog_days=backlog,
         proxy=s.convert("proxy", str, _proxy, None), name=s.get("name", str, None),
+        max_new_posts=cap,
     )
     s.done()
     return out

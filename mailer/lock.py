@@ -27,6 +27,7 @@ import os
 import socket
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -35,7 +36,8 @@ from mailer.clock import Clock, as_utc, system_clock
 from mailer.errors import LockError
 from mailer.schema import daemon_lock
 
-__all__ = ["DAEMON_LOCK", "DEFAULT_LEASE", "DatabaseLock", "LockHolder", "advisory_key", "default_owner"]
+__all__ = ["DAEMON_LOCK", "DEFAULT_LEASE", "DatabaseLock", "LockHolder", "advisory_key", "default_owner",
+           "process_is_gone"]
 
 # The lock the daemon and ``run --once`` hold: one scheduler per database.
 DAEMON_LOCK = "scheduler"
@@ -48,6 +50,32 @@ DEFAULT_LEASE = timedelta(seconds=30)
 def default_owner() -> str:
     """``host:pid``: enough for an operator to find the process that holds the lock."""
     return f"{socket.gethostname()}:{os.getpid()}"[:128]
+
+
+def process_is_gone(owner: str) -> bool:
+    """True when ``owner`` (``host:pid``, or a sender's ``[worker:]host:pid:random``) names a
+    process on this host that no longer runs: its leases need not be waited out.
+
+    A holder on another host, or an owner we cannot read, is presumed alive.
+    """
+    parts = owner.removeprefix("worker:").split(":")
+    if len(parts) < 2 or not parts[1].isdigit():
+        return False
+    host, pid = parts[0], int(parts[1])
+    me = socket.gethostname()
+    if host not in {me, me[:30], me[:40]} or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    try:  # killed, but its parent has not reaped it yet (Linux: state Z)
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def advisory_key(schema: str, name: str) -> int:
@@ -228,9 +256,25 @@ class DatabaseLock:
             with self.engine.begin() as conn:
                 conn.execute(insert(daemon_lock).values(name=self.name, **values))
         except IntegrityError:
-            return False
+            return self._take_from_dead()
         self._held = True
         return True
+
+    def _take_from_dead(self) -> bool:
+        """A killed holder on this host never released its row: take it now, not in ``lease``."""
+        holder = self.holder()
+        if holder is None or not process_is_gone(holder.owner):
+            return False
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(daemon_lock)
+                .where(daemon_lock.c.name == self.name, daemon_lock.c.owner == holder.owner)
+                .values(owner=self.owner, heartbeat_at=now, expires_at=now + self.lease))
+        self._held = result.rowcount == 1
+        if self._held:
+            log.info("lock %r taken from %s, which is no longer running", self.name, holder.owner)
+        return self._held
 
     # ----------------------------------------------------------------- PostgreSQL: advisory lock
 

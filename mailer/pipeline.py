@@ -22,10 +22,11 @@ from mailer.app import App
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
 from mailer.delivery.outbox import OutboxRow
 from mailer.editions.notify import Notifier
-from mailer.editions.runner import process_due
+from mailer.editions.runner import process_due, resume_after_stop
 from mailer.editions.store import Decision
 from mailer.errors import EditionError, InputError
 from mailer.feeds.poll import PollReport, poll_feeds
+from mailer.lock import process_is_gone
 from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
 from mailer.mirrors.exposure import record_exposure
 from mailer.models import EditionState
@@ -36,12 +37,14 @@ from subscribers.mailin import MailinReport
 
 __all__ = [
     "PreparedEdition",
+    "Resumed",
     "RunSummary",
     "SendSummary",
     "ensure_sample_subscribers",
     "header_settings",
     "poll",
     "prepare_edition",
+    "resume_interrupted",
     "run_once",
     "send_edition",
     "send_new_posts",
@@ -221,6 +224,39 @@ async def _stop_when_set(stop: asyncio.Event, engine: DeliveryEngine[Recipient])
     engine.stop("signal")
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """An edition a crash or a stopping daemon left unfinished, and how its resumption went."""
+
+    edition_id: int
+    left: int
+    reclaimed: int
+    summary: SendSummary
+
+
+async def resume_interrupted(app: App, *, progress: bool = False) -> list[Resumed]:
+    """Finish every edition left ``sending`` (a crash) or paused by a stopping daemon.
+
+    ``send`` and ``run --once`` call this before their own work, so an interrupted edition
+    never waits for the daemon. Rows leased by a dead process on this host are handed out at
+    once; a live sender's rows (a daemon, a worker) stay its own, and an edition with nothing
+    claimable is left to that sender. The outbox keeps every row exactly-once.
+    """
+    resume_after_stop(app)
+    resumed = []
+    for info in app.editions.find([EditionState.SENDING]):
+        reclaimed = sum(app.outbox.expire_lease(info.id, owner)
+                        for owner in app.outbox.lease_holders(info.id) if process_is_gone(owner))
+        if not app.outbox.has_work(info.id, app.clock()):
+            continue
+        left = app.outbox.unfinished(info.id)
+        log.info("resuming edition %d: %d left, %d reclaimed from a dead sender",
+                 info.id, left, reclaimed)
+        summary = await send_edition(app, info.id, progress=progress)
+        resumed.append(Resumed(info.id, left, reclaimed, summary))
+    return resumed
+
+
 async def send_new_posts(app: App, *, progress: bool = False) -> SendSummary | None:
     """``newsletter send``: one edition of every stored post not yet sent, delivered now."""
     post_ids = app.editions.unsent_post_ids()
@@ -242,16 +278,19 @@ class RunSummary:
     decisions: tuple[tuple[int, Decision], ...] = ()
     held: int | None = None
     sample_subscribers: int = 0
+    resumed: tuple[Resumed, ...] = ()
 
 
 async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = False) -> RunSummary:
     """``run --once``: one pass of what the daemon does, under the same send policy.
 
-    Editors' scheduled editions go through the policy first (approval gate, misfire grace);
+    Editions a crash or a stopping daemon left unfinished are finished first
+    (``resume_interrupted``). Editors' scheduled editions then go through the policy (approval gate, misfire grace);
     then the feeds are polled and new posts go out as an edition now — or, when approval is
     required, become an edition held for the editors.
     """
     seeded = ensure_sample_subscribers(app, notice)
+    resumed = await resume_interrupted(app, progress=progress)
     sends: list[SendSummary] = []
 
     async def send(edition_id: int) -> None:
@@ -269,4 +308,4 @@ async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = 
         fresh = await send_new_posts(app, progress=progress)
         if fresh is not None:
             sends.append(fresh)
-    return RunSummary(report, tuple(sends), tuple(decisions), held, seeded)
+    return RunSummary(report, tuple(sends), tuple(decisions), held, seeded, tuple(resumed))

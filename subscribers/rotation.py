@@ -1,8 +1,13 @@
-"""Key rotation: add a new AEAD key, re-encrypt in batches, retire keys no row uses.
+"""Key rotation: add a new AEAD key, re-seal every row, retire keys no row uses.
+
+Re-sealing is ``reseal``, a pure step over one row in the manner of ``MultiFernet.rotate``:
+open under whichever key of the ring sealed it, seal under the ring's current key. ``rotate``
+only walks the rows with it, using a codec of its own; the store's codec is never swapped.
 
 The new key is written to the key file first (atomically), and progress is kept in the
-``key_rotation`` table, one commit per batch: an interrupted rotation resumes where it stopped
-and never loses a row, because every row is readable under the old or the new key throughout.
+``key_rotation`` table, one commit per batch: an interrupted rotation (even SIGKILL) resumes
+where it stopped and never loses a row, because every row is readable under the old or the
+new key throughout, and a row is updated only if it still carries the key it was read with.
 Old keys are removed from the file only after a count shows no row still uses them.
 """
 
@@ -19,7 +24,7 @@ from subscribers.schema import key_rotation
 from subscribers.schema import subscribers as t
 from subscribers.store import SubscriberStore
 
-__all__ = ["RotationResult", "rotate"]
+__all__ = ["RotationResult", "SealedRow", "reseal", "rotate"]
 
 log = logging.getLogger("newsletter.keys")
 
@@ -30,6 +35,32 @@ class RotationResult:
     reencrypted: int
     retired: tuple[str, ...]
     resumed: bool
+
+
+@dataclass(frozen=True)
+class SealedRow:
+    """A subscriber row's ciphertexts and the id of the key that sealed them."""
+
+    id: int
+    key_id: str
+    email_ct: bytes
+    extra_ct: bytes | None
+
+
+def reseal(codec: Codec, row: SealedRow) -> SealedRow:
+    """The row sealed under ``codec``'s current key; a row already under it comes back as is.
+
+    Raises ``WrongKeyError`` if no key of the ring opens it, so nothing is written.
+    """
+    new = codec.current_key_id
+    if row.key_id == new:
+        return row
+    email = codec.seal(row.id, codec.open(row.id, row.key_id, row.email_ct))
+    extra = None
+    if row.extra_ct is not None:
+        extra = codec.seal(row.id, codec.open(row.id, row.key_id, row.extra_ct, b"extra:"),
+                           b"extra:")
+    return SealedRow(row.id, new, email, extra)
 
 
 def _unfinished(store: SubscriberStore) -> str | None:
@@ -43,6 +74,7 @@ def rotate(store: SubscriberStore, *, batch_size: int = 2000,
            progress: Callable[[int, int], None] | None = None,
            stop_after: int | None = None) -> RotationResult:
     """Rotate (or resume an interrupted rotation). ``stop_after`` batches simulates a crash."""
+    store.verify_key()  # a wrong key file must not gain a key, nor touch a row
     ring = store.codec.ring
     pending = _unfinished(store)
     resumed = pending is not None and pending == ring.current
@@ -54,7 +86,6 @@ def rotate(store: SubscriberStore, *, batch_size: int = 2000,
                                                       started_at=store.clock()))
         log.info("key rotation started: new key %s", ring.current)
     codec = Codec(ring)
-    store.codec = codec
     new = ring.current
     with store.engine.connect() as conn:
         total = int(conn.execute(select(func.count()).select_from(t)
@@ -69,11 +100,10 @@ def rotate(store: SubscriberStore, *, batch_size: int = 2000,
                                 .where(and_(t.c.id > last, t.c.key_id != new))
                                 .order_by(t.c.id).limit(batch_size)).all()
             for r in rows:
-                values = {"key_id": new,
-                          "email_ct": codec.seal(r.id, codec.open(r.id, r.key_id, r.email_ct))}
-                if r.extra_ct is not None:
-                    values["extra_ct"] = codec.seal(
-                        r.id, codec.open(r.id, r.key_id, r.extra_ct, b"extra:"), b"extra:")
+                after = reseal(codec, SealedRow(r.id, r.key_id, r.email_ct, r.extra_ct))
+                values: dict[str, object] = {"key_id": after.key_id, "email_ct": after.email_ct}
+                if after.extra_ct is not None:
+                    values["extra_ct"] = after.extra_ct
                 # Guard on the old key id: a row re-sealed meanwhile is not touched twice.
                 conn.execute(update(t).where(and_(t.c.id == r.id, t.c.key_id == r.key_id))
                              .values(**values))
@@ -98,7 +128,6 @@ def rotate(store: SubscriberStore, *, batch_size: int = 2000,
     if retired:
         ring = ring.without_keys(set(retired))
         ring.save()
-        store.codec = Codec(ring)
     with store.engine.begin() as conn:
         conn.execute(update(key_rotation).where(key_rotation.c.new_key_id == new)
                      .values(finished_at=store.clock()))

@@ -10,9 +10,10 @@ from functools import update_wrapper
 from typing import Any, TypeVar
 
 import click
+import sqlalchemy.exc
 
 from mailer.app import App, config_path_from
-from mailer.errors import NewsletterError
+from mailer.errors import NewsletterError, StorageError
 
 __all__ = ["cli", "pass_app", "run_cli"]
 
@@ -54,8 +55,25 @@ def pass_app(fn: F) -> F:
     return update_wrapper(wrapper, fn)  # type: ignore[return-value]
 
 
+def storage_error(exc: OSError | sqlalchemy.exc.OperationalError) -> StorageError:
+    """A full disk or an I/O error, from the OS or from the database driver, as one line.
+
+    SQLAlchemy's own text carries the statement and its parameters (an address's ciphertext, a
+    blind index); only the driver's first line is kept: SQLite says "database or disk is full"
+    (SQLITE_FULL) or "disk I/O error", PostgreSQL "could not extend file ...".
+    """
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else "failed"
+        return StorageError(f"database write failed: {reason}")
+    where = f": {exc.filename}" if exc.filename else ""
+    return StorageError(f"{exc.strerror or type(exc).__name__}{where}")
+
+
 def run_cli(argv: list[str] | None = None) -> int:
-    """Run the CLI; a ``NewsletterError`` becomes one line on stderr and its exit code."""
+    """Run the CLI; a ``NewsletterError`` becomes one line on stderr and its exit code, and so
+    does a disk or database I/O error (ENOSPC, EIO, SQLITE_FULL), which no command can go on
+    from: exit 2 like any other storage fault, never a traceback.
+    """
     try:
         # Without standalone mode click returns a command's ctx.exit(n) code instead of exiting.
         rv = cli.main(args=argv, prog_name="newsletter", standalone_mode=False)
@@ -64,6 +82,10 @@ def run_cli(argv: list[str] | None = None) -> int:
     except NewsletterError as exc:
         click.echo(f"newsletter: error: {exc}", err=True)
         return exc.exit_code
+    except (OSError, sqlalchemy.exc.OperationalError) as exc:
+        error = storage_error(exc)
+        click.echo(f"newsletter: error: {error}", err=True)
+        return error.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.Abort:

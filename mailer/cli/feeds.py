@@ -47,6 +47,8 @@ def poll_command(app: App) -> None:
                        f"{redact(outcome.url)}: {outcome.error}", err=True)
         elif outcome.error:
             click.echo(f"failed: {redact(outcome.url)}: {outcome.error}", err=True)
+        elif outcome.warning:
+            click.echo(f"warning: {redact(outcome.url)}: {outcome.warning}")
     if report.failed:
         # FeedError's exit code is 1; run_cli prints it as the one error line.
         raise FeedError(f"{len(report.failed)} of {report.feeds} feeds could not be read; "

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from mailer.app import App
 from mailer.cli.base import cli, pass_app
 
-__all__ = ["print_send", "send"]
+__all__ = ["print_resumed", "print_send", "send"]
 
 
 def print_send(app: App, summary: object) -> None:
@@ -27,17 +29,44 @@ def print_send(app: App, summary: object) -> None:
                f"{f', {r.suppressed} suppressed' if r.suppressed else ''} → {where}")
 
 
+def print_resumed(app: App, resumed: Sequence[object]) -> None:
+    """``resumed edition 3: 1,912 left``, then its usual line."""
+    from mailer.pipeline import Resumed
+
+    for r in resumed:
+        assert isinstance(r, Resumed)
+        click.echo(f"resumed edition {r.edition_id}: {r.left:,} left")
+        print_send(app, r.summary)
+
+
+def failed(summary: object) -> bool:
+    """A send that failed messages, or delivered none and deferred some: exit 1."""
+    from mailer.pipeline import SendSummary
+
+    assert isinstance(summary, SendSummary)
+    r = summary.report
+    return bool(r.failed or (r.sent == 0 and r.deferred))
+
+
 @cli.command()
 @pass_app
 def send(app: App) -> None:
-    """Build one edition from every stored post not yet sent and deliver it now."""
-    from mailer.pipeline import send_new_posts
+    """Finish any interrupted edition, then build one edition from every stored post not yet
+    sent and deliver it now."""
+    from mailer.pipeline import resume_interrupted, send_new_posts
 
-    summary = asyncio.run(send_new_posts(app, progress=sys.stderr.isatty()))
+    async def both() -> tuple[list[Any], Any]:
+        resumed = await resume_interrupted(app, progress=sys.stderr.isatty())
+        return resumed, await send_new_posts(app, progress=sys.stderr.isatty())
+
+    resumed, summary = asyncio.run(both())
+    print_resumed(app, resumed)
+    sends = [r.summary for r in resumed]
     if summary is None:
-        click.echo("nothing to send: no stored post is waiting")
-        return
-    print_send(app, summary)
-    r = summary.report
-    if r.failed or (r.sent == 0 and r.deferred):
+        if not resumed:
+            click.echo("nothing to send: no stored post is waiting")
+    else:
+        print_send(app, summary)
+        sends.append(summary)
+    if any(failed(s) for s in sends):
         sys.exit(1)

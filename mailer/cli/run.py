@@ -38,7 +38,7 @@ def run(app: App, once: bool, standby: bool) -> None:
 
 async def _once(app: App) -> int:
     """One pass under the daemon's lock, so it never races a running daemon."""
-    from mailer.cli.pipeline import print_send
+    from mailer.cli.pipeline import failed, print_resumed, print_send
     from mailer.lock import DAEMON_LOCK, DatabaseLock
     from mailer.pipeline import run_once
 
@@ -66,9 +66,10 @@ async def _once(app: App) -> int:
     if held is not None:
         click.echo(f"edition {held} created and held: approval is required "
                    f"(newsletter editions show {held}; newsletter editions approve {held})")
-    if not all_sends and held is None:
+    print_resumed(app, summary.resumed)
+    if not all_sends and held is None and not summary.resumed:
         click.echo("nothing to send: no new posts and no edition due")
     for s in all_sends:
         print_send(app, s)
-    failed = any(s.report.failed or (s.report.sent == 0 and s.report.deferred) for s in all_sends)
-    return 1 if failed else 0
+    every = [*all_sends, *(r.summary for r in summary.resumed)]
+    return 1 if any(failed(s) for s in every) else 0

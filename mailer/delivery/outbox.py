@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailer.clock import Clock, as_utc
@@ -34,6 +34,7 @@ __all__ = [
     "OutboxRow",
     "Outcome",
     "RecipientLike",
+    "claimable",
 ]
 
 # Edition states in which no further row may be claimed (checked between batches).
@@ -52,6 +53,15 @@ class RecipientLike(Protocol):
 
     @property
     def domain(self) -> str: ...
+
+
+def claimable(now: datetime) -> ColumnElement[bool]:
+    """Rows a sender may take now: queued, deferred and due, or leased and the lease expired."""
+    return or_(
+        outbox.c.state == OutboxState.QUEUED.value,
+        and_(outbox.c.state == OutboxState.DEFERRED.value, outbox.c.next_attempt_at <= now),
+        and_(outbox.c.state == OutboxState.SENDING.value, outbox.c.lease_expires_at < now),
+    )
 
 
 @dataclass(frozen=True)
@@ -154,11 +164,7 @@ class Outbox:
             outbox.c.edition_id == edition_id,
             outbox.c.state.in_([OutboxState.QUEUED.value, OutboxState.DEFERRED.value,
                                 OutboxState.SENDING.value]),
-            or_(
-                outbox.c.state == OutboxState.QUEUED.value,
-                and_(outbox.c.state == OutboxState.DEFERRED.value, outbox.c.next_attempt_at <= now),
-                and_(outbox.c.state == OutboxState.SENDING.value, outbox.c.lease_expires_at < now),
-            ),
+            claimable(now),
         )
         if skip_domains:
             eligible = and_(eligible, outbox.c.domain.not_in(sorted(skip_domains)))
@@ -272,6 +278,42 @@ class Outbox:
                        outbox.c.state == OutboxState.SENDING.value)
                 .values(state=OutboxState.QUEUED.value, lease_owner=None, lease_expires_at=None,
                         attempts=self._greatest(outbox.c.attempts - 1, 0), updated_at=now)
+            )
+        return int(result.rowcount)
+
+    def has_work(self, edition_id: int, now: datetime) -> bool:
+        """Whether a sender could take a row now; an edition with no rows yet was interrupted
+        before its recipients were enqueued, so it has work too."""
+        with self.engine.connect() as conn:
+            total, ready = conn.execute(
+                select(func.count(), func.count().filter(claimable(now)))
+                .where(outbox.c.edition_id == edition_id)
+            ).one()
+        return bool(ready) or not total
+
+    def lease_holders(self, edition_id: int) -> list[str]:
+        """The owners of this edition's leased rows (live senders, or senders that died)."""
+        with self.engine.connect() as conn:
+            owners = conn.execute(
+                select(outbox.c.lease_owner).distinct()
+                .where(outbox.c.edition_id == edition_id,
+                       outbox.c.state == OutboxState.SENDING.value,
+                       outbox.c.lease_owner.is_not(None))
+            ).scalars()
+            return sorted(str(o) for o in owners)
+
+    def expire_lease(self, edition_id: int, owner: str) -> int:
+        """End the lease of a sender known to be dead, so ``claim`` hands its rows out now.
+
+        Unlike ``release``, the attempt stays counted: the message may have been on the wire.
+        """
+        past = self.clock() - timedelta(seconds=1)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.edition_id == edition_id, outbox.c.lease_owner == owner,
+                       outbox.c.state == OutboxState.SENDING.value)
+                .values(lease_expires_at=past)
             )
         return int(result.rowcount)
 

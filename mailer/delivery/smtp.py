@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import ssl
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import aiosmtplib
+from aiosmtplib.protocol import MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH
 
 from mailer.config import RelaySettings
 from mailer.delivery.classify import NO_REPLY, SendResult, dot_stuff, scrub_reply
@@ -38,6 +40,10 @@ log = logging.getLogger("newsletter.delivery.smtp")
 
 _MAX_COOLOFF = 60.0
 _FIRST_COOLOFF = 2.0
+
+# C0 controls, DEL and C1 controls. CR or LF would smuggle a command into the session (RFC 5321
+# §4.1.1 ends commands with CRLF); NUL, TAB and the rest have no place in an address either.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def parse_replies(buffer: bytes | bytearray) -> tuple[list[tuple[int, str]], int]:
@@ -74,6 +80,10 @@ class _Disconnected(ConnectionError):
     """The relay closed the line or it broke."""
 
 
+class _ReplyTooLong(_Disconnected):
+    """The relay sent more than a reply may hold; we closed the line."""
+
+
 class _Wire(asyncio.Protocol):
     """The connection after setup: writes commands, queues every reply it reads, in order."""
 
@@ -83,6 +93,7 @@ class _Wire(asyncio.Protocol):
         self._replies: deque[tuple[int, str]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._lost = False
+        self._fault: str | None = None  # why we closed the line ourselves
         self._closed = asyncio.Event()  # set once the socket is really closed
 
     def attach(self, transport: asyncio.Transport) -> None:
@@ -90,11 +101,23 @@ class _Wire(asyncio.Protocol):
         transport.set_protocol(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._fault is not None:
+            return
         self._buffer.extend(data)
         replies, used = parse_replies(self._buffer)
         if replies:
             del self._buffer[:used]
             self._replies.extend(replies)
+            self._wake()
+        # A relay (or a man in the middle) that streams a line without end, or continuation
+        # lines without end, must not grow our memory: aiosmtplib's own limits, per line and
+        # per reply, end the session as it does during setup.
+        tail = len(self._buffer) - (self._buffer.rfind(b"\n") + 1)
+        if tail > MAX_LINE_LENGTH or len(self._buffer) > MAX_RESPONSE_LENGTH:
+            limit = MAX_LINE_LENGTH if tail > MAX_LINE_LENGTH else MAX_RESPONSE_LENGTH
+            self._fault = f"the relay's reply is longer than {limit} bytes"
+            self._buffer.clear()
+            self.close()
             self._wake()
 
     def eof_received(self) -> bool:
@@ -124,6 +147,8 @@ class _Wire(asyncio.Protocol):
 
     async def reply(self) -> tuple[int, str]:
         while not self._replies:
+            if self._fault is not None:
+                raise _ReplyTooLong(self._fault)
             if self._lost:
                 raise _Disconnected("connection lost before the reply")
             self._waiter = asyncio.get_running_loop().create_future()
@@ -309,16 +334,19 @@ class RelayPool:
         if utf8 and not conn.smtputf8:
             return SendResult(553, "address needs SMTPUTF8, which the relay does not offer",
                               self.label)
+        bad = _CONTROL.search(envelope_from) or _CONTROL.search(recipient)
+        if bad is not None:
+            return SendResult(501, f"address contains the control character U+{ord(bad[0]):04X};"
+                                   " refused before it reached the relay", self.label)
         mail = b"MAIL FROM:<" + envelope_from.encode() + (b"> SMTPUTF8\r\n" if utf8 else b">\r\n")
         rcpt = b"RCPT TO:<" + recipient.encode() + b">\r\n"
-        if b"\r" in mail[:-2] or b"\n" in mail[:-2] or b"\r" in rcpt[:-2] or b"\n" in rcpt[:-2]:
-            # A CR or LF in an address would smuggle a command into the session.
-            return SendResult(501, "address contains a line break", self.label)
         try:
             async with asyncio.timeout(self.relay.timeout):
                 return await self._exchange(conn, wire, mail, rcpt, payload)
         except (TimeoutError, _Disconnected, OSError) as exc:
             self._retire(conn, wire)
+            if isinstance(exc, _ReplyTooLong):
+                return SendResult(NO_REPLY, f"{exc}; closed the connection", self.label)
             what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
             return SendResult(NO_REPLY, f"{what} during the transaction", self.label)
 

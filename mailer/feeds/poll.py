@@ -21,8 +21,9 @@ from mailer.errors import FeedError
 from mailer.feeds.fetch import FetchOutcome, build_client, fetch_feed, redact
 from mailer.feeds.parse import parse_feed
 from mailer.feeds.store import FeedState, FeedStatus, PostStore, StoreResult
+from mailer.models import Post
 
-__all__ = ["FeedOutcome", "PollReport", "poll_feeds"]
+__all__ = ["FeedOutcome", "PollReport", "cap_posts", "poll_feeds"]
 
 log = logging.getLogger("newsletter.feeds")
 
@@ -118,14 +119,17 @@ async def _poll_one(feed: FeedSettings, state: FeedState, *, store: PostStore,
             parse_feed, got.body, feed_url=feed.url, language=feed.language,
             content_type=got.content_type, base_url=None if feed.is_local else got.final_url,
         )
+        posts, capped = cap_posts(parsed.posts, feed.max_new_posts or fetch.max_new_posts)
         warning = "; ".join(w for w in (
             f"transfer cut short after {len(got.body)} bytes" if got.truncated else None,
             parsed.warning,
+            f"{len(parsed.posts)} entries, more than max_new_posts = {len(posts)}: stored the "
+            f"newest {len(posts)}, left {capped} out" if capped else None,
         ) if w) or None
         if warning:
             log.warning("feed %s: %s", redact(feed.url), warning)
         result = await asyncio.to_thread(
-            store.record_success, state.id, got.validators, parsed.posts,
+            store.record_success, state.id, got.validators, posts,
             backlog_days=feed.backlog_days,
         )
         return _healthy(feed, state, FeedOutcome(feed.url, result=result, warning=warning))
@@ -142,6 +146,20 @@ async def _poll_one(feed: FeedSettings, state: FeedState, *, store: PostStore,
         log.debug("feed %s still failing: %s", redact(feed.url), message)
     since = None if changed else state.failing_since
     return FeedOutcome(feed.url, error=message, changed=changed, failing_since=since)
+
+
+def cap_posts(posts: Sequence[Post], limit: int) -> tuple[tuple[Post, ...], int]:
+    """The newest ``limit`` posts (undated ones count as oldest, feed order breaks ties), and
+    how many were left out. One poll of one feed never stores more: a feed that floods is a
+    feed gone wrong, and what it floods with is not news for this edition."""
+    if len(posts) <= limit:
+        return tuple(posts), 0
+    def newest_first(i: int) -> tuple[bool, float, int]:
+        when = posts[i].published
+        return when is None, -when.timestamp() if when is not None else 0.0, i
+
+    keep = sorted(sorted(range(len(posts)), key=newest_first)[:limit])
+    return tuple(posts[i] for i in keep), len(posts) - limit
 
 
 def _reason(exc: FeedError) -> str:

@@ -9,6 +9,9 @@ mail) and do the work here, once, in Rust. What is dropped, and why:
   which the rendering stage turns into inline parts;
 - style declarations that hide content (``display:none``, zero font size...): hidden text is a
   classic spam-filter signal;
+- elements nested deeper than ``MAX_DEPTH``: their tags go, their text stays. lxml (premailer,
+  at render time) silently drops everything past libxml2's limit of 256 levels, and a post
+  3,000 levels deep took the posts after it with it;
 - 1×1 tracking images (Blogger's ``/tracker/``, WordPress stats, Feedburner): they would leak
   each reader's opening of the mail from inside a censored network.
 """
@@ -18,13 +21,22 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from itertools import accumulate
 from urllib.parse import urljoin, urlsplit
 
 import nh3
 
 from mailer.models import PostImage
 
-__all__ = ["ALLOWED_TAGS", "SanitisedHTML", "sanitise_html", "strip_bidi", "strip_tags"]
+__all__ = ["ALLOWED_TAGS", "MAX_DEPTH", "SanitisedHTML", "flatten_deep", "sanitise_html",
+           "strip_bidi", "strip_tags"]
+
+# Far above any real post (Blogger's deepest are about 15), far below libxml2's 256 minus the
+# mail template's own dozen levels.
+MAX_DEPTH = 64
+_VOID = frozenset({"br", "col", "hr", "img"})
+_ANY_TAG = re.compile(r"<(/?)([a-z][a-z0-9]*)[^>]*>")
+_NON_VOID = re.compile(r"<(/?)(?!(?:br|col|hr|img)[\s>/])[a-z]")
 
 ALLOWED_TAGS = frozenset({
     "a", "abbr", "b", "blockquote", "br", "caption", "center", "cite", "code", "col", "colgroup",
@@ -189,9 +201,38 @@ class _Fixer:
         return v
 
 
+def flatten_deep(cleaned: str, max_depth: int = MAX_DEPTH) -> str:
+    """Drop the tags (not the text) of elements nested deeper than ``max_depth``.
+
+    Works on nh3's output, which is balanced: every element but the void ones has its end tag.
+    """
+    if cleaned.count("</") < max_depth or max(accumulate(
+            -1 if end else 1 for end in _NON_VOID.findall(cleaned)), default=0) <= max_depth:
+        return cleaned  # not that deep: the common case costs a scan, no call per tag
+    kept: list[bool] = []
+    depth = 0
+
+    def tag(m: re.Match[str]) -> str:
+        nonlocal depth
+        if m.group(2) in _VOID:
+            return m.group(0)
+        if not m.group(1):
+            keep = depth < max_depth
+            kept.append(keep)
+            depth += keep
+            return m.group(0) if keep else ""
+        if not kept:
+            return ""  # a stray end tag: nh3 never writes one, but never trust the count
+        keep = kept.pop()
+        depth -= keep
+        return m.group(0) if keep else ""
+
+    return _ANY_TAG.sub(tag, cleaned)
+
+
 def sanitise_html(fragment: str, base_url: str | None = None) -> SanitisedHTML:
     """Clean ``fragment``; relative links resolve against ``base_url`` (the entry's link)."""
-    cleaned = _CLEANER.clean(fragment)
+    cleaned = flatten_deep(_CLEANER.clean(fragment))
     fixer = _Fixer(base_url)
     cleaned = _NEEDS_WORK.sub(fixer, cleaned)
     if "<img>" in cleaned:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import Iterator
@@ -342,3 +343,65 @@ async def test_a_line_break_in_an_address_never_reaches_the_relay(
     assert result.code == 501
     assert ok.code == 250
     assert [r.rcpt_tos for r in server.received] == [["c@example.org"]]
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\t", "\x1b", "\x7f", "\x85"],
+                         ids=["nul", "tab", "esc", "del", "c1-nel"])
+async def test_every_control_character_in_an_address_is_refused(
+        server_factory: type[SMTPServer], bad: str) -> None:
+    server = serve(server_factory)
+    transport = SMTPTransport([relay(server.port)])
+    refused = await transport.send("f@example.org", f"a{bad}b@example.org", MSG)
+    sender = await transport.send(f"f{bad}@example.org", "d@example.org", MSG)
+    ok = await transport.send("f@example.org", "c@example.org", MSG)
+    await transport.aclose()
+    assert (refused.code, sender.code) == (501, 501)
+    assert f"control character U+{ord(bad):04X}" in refused.reply
+    assert ok.code == 250
+    assert [r.rcpt_tos for r in server.received] == [["c@example.org"]]
+
+
+async def _endless_reply_server(chunk: bytes) -> tuple[asyncio.Server, list[int]]:
+    """Greets and answers EHLO, then answers MAIL with ``chunk`` repeated until the client hangs
+    up: a relay that never ends its reply. Records how many bytes it got out."""
+    sent = [0]
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hostile ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                if line.upper().startswith((b"EHLO", b"HELO")):
+                    writer.write(b"250-hostile\r\n250 PIPELINING\r\n")
+                elif line.upper().startswith(b"QUIT"):
+                    writer.write(b"221 bye\r\n")
+                    break
+                elif line.upper().startswith((b"MAIL", b"RSET")):
+                    writer.write(b"250 " if chunk.startswith(b"x") else b"")
+                    while sent[0] < 200_000_000:
+                        writer.write(chunk)
+                        sent[0] += len(chunk)
+                        await writer.drain()
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(session, "127.0.0.1", 0), sent
+
+
+@pytest.mark.parametrize("chunk", [b"x" * 65536, b"250-more\r\n" * 4096],
+                         ids=["endless-line", "endless-continuation"])
+async def test_an_endless_reply_ends_the_session_cleanly(chunk: bytes) -> None:
+    server, sent = await _endless_reply_server(chunk)
+    port = server.sockets[0].getsockname()[1]
+    transport = SMTPTransport([relay(port, timeout=20.0)])
+    try:
+        result = await asyncio.wait_for(
+            transport.send("f@example.org", "u@example.org", MSG), 10)
+    finally:
+        await transport.aclose()
+        server.close()
+    assert result.code == NO_REPLY  # deferred: another relay or a later attempt takes it
+    assert "reply is longer than" in result.reply
+    assert sent[0] < 10_000_000  # we hung up early, not after buffering what it streamed

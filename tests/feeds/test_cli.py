@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,9 @@ import pytest
 import mailer.cli  # noqa: F401  (registers every command)
 from mailer.cli.base import run_cli
 from tests.feeds.conftest import FIXTURES
+from tests.support.http import HTTPServer, Reply
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path: Path, *feed_urls: str) -> Path:
@@ -64,3 +71,52 @@ def test_poll_exits_1_when_a_feed_fails_but_stores_the_rest(
     assert lines[0].split("\t")[1] == "ok"
     assert lines[1].split("\t")[1] == "failing"
     assert "no such file" in lines[1]
+
+
+def _flood(n: int) -> bytes:
+    entries = "".join(
+        f"<entry><id>tag:flood,2026:{i}</id><title>Flood {i}</title>"
+        f'<link rel="alternate" href="https://flood.example.org/{i}.html"/>'
+        f"<published>{datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=i):%Y-%m-%dT%H:%M:%SZ}"
+        f"</published><content type=\"html\">&lt;p&gt;entry {i}&lt;/p&gt;</content></entry>"
+        for i in range(n))
+    return ('<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+            "<id>tag:flood,2026:feed</id><title>Flood</title>"
+            f"<updated>2026-11-20T00:00:00Z</updated>{entries}</feed>").encode()
+
+
+@pytest.mark.parametrize(("setting", "cap"), [("", 50), ("max_new_posts = 7\n", 7)],
+                         ids=["default", "per-feed"])
+def test_a_flooding_feed_stores_only_the_newest_posts_and_says_so(
+        tmp_path: Path, http_server: HTTPServer, setting: str, cap: int) -> None:
+    http_server.routes["/flood.xml"] = Reply(body=_flood(3000),
+                                             headers={"Content-Type": "application/atom+xml"})
+    cfg = _config(tmp_path, http_server.url("/flood.xml"))
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace(
+        "backlog_days = 0\n", "backlog_days = 36500\n" + setting), encoding="utf-8")
+    polled = _newsletter(cfg, "poll")
+    assert polled.returncode == 0, polled.stderr
+    assert polled.stdout.startswith(f"{cap} new posts from 1 feed")
+    assert (f"3000 entries, more than max_new_posts = {cap}: stored the newest {cap}, "
+            f"left {3000 - cap} out") in polled.stdout
+    listed = _newsletter(cfg, "posts", "--json")
+    titles = {json.loads(line)["title"] for line in listed.stdout.splitlines()}
+    assert titles == {f"Flood {i}" for i in range(3000 - cap, 3000)}
+
+
+def test_max_new_posts_below_one_names_file_key_and_line(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, str(FIXTURES / "blogger.atom.xml"))
+    cfg.write_text(cfg.read_text(encoding="utf-8") + "\n[fetch]\nmax_new_posts = 0\n",
+                   encoding="utf-8")
+    line = cfg.read_text(encoding="utf-8").splitlines().index("max_new_posts = 0") + 1
+    out = _newsletter(cfg, "poll")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert f"{cfg}:{line}" in out.stderr
+    assert "max_new_posts" in out.stderr
+
+
+def _newsletter(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mailer", "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=300, cwd=cfg.parent,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.feeds.sanitise import sanitise_html, strip_tags
+from mailer.feeds.sanitise import MAX_DEPTH, flatten_deep, sanitise_html, strip_tags
 from mailer.models import PostImage
 
 BASE = "https://blog.example.com/2026/11/post.html"
@@ -137,3 +137,36 @@ def test_nothing_active_survives_any_mix(fragment: str) -> None:
 def test_sanitising_is_idempotent(text: str) -> None:
     once = sanitise_html(text, BASE).html
     assert sanitise_html(once, BASE).html == once
+
+
+def _depth(cleaned: str) -> int:
+    depth = deepest = 0
+    for closing, name in re.findall(r"<(/?)([a-z][a-z0-9]*)[^>]*>", cleaned):
+        if name in {"br", "col", "hr", "img"}:
+            continue
+        depth += -1 if closing else 1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+@pytest.mark.parametrize("depth", [300, 3000, 30000])
+def test_deep_nesting_is_flattened_and_keeps_its_text(depth: int) -> None:
+    out = clean("<div>" * depth + "<p>deep <b>text</b></p>" + "</div>" * depth + "<p>after</p>")
+    assert _depth(out) <= MAX_DEPTH
+    assert strip_tags(out) == "deep text after"
+    assert out.endswith("<p>after</p>")
+
+
+@given(st.lists(st.sampled_from(["<div>", "</div>", "<p>", "</p>", "<b>", "</b>", "<br>",
+                                 "<ul><li>", "</li></ul>", "text", "<img src=x>"]),
+                max_size=200),
+       st.integers(min_value=1, max_value=8))
+def test_flattening_caps_depth_keeps_text_and_is_idempotent(parts: list[str], cap: int) -> None:
+    cleaned = sanitise_html("".join(parts)).html
+    flat = flatten_deep(cleaned, cap)
+    assert _depth(flat) <= cap
+    # The text, character for character; only spacing from dropped tags may differ.
+    assert strip_tags(flat).replace(" ", "") == strip_tags(cleaned).replace(" ", "")
+    assert flatten_deep(flat, cap) == flat
+    if _depth(cleaned) <= cap:
+        assert flat == cleaned

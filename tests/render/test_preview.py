@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from email import message_from_bytes, policy
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from mailer.app import App
 from mailer.cli.base import run_cli
 from mailer.render.safe import remote_references
+from tests.support.http import HTTPServer, Reply
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,3 +122,47 @@ def test_preview_open_hands_the_html_file_to_the_browser(tmp_path: Path, config_
     url = opened.read_text(encoding="utf-8")
     assert url == (tmp_path / "p" / "en.html").resolve().as_uri()
     assert "Citizens' Rights Digest" in (tmp_path / "p" / "en.html").read_text(encoding="utf-8")
+
+
+def _hostile_feed(depth: int, posts: int = 12) -> bytes:
+    """An Atom feed of ``posts`` posts; the first (newest) is ``depth`` <div>s deep."""
+    entries = []
+    for i in range(posts):
+        body = f"<p>Body of post {i} ends with WORD{i}END.</p>"
+        if i == 0:
+            body = "<div>" * depth + body + "</div>" * depth
+        entries.append(
+            f"<entry><id>tag:hostile,2026:post-{i}</id><title>Hostile post {i}</title>"
+            f'<link rel="alternate" href="https://citizens-rights.blogspot.com/2026/11/p{i}.html"/>'
+            f"<published>2026-11-{20 - i % 10:02d}T0{i % 10}:00:00Z</published>"
+            f"<updated>2026-11-20T00:00:00Z</updated>"
+            f'<content type="html">{html_escape(body)}</content></entry>')
+    return ('<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+            "<id>tag:hostile,2026:feed</id><title>Hostile</title>"
+            "<updated>2026-11-20T00:00:00Z</updated>" + "".join(entries) + "</feed>").encode()
+
+
+@pytest.mark.parametrize("depth", [300, 3000])
+def test_a_deeply_nested_post_loses_nothing_in_the_real_preview(
+        tmp_path: Path, config_path: Path, http_server: HTTPServer, depth: int) -> None:
+    http_server.routes["/feed.xml"] = Reply(body=_hostile_feed(depth),
+                                            headers={"Content-Type": "application/atom+xml"})
+    text = config_path.read_text(encoding="utf-8")
+    config_path.write_text(text.replace(str(REPO / "examples" / "sample-feed.atom.xml"),
+                                        http_server.url("/feed.xml")), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def newsletter(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mailer", "--config", str(config_path), *args],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+
+    polled = newsletter("poll")
+    assert polled.returncode == 0, polled.stderr
+    out = tmp_path / "preview"
+    shown = newsletter("preview", "--language", "en", "--out", str(out))
+    assert shown.returncode == 0, shown.stderr
+    html = (out / "en.html").read_text(encoding="utf-8")
+    text_part = (out / "en.txt").read_text(encoding="utf-8")
+    for i in range(12):
+        assert f"WORD{i}END" in text_part
+        assert f"WORD{i}END" in html, f"post {i} vanished from the HTML part"

@@ -246,3 +246,15 @@ def test_onions_can_come_from_the_registry(config: Config) -> None:
     v = render_variant(digest_edition(), "en", ctx)
     assert ".onion" not in v.html + v.text
     assert "In Tor Browser" not in v.text
+
+
+@pytest.mark.parametrize("depth", [300, 3000])
+def test_a_post_lost_in_rendering_is_an_error_not_a_silent_drop(ctx: RenderContext,
+                                                                 depth: int) -> None:
+    # Not through the sanitiser (which caps nesting): the check after inlining is the net.
+    posts = list(sample_posts())
+    posts.insert(1, dataclasses.replace(
+        posts[1], guid="deep", title="Deep post",
+        content_html="<div>" * depth + "<p>deep text</p>" + "</div>" * depth))
+    with pytest.raises(RenderError, match="lost the post post-"):
+        render_variant(digest_edition(tuple(posts)), "en", ctx)

@@ -11,7 +11,8 @@ from sqlalchemy import create_engine, select
 from mailer.cli.base import run_cli
 from subscribers.keys import KeyRing
 from subscribers.schema import subscribers as t
-from tests.subscribers.support import write_config
+from tests.subscribers.support import run, write_config
+from tests.support.fs import fill, tiny_filesystem
 
 
 def cli(config: Path, *args: str) -> int:
@@ -131,6 +132,29 @@ def test_rotate_reports_progress_and_retires(config: Path,
     assert {r[3] for r in rows(config)} == {doc["current"]}
     assert cli(config, "subscribers", "count") == 0
     assert capsys.readouterr().out.strip() == "12"
+
+
+def test_import_on_a_full_disk_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The real command on a real full filesystem (a 4 MB tmpfs holding the database)."""
+    csv = tmp_path / "in.csv"
+    csv.write_text("email,language\n" + "".join(f"reader{i}@qq.com,en\n" for i in range(3000)),
+                   encoding="utf-8")
+    with tiny_filesystem(tmp_path / "fs", "4m") as fs:
+        config = write_config(fs / "site")
+        assert run(config, "keys", "init").code == 0
+        assert run(config, "subscribers", "count").out.strip() == "0"  # schema in place
+        filler = fill(fs, leave=64 * 1024)  # room to start, not to finish
+        full = run(config, "subscribers", "import", str(csv), "--confirmed")
+        assert (full.code, full.out) == (2, "")
+        assert full.err.count("\n") == 1, full.err
+        assert full.err.startswith("newsletter: error: database write failed: ")
+        assert "disk is full" in full.err
+        assert "reader" not in full.err
+        assert "Traceback" not in full.err
+        filler.unlink()  # space again: the same command finishes the job
+        again = run(config, "subscribers", "import", str(csv), "--confirmed")
+        assert again.code == 0, again.err
+        assert run(config, "subscribers", "count").out.strip() == "3000"
 
 
 FORMULAS = ["=cmd|'/Ccalc'!A0@example.net", "=1+1@example.net", "+1+1@example.net",

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from subscribers.codec import Codec
 from subscribers.errors import WrongKeyError
 from subscribers.keys import KeyRing
-from subscribers.rotation import rotate
+from subscribers.rotation import SealedRow, reseal, rotate
 from subscribers.schema import subscribers as t
 from subscribers.store import SubscriberStore
 from subscribers.tokens import TokenSigner
@@ -66,6 +69,7 @@ def test_a_wrong_key_file_touches_nothing(store: SubscriberStore, ring: KeyRing,
     store.add("w@qq.com", "en", confirmed=True)
     with store.engine.connect() as conn:
         before = conn.execute(select(t)).all()
+    key_file = ring.path.read_bytes()
     wrong = SubscriberStore(store.engine, Codec(KeyRing.generate(ring.path)), clock, LANGS)
     with pytest.raises(WrongKeyError):
         wrong.verify_key()
@@ -73,6 +77,7 @@ def test_a_wrong_key_file_touches_nothing(store: SubscriberStore, ring: KeyRing,
         rotate(wrong)
     with store.engine.connect() as conn:
         assert conn.execute(select(t)).all() == before
+    assert ring.path.read_bytes() == key_file  # the real key file was not replaced
 
 
 def test_a_running_process_follows_the_rotation(store: SubscriberStore, ring: KeyRing,
@@ -90,3 +95,28 @@ def test_a_running_process_follows_the_rotation(store: SubscriberStore, ring: Ke
     assert key_ids_in_use(store) == {result.new_key_id: 6}
     fresh = SubscriberStore(store.engine, Codec(KeyRing.load(ring.path)), clock, LANGS)
     assert fresh.get_recipients([late])[late].address == "after@qq.com"
+
+
+_OLD = KeyRing.generate(Path("/nonexistent/keys.json"))
+_NEW = _OLD.with_new_key()
+
+
+@given(row_id=st.integers(1, 2**40), email=st.binary(min_size=1, max_size=200),
+       extra=st.none() | st.binary(max_size=200))
+def test_reseal_is_multifernet_rotate_for_one_row(row_id: int, email: bytes,
+                                                  extra: bytes | None) -> None:
+    old, new = Codec(_OLD), Codec(_NEW)
+    row = SealedRow(row_id, old.current_key_id, old.seal(row_id, email),
+                    None if extra is None else old.seal(row_id, extra, b"extra:"))
+    after = reseal(new, row)
+    assert after.id == row_id
+    assert after.key_id == _NEW.current != row.key_id
+    assert new.open(row_id, after.key_id, after.email_ct) == email
+    if extra is None:
+        assert after.extra_ct is None
+    else:
+        assert after.extra_ct is not None
+        assert new.open(row_id, after.key_id, after.extra_ct, b"extra:") == extra
+    assert reseal(new, after) is after  # a row already under the current key is left alone
+    with pytest.raises(WrongKeyError):  # a ring without the row's key writes nothing
+        reseal(Codec(KeyRing.generate(Path("/nonexistent/other.json"))), row)
