@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from mailer.errors import ConfigError
+from mailer.mirrors.sites import is_origin_host, same_place
+from subscribers.languages import KNOWN_LANGUAGES, choices, is_pair_of
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -43,7 +45,6 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_NAME = "newsletter.toml"
-KNOWN_LANGUAGES = ("zh-Hans", "zh-Hant", "en")
 
 # Provider answers that mean "we refused the content", not "the address is bad" (issue 7).
 DEFAULT_CONTENT_REJECTIONS = (
@@ -84,8 +85,8 @@ class NewsletterSettings:
 
     @property
     def choices(self) -> tuple[str, ...]:
-        """Every language a subscriber may choose: the single ones, then the bilingual pairs."""
-        return self.languages + self.bilingual
+        """Every language a subscriber may choose (``subscribers.languages`` owns the rule)."""
+        return choices(self.languages, self.bilingual)
 
 
 @dataclass(frozen=True)
@@ -531,7 +532,7 @@ def _address(value: str) -> str:
 
 
 def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
-    languages = s.strings("languages", ["zh-Hans", "zh-Hant", "en"])
+    languages = s.strings("languages", list(KNOWN_LANGUAGES))
     if not languages:
         raise s.error("languages", "must name at least one language")
     for i, lang in enumerate(languages):
@@ -541,8 +542,7 @@ def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
             raise s.error(f"languages[{i}]", str(exc)) from None
     bilingual = s.strings("bilingual", [])
     for i, pair in enumerate(bilingual):
-        halves = pair.split("+")
-        if len(halves) != 2 or any(h not in languages for h in halves) or halves[0] == halves[1]:
+        if not is_pair_of(pair, languages):
             raise s.error(f"bilingual[{i}]", f"{pair!r} must be two configured languages, like 'zh-Hans+en'")
     names_sec = s.table("name")
     names: dict[str, str] = {}
@@ -817,13 +817,7 @@ def _mirror_url(value: str) -> str:
     return _url(value, schemes=("http", "https", "ipfs"))
 
 
-def _same_place(a: str, b: str) -> bool:
-    """Two bases name the same place: scheme and host compare case-insensitively, paths exactly."""
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.netloc.lower(), pa.path.rstrip("/")) == (pb.netloc.lower(), pb.path.rstrip("/"))
-
-
-def _mirror_site(i: int, site: _Section, gateway: str, origin_hosts: set[str],
+def _mirror_site(i: int, site: _Section, gateway: str, origins: tuple[str, ...],
                  warnings: list[str]) -> MirrorSite:
     url = site.convert("url", str, _mirror_url)
     if url.startswith("ipfs://"):
@@ -831,9 +825,10 @@ def _mirror_site(i: int, site: _Section, gateway: str, origin_hosts: set[str],
         url = f"{gateway}/ipfs/{url[len('ipfs://'):]}"
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    if host in origin_hosts:
-        raise site.error("url", "is on an origin's host; a mirror must be another address "
-                                "(the censor blocks the origin's host whatever the path)")
+    if is_origin_host(host, origins):
+        raise site.error("url", "is on an origin's host (or one of its blogspot country domains); "
+                                "a mirror must be another address (the censor blocks the "
+                                "origin's host whatever the path)")
     guess = "onion" if host.endswith(".onion") else "ipfs" if "/ipfs/" in url else "https"
     kind = site.get("kind", str, guess)
     if kind not in ("https", "onion", "ipfs"):
@@ -885,11 +880,10 @@ def _mirrors(ld: _Loader, s: _Section) -> MirrorSettings:
         raise s.error("canary_path", "must start with '/' (it is appended to each mirror's base)")
     sites: list[MirrorSite] = []
     warnings: list[str] = []
-    origin_hosts = {(urlsplit(o).hostname or "").lower() for o in clean_origins}
     for i, section in enumerate(s.tables("sites")):
-        site = _mirror_site(i, section, gateway, origin_hosts, warnings)
+        site = _mirror_site(i, section, gateway, tuple(clean_origins), warnings)
         for j, earlier in enumerate(sites):
-            if _same_place(site.url, earlier.url):
+            if same_place(site.url, earlier.url):
                 raise section.error("url", f"duplicate of mirrors.sites[{j}] ({earlier.url})")
         sites.append(site)
     active = sum(1 for x in sites if x.status == "active" and x.kind != "onion")

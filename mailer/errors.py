@@ -3,8 +3,10 @@
     NewsletterError                      root; ``exit_code`` says what the CLI returns
     ├── ConfigError(ValueError)          bad config file: carries path, key, line     (exit 2)
     ├── InputError(ValueError)           bad user input: CSV row, CLI argument, id    (exit 2)
+    │   └── BadToken                     malformed, forged or expired link token
     ├── KeyStoreError                    missing / unreadable / wrong key             (exit 2)
     │   └── WrongKeyError                data exists that this key cannot open
+    ├── IndexRulesError                  config folds unlike the list's indexes       (exit 2)
     ├── StorageError                     database unreachable or schema mismatch      (exit 2)
     ├── FeedError                        one feed could not be read; others go on     (exit 1)
     │   ├── FetchError(ConnectionError)  network, timeout, HTTP status, body too large
@@ -12,7 +14,8 @@
     ├── BlockedAddressError(ConnectionError)  content named a non-public address (SSRF guard)
     ├── RenderError                      template or catalog problem                  (exit 1)
     ├── DeliveryError                    a send could not complete                    (exit 1)
-    │   └── RelayError(ConnectionError)  every relay is down
+    │                                    (every relay down is a deferral, not an error:
+    │                                    the row waits in the outbox for a retry)
     ├── EditionError(InputError)         edition state forbids the action (sent, past time)
     └── LockError                        another daemon owns this database            (exit 2)
 
@@ -45,7 +48,6 @@ __all__ = [
     "LockError",
     "NewsletterError",
     "NotAFeedError",
-    "RelayError",
     "RenderError",
     "StorageError",
     "WrongKeyError",
@@ -116,14 +118,6 @@ class DeliveryError(NewsletterError):
     """Delivery could not complete; rows stay in the outbox for a retry."""
 
     exit_code = 1
-
-
-class RelayError(DeliveryError, ConnectionError):
-    """No relay accepted a connection."""
-
-    def __init__(self, message: str, *, relay: str | None = None) -> None:
-        self.relay = relay
-        super().__init__(f"relay {relay}: {message}" if relay else message)
 
 
 class EditionError(InputError):

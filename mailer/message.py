@@ -26,27 +26,21 @@ from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
+from mailer.clock import Clock, system_clock
 from mailer.errors import RenderError
 from mailer.models import InlineImage, RenderedVariant
+from mailer.slots import SLOT_RE, UNSUB, UNSUB_SLOT, is_known, mirror_index
 
 __all__ = [
     "HeaderSettings",
     "MessageTemplate",
     "PersonalSlots",
-    "fill_slots",
     "message_id_for",
-    "slot",
 ]
 
-SLOT_RE = re.compile(r"@@SLOT_([A-Z0-9_]+)@@")
 _B64_LINE = 76  # RFC 2045: encoded lines at most 76 characters
 _CRLF = b"\r\n"
 _MIRROR_CACHE = 512  # mirror tuples kept per part; typical deployments have far fewer
-
-
-def slot(name: str) -> str:
-    """The placeholder the renderer writes where a per-recipient value goes."""
-    return f"@@SLOT_{name}@@"
 
 
 def message_id_for(edition_id: int, subscriber_id: int, domain: str) -> str:
@@ -75,18 +69,6 @@ class PersonalSlots:
     address: str
     unsubscribe_url: str
     mirrors: tuple[str, ...] = ()
-
-
-def fill_slots(text: str, values: dict[str, str]) -> str:
-    """Replace every slot in ``text``; a slot without a value is an error, never a blank."""
-
-    def repl(m: re.Match[str]) -> str:
-        try:
-            return values[m.group(1)]
-        except KeyError:
-            raise RenderError(f"no value for slot {m.group(1)}") from None
-
-    return SLOT_RE.sub(repl, text)
 
 
 def _clean_header(value: str) -> str:
@@ -143,10 +125,10 @@ class _Body:
     def _fill_mirrors(self, mirrors: tuple[str, ...]) -> str:
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
-            if name == "UNSUB_URL":
+            if name == UNSUB:
                 return m.group(0)
-            if name.startswith("M") and name[1:].isdigit():
-                i = int(name[1:])
+            i = mirror_index(name)
+            if i is not None:
                 if i >= len(mirrors):
                     raise RenderError(f"slot {name} used but only {len(mirrors)} mirrors given")
                 return html.escape(mirrors[i]) if self.escape else mirrors[i]
@@ -156,7 +138,7 @@ class _Body:
 
     def _encode_for(self, mirrors: tuple[str, ...], value: str) -> _Encoded:
         filled = self._fill_mirrors(mirrors)
-        pieces = filled.split(slot("UNSUB_URL"))
+        pieces = filled.split(UNSUB_SLOT)
         raw_pieces = [p.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8") for p in pieces]
         vbytes = value.encode("utf-8")
         raw = vbytes.join(raw_pieces)
@@ -224,15 +206,17 @@ class MessageTemplate:
     _tail_parts: bytes
     _boundaries: tuple[bytes, bytes]
     mirror_slots: int
+    clock: Clock = system_clock  # the Date header is the send time, read from the clock passed in
     _date_cache: tuple[int, str] = (0, "")
 
     @classmethod
     def build(cls, variant: RenderedVariant, *, edition_id: int, headers: HeaderSettings,
-              date: datetime | None = None) -> MessageTemplate:
-        """Serialise ``variant``; ``date`` fixes the Date header (tests), else it is the send time."""
+              date: datetime | None = None, clock: Clock = system_clock) -> MessageTemplate:
+        """Serialise ``variant``; ``date`` fixes the Date header (a preview), else it is the send
+        time by ``clock``."""
         for body in (variant.text, variant.html):
             for name in SLOT_RE.findall(body):
-                if name != "UNSUB_URL" and not (name.startswith("M") and name[1:].isdigit()):
+                if not is_known(name):
                     raise RenderError(f"unknown slot {name} in variant {variant.language}")
         outer = make_msgid("alt", headers.message_id_domain)[1:-1].encode("ascii")
         inner = make_msgid("rel", headers.message_id_domain)[1:-1].encode("ascii")
@@ -277,10 +261,11 @@ class MessageTemplate:
             _tail_parts=tail,
             _boundaries=(outer, inner),
             mirror_slots=variant.mirror_slots,
+            clock=clock,
         )
 
     def _date(self) -> str:
-        now = datetime.now(UTC)
+        now = self.clock().astimezone(UTC)
         second = int(now.timestamp())
         if self._date_cache[0] != second:
             self._date_cache = (second, format_datetime(now))

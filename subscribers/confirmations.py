@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, and_, case, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from subscribers.lifecycle import SubscriberState
-from subscribers.mail import confirmation_message
+from subscribers.mail import ConfirmTexts, confirmation_message
 from subscribers.schema import confirmations as q
 from subscribers.store import SubscriberStore
 from subscribers.tokens import TokenSigner
@@ -139,6 +139,7 @@ class ConfirmationSender:
     public_url: str
     names: Mapping[str, str]
     clock: Callable[[], datetime]
+    texts: ConfirmTexts  # the mails' text per kind and language, from the message catalog
     # Decides the requests that came in (``SignupDesk.intake``) before each round of sending.
     intake: Callable[[], int] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -162,7 +163,8 @@ class ConfirmationSender:
                 url = f"{self.public_url}/confirm/{self.tokens.confirm_token(sid)}"
             data = confirmation_message(from_addr=self.from_addr, to=address,
                                         language=record.language, url=url, names=self.names,
-                                        now=self.clock(), choice=language or "")
+                                        now=self.clock(), texts=self.texts,
+                                        choice=language or "")
             outcome = await self.deliver(address, data)
         except Exception as exc:  # a failed confirmation must not take the server down
             log.warning("confirmation for subscriber %d failed: %s", sid, type(exc).__name__)

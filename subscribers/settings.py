@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network
 
+from subscribers.languages import KNOWN_LANGUAGES, choices
+
 __all__ = ["ListSettings", "PageSettings", "SignupSettings"]
 
 
@@ -18,7 +20,7 @@ __all__ = ["ListSettings", "PageSettings", "SignupSettings"]
 class ListSettings:
     """What a subscriber may choose and how addresses are folded for the blind index."""
 
-    languages: tuple[str, ...] = ("zh-Hans", "zh-Hant", "en")
+    languages: tuple[str, ...] = KNOWN_LANGUAGES
     bilingual: tuple[str, ...] = ()
     normalise_gmail_dots: bool = False
     case_insensitive_domains: frozenset[str] = frozenset()  # ASCII, lower-case
@@ -47,7 +49,7 @@ class ListSettings:
 
     @property
     def choices(self) -> tuple[str, ...]:
-        return self.languages + self.bilingual
+        return choices(self.languages, self.bilingual)
 
 
 @dataclass(frozen=True)

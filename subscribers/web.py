@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -40,9 +39,11 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from subscribers.catalog import page_strings
 from subscribers.confirmations import ConfirmationSender
 from subscribers.errors import InputError
 from subscribers.forwarded import client_address
+from subscribers.languages import KNOWN_LANGUAGES
 from subscribers.lifecycle import Subscriber, SubscriberState
 from subscribers.settings import PageSettings
 from subscribers.signup import SignupDesk
@@ -54,7 +55,7 @@ __all__ = ["RateLimiter", "SecurityHeaders", "make_web_app", "page_languages"]
 log = logging.getLogger("newsletter.web")
 
 CSRF_COOKIE = "nl_csrf"
-_PAGE_LANGS = ("zh-Hans", "zh-Hant", "en")
+_PAGE_LANGS = KNOWN_LANGUAGES  # every known language has page text in the catalog
 
 
 class RateLimiter:
@@ -158,10 +159,10 @@ class _Ctx:
 
 
 def _load_strings(env: Environment) -> dict[str, Any]:
-    assert env.loader is not None
-    source, _, _ = env.loader.get_source(env, "web/strings.json")
-    data: dict[str, Any] = json.loads(source)
-    return data
+    """The pages' text from the one message catalog, read through the Jinja loader."""
+    loader = env.loader
+    assert loader is not None
+    return dict(page_strings(lambda path: loader.get_source(env, path)[0].encode("utf-8")))
 
 
 def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,

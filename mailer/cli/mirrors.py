@@ -18,7 +18,7 @@ from mailer.mirrors.exposure import exposure_for
 from mailer.mirrors.health import MirrorChecker
 from mailer.mirrors.importers import append_sites, parse_mirror_list, plan_import
 from mailer.mirrors.ooni import blocked_mirrors, clear_blocked, mark_blocked, read_measurements
-from mailer.mirrors.registry import MirrorHealth, load_health
+from mailer.mirrors.state import MirrorHealth, load_health
 
 __all__ = ["mirrors_group"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -16,10 +15,7 @@ from mailer.app import App
 from mailer.cli.base import cli, pass_app
 from mailer.errors import InputError
 
-if TYPE_CHECKING:
-    from starlette.applications import Starlette
-
-__all__ = ["build_web_app", "keys", "serve", "subscribers_group"]
+__all__ = ["keys", "serve", "subscribers_group"]
 
 
 @cli.group("keys")
@@ -270,36 +266,6 @@ def subscribers_count(app: App, all_states: bool) -> None:
     click.echo(str(store.count()))
 
 
-
-def build_web_app(app: App) -> Starlette:
-    """Wire the public endpoints to this config's store, tokens, templates and transport."""
-
-    from subscribers.confirmations import ConfirmationSender, Delivered
-    from subscribers.settings import PageSettings
-    from subscribers.web import make_web_app
-
-    cfg = app.config
-    envelope_from = cfg.envelope_sender
-
-    async def deliver(recipient: str, data: bytes) -> Delivered:
-        """One attempt; the confirmation queue decides when to try again."""
-        result = await app.transport.send(envelope_from, recipient, data)
-        if result.accepted:
-            return "sent"
-        return "refused" if 500 <= result.code < 600 else "deferred"
-
-    settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
-                            rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl,
-                            trusted_proxies=cfg.web.trusted_proxies,
-                            proxy_header=cfg.web.proxy_header)
-    sender = ConfirmationSender(
-        app.signup.queue, app.subscribers, app.tokens, deliver,
-        from_addr=cfg.newsletter.from_addr, public_url=cfg.newsletter.public_url,
-        names=dict(cfg.newsletter.name), clock=app.clock, intake=app.signup.intake)
-    return make_web_app(app.subscribers, app.tokens, app.jinja, settings, signup=app.signup,
-                        confirmations=sender)
-
-
 @cli.command("serve")
 @click.option("--host", default=None, help="Address to bind (default: [web] host).")
 @click.option("--port", default=None, type=int, help="Port (default: [web] port; 0 picks one).")
@@ -310,9 +276,11 @@ def serve(app: App, host: str | None, port: int | None) -> None:
 
     import uvicorn
 
+    from mailer.web.public import build_public_app
+
     host = host or app.config.web.host
     port = app.config.web.port if port is None else port
-    web = build_web_app(app)
+    web = build_public_app(app)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, insert, update
 
 from mailer.clock import Clock
 from mailer.config import MirrorSettings, MirrorSite
-from mailer.mirrors.registry import MirrorHealth, load_health
+from mailer.mirrors.state import MirrorHealth, load_health
 from mailer.schema import mirror_state
 
 __all__ = [

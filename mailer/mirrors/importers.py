@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from mailer.config import MirrorSettings, MirrorSite, load_config
 from mailer.errors import InputError, NewsletterError
+from mailer.mirrors.sites import host_of, is_origin_host, names_an_origin, same_place
 
 __all__ = [
     "Found",
@@ -107,21 +108,6 @@ def parse_mirror_list(raw: bytes, source: str = "mirror list") -> list[Found]:
     return _rsf(data, source)
 
 
-def _host(value: str) -> str:
-    if "://" not in value:
-        value = "https://" + value
-    try:
-        return (urlsplit(value).hostname or "").lower()
-    except ValueError:
-        return ""
-
-
-def _is_ours(site: str, origin_hosts: set[str]) -> bool:
-    host = _host(site)
-    bare = host.removeprefix("www.")
-    return any(bare == o.removeprefix("www.") for o in origin_hosts)
-
-
 _BARE_DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\.[A-Za-z]{2,}(?:/\S*)?$")
 
 
@@ -141,36 +127,30 @@ def _clean(url: str) -> str | None:
     return url.rstrip("/")
 
 
-def _same(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.netloc.lower(), pa.path.rstrip("/")) == (pb.netloc.lower(), pb.path.rstrip("/"))
-
-
 def plan_import(settings: MirrorSettings, found: Sequence[Found], status: Status,
                 today: date, note: str = "") -> ImportPlan:
     """Which of ``found`` to add for our origins, with ``status`` and ``added = today`` (pure)."""
-    origin_hosts = {_host(o) for o in settings.origins}
     added: list[MirrorSite] = []
     existing: list[MirrorSite] = []
     skipped: list[tuple[str, str]] = []
     other = 0
     for f in found:
-        if not _is_ours(f.site, origin_hosts):
+        if not names_an_origin(f.site, settings.origins):
             other += 1
             continue
         url = _clean(f.url)
         if url is None:
             skipped.append((f.url, "not an http(s) URL"))
             continue
-        if _host(url) in origin_hosts:
+        if is_origin_host(host_of(url), settings.origins):
             skipped.append((url, "is on an origin's host"))
             continue
-        known = next((s for s in settings.sites if _same(s.url, url)), None)
+        known = next((s for s in settings.sites if same_place(s.url, url)), None)
         if known is not None:
             if known not in existing:
                 existing.append(known)
             continue
-        if any(_same(s.url, url) for s in added):
+        if any(same_place(s.url, url) for s in added):
             continue
         added.append(MirrorSite(url=url, status=status, kind=_kind(url, f.kind),
                                 added=today, note=note))

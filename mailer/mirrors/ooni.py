@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Engine, insert, update
 
 from mailer.config import MirrorSite
-from mailer.mirrors.registry import load_health
+from mailer.mirrors.state import load_health
 from mailer.schema import mirror_state
 
 __all__ = [

@@ -20,77 +20,30 @@ health, and with none of those either, the first origin, so links still work ove
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailer.clock import Clock, as_utc
+from mailer.clock import Clock
 from mailer.config import MirrorSettings, MirrorSite
+from mailer.mirrors.health import CheckResult, MirrorChecker
 from mailer.mirrors.partition import Partitioner, period_index
-from mailer.schema import mirror_state
-
-if TYPE_CHECKING:
-    from mailer.mirrors.health import CheckResult
+from mailer.mirrors.state import MirrorHealth, load_health
 
 __all__ = [
-    "MirrorHealth",
     "MirrorRegistry",
-    "fill_slots",
     "handed_out",
-    "load_health",
+    "spread_over_slots",
 ]
 
 log = logging.getLogger("newsletter.mirrors")
 
 DEFAULT_REFRESH = timedelta(minutes=1)
-
-
-@dataclass(frozen=True)
-class MirrorHealth:
-    """One ``mirror_state`` row: what the checks, OONI and the sends have recorded."""
-
-    url: str
-    healthy: bool = True
-    consecutive_failures: int = 0
-    last_check_at: datetime | None = None
-    last_ok_at: datetime | None = None
-    last_error: str | None = None
-    blocked: Mapping[str, str] | None = None  # country -> ISO time of the measurement
-    first_sent_at: datetime | None = None
-    last_sent_at: datetime | None = None
-
-    def blocked_in(self, countries: Sequence[str]) -> bool:
-        return bool(self.blocked) and any(cc in (self.blocked or {}) for cc in countries)
-
-
-def load_health(engine: Engine) -> dict[str, MirrorHealth]:
-    """Every ``mirror_state`` row by URL. Mirrors never checked have no row and count healthy."""
-    out: dict[str, MirrorHealth] = {}
-    with engine.connect() as conn:
-        for row in conn.execute(select(mirror_state)):
-            try:
-                blocked = json.loads(row.blocked_json or "{}")
-            except ValueError:
-                blocked = {}
-            out[row.url] = MirrorHealth(
-                url=row.url,
-                healthy=bool(row.healthy),
-                consecutive_failures=row.consecutive_failures or 0,
-                last_check_at=as_utc(row.last_check_at),
-                last_ok_at=as_utc(row.last_ok_at),
-                last_error=row.last_error,
-                blocked=blocked if isinstance(blocked, dict) else {},
-                first_sent_at=as_utc(row.first_sent_at),
-                last_sent_at=as_utc(row.last_sent_at),
-            )
-    return out
 
 
 def handed_out(settings: MirrorSettings, health: Mapping[str, MirrorHealth]) -> tuple[str, ...]:
@@ -117,7 +70,7 @@ def _fallback(settings: MirrorSettings, health: Mapping[str, MirrorHealth]) -> t
     return settings.origins[:1]
 
 
-def fill_slots(chosen: Sequence[str], slots: int) -> tuple[str, ...]:
+def spread_over_slots(chosen: Sequence[str], slots: int) -> tuple[str, ...]:
     """Exactly ``slots`` bases: the chosen ones in order, repeated when there are too few (pure)."""
     if slots <= 0:
         return ()
@@ -240,7 +193,7 @@ class MirrorRegistry:
         if want > len(chosen) and len(part.candidates) > len(chosen):
             # More slots than per_recipient (a reload lowered it mid-send): choose afresh.
             chosen = Partitioner(self._secret, part.candidates, want).choose(period, subscriber_id)
-        return fill_slots(chosen[:want], want)
+        return spread_over_slots(chosen[:want], want)
 
     def static_links(self) -> tuple[MirrorSite, ...]:
         """Onion mirrors every footer shows (see the module docstring for why they are not split)."""
@@ -260,8 +213,6 @@ class MirrorRegistry:
 
         The daemon's ``mirrors`` job calls this every ``schedule.mirror_check_every``.
         """
-        from mailer.mirrors.health import MirrorChecker  # health imports this module
-
         results = await MirrorChecker(self._settings, self._engine, self._clock).check()
         self.refresh()
         return results

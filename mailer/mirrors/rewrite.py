@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from urllib.parse import urljoin, urlsplit
 
+from mailer.mirrors.sites import origin_aliases
+from mailer.slots import mirror_slot
+
 __all__ = [
-    "BLOGSPOT_COUNTRY_SUFFIXES",
     "MIRROR_LINKS_CLASS",
     "add_mirror_lines",
     "add_mirror_links",
     "mirror_alternatives",
-    "mirror_slot",
-    "origin_hosts",
     "origin_path",
 ]
 
@@ -48,32 +48,6 @@ _TEXT_URL = re.compile(r"(?:https?:)?//[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+", 
 _TRAILING = ".,;:!?'"
 
 
-def mirror_slot(index: int) -> str:
-    """The placeholder for the recipient's ``index``-th mirror base (no trailing slash)."""
-    return f"@@SLOT_M{index}@@"
-
-
-# Blogger once redirected readers to a country domain (NAME.blogspot.hk, NAME.blogspot.tw,
-# NAME.blogspot.com.ar, ...) and old posts still link there; all are Google's, serve the same blog, and are blocked
-# in China like blogspot.com. This is the blogspot part of the Public Suffix List.
-BLOGSPOT_COUNTRY_SUFFIXES = (
-    "ae", "al", "am", "ba", "be", "bg", "bj", "ca", "cf", "ch", "cl", "co.at", "co.id", "co.il",
-    "co.ke", "co.nz", "co.uk", "co.za", "com.ar", "com.au", "com.br", "com.by", "com.co",
-    "com.cy", "com.ee", "com.eg", "com.es", "com.mt", "com.ng", "com.tr", "com.uy", "cv", "cz",
-    "de", "dk", "fi", "fr", "gr", "hk", "hr", "hu", "ie", "in", "is", "it", "jp", "kr", "li",
-    "lt", "lu", "md", "mk", "mr", "mx", "my", "nl", "no", "pe", "pt", "qa", "re", "ro", "rs",
-    "ru", "se", "sg", "si", "sk", "sn", "td", "tw", "ug", "vn",
-)
-
-
-def origin_hosts(host: str) -> tuple[str, ...]:
-    """``host`` and the other names of the same blog: a blogspot.com blog's country domains."""
-    name, dot, rest = host.partition(".")
-    if dot and rest == "blogspot.com":
-        return (host, *(f"{name}.blogspot.{cc}" for cc in BLOGSPOT_COUNTRY_SUFFIXES))
-    return (host,)
-
-
 @lru_cache(maxsize=64)
 def _parse_origins(origins: tuple[str, ...]) -> dict[str, tuple[tuple[int | None, str], ...]]:
     """Host -> the (port, path prefix) pairs configured for it, country aliases included."""
@@ -85,7 +59,7 @@ def _parse_origins(origins: tuple[str, ...]) -> dict[str, tuple[tuple[int | None
             continue
         scheme = parts.scheme.lower() or "https"
         port = parts.port if parts.port not in (None, _DEFAULT_PORTS.get(scheme)) else None
-        for name in origin_hosts(host):
+        for name in origin_aliases(host):
             out.setdefault(name, []).append((port, parts.path.rstrip("/")))
     return {host: tuple(pairs) for host, pairs in out.items()}
 
@@ -95,7 +69,7 @@ def origin_path(url: str, origins: Iterable[str], base: str | None = None) -> st
 
     Accepts absolute http(s) URLs, protocol-relative ``//host/...`` and, given ``base``, relative
     ones. Hosts compare case-insensitively, and a blogspot.com origin also matches its country
-    domains (``origin_hosts``); an origin with a path prefix (``https://h/blog``)
+    domains (``mirrors.sites.origin_aliases``); an origin with a path prefix (``https://h/blog``)
     only matches below that prefix, and the prefix is removed. http and https both match, since
     the blog answers on both and a mirror serves the same path either way.
     """

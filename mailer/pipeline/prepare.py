@@ -104,7 +104,7 @@ def prepare(app: App, edition: Edition, *, date: datetime | None = None, strict:
     headers = header_settings(app)
     templates = {
         choice: MessageTemplate.build(render_variant(edition, choice, ctx), edition_id=edition.id,
-                                      headers=headers, date=date)
+                                      headers=headers, date=date, clock=app.clock)
         for choice in wanted
     }
     default = app.config.newsletter.default_language

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from babel.messages.pofile import read_po
-
 from mailer.errors import RenderError
 from mailer.render.env import TEMPLATES_DIR
+from subscribers.catalog import parse_po
 
 __all__ = [
     "BilingualCatalog",
@@ -29,8 +28,6 @@ __all__ = [
     "locale_dir",
 ]
 
-# Babel locale names for our language codes (used for dates and for the .po header).
-BABEL_LOCALES = {"zh-Hans": "zh_Hans_CN", "zh-Hant": "zh_Hant_TW", "en": "en"}
 
 
 def locale_dir(templates_dir: Path = TEMPLATES_DIR) -> Path:
@@ -119,23 +116,11 @@ Translator = MessageCatalog | BilingualCatalog
 def load_catalog(path: Path, language: str, *, strict: bool = False) -> MessageCatalog:
     """Parse one ``.po`` file. Fuzzy entries count as missing, as ``msgfmt`` would treat them."""
     try:
-        with path.open("rb") as fh:
-            catalog = read_po(fh, locale=BABEL_LOCALES.get(language, "en"), ignore_obsolete=True)
+        messages = parse_po(path.read_bytes(), language)
     except FileNotFoundError:
         raise RenderError(f"no message catalog for {language!r} at {path}") from None
-    except Exception as exc:  # babel raises assorted errors on a malformed file
+    except ValueError as exc:
         raise RenderError(f"cannot read message catalog {path}: {exc}") from None
-    messages: dict[str, str | tuple[str, ...]] = {}
-    for message in catalog:
-        if not message.id or message.fuzzy:
-            continue
-        key = message.id if isinstance(message.id, str) else message.id[0]
-        value = message.string
-        if isinstance(value, str):
-            if value:
-                messages[key] = value
-        elif value and all(value):
-            messages[key] = tuple(value)
     return MessageCatalog(language=language, messages=messages, strict=strict)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from html.parser import HTMLParser
 
 from mailer.models import InlineImage
+from mailer.slots import SLOT_PREFIX
 
 __all__ = ["make_self_contained", "remote_references"]
 
@@ -63,7 +64,7 @@ _URL_ATTRS = frozenset(
     }
 )
 _BAD_STYLE = re.compile(r"url\s*\(|expression\s*\(|@import|behavior\s*:|-moz-binding", re.I)
-_SAFE_HREF = ("http://", "https://", "mailto:", "@@SLOT_", "#")
+_SAFE_HREF = ("http://", "https://", "mailto:", SLOT_PREFIX, "#")
 
 # Fallback markup for an image that is not embedded: (alt, url) -> HTML.
 ImageFallback = Callable[[str, str], str]

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
+from mailer.slots import SLOT_PREFIX
+
 __all__ = ["Reference", "TextBody", "display_width", "html_to_text", "wrap"]
 
 _BLOCK = frozenset(
@@ -205,7 +207,7 @@ class _Walker(HTMLParser):
             self.buf.append(f" {self.image_label(a.get('alt') or '')} ")
         elif tag == "a":
             href = (a.get("href") or "").strip()
-            if href.startswith(("http://", "https://", "@@SLOT_", "mailto:")):
+            if href.startswith(("http://", "https://", SLOT_PREFIX, "mailto:")):
                 self.link = (href, len(self.buf))
 
     def handle_endtag(self, tag: str) -> None:

@@ -24,11 +24,13 @@ from mailer.errors import RenderError
 from mailer.feeds.sanitise import strip_tags
 from mailer.mirrors.rewrite import add_mirror_links, mirror_alternatives
 from mailer.models import Edition, InlineImage, Post, RenderedVariant
-from mailer.render.catalog import BABEL_LOCALES, Lazy, Translator, catalog_for
+from mailer.render.catalog import Lazy, Translator, catalog_for
 from mailer.render.convert import CHINESE, conversion_for, convert_html, convert_text
 from mailer.render.env import make_environment
 from mailer.render.safe import make_self_contained, remote_references
 from mailer.render.text import Reference, html_to_text, wrap
+from mailer.slots import UNSUB_SLOT, defuse, mirror_slot
+from subscribers.catalog import BABEL_LOCALES
 
 __all__ = [
     "SINGLE_POST_KINDS",
@@ -42,7 +44,6 @@ __all__ = [
 ]
 
 SINGLE_POST_KINDS = frozenset({"post", "per-post", "single"})
-UNSUB_SLOT = "@@SLOT_UNSUB_URL@@"
 
 
 _STYLE_BLOCK = re.compile(r"<style\b[^>]*>.*?</style\s*>", re.I | re.S)
@@ -195,13 +196,6 @@ def _no_crlf(value: str) -> str:
     return " ".join(value.replace("\r", " ").replace("\n", " ").split())
 
 
-def _defuse(value: str) -> str:
-    """Feed text must never become a slot: a post quoting ``@@SLOT_TO@@`` would otherwise be
-    filled per recipient, or stop the whole edition as an unknown slot. A zero-width space
-    keeps it looking the same to the reader."""
-    return value.replace("@@SLOT_", "@\u200b@SLOT_") if "@@SLOT_" in value else value
-
-
 class _Chrome:
     """The catalog plus the formatting helpers one variant uses."""
 
@@ -234,8 +228,8 @@ class _Chrome:
 def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _ShownPost:
     target = next((h for h in chrome.halves if h in CHINESE), None)
     config = conversion_for(post.language, target, taiwan_phrases=ctx.newsletter.taiwan_phrases) if target else None
-    title = convert_text(_defuse(_no_crlf(post.title)), config) or chrome._("(untitled)")
-    body = convert_html(_defuse(post.content_html), config)
+    title = convert_text(defuse(_no_crlf(post.title)), config) or chrome._("(untitled)")
+    body = convert_html(defuse(post.content_html), config)
 
     def fallback(alt: str, url: str) -> str:
         # Not embedded (past the budget, or the fetch failed): the alt text, the image's own
@@ -265,7 +259,7 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
     )
     if ctx.mirror_slots and ctx.origins:
         body = add_mirror_links(body, ctx.origins, ctx.mirror_slots, chrome.mirror_label)
-    link = _defuse(post.link) if post.link else None
+    link = defuse(post.link) if post.link else None
     return _ShownPost(
         anchor=f"post-{index + 1}",
         title=title,
@@ -307,7 +301,7 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
     name = ctx.newsletter.name.get(chrome.halves[0]) or next(iter(ctx.newsletter.name.values()))
     date_text = chrome.date(ctx.date)
     subject = _no_crlf(posts[0].title if layout == "post" else f"{name} · {date_text}")
-    mirrors = tuple(f"@@SLOT_M{i}@@" for i in range(ctx.mirror_slots))
+    mirrors = tuple(mirror_slot(i) for i in range(ctx.mirror_slots))
     values = {
         "_": chrome._,
         "lang": _html_lang(language),

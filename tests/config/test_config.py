@@ -167,3 +167,20 @@ def test_dkim_errors_name_the_key_and_line(tmp_path: Path, edit: tuple[str, str]
         load_config(path, {"SMTP_PASSWORD": "x"})
     assert info.value.key == key
     assert info.value.line is not None
+
+
+@pytest.mark.parametrize("host", ["example.blogspot.hk", "EXAMPLE.blogspot.com.ar", "example.blogspot.com"])
+def test_a_mirror_on_an_origins_country_domain_is_refused_with_file_key_and_line(
+        tmp_path: Path, host: str) -> None:
+    # The rewriter treats NAME.blogspot.hk as the origin, so it can never be the origin's mirror.
+    path = write(tmp_path, GOOD + f'\n[[mirrors.sites]]\nurl = "https://{host}/"\n')
+    with pytest.raises(ConfigError, match="origin's host") as info:
+        load_config(path, {"SMTP_PASSWORD": "x", "MIRROR_SECRET": "m"})
+    line = GOOD.count("\n") + 3
+    assert (info.value.path, info.value.key, info.value.line) == (path, "mirrors.sites[0].url", line)
+
+
+def test_another_blogs_country_domain_is_a_mirror_like_any_other(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + '\n[[mirrors.sites]]\nurl = "https://other.blogspot.hk/"\n')
+    cfg = load_config(path, {"SMTP_PASSWORD": "x", "MIRROR_SECRET": "m"})
+    assert [s.url for s in cfg.mirrors.sites] == ["https://other.blogspot.hk"]

@@ -12,8 +12,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mailer.errors import RenderError
-from mailer.message import SLOT_RE, HeaderSettings, MessageTemplate, PersonalSlots, fill_slots, slot
+from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
 from mailer.models import InlineImage, RenderedVariant
+from mailer.slots import SLOT_RE, slot
+from mailer.slots import fill as fill_slots
 
 HEADERS = HeaderSettings(
     from_addr="公民权利通讯 <digest@example.org>",
@@ -132,3 +134,11 @@ def test_missing_or_unknown_slots_are_errors() -> None:
         tpl.personalise(slots_for(1, "x" * 32, ("https://a.example",)))
     with pytest.raises(RenderError, match="subscriber 9"):
         tpl.personalise(PersonalSlots(9, "a@b.org\r\nBcc: c@d.org", "https://x/u/t", ("a", "b")))
+
+
+def test_the_date_header_comes_from_the_clock_passed_in() -> None:
+    variant = RenderedVariant(language="en", subject="s", html="<p>x</p>", text="x", images=())
+    at = datetime(2026, 12, 2, 8, 0, 5, tzinfo=UTC)
+    template = MessageTemplate.build(variant, edition_id=1, headers=HEADERS, clock=lambda: at)
+    raw = template.personalise(PersonalSlots(1, "a@example.org", "https://x.example/u/t"))
+    assert b"Date: Wed, 02 Dec 2026 08:00:05 +0000\r\n" in raw

@@ -16,7 +16,8 @@ from sqlalchemy import insert, update
 from mailer.app import App
 from mailer.config import MirrorSettings, MirrorSite, load_config
 from mailer.mirrors.partition import Partitioner
-from mailer.mirrors.registry import MirrorHealth, fill_slots, handed_out
+from mailer.mirrors.registry import handed_out, spread_over_slots
+from mailer.mirrors.state import MirrorHealth
 from mailer.schema import mirror_state
 from tests.mirrors.conftest import Factory
 from tests.mirrors.helpers import NOW, Clock, write_config
@@ -110,11 +111,11 @@ def test_explicit_slots_override(registry_factory: Factory, tmp_path: Path) -> N
     assert reg.for_subscriber(9, slots=1) == three[:1]
 
 
-def test_fill_slots() -> None:
-    assert fill_slots(["a", "b"], 5) == ("a", "b", "a", "b", "a")
-    assert fill_slots(["a", "b", "c"], 2) == ("a", "b")
-    assert fill_slots([], 2) == ("", "")
-    assert fill_slots(["a"], 0) == ()
+def test_spread_over_slots() -> None:
+    assert spread_over_slots(["a", "b"], 5) == ("a", "b", "a", "b", "a")
+    assert spread_over_slots(["a", "b", "c"], 2) == ("a", "b")
+    assert spread_over_slots([], 2) == ("", "")
+    assert spread_over_slots(["a"], 0) == ()
 
 
 def test_hot_reload_promotes_and_retires(registry_factory: Factory, tmp_path: Path) -> None:

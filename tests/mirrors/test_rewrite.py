@@ -8,12 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailer.mirrors.rewrite import (
-    BLOGSPOT_COUNTRY_SUFFIXES,
     add_mirror_lines,
     add_mirror_links,
     mirror_alternatives,
     origin_path,
 )
+from mailer.mirrors.sites import BLOGSPOT_COUNTRY_SUFFIXES
 
 ORIGINS = ("https://citizens-rights.blogspot.com", "https://example.org/blog")
 

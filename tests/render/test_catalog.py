@@ -11,6 +11,8 @@ from mailer.errors import RenderError
 from mailer.render import variant
 from mailer.render.catalog import BilingualCatalog, Lazy, MessageCatalog, catalog_for, load_catalog
 from mailer.render.env import TEMPLATES_DIR
+from subscribers import mail
+from subscribers.catalog import PAGE_TEXT
 
 REPO = Path(__file__).resolve().parents[2]
 LANGUAGES = ["zh-Hans", "zh-Hant", "en"]
@@ -27,6 +29,8 @@ def used_msgids() -> set[str]:
     for _, _, message, _, _ in extract_from_dir(str(REPO / "mailer" / "render"), [("**.py", "python")]):
         ids.add(message if isinstance(message, str) else message[0])
     ids.update(variant._LANGUAGE_NAMES.values())
+    ids.update(m for pair in mail.MSGIDS.values() for m in pair)  # the confirmation mails' text
+    ids.update(f"web\x04{v}" for v in PAGE_TEXT.values())  # the public pages' text
     return ids
 
 
