@@ -156,6 +156,9 @@ class ScheduleSettings:
     misfire_grace: timedelta = timedelta(hours=1)
     retry_every: timedelta = timedelta(minutes=5)
     mirror_check_every: timedelta = timedelta(hours=6)
+    # An automatic edition (send, run --once, the digest) with more posts than this is held for
+    # an editor instead of sent: a flooded or compromised feed must not mail readers 5,000 posts.
+    max_posts: int = 50
 
 
 @dataclass(frozen=True)
@@ -728,9 +731,12 @@ def _schedule(s: _Section) -> ScheduleSettings:
         misfire_grace=s.convert("misfire_grace", dur, parse_duration, d.misfire_grace),
         retry_every=s.convert("retry_every", dur, parse_duration, d.retry_every),
         mirror_check_every=s.convert("mirror_check_every", dur, parse_duration, d.mirror_check_every),
+        max_posts=s.get("max_posts", int, d.max_posts),
     )
     if out.poll_every <= timedelta(0):
         raise s.error("poll_every", "must be positive")
+    if out.max_posts < 1:
+        raise s.error("max_posts", "must be at least 1")
     s.done()
     return out
 

@@ -11,9 +11,9 @@ import click
 
 from mailer.app import App
 from mailer.cli.base import cli, pass_app, stop_event_on_signals
-from mailer.pipeline.send import SendSummary
+from mailer.pipeline.send import Held, SendSummary
 
-__all__ = ["print_resumed", "print_send", "send"]
+__all__ = ["print_held", "print_resumed", "print_send", "send"]
 
 
 def print_send(app: App, summary: object) -> None:
@@ -26,6 +26,12 @@ def print_send(app: App, summary: object) -> None:
                f"{f', {r.bounced} bounced' if r.bounced else ''}"
                f"{f', {r.content_rejected} content rejected' if r.content_rejected else ''}"
                f"{f', {r.suppressed} suppressed' if r.suppressed else ''} → {where}")
+
+
+def print_held(edition_id: int, reason: str) -> None:
+    """An edition that waits for the editors: why, and the two commands that move it on."""
+    click.echo(f"edition {edition_id} created and held: {reason} "
+               f"(newsletter editions show {edition_id}; newsletter editions approve {edition_id})")
 
 
 def print_resumed(app: App, resumed: Sequence[object]) -> None:
@@ -54,7 +60,7 @@ def send(app: App) -> None:
     sent and deliver it now."""
     from mailer.pipeline import resume_interrupted, send_edition, send_new_posts
 
-    async def go() -> tuple[list[Any], SendSummary | None]:
+    async def go() -> tuple[list[Any], SendSummary | Held | None]:
         try:
             with stop_event_on_signals() as stop:
                 async def finish(edition_id: int) -> SendSummary:
@@ -74,6 +80,8 @@ def send(app: App) -> None:
     if summary is None:
         if not resumed:
             click.echo("nothing to send: no stored post is waiting")
+    elif isinstance(summary, Held):
+        print_held(summary.edition_id, summary.reason)
     else:
         print_send(app, summary)
         sends.append(summary)

@@ -38,7 +38,7 @@ def run(app: App, once: bool, standby: bool) -> None:
 
 async def _once(app: App) -> int:
     """One pass under the daemon's lock, so it never races a running daemon."""
-    from mailer.cli.pipeline import failed, print_resumed, print_send
+    from mailer.cli.pipeline import failed, print_held, print_resumed, print_send
     from mailer.lock import DAEMON_LOCK, DatabaseLock
     from mailer.pipeline import run_once
 
@@ -64,8 +64,7 @@ async def _once(app: App) -> int:
     click.echo(f"feeds polled: {poll.feeds}, new posts: {poll.new}"
                f"{f', failing feeds: {len(poll.failed)}' if poll.failed else ''}")
     if held is not None:
-        click.echo(f"edition {held} created and held: approval is required "
-                   f"(newsletter editions show {held}; newsletter editions approve {held})")
+        print_held(held, app.editions.info(held).reason or "approval is required")
     print_resumed(app, summary.resumed)
     if not all_sends and held is None and not summary.resumed:
         click.echo("nothing to send: no new posts and no edition due")

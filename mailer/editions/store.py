@@ -35,6 +35,7 @@ __all__ = [
     "EditionStore",
     "PostLoader",
     "decide",
+    "over_cap",
 ]
 
 S = EditionState
@@ -106,6 +107,18 @@ def decide(info: EditionInfo, now: datetime, *, grace: timedelta,
     if at is not None and now - at > grace:
         return Decision.MISS
     return Decision.SEND
+
+
+def over_cap(posts: int, max_posts: int) -> str | None:
+    """Pure: why an automatic edition of ``posts`` posts must wait for an editor, or None.
+
+    A feed that floods (or a compromised blog) must not become one mail of thousands of posts;
+    an editor chooses what goes out (``editions create --posts``) or approves it whole.
+    """
+    if posts <= max_posts:
+        return None
+    return (f"{posts} posts, more than [schedule] max_posts = {max_posts}: an editor must choose "
+            f"the posts (editions create --posts) or approve this edition as it is")
 
 
 class EditionStore:
@@ -271,6 +284,13 @@ class EditionStore:
                     info.scheduled_at is None or info.scheduled_at <= now):
                 values["scheduled_at"] = now  # the editor's approval is the new send time
             self._cas(conn, info, S.APPROVED, None, **values)
+
+    def hold_if_over(self, edition_id: int, max_posts: int) -> str | None:
+        """Hold an automatic edition with more than ``max_posts`` posts; the reason, or None."""
+        reason = over_cap(len(self.info(edition_id).post_ids), max_posts)
+        if reason is not None:
+            self.hold(edition_id, reason)
+        return reason
 
     def hold(self, edition_id: int, reason: str | None = None) -> None:
         self.set_state(edition_id, S.HELD, reason or "held by an editor")

@@ -28,9 +28,10 @@ from mailer.pipeline.prepare import (
     prepare,
     prepare_edition,
 )
-from mailer.pipeline.send import SendSummary, send_edition, send_new_posts, start_edition
+from mailer.pipeline.send import Held, SendSummary, send_edition, send_new_posts, start_edition
 
 __all__ = [
+    "Held",
     "PreparedEdition",
     "Reader",
     "Resumed",

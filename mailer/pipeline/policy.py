@@ -24,7 +24,7 @@ from mailer.errors import EditionError, InputError
 from mailer.feeds.poll import PollReport, poll_feeds
 from mailer.lock import process_is_gone
 from mailer.models import EditionState
-from mailer.pipeline.send import SendSummary, send_edition, send_new_posts
+from mailer.pipeline.send import Held, SendSummary, send_edition, send_new_posts
 from subscribers.mailin import MailinReport
 
 __all__ = [
@@ -160,6 +160,8 @@ def digest_now(app: App) -> int | None:
     eid = store.create(kind="digest")
     if eid is None:
         log.info("digest time: no new posts, so no edition")
+    elif (reason := store.hold_if_over(eid, app.config.schedule.max_posts)) is not None:
+        log.warning("digest time: edition %d held: %s", eid, reason)
     else:
         store.schedule(eid, app.clock(), allow_past=True)
         log.info("digest time: edition %d with %d post(s)", eid, len(store.info(eid).post_ids))
@@ -260,7 +262,9 @@ async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = 
             await Notifier.for_app(app).held(app.editions.info(held))
     else:
         fresh = await send_new_posts(app, progress=progress, stop=stop)
-        if fresh is not None:
+        if isinstance(fresh, Held):
+            held = fresh.edition_id
+        elif fresh is not None:
             sends.append(fresh)
     return RunSummary(report, tuple(sends), tuple(decisions), held, seeded, tuple(resumed))
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from mailer.app import App
 from mailer.delivery.classify import SendResult
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
+from mailer.editions.notify import Notifier
 from mailer.editions.testsend import TEST_SUBSCRIBER_ID, mark_as_test
 from mailer.errors import EditionError
 from mailer.mirrors.exposure import record_exposure
@@ -32,6 +33,7 @@ from mailer.pipeline.prepare import (
 from subscribers.lifecycle import Event, Recipient
 
 __all__ = [
+    "Held",
     "SendSummary",
     "deliver",
     "delivery_engine",
@@ -142,15 +144,29 @@ async def _stop_when_set(stop: asyncio.Event, engine: DeliveryEngine[Recipient])
     engine.stop("signal")
 
 
+@dataclass(frozen=True)
+class Held:
+    """An automatic edition that went to the editors instead of the readers, and why."""
+
+    edition_id: int
+    reason: str
+
+
 async def send_new_posts(app: App, *, progress: bool = False,
-                         stop: asyncio.Event | None = None) -> SendSummary | None:
-    """``newsletter send``: one edition of every stored post not yet sent, delivered now."""
+                         stop: asyncio.Event | None = None) -> SendSummary | Held | None:
+    """``newsletter send``: one edition of every stored post not yet sent, delivered now, or
+    held for the editors (and they told) when it has more than ``[schedule] max_posts``."""
     post_ids = app.editions.unsent_post_ids()
     if not post_ids:
         return None
     edition_id = app.editions.create(post_ids, kind="per-post" if len(post_ids) == 1 else "digest")
     if edition_id is None:
         return None
+    reason = app.editions.hold_if_over(edition_id, app.config.schedule.max_posts)
+    if reason is not None:
+        log.warning("edition %d held: %s", edition_id, reason)
+        await Notifier.for_app(app).held(app.editions.info(edition_id))
+        return Held(edition_id, reason)
     app.editions.approve(edition_id)
     return await send_edition(app, edition_id, progress=progress, stop=stop)
 

@@ -116,6 +116,51 @@ def test_max_new_posts_below_one_names_file_key_and_line(tmp_path: Path) -> None
     assert "max_new_posts" in out.stderr
 
 
+@pytest.mark.parametrize("command", [("send",), ("run", "--once")], ids=["send", "run-once"])
+def test_an_automatic_edition_over_max_posts_is_held_for_an_editor(
+        tmp_path: Path, http_server: HTTPServer, command: tuple[str, ...]) -> None:
+    http_server.routes["/flood.xml"] = Reply(body=_flood(8),
+                                             headers={"Content-Type": "application/atom+xml"})
+    cfg = _config(tmp_path, http_server.url("/flood.xml"))
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace("backlog_days = 0\n", "backlog_days = 36500\n")
+                   + "\n[schedule]\nmax_posts = 5\n", encoding="utf-8")
+    assert _newsletter(cfg, "poll").returncode == 0
+    out = _newsletter(cfg, *command)
+    assert out.returncode == 0, out.stderr
+    assert ("edition 1 created and held: 8 posts, more than [schedule] max_posts = 5: an editor must "
+            "choose the posts") in out.stdout
+    assert " sent," not in out.stdout
+    rows = [r.split()[:4] for r in _newsletter(cfg, "editions", "list").stdout.splitlines()[1:]]
+    assert rows == [["1", "held", "digest", "8"]]
+    again = _newsletter(cfg, *command)  # the posts wait in the held edition: no second edition
+    assert again.returncode == 0, again.stderr
+    assert [r.split()[:4] for r in _newsletter(cfg, "editions", "list").stdout.splitlines()[1:]] == rows
+
+
+def test_an_edition_within_max_posts_goes_out(tmp_path: Path, http_server: HTTPServer) -> None:
+    http_server.routes["/flood.xml"] = Reply(body=_flood(5),
+                                             headers={"Content-Type": "application/atom+xml"})
+    cfg = _config(tmp_path, http_server.url("/flood.xml"))
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace("backlog_days = 0\n", "backlog_days = 36500\n")
+                   + "\n[schedule]\nmax_posts = 5\n", encoding="utf-8")
+    assert _newsletter(cfg, "poll").returncode == 0
+    out = _newsletter(cfg, "send")
+    assert out.returncode == 0, out.stderr
+    assert "held" not in out.stdout
+    assert out.stdout.startswith("edition 1: 0 sent")
+
+
+def test_max_posts_below_one_names_file_key_and_line(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, str(FIXTURES / "blogger.atom.xml"))
+    cfg.write_text(cfg.read_text(encoding="utf-8") + "\n[schedule]\nmax_posts = 0\n", encoding="utf-8")
+    line = cfg.read_text(encoding="utf-8").splitlines().index("max_posts = 0") + 1
+    out = _newsletter(cfg, "send")
+    assert out.returncode == 2
+    assert f"{cfg}:{line}" in out.stderr
+    assert out.stderr.count("\n") == 1
+    assert "schedule.max_posts" in out.stderr
+
+
 def _newsletter(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mailer", "--config", str(cfg), *args],
                           capture_output=True, text=True, timeout=300, cwd=cfg.parent,
