@@ -10,6 +10,9 @@ Why each rule (issue 7):
 - A provider's refusal of the *content* (QQ ``550 Mail content denied``, ``550 … inappropriate
   words or content``, 163 ``554 DT:SPM``) is *content_rejected*: the reader did nothing wrong,
   so the subscriber stays; editors see it per domain in the edition report.
+- QQ answers ``550 Mailbox unavailable or access denied`` when it throttles a sender or dislikes
+  the content, not only for a missing mailbox (issues 17 and 21). Without a 5.1.x code it is
+  *deferred*: retried with backoff, then *failed*, never a bounce that would suppress a reader.
 - Any other 5xx is *failed*.
 
 Replies are stored and logged only after :func:`scrub_reply` removed any address from them.
@@ -47,6 +50,8 @@ _USER_UNKNOWN = re.compile(
     r"(user unknown|undeliverable)|address rejected|does not exist|invalid recipient|"
     r"account (has been )?disabled)"
 )
+# QQ's catch-all refusal (throttling, content verdicts, and sometimes a missing mailbox).
+_AMBIGUOUS_DENIED = re.compile(r"(?i)mailbox unavailable or access denied")
 # Generous on purpose: any run of non-space around an "@" goes (RFC 5322 atext is wide).
 _ADDRESS = re.compile(r"[^\s<>@:;,()\[\]]+@[^\s<>@:;,()\[\]]+")
 _MAX_BACKOFF = timedelta(hours=6)
@@ -173,6 +178,8 @@ class Classifier:
             return OutboxState.BOUNCED
         if any(p.search(reply) for p in self._content):
             return OutboxState.CONTENT_REJECTED
+        if _AMBIGUOUS_DENIED.search(reply):
+            return OutboxState.DEFERRED
         if _USER_UNKNOWN.search(reply):
             return OutboxState.BOUNCED
         return OutboxState.FAILED

@@ -33,6 +33,9 @@ C = Classifier(DEFAULT_CONTENT_REJECTIONS, max_attempts=5, max_age=timedelta(day
     (550, "5.1.1 <x@qq.com>: Recipient address rejected: User unknown", OutboxState.BOUNCED),
     (550, "User not found: abc@163.com", OutboxState.BOUNCED),
     (550, "Mailbox not found or access denied", OutboxState.BOUNCED),
+    # QQ's throttling and content verdicts use this wording too: never a bounce on its own.
+    (550, "Mailbox unavailable or access denied", OutboxState.DEFERRED),
+    (550, "5.1.1 Mailbox unavailable or access denied", OutboxState.BOUNCED),
     (550, "Mail content denied. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022",
      OutboxState.CONTENT_REJECTED),
     (550, "Message contains inappropriate words or content", OutboxState.CONTENT_REJECTED),
@@ -51,6 +54,14 @@ def test_only_a_bounce_suppresses_the_subscriber() -> None:
                         rand=0.5)
     assert bounced.suppress
     assert not rejected.suppress
+
+
+def test_qqs_ambiguous_refusal_is_retried_then_failed_and_never_suppresses() -> None:
+    r = SendResult(550, "Mailbox unavailable or access denied")
+    first = C.decide(r, attempts=1, age=timedelta(0), rand=0.5)
+    last = C.decide(r, attempts=5, age=timedelta(0), rand=0.5)
+    assert (first.state, first.suppress) == (OutboxState.DEFERRED, False)
+    assert (last.state, last.suppress) == (OutboxState.FAILED, False)
 
 
 def test_deferral_turns_into_failure_at_the_attempt_limit() -> None:
