@@ -64,7 +64,7 @@ async def _once(app: App) -> int:
     click.echo(f"feeds polled: {poll.feeds}, new posts: {poll.new}"
                f"{f', failing feeds: {len(poll.failed)}' if poll.failed else ''}")
     if held is not None:
-        print_held(held, app.editions.info(held).reason or "approval is required")
+        print_held(held, summary.held_reason)
     print_resumed(app, summary.resumed)
     if not all_sends and held is None and not summary.resumed:
         click.echo("nothing to send: no new posts and no edition due")

@@ -230,6 +230,7 @@ class RunSummary:
     held: int | None = None
     sample_subscribers: int = 0
     resumed: tuple[Resumed, ...] = ()
+    held_reason: str = "approval is required"
 
 
 async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = False,
@@ -255,6 +256,7 @@ async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = 
     decisions = await process_due(app, send)
     report = await poll(app)
     held = None
+    held_reason = RunSummary.held_reason
     if app.config.newsletter.require_approval:
         held = app.editions.create()
         if held is not None:
@@ -263,10 +265,10 @@ async def run_once(app: App, notice: Callable[[str], None], *, progress: bool = 
     else:
         fresh = await send_new_posts(app, progress=progress, stop=stop)
         if isinstance(fresh, Held):
-            held = fresh.edition_id
+            held, held_reason = fresh.edition_id, fresh.reason
         elif fresh is not None:
             sends.append(fresh)
-    return RunSummary(report, tuple(sends), tuple(decisions), held, seeded, tuple(resumed))
+    return RunSummary(report, tuple(sends), tuple(decisions), held, seeded, tuple(resumed), held_reason)
 
 
 def pause_for_stop(app: App, edition_ids: Iterable[int]) -> None:
