@@ -329,6 +329,18 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
             return confirm_bad(langs)
         return langs, tok
 
+    async def language_request(request: Request) -> tuple[tuple[str, ...], LanguageToken,
+                                                          Subscriber] | Response:
+        """The link's token, checked, and the reader it still speaks for (GET and POST alike)."""
+        checked = language_token(request)
+        if isinstance(checked, Response):
+            return checked
+        langs, tok = checked
+        record = await run_in_threadpool(store.get, tok.subscriber_id)
+        if record is None or not language_current(record, tok):
+            return confirm_bad(langs)
+        return langs, tok, record
+
     def language_current(record: Subscriber | None, tok: LanguageToken) -> bool:
         """The link still speaks for the reader: active, and issued since they last changed
         state (a link from before an unsubscribe and a re-subscription is spent)."""
@@ -339,26 +351,20 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
 
     async def language_get(request: Request) -> Response:
         """A button only, like ``confirm_get``: link scanners must change nothing."""
-        checked = language_token(request)
+        checked = await language_request(request)
         if isinstance(checked, Response):
             return checked
-        langs, tok = checked
-        record = await run_in_threadpool(store.get, tok.subscriber_id)
-        if not language_current(record, tok):
-            return confirm_bad(langs)
+        langs, _tok, record = checked
         langs = reader_langs(request, record, langs)
         return render("confirm.html", langs, title_key="language_title",
                       body_key="language_body",
                       action=f"{ctx.base_path}/language/{request.path_params['token']}")
 
     async def language_post(request: Request) -> Response:
-        checked = language_token(request)
+        checked = await language_request(request)
         if isinstance(checked, Response):
             return checked
-        langs, tok = checked
-        record = await run_in_threadpool(store.get, tok.subscriber_id)
-        if not language_current(record, tok):
-            return confirm_bad(langs)
+        langs, tok, _record = checked
         await run_in_threadpool(store.set_language, tok.subscriber_id, tok.language)
         log.info("subscriber %d changed language (confirmed)", tok.subscriber_id)
         langs = reader_langs(request, await run_in_threadpool(store.get, tok.subscriber_id),

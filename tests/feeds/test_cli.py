@@ -116,15 +116,21 @@ def test_max_new_posts_below_one_names_file_key_and_line(tmp_path: Path) -> None
     assert "max_new_posts" in out.stderr
 
 
-@pytest.mark.parametrize("command", [("send",), ("run", "--once")], ids=["send", "run-once"])
-def test_an_automatic_edition_over_max_posts_is_held_for_an_editor(
-        tmp_path: Path, http_server: HTTPServer, command: tuple[str, ...]) -> None:
-    http_server.routes["/flood.xml"] = Reply(body=_flood(8),
+def _polled_with_max_posts_5(tmp_path: Path, http_server: HTTPServer, *, posts: int) -> Path:
+    """A feed of ``posts`` posts, all stored, under ``[schedule] max_posts = 5``."""
+    http_server.routes["/flood.xml"] = Reply(body=_flood(posts),
                                              headers={"Content-Type": "application/atom+xml"})
     cfg = _config(tmp_path, http_server.url("/flood.xml"))
     cfg.write_text(cfg.read_text(encoding="utf-8").replace("backlog_days = 0\n", "backlog_days = 36500\n")
                    + "\n[schedule]\nmax_posts = 5\n", encoding="utf-8")
     assert _newsletter(cfg, "poll").returncode == 0
+    return cfg
+
+
+@pytest.mark.parametrize("command", [("send",), ("run", "--once")], ids=["send", "run-once"])
+def test_an_automatic_edition_over_max_posts_is_held_for_an_editor(
+        tmp_path: Path, http_server: HTTPServer, command: tuple[str, ...]) -> None:
+    cfg = _polled_with_max_posts_5(tmp_path, http_server, posts=8)
     out = _newsletter(cfg, *command)
     assert out.returncode == 0, out.stderr
     assert ("edition 1 created and held: 8 posts, more than [schedule] max_posts = 5: an editor must "
@@ -138,12 +144,7 @@ def test_an_automatic_edition_over_max_posts_is_held_for_an_editor(
 
 
 def test_an_edition_within_max_posts_goes_out(tmp_path: Path, http_server: HTTPServer) -> None:
-    http_server.routes["/flood.xml"] = Reply(body=_flood(5),
-                                             headers={"Content-Type": "application/atom+xml"})
-    cfg = _config(tmp_path, http_server.url("/flood.xml"))
-    cfg.write_text(cfg.read_text(encoding="utf-8").replace("backlog_days = 0\n", "backlog_days = 36500\n")
-                   + "\n[schedule]\nmax_posts = 5\n", encoding="utf-8")
-    assert _newsletter(cfg, "poll").returncode == 0
+    cfg = _polled_with_max_posts_5(tmp_path, http_server, posts=5)
     out = _newsletter(cfg, "send")
     assert out.returncode == 0, out.stderr
     assert "held" not in out.stdout
