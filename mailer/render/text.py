@@ -61,13 +61,14 @@ _SKIP = frozenset({"script", "style", "head", "title", "noscript", "template", "
 # Kinsoku shori: CJK punctuation that may not begin a line, and openers that may not end one.
 _NO_START = frozenset("。，、；：？！）」』】》〉”’…—．,.;:!?)]}%·\u00a0")
 _NO_END = frozenset("（「『【《〈“‘([{\u00a0")
-# White space is any space but a no-break one (U+00A0 keeps "镜像 2" together); a URL is one
-# token even when its path holds Han characters.
+# White space is any space but a no-break one (U+00A0 keeps "镜像 2" together). A URL (RFC 3986
+# characters, so "见https://x/p.html。" ends at the 。) is one token, even right after a word.
 _SPACE = r"[^\S\u00a0]"
+_URL_START = rf"(?:https?://|mailto:|{re.escape(SLOT_PREFIX)})"
 _TOKEN = re.compile(
-    rf"{_SPACE}+|(?:https?://|mailto:|{re.escape(SLOT_PREFIX)})(?:(?!{_SPACE}).)+"
+    rf"{_SPACE}+|{_URL_START}[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+"
     r"|[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]"
-    rf"|(?:(?!{_SPACE})[^\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f])+"
+    rf"|(?:(?!{_SPACE}|{_URL_START})[^\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f])+"
 )
 
 
