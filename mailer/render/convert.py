@@ -20,8 +20,8 @@ __all__ = [
     "CHINESE",
     "conversion_for",
     "convert_html",
-    "convert_text",
     "convert_quotes",
+    "convert_text",
     "has_han",
 ]
 

@@ -204,7 +204,8 @@ def test_text_part_is_flowed_and_never_cuts_a_url(image_ctx: RenderContext, choi
     msg = parse(build(image_ctx, "digest", choice))
     text = msg.get_body(("plain",))
     assert text is not None
-    assert text.get_param("format") == "flowed" and text.get_param("delsp") == "yes"
+    assert text.get_param("format") == "flowed"
+    assert text.get_param("delsp") == "yes"
     raw = text.get_content()
     shown = unflow(raw.replace("\r\n", "\n"))
     # Every URL a flowed reader sees is whole on one line of what was sent.

@@ -290,10 +290,12 @@ def test_footer_names_the_newsletter_in_each_language_and_says_how_to_leave(conf
     assert 'href="mailto:unsubscribe@example.org?subject=%E9%80%80%E8%AE%A2%20unsubscribe"' in v.html
     assert 'href="mailto:editors@example.org"' in v.html
     hant = render_variant(digest_edition(), "zh-Hant", ctx)
-    assert "「退訂」" in hant.text and "公民權利通訊" in hant.text
+    assert "「退訂」" in hant.text
+    assert "公民權利通訊" in hant.text
     # Without the keys, no such lines.
     plain = render_variant(digest_edition(), "en", RenderContext.from_config(config, date=BUILD_DATE, strict=True))
-    assert "To leave" not in plain.text and "Write to us" not in plain.text
+    assert "To leave" not in plain.text
+    assert "Write to us" not in plain.text
 
 
 def test_chinese_chrome_uses_full_width_colons_and_brackets(ctx: RenderContext) -> None:
@@ -304,7 +306,8 @@ def test_chinese_chrome_uses_full_width_colons_and_brackets(ctx: RenderContext) 
             if re.search(r"[\u4e00-\u9fff]", line) and not line.startswith(("http", " ")):
                 assert not re.search(r"[\u4e00-\u9fff]:", line), (choice, line)  # no "本期内容:"
         assert re.search(r"（(由|英文|中英)", text)  # a remark in full-width brackets
-        assert "(英文文章)" not in text and "(英文文章)" not in v.html
+        assert "(英文文章)" not in text
+        assert "(英文文章)" not in v.html
 
 
 def test_a_missing_image_links_to_the_image_on_a_mirror_not_the_post(ctx: RenderContext) -> None:
@@ -319,7 +322,8 @@ def test_a_missing_image_links_to_the_image_on_a_mirror_not_the_post(ctx: Render
                         ImageSettings())
     v = render_variant(single_edition(post), "zh-Hans", dataclasses.replace(ctx, images=images))
     body = v.html.split('<div class="body"', 1)[1].split("</div>", 1)[0]
-    assert '<a href="@@SLOT_M0@@/images/gone.jpg"' in body and ">查看图片</a>" in body
+    assert '<a href="@@SLOT_M0@@/images/gone.jpg"' in body
+    assert ">查看图片</a>" in body
     assert 'href="@@SLOT_M1@@/images/gone.jpg"' in body
     assert f'href="{elsewhere}"' in body  # not on an origin: the image's own address
     assert "/2026/11/lawyers.html" not in body  # never the post instead of the image

@@ -34,7 +34,8 @@ def test_import_says_pending_then_queues_confirmations(tmp_path: Path) -> None:
     assert plain.code == 0, plain.err
     assert "the 2 new rows are pending: nothing was sent" in plain.out
     assert "--send-confirmations" in plain.out
-    assert _queued(tmp_path) == 0 and _outbox(tmp_path) == []
+    assert _queued(tmp_path) == 0
+    assert _outbox(tmp_path) == []
 
     # Run again with the flag: the rows are pending from the first run, and get their mails.
     sent = run(config, "subscribers", "import", "list.csv", "--send-confirmations")
@@ -50,7 +51,8 @@ def test_import_says_pending_then_queues_confirmations(tmp_path: Path) -> None:
             time.sleep(0.05)
     mails = [m.read_bytes() for m in _outbox(tmp_path)]
     assert len(mails) == 2
-    assert any(b"new.one@qq.com" in m for m in mails) and any(b"new.two@163.com" in m for m in mails)
+    assert any(b"new.one@qq.com" in m for m in mails)
+    assert any(b"new.two@163.com" in m for m in mails)
     assert _queued(tmp_path) == 0
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -100,21 +101,25 @@ def test_home_page_says_what_it_is_in_the_visitors_language(site: Site) -> None:
     assert "公民權利通訊" in hant.text  # the newsletter's name in the visitor's language
     assert "我們的文章會完整地寄到您的信箱" in hant.text
     assert "Our posts, sent to your inbox in full" in hant.text  # then English
-    assert 'action="/subscribe"' in hant.text and 'name="email"' in hant.text
+    assert 'action="/subscribe"' in hant.text
+    assert 'name="email"' in hant.text
     assert 'href="mailto:unsubscribe@example.org?subject=subscribe"' in hant.text  # by mail
     assert 'href="https://d9pages.cloudfront.net/"' in hant.text  # the page's own mirrors
     assert "editors@example.org" in hant.text
     assert "csrf" not in hant.text
     hans = httpx.get(f"{site.server.base}/?lang=zh-Hans", timeout=30)
-    assert "公民权利通讯" in hans.text and "我们的文章会完整地发送到您的邮箱" in hans.text
+    assert "公民权利通讯" in hans.text
+    assert "我们的文章会完整地发送到您的邮箱" in hans.text
 
 
 def test_pages_use_the_fonts_of_their_script(site: Site) -> None:
     css = httpx.get(f"{site.server.base}/site.css", timeout=30).text
     hant = re.search(r":lang\(zh-Hant\)[^{]*\{([^}]*)\}", css)
     hans = re.search(r":lang\(zh-Hans\)[^{]*\{([^}]*)\}", css)
-    assert hant is not None and hans is not None
-    assert "PingFang TC" in hant.group(1) and "Noto Sans CJK TC" in hant.group(1)
+    assert hant is not None
+    assert hans is not None
+    assert "PingFang TC" in hant.group(1)
+    assert "Noto Sans CJK TC" in hant.group(1)
     assert " SC" not in hant.group(1)
     assert "PingFang SC" in hans.group(1)
 
@@ -175,9 +180,9 @@ def test_the_bad_link_page_gives_the_contact_address(site: Site) -> None:
 
 
 class _Blog(BaseHTTPRequestHandler):
-    pages: dict[str, bytes] = {}
+    pages: ClassVar[dict[str, bytes]] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         body = self.pages.get(self.path, b"")
         self.send_response(200 if body else 404)
         self.send_header("content-type", "text/html; charset=utf-8")
