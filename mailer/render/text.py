@@ -153,7 +153,7 @@ def flow(text: str, width: int = 72) -> str:
         if display_width(line) <= width or not body.strip():
             out.append(prefix + body if quote else _stuff(line))
             continue
-        room = max(width - display_width(prefix), 20)
+        room = max(width - display_width(prefix), 10)  # deep quotes still get some room
         pieces: list[str] = []
         current = ""
         used = 0

@@ -8,6 +8,7 @@ the page (never to a mail), reports the widths; a 640 px table is the positive c
 
 from __future__ import annotations
 
+import html as htmllib
 import re
 import subprocess
 from email import message_from_bytes, policy
@@ -25,10 +26,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHOICES = ["zh-Hans", "zh-Hant", "en", "zh-Hans+en", "zh-Hant+en"]
 _STYLE = re.compile(r"<style\b[^>]*>.*?</style\s*>", re.I | re.S)
-_PROBE = (
-    "<script>window.addEventListener('load', function () {"
-    "document.body.setAttribute('data-probe', document.documentElement.scrollWidth + 'x'"
-    " + window.innerWidth);});</script>"
+# Headless Chromium will not open a window under 500 px, so the mail is laid out in an iframe
+# of the width asked (a srcdoc frame: same origin as the test's page, which measures it).
+_FRAME = (
+    '<!DOCTYPE html><html><body style="margin:0">'
+    '<iframe id="mail" style="border:0;width:{width}px;height:900px" srcdoc="{doc}"></iframe>'
+    "<script>window.addEventListener('load', function () {{"
+    "var f = document.getElementById('mail');"
+    "document.body.setAttribute('data-probe', f.contentDocument.documentElement.scrollWidth"
+    " + 'x' + f.contentWindow.innerWidth);}});</script></body></html>"
 )
 
 
@@ -55,10 +61,11 @@ def _measure(tmp_path: Path, html: str, width: int, name: str) -> tuple[int, int
     stripped = _STYLE.sub("", html)
     assert "<style" not in stripped.lower()
     page = tmp_path / f"{name}.html"
-    page.write_text(stripped.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    page.write_text(_FRAME.format(width=width, doc=htmllib.escape(stripped, quote=True)),
+                    encoding="utf-8")
     result = subprocess.run(
         [_chromium(), *FLAGS, f"--user-data-dir={tmp_path / ('profile-' + name)}",
-         f"--window-size={width},900", "--virtual-time-budget=3000", "--dump-dom",
+         "--window-size=1000,1000", "--virtual-time-budget=3000", "--dump-dom",
          page.as_uri()],
         capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]

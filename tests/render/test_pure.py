@@ -70,9 +70,11 @@ def test_simplified_to_traditional_and_back_round_trips_characters(text: str) ->
 def test_conversion_choice() -> None:
     assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=True) == "s2twp"
     assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=False) == "s2t"
-    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True) == "t2s"
-    assert conversion_for("mixed", "zh-Hans", taiwan_phrases=True) == "t2s"
-    assert conversion_for("en", "zh-Hant", taiwan_phrases=True) is None
+    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True) == "tw2sp"  # mainland words
+    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True, mainland_phrases=False) == "t2s"
+    assert conversion_for("mixed", "zh-Hans", taiwan_phrases=True) == "tw2sp"
+    # English posts too: their Han characters (a name, a slogan) reach the reader's script.
+    assert conversion_for("en", "zh-Hant", taiwan_phrases=True) == "s2twp"
     assert conversion_for("zh-Hant", "zh-Hant", taiwan_phrases=True) is None
     assert conversion_for("zh-Hans", "en", taiwan_phrases=True) is None
 
