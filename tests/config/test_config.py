@@ -87,6 +87,8 @@ def test_relative_paths_resolve_against_the_config_folder_and_secrets_come_from_
          "newsletter.mainland_phrases", 5),
         (("secret_env = \"MIRROR_SECRET\"\n", "secret_env = \"MIRROR_SECRET\"\n\n[web]\nmirrors = [\"ftp://x.org\"]\n"),
          "web.mirrors[0]", 32),
+        (("key_file = \"keys/k.json\"", "key_file = \"keys/k.json\"\nkey_reload_every = \"1h\""),
+         "storage.key_reload_every", 9),
     ],
 )
 def test_errors_name_file_key_and_line(tmp_path: Path, edit: tuple[str, str], key: str, line: int) -> None:
