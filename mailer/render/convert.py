@@ -104,6 +104,7 @@ class _TextConverter(HTMLParser):
         super().__init__(convert_charrefs=False)
         self.config = config
         self.out: list[str] = []
+        self.text_at: list[int] = []  # which pieces of ``out`` are text nodes
 
     def _attrs(self, attrs: list[tuple[str, str | None]]) -> str:
         parts = []
@@ -126,7 +127,19 @@ class _TextConverter(HTMLParser):
         self.out.append(f"</{tag}>")
 
     def handle_data(self, data: str) -> None:
+        self.text_at.append(len(self.out))
         self.out.append(convert_text(data, self.config))
+
+    def quotes_across_tags(self) -> None:
+        """A quotation mark whose Chinese neighbour is in the next text node (“<b>自由</b>”):
+        judge it on the visible text, tags left out. Marks only swap one for one, so each node
+        keeps its length and takes its own slice back."""
+        pieces = [self.out[i] for i in self.text_at]
+        joined = convert_quotes("".join(pieces), _target_of(self.config))
+        start = 0
+        for i, piece in zip(self.text_at, pieces, strict=True):
+            self.out[i] = joined[start:start + len(piece)]
+            start += len(piece)
 
     def handle_entityref(self, name: str) -> None:
         self.out.append(f"&{name};")
@@ -148,4 +161,5 @@ def convert_html(fragment: str, config: str | None) -> str:
     parser = _TextConverter(config)
     parser.feed(fragment)
     parser.close()
+    parser.quotes_across_tags()
     return "".join(parser.out)

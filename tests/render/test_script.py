@@ -110,3 +110,8 @@ def test_quotes_change_only_next_to_chinese() -> None:
     assert convert_text("“释放刘晓波”", "s2t") == "「釋放劉曉波」"
     assert convert_html('<p title="“自由”">他说“自由”</p>', "s2t") == \
         '<p title="「自由」">他說「自由」</p>'
+    # A mark whose Chinese neighbour sits in the next text node, across a tag.
+    assert convert_html("<p>他说“<b>自由</b>”。</p>", "s2t") == "<p>他說「<b>自由</b>」。</p>"
+    assert convert_html("<p>他說「<a href='/x'>自由</a>」</p>", "t2s") == \
+        '<p>他说“<a href="/x">自由</a>”</p>'
+    assert convert_html("<p>“<i>Hello</i>” 中文</p>", "s2t") == "<p>“<i>Hello</i>” 中文</p>"
