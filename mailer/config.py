@@ -75,6 +75,10 @@ class NewsletterSettings:
     editors: tuple[str, ...] = ()
     require_approval: bool = False
     taiwan_phrases: bool = True
+    # Traditional -> Simplified with mainland wording (軟體 -> 软件), OpenCC's tw2sp; false: t2s.
+    mainland_phrases: bool = True
+    # Where readers can write to a person (footer, the bad-link page); None: not shown.
+    contact: str | None = None
     templates_dir: Path | None = None
     content_rejection_alert: float = 0.05
     sample_subscribers: bool = False  # embedded default: seed one example.org reader per language
@@ -305,6 +309,9 @@ class WebSettings:
     # Where the mail server delivers what arrives at ``unsubscribe_mailto``: the daemon and
     # ``subscribers mailin`` unsubscribe the readers it names (subscribers/mailin.py).
     unsubscribe_maildir: Path | None = None
+    # Other addresses that serve these same pages (a CDN front, a mirror): the home page lists
+    # them for a visitor whose way to ``public_url`` is blocked.
+    mirrors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -561,6 +568,13 @@ def _address(value: str) -> str:
     return value
 
 
+def _bare_address(value: str) -> str:
+    """An address written out in mail and pages and used in a ``mailto:`` link: no name part."""
+    if not re.fullmatch(r"[^\s<>\"@]+@[^\s<>\"@]+\.[^\s<>\"@]+", value):
+        raise ValueError(f"{value!r} is not a plain email address (like 'editors@example.org')")
+    return value
+
+
 def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
     languages = s.strings("languages", list(KNOWN_LANGUAGES))
     if not languages:
@@ -602,6 +616,8 @@ def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
         editors=s.strings("editors", []),
         require_approval=s.get("require_approval", bool, False),
         taiwan_phrases=s.get("taiwan_phrases", bool, True),
+        mainland_phrases=s.get("mainland_phrases", bool, True),
+        contact=s.convert("contact", str, _bare_address, None),
         templates_dir=ld.resolve(templates) if templates else None,
         content_rejection_alert=float(threshold),
         sample_subscribers=s.get("sample_subscribers", bool, False),
@@ -1036,9 +1052,20 @@ def _web(ld: _Loader, s: _Section) -> WebSettings:
                                           d.confirm_domain_per_hour),
         proxy_header=s.convert("proxy_header", str, _proxy_header, d.proxy_header),
         unsubscribe_maildir=ld.resolve(maildir) if maildir else None,
+        mirrors=_page_mirrors(s),
     )
     s.done()
     return out
+
+
+def _page_mirrors(s: _Section) -> tuple[str, ...]:
+    urls = s.strings("mirrors", [])
+    for i, url in enumerate(urls):
+        try:
+            _url(url)
+        except ValueError as exc:
+            raise s.error(f"mirrors[{i}]", str(exc)) from None
+    return tuple(u.rstrip("/") for u in urls)
 
 
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"

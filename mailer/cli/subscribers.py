@@ -68,18 +68,29 @@ def subscribers_group() -> None:
               help="Also re-activate unsubscribed, bounced and complained addresses.")
 @click.option("--batch-size", type=int, default=None, hidden=True,
               help="Rows per transaction (default: subscribers.importexport.IMPORT_BATCH).")
+@click.option("--send-confirmations", is_flag=True,
+              help="Queue a confirmation mail for each pending row ('serve' sends them).")
 @pass_app
 def subscribers_import(app: App, file: Path, confirmed: bool, encoding: str | None,
-                       reactivate: bool, batch_size: int | None) -> None:
-    """Import FILE: a CSV with header ``email,language`` (language optional), or a backup."""
+                       reactivate: bool, batch_size: int | None,
+                       send_confirmations: bool) -> None:
+    """Import FILE: a CSV with header ``email,language`` (language optional), or a backup.
+
+    Without --confirmed the new rows stay pending and nothing is sent; --send-confirmations
+    queues their confirmation mails in the durable confirmation queue."""
     from subscribers.importexport import IMPORT_BATCH, RowProblem, import_file
+
+    if confirmed and send_confirmations:
+        raise click.UsageError("--send-confirmations is for pending rows; --confirmed rows "
+                               "are active already and need no confirmation")
 
     def problem(p: RowProblem) -> None:
         click.echo(f"{file}:{p.line}: {p.reason}", err=True)
 
     report = import_file(app.subscribers, file, confirmed=confirmed, reactivate=reactivate,
                          encoding=encoding, batch_size=batch_size or IMPORT_BATCH,
-                         on_problem=problem)
+                         on_problem=problem,
+                         confirmations=app.signup.queue if send_confirmations else None)
     if report.encoding == "backup":
         click.echo(f"restored {report.restored} subscribers from the encrypted backup "
                    f"({report.skipped} already present)")
@@ -88,6 +99,14 @@ def subscribers_import(app: App, file: Path, confirmed: bool, encoding: str | No
     click.echo(f"imported {report.inserted} new, {report.existing} already listed "
                f"({report.changed} changed, {report.suppressed} left suppressed), "
                f"{report.problem_count} problems{resumed}; encoding {report.encoding}")
+    if send_confirmations:
+        click.echo(f"queued {report.confirmations} confirmation mails for the pending rows; "
+                   "'newsletter serve' sends them (the confirmation queue)")
+    elif not confirmed and report.inserted:
+        click.echo(f"the {report.inserted} new rows are pending: nothing was sent, and they "
+                   "receive no edition until confirmed. Run again with --send-confirmations to "
+                   "queue a confirmation mail for each, or with --confirmed if they opted in "
+                   "already")
     if report.problem_count:
         raise InputError(f"{report.problem_count} rows were not imported (see the lines above); "
                          "the other rows were", source=str(file))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date
@@ -22,13 +23,13 @@ from markupsafe import Markup
 from mailer.config import Config, MirrorSettings, NewsletterSettings
 from mailer.errors import RenderError
 from mailer.feeds.sanitise import strip_tags
-from mailer.mirrors.rewrite import add_mirror_links, mirror_alternatives
+from mailer.mirrors.rewrite import mirror_alternatives
 from mailer.models import Edition, InlineImage, Post, RenderedVariant
-from mailer.render.catalog import Lazy, Translator, catalog_for
+from mailer.render.catalog import Lazy, PerLanguage, Translator, catalog_for
 from mailer.render.convert import CHINESE, conversion_for, convert_html, convert_text
 from mailer.render.env import make_environment
 from mailer.render.safe import make_self_contained, remote_references
-from mailer.render.text import Reference, html_to_text, wrap
+from mailer.render.text import Reference, flow, html_to_text
 from mailer.slots import UNSUB_SLOT, defuse, mirror_slot
 from subscribers.catalog import BABEL_LOCALES
 
@@ -188,6 +189,7 @@ class _ShownPost:
     references: tuple[Reference, ...]
     link: str | None
     link_alternatives: tuple[str, ...]
+    read_url: str | None  # the reader's first mirror when the post is on an origin, else link
     marker: str | None
     lang: str  # what the reader now sees: screen readers and CJK font choice follow it
     published: str | None
@@ -217,7 +219,8 @@ class _Chrome:
         return parts[0] if len(set(parts)) == 1 else " / ".join(parts)
 
     def mirror_label(self, i: int) -> str:
-        return self._("mirror %(n)s", n=i + 1)
+        # A no-break space: "镜像 2" must never be cut between the word and its number.
+        return self._("mirror %(n)s", n=i + 1).replace(" ", "\u00a0")
 
     def marker(self, post: Post, target_config: str | None) -> str | None:
         if post.language in self.halves:
@@ -230,39 +233,45 @@ class _Chrome:
 
 def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _ShownPost:
     target = next((h for h in chrome.halves if h in CHINESE), None)
-    config = conversion_for(post.language, target, taiwan_phrases=ctx.newsletter.taiwan_phrases) if target else None
+    # Every post, English ones too: the Han characters in "Liu Xiaobo Rally (释放刘晓波)" reach
+    # a Traditional reader in Traditional (OpenCC leaves the Latin letters alone).
+    config = conversion_for(post.language, target, taiwan_phrases=ctx.newsletter.taiwan_phrases,
+                            mainland_phrases=ctx.newsletter.mainland_phrases) if target else None
+    converted = config is not None and post.language in CHINESE
     title = convert_text(defuse(_no_crlf(post.title)), config) or chrome._("(untitled)")
     body = convert_html(defuse(post.content_html), config)
 
     def fallback(alt: str, url: str) -> str:
-        # Not embedded (past the budget, or the fetch failed): the alt text, the image's own
-        # link, and a mirror link (to the image if it lives on an origin, else to the post,
-        # which shows it), since the image host itself is often blocked.
+        # Not embedded (past the budget, or the fetch failed): the alt text and a link that
+        # opens the image itself: on the reader's first mirror when it lives on an origin (the
+        # origin is what is blocked), then the other mirrors and the original. Never the post.
         alt_text = convert_text(alt, config) or chrome._("image")
         label = htmllib.escape(chrome._("Image: %(alt)s", alt=alt_text))
         if not url:
             return f"[{label}]"
-        href = htmllib.escape(url, quote=True)
         view = htmllib.escape(chrome._("view image"))
-        out = f'[{label} · <a href="{href}">{view}</a>'
-        alts = mirror_alternatives(url, ctx.origins, ctx.mirror_slots) or (
-            mirror_alternatives(post.link, ctx.origins, ctx.mirror_slots) if post.link else ()
-        )
-        for i, alt_url in enumerate(alts):
-            out += f' · <a href="{htmllib.escape(alt_url, quote=True)}">'
+        alts = mirror_alternatives(url, ctx.origins, ctx.mirror_slots)
+        first = alts[0] if alts else url
+        out = f'[{label} · <a href="{htmllib.escape(first, quote=True)}">{view}</a>'
+        for i, alt_url in enumerate(alts[1:], start=1):
+            out += f' · <a href="{htmllib.escape(alt_url, quote=True)}" style="white-space: nowrap;">'
             out += f"{htmllib.escape(chrome.mirror_label(i))}</a>"
+        if alts:
+            out += f' · <a href="{htmllib.escape(url, quote=True)}">'
+            out += f'{htmllib.escape(chrome._("original address"))}</a>'
         return out + "]"
 
     body, images = make_self_contained(body, ctx.images, fallback)
     text_body = html_to_text(
         body,
-        width=ctx.text_width,
+        width=0,  # one line per paragraph: render_variant flows the whole part
         alternatives=lambda url: mirror_alternatives(url, ctx.origins, ctx.mirror_slots),
         image_label=lambda alt: f"[{chrome._('Image: %(alt)s', alt=alt or chrome._('image'))}]",
     )
-    if ctx.mirror_slots and ctx.origins:
-        body = add_mirror_links(body, ctx.origins, ctx.mirror_slots, chrome.mirror_label)
+    # No "(镜像 1 · 镜像 2)" after every link in the body: one block per post, in the template,
+    # opens the post on the reader's mirrors (readers found the repeated labels clutter).
     link = defuse(post.link) if post.link else None
+    alternatives = mirror_alternatives(link, ctx.origins, ctx.mirror_slots) if link else ()
     return _ShownPost(
         anchor=f"post-{index + 1}",
         title=title,
@@ -270,9 +279,10 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
         text=text_body.text,
         references=tuple(text_body.references),
         link=link,
-        link_alternatives=mirror_alternatives(link, ctx.origins, ctx.mirror_slots) if link else (),
+        link_alternatives=alternatives,
+        read_url=alternatives[0] if alternatives else link,
         marker=chrome.marker(post, config),
-        lang="" if post.language == "mixed" else (target or post.language) if config else post.language,
+        lang="" if post.language == "mixed" else (target or post.language) if converted else post.language,
         published=chrome.date(post.published) if post.published else None,
         images=images,
     )
@@ -309,6 +319,31 @@ def edition_subject(subjects: Mapping[str, str], choice: str, derived: str) -> s
     else ``derived``. One line: CR/LF would start a new header (RFC 5322 2.2)."""
     own = [_no_crlf(defuse(subjects[h])) for h in _halves(choice) if subjects.get(h, "").strip()]
     return " / ".join(dict.fromkeys(own)) if own else derived
+
+
+# The word a reader mails to ``unsubscribe_mailto`` to leave (the inbound desk reads it), in
+# each language's own quotation marks.
+_LEAVE_WORDS = {"zh-Hans": "“退订”", "zh-Hant": "「退訂」", "en": "“unsubscribe”"}
+_LEAVE_SUBJECTS = {"zh-Hans": "退订 unsubscribe", "zh-Hant": "退訂 unsubscribe", "en": "unsubscribe"}
+
+
+def _leave_href(address: str | None, halves: tuple[str, ...]) -> str:
+    if not address:
+        return ""
+    return f"mailto:{address}?subject={quote(_LEAVE_SUBJECTS.get(halves[0], 'unsubscribe'))}"
+
+
+def _with_link(text: str, address: str, href: str) -> Markup:
+    """``text`` (escaped) with ``address`` in it made a link to ``href`` (a mailto:)."""
+    escaped = htmllib.escape(text)
+    link = f'<a href="{htmllib.escape(href, quote=True)}">{htmllib.escape(address)}</a>'
+    return Markup(escaped.replace(htmllib.escape(address), link))  # noqa: S704  (escaped above)
+
+
+def _labelled(label: str, value: str) -> str:
+    """"Label: value" in the text part. A full-width colon already holds its own space
+    ("在线阅读：https://…"); a Latin one needs one."""
+    return f"{label}{'' if label.endswith('：') else ' '}{value}"
 
 
 _FONTS = {
@@ -356,9 +391,18 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
         "unsubscribe_url": UNSUB_SLOT,
         "public_url": ctx.newsletter.public_url,
         "mirror_label": chrome.mirror_label,
-        "wrap": lambda text, indent="", hang=None: "\n".join(
-            wrap(text, ctx.text_width, indent=indent, subsequent=hang)
-        ),
+        # The text part is flowed as a whole (``flow``, below): ``wrap`` only indents.
+        "wrap": lambda text, indent="", hang=None: indent + text,
+        "list_address": ctx.newsletter.unsubscribe_mailto,
+        "contact": ctx.newsletter.contact,
+        "leave_word": PerLanguage(_LEAVE_WORDS, _LEAVE_WORDS["en"]),
+        "leave_href": _leave_href(ctx.newsletter.unsubscribe_mailto, chrome.halves),
+        "names": PerLanguage(ctx.newsletter.name, name),
+        "with_link": _with_link,
+        "labelled": _labelled,
+        # One punctuation style: full-width brackets around a remark in a Chinese chrome.
+        # After a title: "标题（英文文章）" but "Title (Written in English)".
+        "aside": (lambda text: f"（{text}）") if chrome.halves[0] in CHINESE else (lambda text: f" ({text})"),
     }
     try:
         document = ctx.env.get_template(f"email/{layout}.html").render(values)
@@ -380,7 +424,7 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
         language=language,
         subject=subject,
         html=document,
-        text=_normalise_text(text),
+        text=flow(_normalise_text(text), ctx.text_width),
         images=tuple(images.values()),
         mirror_slots=ctx.mirror_slots,
         content_language=_content_language(language),
