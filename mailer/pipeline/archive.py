@@ -1,0 +1,142 @@
+"""The web archive's path: load the sent editions → build the site → write it → rclone it out.
+
+``newsletter archive build|publish`` and the daemon (after each edition is sent, and its
+mirrors job retrying a failed target) all come here. The mail's "read this issue on …" links
+come from :func:`archive_links`, for the healthy archive hosts the mirror registry knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from mailer.app import App
+from mailer.archive.publish import TargetResult, WriteReport, publish, write_site
+from mailer.archive.site import ArchivedEdition, SiteSettings, build_site, page_links
+from mailer.archive.state import load_states, record_results
+from mailer.errors import NewsletterError
+from mailer.models import EditionState
+from mailer.render.images import fetch_images
+from mailer.render.variant import RenderContext
+
+__all__ = [
+    "ArchiveRun",
+    "BuildReport",
+    "archive_after_send",
+    "archive_links",
+    "build_archive",
+    "publish_archive",
+    "retry_failed_targets",
+    "sent_editions",
+]
+
+log = logging.getLogger("newsletter.archive")
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    folder: Path
+    editions: int
+    languages: tuple[str, ...]
+    write: WriteReport
+
+
+def sent_editions(app: App, images_client: httpx.AsyncClient | None = None) -> list[ArchivedEdition]:
+    """Every sent edition with the time it went out and its images (fetched as for the mail)."""
+    out = []
+    for info in app.editions.find([EditionState.SENT]):
+        edition = app.editions.load(info.id)
+        if not edition.posts:
+            continue
+        images = {}
+        if app.config.images.fetch:
+            images = fetch_images(edition.posts, app.config.images, client=images_client)
+        out.append(ArchivedEdition(edition, info.started_at or info.finished_at or info.created_at, images))
+    return out
+
+
+def build_archive(app: App, out: Path | None = None,
+                  images_client: httpx.AsyncClient | None = None) -> BuildReport:
+    """``newsletter archive build``: the site of every sent edition, written to ``out``
+    (default ``[archive] folder``); only files whose bytes changed are rewritten."""
+    config = app.config
+    folder = out or config.archive.folder
+    editions = sent_editions(app, images_client)
+    ctx = RenderContext.from_config(config, date=app.clock(), env=app.jinja, onions=())
+    settings = SiteSettings(languages=config.newsletter.languages, hosts=config.archive.hosts,
+                            subscribe_mailto=config.archive.subscribe_mailto,
+                            public_url=config.newsletter.public_url)
+    files = build_site(editions, settings, ctx)
+    report = write_site(files, folder)
+    log.info("archive: %d edition(s) in %d language(s) at %s: %d file(s) written, %d removed",
+             len(editions), len(settings.languages), folder, len(report.written), len(report.removed))
+    return BuildReport(folder, len(editions), settings.languages, report)
+
+
+def publish_archive(app: App, *, only_failed: bool = False) -> list[TargetResult]:
+    """``newsletter archive publish``: rclone the built folder to every target (or only those
+    whose last sync failed) and record each outcome, so a failed one is retried next run."""
+    settings = app.config.archive
+    targets = settings.targets
+    if only_failed:
+        states = load_states(app.engine)
+        targets = tuple(t for t in targets if t.remote in states and not states[t.remote].ok)
+    if not targets:
+        return []
+    results = publish(settings, settings.folder, targets)
+    record_results(app.engine, results, app.clock())
+    for r in results:
+        if r.ok:
+            log.info("archive: %s synced", r.remote)
+        else:
+            log.error("archive: %s failed (retried on the next run): %s", r.remote, r.detail)
+    return results
+
+
+@dataclass(frozen=True)
+class ArchiveRun:
+    build: BuildReport | None
+    results: Sequence[TargetResult]
+    error: str | None = None
+
+
+async def archive_after_send(app: App) -> ArchiveRun:
+    """The daemon's step after an edition is sent: build, then publish to every target.
+
+    An archive problem never fails the send that came before it: it is logged and returned."""
+    if not app.config.archive.targets:
+        return ArchiveRun(None, ())
+    try:
+        built = await asyncio.to_thread(build_archive, app)
+        results = await asyncio.to_thread(publish_archive, app)
+    except NewsletterError as exc:
+        log.error("archive: not published: %s", exc)
+        return ArchiveRun(None, (), str(exc))
+    return ArchiveRun(built, results)
+
+
+async def retry_failed_targets(app: App) -> list[TargetResult]:
+    """The mirrors job's step: sync again each target whose last sync failed (the site is
+    already built)."""
+    if not app.config.archive.targets or not (app.config.archive.folder / "index.html").is_file():
+        return []
+    try:
+        return await asyncio.to_thread(publish_archive, app, only_failed=True)
+    except NewsletterError as exc:
+        log.error("archive: retry failed: %s", exc)
+        return []
+
+
+def archive_links(app: App, edition_id: int,
+                  languages: Sequence[str]) -> Mapping[str, tuple[tuple[str, str], ...]]:
+    """Per language choice, ``(host, url)`` of this edition's page on each archive host that the
+    registry counts healthy and unblocked ("read this issue on …"); none for a preview (id 0)."""
+    if edition_id <= 0 or not app.config.archive.hosts:
+        return {}
+    hosts = [site.url for site in app.mirrors.static_links(kind="archive")]
+    return {choice: page_links(hosts, choice, edition_id) for choice in languages} if hosts else {}

@@ -1,0 +1,139 @@
+"""``newsletter archive build``: the site of every sent edition, deterministic, relative, complete."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import feedparser
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailer.archive.publish import write_site
+from mailer.archive.site import edition_page, page_links
+from tests.archive.helpers import archive_config, send_editions, site_files
+from tests.support.cli import newsletter
+
+HOSTS = """
+[archive]
+subscribe_mailto = "subscribe@example.org"
+
+[[archive.targets]]
+remote = "public"
+url = "https://cr-archive.pages.dev"
+
+[[archive.targets]]
+remote = "r2:bucket/news"
+url = "https://storage.googleapis.com/cr-archive"
+"""
+
+
+def test_build_twice_gives_the_same_bytes_and_rewrites_nothing(tmp_path: Path, sqlite_url: str) -> None:
+    config = archive_config(tmp_path, sqlite_url, archive=HOSTS)
+    send_editions(config, 2)
+    first = newsletter(config, "archive", "build", "--out", str(tmp_path / "one"))
+    assert first.returncode == 0, first.stderr
+    assert "2 edition(s) in en, zh-Hans" in first.stdout
+    second = newsletter(config, "archive", "build", "--out", str(tmp_path / "two"))
+    assert second.returncode == 0, second.stderr
+    one, two = site_files(tmp_path / "one"), site_files(tmp_path / "two")
+    assert one == two
+    assert {"index.html", "en/index.html", "zh-Hans/index.html", "en/feed.atom", "zh-Hans/feed.atom",
+            "en/1.html", "en/2.html", "zh-Hans/1.html", "zh-Hans/2.html"} <= set(one)
+    images = [p for p in one if p.startswith("images/")]
+    assert len(images) == 2  # one per edition's picture, shared by both languages
+    again = newsletter(config, "archive", "build", "--out", str(tmp_path / "one"))
+    assert "(0 written, " in again.stdout, again.stdout
+    # The default folder is [archive] folder (data/archive beside the config).
+    default = newsletter(config, "archive", "build")
+    assert default.returncode == 0, default.stderr
+    assert site_files(tmp_path / "data" / "archive") == one
+
+
+def test_pages_are_relative_self_contained_and_translated(tmp_path: Path, sqlite_url: str) -> None:
+    config = archive_config(tmp_path, sqlite_url, archive=HOSTS)
+    send_editions(config, 2)
+    out = tmp_path / "site"
+    assert newsletter(config, "archive", "build", "--out", str(out)).returncode == 0
+    files = site_files(out)
+    for path, data in files.items():
+        if not path.endswith((".html", ".atom")):
+            continue
+        text = data.decode("utf-8")
+        assert "<script" not in text.lower()
+        assert "@@SLOT" not in text
+        for ref in re.findall(r'(?:src|href)="([^"]+)"', text):
+            if ref.startswith(("https://", "http://", "mailto:", "#")):
+                continue  # a link to elsewhere (the blog, another archive host), never a load
+            target = (out / path).parent / ref.split("#")[0]
+            assert target.resolve().is_file(), f"{path}: {ref} does not resolve"
+        for src in re.findall(r'src="([^"]+)"', text):
+            assert not re.match(r"[a-z]+:|//", src), f"{path} loads {src}"
+    zh = files["zh-Hans/1.html"].decode()
+    assert 'lang="zh-Hans"' in zh
+    assert "维权律师的软件与信息安全 第1期" in zh
+    assert "全部往期" in zh and "本存档的其他地址" in zh
+    assert 'src="../images/' in zh
+    assert "mailto:subscribe@example.org" in zh
+    assert "https://cr-archive.pages.dev/index.html" in zh
+    index = files["en/index.html"].decode()
+    assert index.index('href="2.html"') < index.index('href="1.html"')  # newest first
+    root = files["index.html"].decode()
+    assert 'href="en/index.html"' in root and 'href="zh-Hans/index.html"' in root
+    assert '<meta name="generator" content="newsletter-archive">' in root
+
+
+def test_atom_feed_per_language_lists_the_editions_newest_first(tmp_path: Path, sqlite_url: str) -> None:
+    config = archive_config(tmp_path, sqlite_url, archive=HOSTS)
+    send_editions(config, 3)
+    out = tmp_path / "site"
+    assert newsletter(config, "archive", "build", "--out", str(out)).returncode == 0
+    base = "https://cr-archive.pages.dev/zh-Hans/feed.atom"
+    feed = feedparser.parse((out / "zh-Hans" / "feed.atom").read_bytes(),
+                            response_headers={"content-location": base, "content-type": "application/atom+xml"})
+    assert not feed.bozo, feed.get("bozo_exception")
+    assert feed.feed.language == "zh-Hans"
+    links = [e.link for e in feed.entries]
+    assert links == [f"https://cr-archive.pages.dev/zh-Hans/{i}.html" for i in (3, 2, 1)]
+    assert "维权律师" in feed.entries[0].title
+    assert len({e.id for e in feed.entries}) == 3
+    assert "正文" in feed.entries[-1].content[0].value
+    en = feedparser.parse((out / "en" / "feed.atom").read_bytes())
+    assert [e.link for e in en.entries] == ["3.html", "2.html", "1.html"]
+
+
+def test_build_with_no_sent_edition_writes_an_empty_archive(tmp_path: Path, sqlite_url: str) -> None:
+    config = archive_config(tmp_path, sqlite_url, archive=HOSTS)
+    result = newsletter(config, "archive", "build")
+    assert result.returncode == 0, result.stderr
+    assert "0 edition(s)" in result.stdout
+    assert "No edition has been sent yet." in (tmp_path / "data/archive/en/index.html").read_text()
+
+
+def test_page_links_name_each_host_and_the_first_language_of_a_pair() -> None:
+    assert edition_page("zh-Hant", 12) == "zh-Hant/12.html"
+    assert page_links(("https://a.example.net", "https://b.example.org/sub"), "zh-Hans+en", 7) == (
+        ("a.example.net", "https://a.example.net/zh-Hans/7.html"),
+        ("b.example.org", "https://b.example.org/sub/zh-Hans/7.html"),
+    )
+
+
+_FILES = st.dictionaries(st.from_regex(r"[a-z]{1,4}(/[a-z]{1,4})?\.html", fullmatch=True),
+                         st.binary(max_size=20), max_size=5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(first=_FILES, second=_FILES)
+def test_write_site_leaves_exactly_the_files_and_rewrites_only_changes(
+        first: dict[str, bytes], second: dict[str, bytes]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "site"
+        write_site(first, folder)
+        assert site_files(folder) == first
+        report = write_site(second, folder)
+        assert site_files(folder) == second
+        assert set(report.written) == {p for p, d in second.items() if first.get(p) != d}
+        assert set(report.removed) == set(first) - set(second)
+        assert write_site(second, folder).written == ()
