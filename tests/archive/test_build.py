@@ -72,14 +72,16 @@ def test_pages_are_relative_self_contained_and_translated(tmp_path: Path, sqlite
     zh = files["zh-Hans/1.html"].decode()
     assert 'lang="zh-Hans"' in zh
     assert "维权律师的软件与信息安全 第1期" in zh
-    assert "全部往期" in zh and "本存档的其他地址" in zh
+    assert "全部往期" in zh
+    assert "本存档的其他地址" in zh
     assert 'src="../images/' in zh
     assert "mailto:subscribe@example.org" in zh
     assert "https://cr-archive.pages.dev/index.html" in zh
     index = files["en/index.html"].decode()
     assert index.index('href="2.html"') < index.index('href="1.html"')  # newest first
     root = files["index.html"].decode()
-    assert 'href="en/index.html"' in root and 'href="zh-Hans/index.html"' in root
+    assert 'href="en/index.html"' in root
+    assert 'href="zh-Hans/index.html"' in root
     assert '<meta name="generator" content="newsletter-archive">' in root
 
 

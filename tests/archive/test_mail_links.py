@@ -34,7 +34,8 @@ def _html(raw: bytes) -> str:
     assert isinstance(msg, EmailMessage)
     html = msg.get_body(("html",))
     text = msg.get_body(("plain",))
-    assert html is not None and text is not None
+    assert html is not None
+    assert text is not None
     return str(html.get_content()) + "\n" + str(text.get_content())
 
 
@@ -82,7 +83,8 @@ def test_an_archive_host_is_checked_against_the_archive_root(tmp_path: Path, sql
     only = dataclasses.replace(app.config.mirrors, origins=(), sites=hosts)
     results = {r.url: r for r in asyncio.run(MirrorChecker(only, app.engine, app.clock).check())}
     assert results[good].ok, results[good].detail
-    assert not results[parked].ok and "not the archive" in results[parked].detail
+    assert not results[parked].ok
+    assert "not the archive" in results[parked].detail
     assert compare_archive(Answer(status=404, body=b"x")) == (False, "HTTP 404")
     assert run_cli(["--config", str(config), "mirrors", "list"]) == 0
     app.engine.dispose()
@@ -103,7 +105,9 @@ def test_bad_archive_config_names_file_key_and_line(tmp_path: Path, sqlite_url: 
         load_config(config)
     assert info.value.key == key
     assert words in str(info.value)
-    assert info.value.line is not None and info.value.line > 1
+    assert info.value.line is not None
+    assert info.value.line > 1
     result = newsletter(config, "archive", "build")
     assert result.returncode == 2
-    assert key in result.stderr and str(config) in result.stderr
+    assert key in result.stderr
+    assert str(config) in result.stderr

@@ -29,7 +29,7 @@ def _forms(value: str) -> list[bytes]:
 
 def test_no_address_token_or_mirror_in_any_archive_file(tmp_path: Path, sqlite_url: str) -> None:
     config = archive_config(tmp_path, sqlite_url, archive=ARCHIVE)
-    app = send_editions(config, 2)
+    send_editions(config, 2)
     result = newsletter(config, "archive", "build")
     assert result.returncode == 0, result.stderr
     files = site_files(tmp_path / "data" / "archive")
@@ -38,15 +38,15 @@ def test_no_address_token_or_mirror_in_any_archive_file(tmp_path: Path, sqlite_u
     needles: dict[str, list[bytes]] = {}
     for address, _ in READERS:
         needles[address] = _forms(address)
-        local, _, domain = address.partition("@")
+        local, _, _domain = address.partition("@")
         needles[f"local part of {address}"] = [local.encode() + b"@"]
-    ids = [r.id for batch in [list(app.subscribers.stream_active())] for r in batch]
+    ids = list(app.subscribers.stream_active_ids())
     assert len(ids) == len(READERS)
     for sid in ids:
         token = app.tokens.unsubscribe_token(sid)
         needles[f"token of {sid}"] = [token.encode(), f"/u/{token}".encode()]
         for mirror in app.mirrors.for_subscriber(sid):
-            needles[f"mirror {mirror}"] = _forms(mirror) + [mirror.split("//", 1)[1].encode()]
+            needles[f"mirror {mirror}"] = [*_forms(mirror), mirror.split("//", 1)[1].encode()]
     for site in app.config.mirrors.sites:
         if site.kind != "archive":
             needles[f"mirror {site.url}"] = [site.url.split("//", 1)[1].encode()]

@@ -99,7 +99,8 @@ def test_publish_to_a_folder_and_webdav_a_failed_target_is_retried(
     config = _config(tmp_path, sqlite_url, webdav.port, late_port)
     send_editions(config, 2)
     unbuilt = newsletter(config, "archive", "publish")
-    assert unbuilt.returncode == 2 and "archive build" in unbuilt.stderr
+    assert unbuilt.returncode == 2
+    assert "archive build" in unbuilt.stderr
     assert newsletter(config, "archive", "build").returncode == 0
     built = site_files(tmp_path / "data" / "archive")
 
@@ -115,7 +116,8 @@ def test_publish_to_a_folder_and_webdav_a_failed_target_is_retried(
     assert site_files(webdav.folder / "news") == built
     app = App.from_path(config, environ={})
     states = load_states(app.engine)
-    assert not states["late:news"].ok and states["late:news"].consecutive_failures == 1
+    assert not states["late:news"].ok
+    assert states["late:news"].consecutive_failures == 1
     assert states["dav:news"].ok
 
     # The failed host comes back: the next run syncs it and says it was a retry.
@@ -123,7 +125,8 @@ def test_publish_to_a_folder_and_webdav_a_failed_target_is_retried(
     try:
         second = newsletter(config, "archive", "publish")
         assert second.returncode == 0, second.stdout + second.stderr
-        assert "late:news" in second.stdout and "retried after a failure" in second.stdout
+        assert "late:news" in second.stdout
+        assert "retried after a failure" in second.stdout
         assert site_files(late.folder / "news") == built
     finally:
         late.stop()
@@ -144,7 +147,8 @@ def test_the_daemon_builds_and_publishes_after_each_sent_edition(
     app.editions.approve(edition)
     asyncio.run(policy.send_with_stop(app, edition, asyncio.Event()))  # the daemon's send job
     published = site_files(webdav.folder / "news")
-    assert f"en/{edition}.html" in published and "en/1.html" in published
+    assert f"en/{edition}.html" in published
+    assert "en/1.html" in published
     assert published == site_files(tmp_path / "data" / "archive")
     assert not load_states(app.engine)["late:news"].ok  # reported, and left for the next run
     app.engine.dispose()
