@@ -68,6 +68,8 @@ def write_site(files: Mapping[str, bytes], folder: Path) -> WriteReport:
     removed = []
     for path in sorted(folder.rglob("*"), reverse=True):
         rel = path.relative_to(folder).as_posix()
+        if path.name.startswith(".tmp-"):
+            continue  # another writer's file on its way in
         if path.is_file() and rel not in files:
             path.unlink()
             removed.append(rel)

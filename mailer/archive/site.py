@@ -154,7 +154,7 @@ def build_site(editions: Sequence[ArchivedEdition], settings: SiteSettings,
     env = ctx.env
     ordered = sorted(editions, key=lambda e: (e.sent_at, e.edition.id), reverse=True)
     files: dict[str, bytes] = {}
-    languages = []
+    languages: list[dict[str, object]] = []
     for language in settings.languages:
         catalog = catalog_for(language, override_dir=ctx.override_dir, strict=ctx.strict)
         pages: list[_Page] = []

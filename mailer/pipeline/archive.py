@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ from mailer.app import App
 from mailer.archive.publish import TargetResult, WriteReport, publish, write_site
 from mailer.archive.site import ArchivedEdition, SiteSettings, build_site, page_links
 from mailer.archive.state import load_states, record_results
-from mailer.errors import NewsletterError
-from mailer.models import EditionState
+from mailer.errors import InputError, NewsletterError
+from mailer.mirrors.health import ARCHIVE_MARKER
+from mailer.models import EditionState, InlineImage
 from mailer.render.images import fetch_images
 from mailer.render.variant import RenderContext
 
@@ -53,11 +55,26 @@ def sent_editions(app: App, images_client: httpx.AsyncClient | None = None) -> l
         edition = app.editions.load(info.id)
         if not edition.posts:
             continue
-        images = {}
+        images: dict[str, InlineImage] = {}
         if app.config.images.fetch:
             images = fetch_images(edition.posts, app.config.images, client=images_client)
         out.append(ArchivedEdition(edition, info.started_at or info.finished_at or info.created_at, images))
     return out
+
+
+# One build writes the folder at a time: the daemon can finish two editions at once.
+_WRITING = threading.Lock()
+
+
+def _check_folder(folder: Path) -> None:
+    """A build makes the folder hold exactly the site, deleting anything else: refuse a folder
+    that has files but no archive of ours (``--out /srv/www`` by mistake)."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    root = folder / "index.html"
+    if not (root.is_file() and ARCHIVE_MARKER in root.read_bytes()):
+        raise InputError(f"{folder} is not empty and holds no archive built here: "
+                         "choose an empty folder (a build deletes what is not the archive's)")
 
 
 def build_archive(app: App, out: Path | None = None,
@@ -72,7 +89,9 @@ def build_archive(app: App, out: Path | None = None,
                             subscribe_mailto=config.archive.subscribe_mailto,
                             public_url=config.newsletter.public_url)
     files = build_site(editions, settings, ctx)
-    report = write_site(files, folder)
+    _check_folder(folder)
+    with _WRITING:
+        report = write_site(files, folder)
     log.info("archive: %d edition(s) in %d language(s) at %s: %d file(s) written, %d removed",
              len(editions), len(settings.languages), folder, len(report.written), len(report.removed))
     return BuildReport(folder, len(editions), settings.languages, report)
@@ -88,7 +107,8 @@ def publish_archive(app: App, *, only_failed: bool = False) -> list[TargetResult
         targets = tuple(t for t in targets if t.remote in states and not states[t.remote].ok)
     if not targets:
         return []
-    results = publish(settings, settings.folder, targets)
+    with _WRITING:  # never sync a folder half-written
+        results = publish(settings, settings.folder, targets)
     record_results(app.engine, results, app.clock())
     for r in results:
         if r.ok:

@@ -139,3 +139,14 @@ def test_write_site_leaves_exactly_the_files_and_rewrites_only_changes(
         assert set(report.written) == {p for p, d in second.items() if first.get(p) != d}
         assert set(report.removed) == set(first) - set(second)
         assert write_site(second, folder).written == ()
+
+
+def test_build_refuses_a_folder_that_holds_something_else(tmp_path: Path, sqlite_url: str) -> None:
+    config = archive_config(tmp_path, sqlite_url, archive=HOSTS)
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "keep.txt").write_text("the operator's own file", encoding="utf-8")
+    result = newsletter(config, "archive", "build", "--out", str(www))
+    assert result.returncode == 2
+    assert "is not empty and holds no archive" in result.stderr
+    assert (www / "keep.txt").read_text(encoding="utf-8") == "the operator's own file"
