@@ -111,3 +111,22 @@ def test_bad_archive_config_names_file_key_and_line(tmp_path: Path, sqlite_url: 
     assert result.returncode == 2
     assert key in result.stderr
     assert str(config) in result.stderr
+
+
+def test_ooni_marks_an_archive_host_blocked_and_the_mail_leaves_it_out(tmp_path: Path, sqlite_url: str) -> None:
+    import json
+
+    blocked, free = "https://cr-archive.pages.dev", "https://cr-archive.gitlab.io"
+    config = archive_config(tmp_path, sqlite_url, archive=_targets(blocked, free))
+    measurement = {"input": f"{blocked}/index.html", "probe_cc": "CN", "test_name": "web_connectivity",
+                   "measurement_start_time": "2026-11-30 03:00:00",
+                   "test_keys": {"accessible": False, "blocking": "dns"}}
+    sample = tmp_path / "ooni.jsonl"
+    sample.write_text(json.dumps(measurement) + "\n", encoding="utf-8")
+    result = newsletter(config, "mirrors", "ooni", str(sample))
+    assert result.returncode == 0, result.stderr
+    assert f"BLOCKED  {blocked} (active)" in result.stdout
+    send_editions(config, 1)
+    body = _html(next((tmp_path / "outbox" / "new").iterdir()).read_bytes())
+    assert free + "/" in body
+    assert blocked not in body
