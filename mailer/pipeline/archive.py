@@ -8,6 +8,8 @@ come from :func:`archive_links`, for the healthy archive hosts the mirror regist
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -20,10 +22,11 @@ from mailer.app import App
 from mailer.archive.publish import TargetResult, WriteReport, publish, write_site
 from mailer.archive.site import ArchivedEdition, SiteSettings, build_site, page_links
 from mailer.archive.state import load_states, record_results
+from mailer.config import ImageSettings
 from mailer.errors import InputError, NewsletterError
 from mailer.mirrors.health import ARCHIVE_MARKER
-from mailer.models import EditionState, InlineImage
-from mailer.render.images import fetch_images
+from mailer.models import Edition, EditionState, InlineImage
+from mailer.render.images import fetch_images, image_urls
 from mailer.render.variant import RenderContext
 
 __all__ = [
@@ -48,8 +51,41 @@ class BuildReport:
     write: WriteReport
 
 
-def sent_editions(app: App, images_client: httpx.AsyncClient | None = None) -> list[ArchivedEdition]:
-    """Every sent edition with the time it went out and its images (fetched as for the mail)."""
+def _cache_folder(folder: Path) -> Path:
+    # Beside the site, never in it: nothing here is published.
+    return folder.with_name(folder.name + ".cache")
+
+
+def _cached_images(cache: Path, edition: Edition, settings: ImageSettings,
+                   client: httpx.AsyncClient | None) -> dict[str, InlineImage]:
+    """An edition's images, fetched once: a sent edition's posts rarely change, and every build
+    (after each send) must not download every image of every past edition again. The cache
+    holds what was fetched for exactly these image URLs; another set of URLs fetches afresh."""
+    urls = image_urls(edition.posts)
+    path = cache / f"edition-{edition.id}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("urls") == urls:
+            return {url: InlineImage(cid=i["cid"], content_type=i["content_type"],
+                                     data=base64.b64decode(i["data"]), filename=i["filename"])
+                    for url, i in data["images"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    images = fetch_images(edition.posts, settings, client=client)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}")  # two builds at once: whole files only
+    tmp.write_text(json.dumps({"urls": urls, "images": {
+        url: {"cid": i.cid, "content_type": i.content_type, "filename": i.filename,
+              "data": base64.b64encode(i.data).decode("ascii")} for url, i in images.items()}}),
+        encoding="utf-8")
+    tmp.replace(path)
+    return images
+
+
+def sent_editions(app: App, images_client: httpx.AsyncClient | None = None,
+                  cache: Path | None = None) -> list[ArchivedEdition]:
+    """Every sent edition with the time it went out and its images (fetched as for the mail,
+    once per edition when ``cache`` names a folder)."""
     out = []
     for info in app.editions.find([EditionState.SENT]):
         edition = app.editions.load(info.id)
@@ -57,7 +93,8 @@ def sent_editions(app: App, images_client: httpx.AsyncClient | None = None) -> l
             continue
         images: dict[str, InlineImage] = {}
         if app.config.images.fetch:
-            images = fetch_images(edition.posts, app.config.images, client=images_client)
+            images = (_cached_images(cache, edition, app.config.images, images_client) if cache
+                      else fetch_images(edition.posts, app.config.images, client=images_client))
         out.append(ArchivedEdition(edition, info.started_at or info.finished_at or info.created_at, images))
     return out
 
@@ -83,7 +120,7 @@ def build_archive(app: App, out: Path | None = None,
     (default ``[archive] folder``); only files whose bytes changed are rewritten."""
     config = app.config
     folder = out or config.archive.folder
-    editions = sent_editions(app, images_client)
+    editions = sent_editions(app, images_client, _cache_folder(folder))
     ctx = RenderContext.from_config(config, date=app.clock(), env=app.jinja, onions=())
     settings = SiteSettings(languages=config.newsletter.languages, hosts=config.archive.hosts,
                             subscribe_mailto=config.archive.subscribe_mailto,

@@ -17,7 +17,7 @@ from mailer.cli.base import run_cli
 from mailer.schema import feeds, posts
 from tests.scheduler.helpers import write_config
 
-__all__ = ["READERS", "SITES", "archive_config", "free_port", "png_data_url", "send_editions", "site_files"]
+__all__ = ["READERS", "SITES", "add_post", "archive_config", "free_port", "png_data_url", "send_editions", "site_files"]
 
 READERS = (("li.wei@example.com", "zh-Hans"), ("anna@example.net", "en"), ("chen@example.org", "zh-Hans"))
 SITES = "".join(f'\n[[mirrors.sites]]\nurl = "https://mirror-{i}.example.net"\nstatus = "active"\n'
@@ -38,15 +38,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def archive_config(tmp: Path, db_url: str, *, archive: str = "", sites: str = SITES) -> Path:
+def archive_config(tmp: Path, db_url: str, *, archive: str = "", sites: str = SITES, images: str = "") -> Path:
     """The scheduler tests' config, images on (data: URLs only), mirrors and ``archive``."""
     path = write_config(tmp, db_url, editors=(), extra=sites + archive)
-    text = path.read_text(encoding="utf-8").replace("[images]\nfetch = false", "[images]\nfetch = true")
+    text = path.read_text(encoding="utf-8").replace("[images]\nfetch = false", f"[images]\nfetch = true\n{images}")
     path.write_text(text, encoding="utf-8")
     return path
 
 
-def _add_post(app: App, k: int, language: str, title: str, body: str, images: str = "[]") -> None:
+def add_post(app: App, k: int, language: str, title: str, body: str, images: str = "[]") -> None:
     url = "https://example.blogspot.com/feeds/posts/default"
     with app.engine.begin() as conn:
         feed_id = conn.execute(select(feeds.c.id).where(feeds.c.url == url)).scalar()
@@ -66,10 +66,10 @@ def send_editions(config: Path, editions: int = 2) -> App:
         app.subscribers.add(address, language, confirmed=True)
     for n in range(editions):
         image = png_data_url((200, 30 * n, 40))
-        _add_post(app, 2 * n, "zh-Hans", f"维权律师的软件与信息安全 第{n + 1}期",
+        add_post(app, 2 * n, "zh-Hans", f"维权律师的软件与信息安全 第{n + 1}期",
                   f'<p>正文 {n}。</p><p><img src="{image}" alt="图 {n}"></p>',
                   json.dumps([{"url": image, "alt": f"图 {n}"}]))
-        _add_post(app, 2 * n + 1, "en", f"Digital security for lawyers, part {n + 1}",
+        add_post(app, 2 * n + 1, "en", f"Digital security for lawyers, part {n + 1}",
                   f'<p>Body {n} with <a href="https://example.blogspot.com/2026/11/{n}.html">a link</a>.</p>')
         assert run_cli(["--config", str(config), "send"]) == 0
     return app

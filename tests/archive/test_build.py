@@ -13,6 +13,7 @@ from mailer.archive.publish import write_site
 from mailer.archive.site import edition_page, page_links
 from tests.archive.helpers import archive_config, send_editions, site_files
 from tests.support.cli import newsletter
+from tests.support.http import HTTPServer, Reply
 
 HOSTS = """
 [archive]
@@ -152,3 +153,35 @@ def test_build_refuses_a_folder_that_holds_something_else(tmp_path: Path, sqlite
     assert result.returncode == 2
     assert "is not empty and holds no archive" in result.stderr
     assert (www / "keep.txt").read_text(encoding="utf-8") == "the operator's own file"
+
+
+def test_an_editions_images_are_fetched_once_not_on_every_build(
+        tmp_path: Path, sqlite_url: str, http_server: HTTPServer) -> None:
+    import io
+    import json
+
+    from PIL import Image
+
+    from mailer.app import App
+    from mailer.cli.base import run_cli
+    from tests.archive.helpers import add_post
+
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 40), (10, 120, 200)).save(buf, "PNG")
+    http_server.routes["/photo.png"] = Reply(body=buf.getvalue(), headers={"Content-Type": "image/png"})
+    url = http_server.url("/photo.png")
+    config = archive_config(tmp_path, sqlite_url, archive=HOSTS,
+                            images='unsafe_allow_networks_for_tests = ["127.0.0.0/8"]')
+    app = App.from_path(config, environ={})
+    app.subscribers.add("reader@example.com", "en", confirmed=True)
+    add_post(app, 0, "en", "With a photo", f'<p>Look:</p><p><img src="{url}" alt="photo"></p>',
+             json.dumps([{"url": url, "alt": "photo"}]))
+    assert run_cli(["--config", str(config), "send"]) == 0
+    fetched = len([p for p, _ in http_server.requests if p == "/photo.png"])
+    assert fetched >= 1  # the mail embedded it
+    for _ in range(2):
+        assert newsletter(config, "archive", "build").returncode == 0
+    assert len([p for p, _ in http_server.requests if p == "/photo.png"]) == fetched + 1
+    [image] = [p for p in site_files(tmp_path / "data" / "archive") if p.startswith("images/")]
+    assert f'src="../{image}"' in (tmp_path / "data" / "archive" / "en" / "1.html").read_text(encoding="utf-8")
+    app.engine.dispose()
