@@ -103,6 +103,13 @@ def test_atom_feed_per_language_lists_the_editions_newest_first(tmp_path: Path, 
     assert "维权律师的软件与信息安全 第3期" in feed.entries[0].content[0].value
     assert len({e.id for e in feed.entries}) == 3
     assert "正文" in feed.entries[-1].content[0].value
+    # Our own [[feeds]] read it too (a second newsletter, or ours re-reading the archive).
+    from mailer.feeds.parse import parse_feed
+
+    ours = parse_feed((out / "zh-Hans" / "feed.atom").read_bytes(), feed_url=base)
+    assert ours.warning is None
+    assert [p.link for p in ours.posts] == links
+    assert "维权律师的软件与信息安全 第3期" in ours.posts[0].content_html
     en = feedparser.parse((out / "en" / "feed.atom").read_bytes())
     assert [e.link for e in en.entries] == ["3.html", "2.html", "1.html"]
 
