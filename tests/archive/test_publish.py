@@ -152,3 +152,46 @@ def test_the_daemon_builds_and_publishes_after_each_sent_edition(
     assert published == site_files(tmp_path / "data" / "archive")
     assert not load_states(app.engine)["late:news"].ok  # reported, and left for the next run
     app.engine.dispose()
+
+
+def test_newsletter_run_publishes_the_archive_after_it_sends(tmp_path: Path, sqlite_url: str) -> None:
+    """The real daemon: an approved edition is due, it is sent, and the archive of it appears on
+    the target without anyone running ``archive`` by hand."""
+    import signal
+    import sys
+
+    from tests.editions.helpers import add_posts
+    from tests.support.cli import ENV
+
+    config = archive_config(tmp_path, sqlite_url, archive=f"""
+[archive]
+rclone = "{_rclone()}"
+
+[[archive.targets]]
+remote = "public"
+url = "https://cr-archive.pages.dev"
+""")
+    app = App.from_path(config, environ={})
+    app.subscribers.add("reader@example.com", "en", confirmed=True)
+    add_posts(app.engine, 2)
+    edition = app.editions.create()
+    assert edition is not None
+    app.editions.approve(edition)  # approved with no time: due now
+    log = (tmp_path / "daemon.log").open("wb")
+    daemon = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(config), "run"],
+                              stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=tmp_path)
+    page = tmp_path / "public" / "en" / f"{edition}.html"
+    try:
+        deadline = time.monotonic() + 90
+        while not page.is_file():
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.2)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+        log.close()
+    assert "Post 0" in page.read_text(encoding="utf-8")
+    assert "public synced" in (tmp_path / "daemon.log").read_text()
+    assert load_states(app.engine)[str(tmp_path / "public")].ok
+    app.engine.dispose()
