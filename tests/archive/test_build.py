@@ -130,6 +130,17 @@ def test_page_links_name_each_host_and_the_first_language_of_a_pair() -> None:
     )
 
 
+@given(hosts=st.lists(st.from_regex(r"https://[a-z]{1,8}\.example\.(net|org)(/[a-z]{1,5})?", fullmatch=True),
+                      max_size=4),
+       language=st.sampled_from(["en", "zh-Hans", "zh-Hant", "zh-Hans+en", "zh-Hant+en"]),
+       edition=st.integers(min_value=1, max_value=10**6))
+def test_page_links_point_at_the_one_page_path_on_each_host(hosts: list[str], language: str,
+                                                            edition: int) -> None:
+    links = page_links(hosts, language, edition)
+    assert [url for _, url in links] == [f"{h}/{edition_page(language.split('+')[0], edition)}" for h in hosts]
+    assert all(url.startswith(f"https://{host}") for host, url in links)
+
+
 _FILES = st.dictionaries(st.from_regex(r"[a-z]{1,4}(/[a-z]{1,4})?\.html", fullmatch=True),
                          st.binary(max_size=20), max_size=5)
 
