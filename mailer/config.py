@@ -25,6 +25,8 @@ from subscribers.languages import KNOWN_LANGUAGES, choices, is_pair_of
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
+    "ArchiveSettings",
+    "ArchiveTarget",
     "Config",
     "DKIMSettings",
     "DeliverySettings",
@@ -239,7 +241,9 @@ class MirrorSite:
 
     url: str
     status: Literal["active", "reserve", "retired"] = "active"
-    kind: Literal["https", "onion", "ipfs"] = "https"
+    # "archive": an ``[[archive.targets]]`` url, added at load time; checked like a mirror,
+    # never handed out as one (it serves the archive, not the blog's pages).
+    kind: Literal["https", "onion", "ipfs", "archive"] = "https"
     added: date | None = None
     retired: date | None = None
     note: str = ""
@@ -325,6 +329,30 @@ class DKIMSettings:
 
 
 @dataclass(frozen=True)
+class ArchiveTarget:
+    """One ``[[archive.targets]]``: where rclone syncs the archive, and where readers find it."""
+
+    remote: str  # an rclone remote path ("r2:bucket/news") or a local folder
+    url: str | None = None  # the public base readers open, without a trailing slash
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """``[archive]``: the static web archive of sent editions (mailer/archive/)."""
+
+    folder: Path = Path("data/archive")
+    targets: tuple[ArchiveTarget, ...] = ()
+    rclone_config: Path | None = None  # rclone's own config file: the credentials stay there
+    rclone: str = "rclone"  # the binary
+    subscribe_mailto: str | None = None  # shown in the archive's footer
+    timeout: float = 600.0  # seconds one target's sync may take
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(t.url for t in self.targets if t.url)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated config. ``path`` is the file it came from."""
 
@@ -339,6 +367,7 @@ class Config:
     images: ImageSettings = ImageSettings()
     web: WebSettings = WebSettings()
     dkim: DKIMSettings | None = None
+    archive: ArchiveSettings = ArchiveSettings()
     # The SMTP envelope sender (MAIL FROM, where bounces go): ``[delivery] envelope_from``, else
     # the address in ``[newsletter] from``. Resolved here, once, for every sender of mail.
     envelope_sender: str = field(init=False, repr=False, compare=False)
@@ -1093,6 +1122,58 @@ def _dkim(ld: _Loader, s: _Section) -> DKIMSettings | None:
     return out
 
 
+def _archive_remote(value: str) -> str:
+    if not value.strip() or any(c in value for c in "\r\n\0"):
+        raise ValueError("must be an rclone remote path such as 'r2:bucket/news' or a folder")
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} would be read by rclone as an option")
+    return value
+
+
+def _archive(ld: _Loader, s: _Section, mirrors: MirrorSettings) -> ArchiveSettings:
+    d = ArchiveSettings()
+    targets: list[ArchiveTarget] = []
+    for t in s.tables("targets"):
+        remote = t.convert("remote", str, _archive_remote)
+        if ":" not in remote.split("/", 1)[0]:
+            remote = str(ld.resolve(remote))  # a local folder, relative to the config file
+        url = t.convert("url", str, _url, None)
+        if url is not None:
+            for j, earlier in enumerate(targets):
+                if earlier.url and same_place(url, earlier.url):
+                    raise t.error("url", f"duplicate of archive.targets[{j}] ({earlier.url})")
+            for site in mirrors.sites:
+                if same_place(url, site.url):
+                    raise t.error("url", f"is also a mirror ({site.url}); an archive host serves "
+                                         "the archive, not the blog's pages")
+            if is_origin_host((urlsplit(url).hostname or "").lower(), mirrors.origins):
+                raise t.error("url", "is on an origin's host: the censor blocks it already")
+        targets.append(ArchiveTarget(remote=remote, url=url))
+        t.done()
+    rclone_config = s.get("rclone_config", str, None)
+    timeout = float(s.get("timeout", float, d.timeout))
+    if timeout <= 0:
+        raise s.error("timeout", "must be positive")
+    out = ArchiveSettings(
+        folder=ld.resolve(s.get("folder", str, str(d.folder))),
+        targets=tuple(targets),
+        rclone_config=ld.resolve(rclone_config) if rclone_config else None,
+        rclone=s.get("rclone", str, d.rclone),
+        subscribe_mailto=s.convert("subscribe_mailto", str, _address, None),
+        timeout=timeout,
+    )
+    s.done()
+    return out
+
+
+def _with_archive_sites(mirrors: MirrorSettings, archive: ArchiveSettings) -> MirrorSettings:
+    """The archive hosts join the mirror registry as kind ``archive``: checked, OONI-imported
+    and listed like mirrors, but never handed out in a mirror slot."""
+    extra = tuple(MirrorSite(url=url, status="active", kind="archive", note="[[archive.targets]]")
+                  for url in archive.hosts)
+    return dataclasses.replace(mirrors, sites=mirrors.sites + extra) if extra else mirrors
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -1120,11 +1201,13 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         feeds=tuple(_feed(ld, f) for f in root.tables("feeds")),
         schedule=_schedule(root.table("schedule")),
         delivery=_delivery(ld, root.table("delivery")),
-        mirrors=_mirrors(ld, root.table("mirrors")),
+        mirrors=_with_archive_sites(mirrors := _mirrors(ld, root.table("mirrors")),
+                                    archive := _archive(ld, root.table("archive"), mirrors)),
         fetch=(fetch := _fetch(root.table("fetch"))),
         images=_images(root.table("images"), fetch),
         web=_web(ld, root.table("web")),
         dkim=_dkim(ld, root.table("dkim")),
+        archive=archive,
     )
     root.done()
     return cfg

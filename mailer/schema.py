@@ -22,6 +22,7 @@ from sqlalchemy import (
 from subscribers.schema import metadata, subscribers
 
 __all__ = [
+    "archive_targets",
     "daemon_lock",
     "edition_posts",
     "editions",
@@ -176,4 +177,17 @@ daemon_lock = Table(
     Column("owner", String(128), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# The web archive's publish targets ([[archive.targets]], by their rclone remote): what the last
+# sync did, so a failed one is retried and reported on the next run (migration 0013).
+archive_targets = Table(
+    "archive_targets",
+    metadata,
+    Column("remote", Text, primary_key=True),
+    Column("ok", Boolean, nullable=False, default=False),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("last_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("last_ok_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
 )

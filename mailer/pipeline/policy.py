@@ -24,6 +24,7 @@ from mailer.errors import EditionError, InputError
 from mailer.feeds.poll import PollReport, poll_feeds
 from mailer.lock import process_is_gone
 from mailer.models import EditionState
+from mailer.pipeline.archive import archive_after_send, retry_failed_targets
 from mailer.pipeline.send import Held, SendSummary, send_edition, send_new_posts
 from subscribers.mailin import MailinReport
 
@@ -413,10 +414,17 @@ async def resume_interrupted(app: App, send: SendOne, *,
 
 
 async def send_with_stop(app: App, edition_id: int, stop: asyncio.Event) -> object:
-    """The daemon's send: :func:`send_edition` with its ``stop`` (finish in flight, claim no more)."""
-    return await send_edition(app, edition_id, stop=stop)
+    """The daemon's send: :func:`send_edition` with its ``stop`` (finish in flight, claim no more);
+    once the edition is sent, the web archive is built and published ([archive] targets)."""
+    summary = await send_edition(app, edition_id, stop=stop)
+    if not stop.is_set() and app.editions.info(edition_id).state is EditionState.SENT:
+        await archive_after_send(app)
+    return summary
 
 
 async def check_mirrors(app: App) -> object:
-    """Mirror health checks (the ``mirrors`` job)."""
-    return await app.mirrors.check()
+    """Mirror health checks (the ``mirrors`` job); archive targets whose last sync failed are
+    synced again."""
+    results = await app.mirrors.check()
+    await retry_failed_targets(app)
+    return results

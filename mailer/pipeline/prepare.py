@@ -7,6 +7,7 @@ the config, and the footer's onion addresses likewise.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from mailer.delivery.outbox import OutboxRow
 from mailer.errors import EditionError, InputError
 from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
 from mailer.models import Edition
+from mailer.pipeline.archive import archive_links
 from mailer.render.images import fetch_images
 from mailer.render.variant import RenderContext, inline_css, render_variant
 from subscribers.lifecycle import Recipient
@@ -107,6 +109,8 @@ def prepare(app: App, edition: Edition, *, date: datetime | None = None, strict:
     onions = [site.url for site in app.mirrors.static_links()]
     ctx = RenderContext.from_config(app.config, date=now, images=images, env=app.jinja,
                                     strict=strict, inliner=counted_inline, onions=onions)
+    # "Read this issue on …": the edition's page on each healthy archive host.
+    ctx = dataclasses.replace(ctx, archive_links=archive_links(app, edition.id, wanted))
     headers = header_settings(app)
     templates = {
         choice: MessageTemplate.build(render_variant(edition, choice, ctx), edition_id=edition.id,

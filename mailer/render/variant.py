@@ -37,6 +37,7 @@ __all__ = [
     "SINGLE_POST_KINDS",
     "IntroNote",
     "RenderContext",
+    "WebEdition",
     "edition_subject",
     "inline_css",
     "intro_notes",
@@ -45,6 +46,7 @@ __all__ = [
     "order_posts",
     "render_edition",
     "render_variant",
+    "web_edition",
 ]
 
 SINGLE_POST_KINDS = frozenset({"post", "per-post", "single"})
@@ -92,7 +94,7 @@ def mirror_slot_count(mirrors: MirrorSettings) -> int:
 
     Onion addresses are not partitioned (they cannot be blocked by DNS or SNI): they go into the
     footer for everyone, so they do not count here."""
-    handed_out = [s for s in mirrors.active if s.kind != "onion"]
+    handed_out = [s for s in mirrors.active if s.kind not in ("onion", "archive")]
     return min(mirrors.per_recipient, len(handed_out))
 
 
@@ -111,6 +113,9 @@ class RenderContext:
     strict: bool = False
     inline_css: Callable[[str], str] = inline_css
     text_width: int = 72
+    # Per language choice, ``(host, url)`` of this edition's page on each healthy archive host
+    # ("read this issue on …"); the pipeline builds it, the archive owns the page's path.
+    archive_links: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     @classmethod
     def from_config(
@@ -362,10 +367,10 @@ def _content_language(choice: str) -> str:
     return ", ".join(_halves(choice))
 
 
-def render_variant(edition: Edition, language: str, ctx: RenderContext) -> RenderedVariant:
-    """Render ``edition`` for readers of ``language`` (a single language or "zh-Hans+en")."""
-    if not edition.posts:
-        raise RenderError(f"edition {edition.id} has no posts to render")
+def _shown(edition: Edition, language: str,
+           ctx: RenderContext) -> tuple[_Chrome, str, list[_ShownPost], str, str, str]:
+    """The chrome, layout, shown posts, name, date and subject of one variant: the mail's and
+    the archive page's alike."""
     chrome = _Chrome(language, ctx)
     layout = layout_for(edition)
     posts = [_show_post(p, i, chrome, ctx) for i, p in enumerate(order_posts(edition.posts, language))]
@@ -373,6 +378,14 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
     date_text = chrome.date(ctx.date)
     subject = edition_subject(edition.subjects, language, _no_crlf(
         posts[0].title if layout == "post" else f"{name} · {date_text}"))
+    return chrome, layout, posts, name, date_text, subject
+
+
+def render_variant(edition: Edition, language: str, ctx: RenderContext) -> RenderedVariant:
+    """Render ``edition`` for readers of ``language`` (a single language or "zh-Hans+en")."""
+    if not edition.posts:
+        raise RenderError(f"edition {edition.id} has no posts to render")
+    chrome, layout, posts, name, date_text, subject = _shown(edition, language, ctx)
     mirrors = tuple(mirror_slot(i) for i in range(ctx.mirror_slots))
     values = {
         "_": chrome._,
@@ -388,6 +401,7 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
         "layout": layout,
         "mirrors": mirrors,
         "onions": ctx.onions,
+        "archive_links": ctx.archive_links.get(language, ()),
         "unsubscribe_url": UNSUB_SLOT,
         "public_url": ctx.newsletter.public_url,
         "mirror_label": chrome.mirror_label,
@@ -456,3 +470,51 @@ def _normalise_text(text: str) -> str:
 def render_edition(edition: Edition, languages: Sequence[str], ctx: RenderContext) -> dict[str, RenderedVariant]:
     """Every variant of one edition, keyed by subscriber choice."""
     return {lang: render_variant(edition, lang, ctx) for lang in languages}
+
+
+@dataclass(frozen=True)
+class WebEdition:
+    """One edition as a web page shows it (the archive): the mail's posts, catalog, dates and
+    subject, with nothing per recipient: no slot, no mirror link (render it with
+    ``mirror_slots=0``). Images are still ``cid:`` references; the page's writer maps them."""
+
+    language: str
+    lang: str
+    languages: tuple[str, ...]
+    name: str
+    subject: str
+    date: str
+    layout: str
+    posts: tuple[_ShownPost, ...]
+    fonts: Markup
+    translate: Callable[..., str]
+    mirror_label: Callable[[int], str]
+    images: tuple[InlineImage, ...]
+
+
+def web_edition(edition: Edition, language: str, ctx: RenderContext) -> WebEdition:
+    """``edition`` for readers of ``language`` on the web (pure). ``ctx.mirror_slots`` must be 0."""
+    if not edition.posts:
+        raise RenderError(f"edition {edition.id} has no posts to render")
+    if ctx.mirror_slots:
+        raise RenderError("a web page carries no per-recipient mirror slots")
+    chrome, layout, posts, name, date_text, subject = _shown(edition, language, ctx)
+    images: dict[str, InlineImage] = {}
+    for post in posts:
+        for image in post.images:
+            images.setdefault(image.cid, image)
+    return WebEdition(
+        language=language,
+        lang=_html_lang(language),
+        languages=chrome.halves,
+        name=name,
+        subject=subject,
+        date=date_text,
+        layout=layout,
+        posts=tuple(posts),
+        # Constant CSS of ours, not feed text.
+        fonts=Markup(_FONTS[next((h for h in chrome.halves if h in CHINESE), "en")]),  # noqa: S704
+        translate=chrome._,
+        mirror_label=chrome.mirror_label,
+        images=tuple(images.values()),
+    )
