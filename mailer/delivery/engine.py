@@ -509,13 +509,13 @@ class DeliveryEngine(Generic[R]):
         age = now - row.created_at if row.created_at is not None else timedelta(0)
         decision = self.classifier.decide(result, attempts=row.attempts, age=age, rand=self.rand(),
                                           domain=row.domain)
+        # Decided on the relay's words, stored and logged without any spelling of the address.
+        result = replace(result, reply=scrub_reply(result.reply, recipient=recipient))
         if decision.verdict is Verdict.SLOW_DOWN:
             self._slow_down(row.domain)
         elif decision.verdict is Verdict.BLOCKLISTED and decision.family is not None:
             until = now + (decision.retry_in or timedelta(hours=24))
-            self._block(decision.family, until, f"{result.code} {scrub_reply(result.reply)}")
-        # Decided on the relay's words, stored and logged without any spelling of the address.
-        result = replace(result, reply=scrub_reply(result.reply, recipient=recipient))
+            self._block(decision.family, until, f"{result.code} {result.reply}")
         next_at = now + decision.retry_in if decision.retry_in is not None else None
         if decision.state is not OutboxState.SENT:
             log.debug("subscriber %d: %s %s %s", row.subscriber_id, decision.state.value,
