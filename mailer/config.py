@@ -880,7 +880,8 @@ def _domain_rate(t: _Section) -> tuple[float, DomainCap]:
 @functools.cache
 def shipped_provider_rules() -> ProviderRules:
     """``mailer/delivery/providers.toml`` alone (what ``DeliverySettings()`` starts from)."""
-    return ProviderRules(tuple(_rules_file(SHIPPED_RULES)))
+    return ProviderRules(tuple(dataclasses.replace(f, label=f.label or f.name)
+                               for f in _rules_file(SHIPPED_RULES)))
 
 
 def _provider_rules(extra: Path | None, s: _Section, key: str) -> ProviderRules:
@@ -898,7 +899,7 @@ def _provider_rules(extra: Path | None, s: _Section, key: str) -> ProviderRules:
         if base is not None:
             fam = Family(fam.name, fam.label or base.label, fam.domains or base.domains,
                          fam.rules + base.rules)
-        merged.append(fam)
+        merged.append(dataclasses.replace(fam, label=fam.label or fam.name))
     mine = {f.name for f in own}
     merged += [f for f in shipped if f.name not in mine]
     return ProviderRules(tuple(merged))
@@ -950,7 +951,7 @@ def _rules_file(path: Path) -> list[Family]:
                 hold = DEFAULT_BLOCK_HOLD
             r.done()
             rules.append(Rule(compiled, verdict, frozenset(codes), retry_after, hold))
-        label = fam.get("label", str, name)
+        label = fam.get("label", str, "")  # empty: the shipped family's, or the name
         fam.done()
         families.append(Family(name, label, domains, tuple(rules)))
     return families

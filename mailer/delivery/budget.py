@@ -125,7 +125,7 @@ class DomainBudget:
         with self.engine.begin() as conn:
             if conn.execute(self._insert(provider_blocks).values(
                     family=family, since=now, until=until, reason=reason[:500])
-                    .on_conflict_do_nothing()).rowcount == 1:
+                    .on_conflict_do_nothing().returning(b.family)).first() is not None:
                 return True
             current = as_utc(conn.execute(select(b.until).where(b.family == family)
                                           .with_for_update()).scalar())

@@ -209,7 +209,7 @@ async def test_a_blocklisted_reply_stops_that_provider_and_nothing_else(db: Engi
         by = states(db, first)
         assert by["163.com"] == {"deferred": 10}  # waiting, none failed
         assert by["qq.com"] == {"sent": 10}
-        assert by["example.org"] == {"sent": 10}
+        assert by["other"] == {"sent": 10}  # example.org is kept as "other"
         until = T0 + timedelta(hours=24)
         assert [(f, u) for f, u, _ in told] == [("netease", until)]  # told once
         assert "blocklisted" in told[0][2]

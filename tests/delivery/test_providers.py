@@ -132,7 +132,7 @@ def test_an_operators_file_adds_families_and_puts_its_rules_first(tmp_path: Path
     ('[x]\ndomains = ["x.example"]\n\n[[x.rules]]\nmatch = "a"\noutcome = "maybe"\n',
      "x.rules[0].outcome", 6),
     ('[x]\ndomains = ["x.example"]\n\n[[x.rules]]\nmatch = "a"\noutcome = "defer"\n\n'
-     '[[x.rules]]\nmatch = "b"\noutcome = "defer"\ncodes = [250]\n', "x.rules[1].codes[0]", 12),
+     '[[x.rules]]\nmatch = "b"\noutcome = "defer"\ncodes = [250]\n', "x.rules[1].codes[0]", 11),
     ('[x]\ndomains = ["x.example"]\n\n[[x.rules]]\nmatch = "a"\noutcome = "defer"\nhold = "1h"\n',
      "x.rules[0].hold", 7),
     ('[x]\ndomains = ["not a domain"]\n', "x.domains[0]", 2),
@@ -155,7 +155,7 @@ def test_a_missing_rules_file_names_the_config_key(tmp_path: Path) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=r"nope\.toml") as info:
         load_config(path, {"SMTP_PASSWORD": "x"})
-    assert (info.value.path, info.value.key, info.value.line) == (path, "delivery.providers_file", 21)
+    assert (info.value.path, info.value.key, info.value.line) == (path, "delivery.providers_file", 19)
 
 
 def test_domain_rates_take_hourly_and_daily_caps(tmp_path: Path) -> None:
