@@ -46,6 +46,7 @@ class EditionReport:
     edition_id: int
     totals: Mapping[OutboxState, int]
     by_domain: Mapping[str, Mapping[OutboxState, int]]
+    by_language: Mapping[str, Mapping[OutboxState, int]] = field(default_factory=dict)
     finish: Mapping[str, Finish] = field(default_factory=dict)
 
     @property
@@ -70,9 +71,10 @@ def edition_report(engine: Engine, edition_id: int, settings: DeliverySettings |
         for state, n in row.items():
             totals[state] += n
     ordered = dict(sorted(by_domain.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])))
+    languages = dict(sorted(outbox.counts_by_language(edition_id).items()))
     finish = finish_times(engine, outbox, edition_id, ordered, settings, clock()) if settings \
         else {}
-    return EditionReport(edition_id, totals, ordered, finish)
+    return EditionReport(edition_id, totals, ordered, languages, finish)
 
 
 def finish_times(engine: Engine, outbox: Outbox, edition_id: int,
@@ -139,6 +141,12 @@ def format_report(report: EditionReport, *, top: int | None = None, tz: str = "U
         lines.append(f"{domain:<{width}}  " + "  ".join(f"{row.get(c, 0):>8}" for c in _COLUMNS))
     lines.append(f"{'total':<{width}}  "
                  + "  ".join(f"{report.totals.get(c, 0):>8}" for c in _COLUMNS))
+    if len(report.by_language) > 1:
+        lwidth = max([len("language"), *(len(lang) for lang in report.by_language)])
+        lines.append("")
+        lines.append(f"{'language':<{lwidth}}  " + "  ".join(f"{n:>8}" for n in names))
+        for lang, row in report.by_language.items():
+            lines.append(f"{lang:<{lwidth}}  " + "  ".join(f"{row.get(c, 0):>8}" for c in _COLUMNS))
     if report.finish:
         lines += ["", "still to send, and when each domain will be finished (estimate):"]
         zone = ZoneInfo(tz)
