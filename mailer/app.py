@@ -253,7 +253,7 @@ class App:
         """One row per (edition, subscriber); rows change only when a reply is known."""
         from mailer.delivery.outbox import Outbox
 
-        return Outbox(self.engine, self.clock, self.config.delivery.domain_rates)
+        return Outbox(self.engine, self.clock, self.config.delivery.limited_domains)
 
     @cached_property
     def senders(self) -> SenderRegistry:

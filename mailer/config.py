@@ -7,6 +7,7 @@ Nothing reads the TOML file or the environment after ``load_config`` returns: se
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import tomllib
 import zoneinfo
@@ -19,6 +20,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+from mailer.delivery.providers import (
+    DEFAULT_BLOCK_HOLD,
+    SHIPPED_RULES,
+    Family,
+    ProviderRules,
+    Rule,
+    Verdict,
+)
 from mailer.errors import ConfigError
 from mailer.mirrors.sites import is_origin_host, same_place
 from subscribers.languages import KNOWN_LANGUAGES, choices, is_pair_of
@@ -30,6 +39,7 @@ __all__ = [
     "Config",
     "DKIMSettings",
     "DeliverySettings",
+    "DomainCap",
     "FeedSettings",
     "FetchSettings",
     "ImageSettings",
@@ -50,11 +60,10 @@ DEFAULT_CONFIG_NAME = "newsletter.toml"
 
 # Provider answers that mean "we refused the content", not "the address is bad" (issue 7).
 DEFAULT_CONTENT_REJECTIONS = (
-    r"(?i)mail content denied",
-    r"(?i)inappropriate (words|content)",
-    r"DT:SPM",
     r"(?i)content.*(rejected|refused|blocked)",
-)  # not a bare "spam": Spamhaus-style IP blocks mention it and are not about the content
+)  # not a bare "spam": Spamhaus-style IP blocks mention it and are not about the content.
+# Each provider's own wording (QQ's "mail content denied", NetEase's DT:SPM) is in
+# mailer/delivery/providers.toml, with the provider's other rules (issue 21).
 
 
 # --------------------------------------------------------------------------- settings objects
@@ -229,6 +238,28 @@ class DeliverySettings:
         for relay in self.relays:
             if relay.missing_password is not None:
                 raise relay.missing_password
+
+    # Issue 21: hourly and daily caps per destination (``domain_rates."163.com" = {rate = 5,
+    # per_hour = 3000, per_day = 100000}``), and each provider's reply rules.
+    domain_caps: Mapping[str, DomainCap] = field(default_factory=dict)
+    providers: ProviderRules = field(default_factory=lambda: _default_rules())
+
+    @property
+    def limited_domains(self) -> frozenset[str]:
+        """Every domain ``domain_rates`` names, with a rate or a cap (kept by name in the outbox)."""
+        return frozenset(self.domain_rates) | frozenset(self.domain_caps)
+
+
+def _default_rules() -> ProviderRules:
+    return shipped_provider_rules()
+
+
+@dataclass(frozen=True)
+class DomainCap:
+    """A destination's hourly and daily caps for the whole deployment (None: no cap)."""
+
+    per_hour: int | None = None
+    per_day: int | None = None
 
 
 @dataclass(frozen=True)
@@ -882,9 +913,20 @@ def _delivery(ld: _Loader, s: _Section) -> DeliverySettings:
             raise s.error(f"content_rejections[{i}]", f"bad regular expression: {exc}") from None
     rates_sec = s.table("domain_rates")
     rates: dict[str, float] = {}
+    caps: dict[str, DomainCap] = {}
     for domain in list(rates_sec._data):
-        rates[domain.lower()] = float(rates_sec.get(domain, float))
+        if not isinstance(rates_sec._data[domain], dict):
+            rates[domain.lower()] = float(rates_sec.get(domain, float))
+            continue
+        rate, cap = _domain_rate(rates_sec.table(domain))
+        if rate > 0:
+            rates[domain.lower()] = rate
+        if cap.per_hour is not None or cap.per_day is not None:
+            caps[domain.lower()] = cap
     rates_sec.done()
+    providers_file = s.get("providers_file", str, None)
+    providers = _provider_rules(ld.resolve(providers_file) if providers_file else None,
+                                s, "providers_file")
     d = DeliverySettings()
     dur = (str, int, float)
     maildir = ld.resolve(s.get("maildir", str, "data/outbox"))
@@ -907,9 +949,106 @@ def _delivery(ld: _Loader, s: _Section) -> DeliverySettings:
         content_rejections=patterns,
         domain_rates=rates,
         envelope_from=s.convert("envelope_from", str, _address, None),
+        domain_caps=caps,
+        providers=providers,
     )
     s.done()
     return out
+
+
+def _domain_rate(t: _Section) -> tuple[float, DomainCap]:
+    """``{rate = 5, per_hour = 3000, per_day = 100000}``: any of the three."""
+    rate = float(t.get("rate", float, 0.0))
+    if rate < 0:
+        raise t.error("rate", "must not be negative (0 means no per-second limit)")
+    limits: dict[str, int | None] = {}
+    for name in ("per_hour", "per_day"):
+        value = t.get(name, int, None)
+        if value is not None and value < 1:
+            raise t.error(name, "must be at least 1 (leave it out for no cap)")
+        limits[name] = value
+    t.done()
+    return rate, DomainCap(**limits)
+
+
+@functools.cache
+def shipped_provider_rules() -> ProviderRules:
+    """``mailer/delivery/providers.toml`` alone (what ``DeliverySettings()`` starts from)."""
+    return ProviderRules(tuple(dataclasses.replace(f, label=f.label or f.name)
+                               for f in _rules_file(SHIPPED_RULES)))
+
+
+def _provider_rules(extra: Path | None, s: _Section, key: str) -> ProviderRules:
+    """The shipped provider rules, with the operator's file (``providers_file``) first."""
+    if extra is None:
+        return shipped_provider_rules()
+    shipped = list(shipped_provider_rules().families)
+    try:
+        own = _rules_file(extra)
+    except FileNotFoundError:
+        raise s.error(key, f"{extra} does not exist") from None
+    merged: list[Family] = []
+    for fam in own:
+        base = next((f for f in shipped if f.name == fam.name), None)
+        if base is not None:
+            fam = Family(fam.name, fam.label or base.label, fam.domains or base.domains,
+                         fam.rules + base.rules)
+        merged.append(dataclasses.replace(fam, label=fam.label or fam.name))
+    mine = {f.name for f in own}
+    merged += [f for f in shipped if f.name not in mine]
+    return ProviderRules(tuple(merged))
+
+
+def _rules_file(path: Path) -> list[Family]:
+    """One rules file (``mailer/delivery/providers.toml`` format); errors name file, key, line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read provider rules: {exc}", path=path) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", path=path,
+                          line=int(m.group(1)) if m else None) from None
+    ld = _Loader(path, text, {})
+    root = _Section(ld, data, "")
+    families = []
+    for name in list(data):
+        fam = root.table(name)
+        domains = _domains(fam, "domains")
+        rules = []
+        for r in fam.tables("rules"):
+            pattern = r.get("match", str)
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise r.error("match", f"bad regular expression: {exc}") from None
+            outcome = r.get("outcome", str)
+            try:
+                verdict = Verdict(outcome)
+            except ValueError:
+                raise r.error("outcome", f"{outcome!r} is not one of "
+                              + ", ".join(v.value for v in Verdict)) from None
+            codes = r.get("codes", list, [])
+            for i, c in enumerate(codes):
+                if isinstance(c, bool) or not isinstance(c, int) or not 400 <= c < 600:
+                    raise r.error(f"codes[{i}]", "must be an SMTP reply code from 400 to 599")
+            dur = (str, int, float)
+            retry_after = r.convert("retry_after", dur, parse_duration, None)
+            hold = r.convert("hold", dur, parse_duration, None)
+            if hold is not None and verdict is not Verdict.BLOCKLISTED:
+                raise r.error("hold", "only a 'blocklisted' rule holds a provider")
+            if verdict is Verdict.BLOCKLISTED and hold is None:
+                hold = DEFAULT_BLOCK_HOLD
+            r.done()
+            rules.append(Rule(compiled, verdict, frozenset(codes), retry_after, hold))
+        label = fam.get("label", str, "")  # empty: the shipped family's, or the name
+        fam.done()
+        families.append(Family(name, label, domains, tuple(rules)))
+    return families
 
 
 def _mirror_url(value: str) -> str:

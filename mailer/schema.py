@@ -24,6 +24,7 @@ from subscribers.schema import metadata, subscribers
 __all__ = [
     "archive_targets",
     "daemon_lock",
+    "domain_sends",
     "edition_posts",
     "editions",
     "feeds",
@@ -32,6 +33,7 @@ __all__ = [
     "mirror_state",
     "outbox",
     "posts",
+    "provider_blocks",
     "subscribers",
 ]
 
@@ -167,6 +169,28 @@ senders = Table(
     Column("owner", String(128), primary_key=True),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# Messages handed to the relay per capped destination and UTC hour ('h') or day ('d'), for the
+# whole deployment: ``domain_rates`` per_hour / per_day caps (``mailer.delivery.budget``).
+domain_sends = Table(
+    "domain_sends",
+    metadata,
+    Column("domain", String(255), primary_key=True),
+    Column("span", String(1), primary_key=True),
+    Column("starts_at", DateTime(timezone=True), primary_key=True),
+    Column("sent", Integer, nullable=False, default=0),
+)
+
+# A provider family that answered "blocklisted" (163's DT:RBL): nobody sends to it until
+# ``until``; its rows wait, deferred to then.
+provider_blocks = Table(
+    "provider_blocks",
+    metadata,
+    Column("family", String(64), primary_key=True),
+    Column("since", DateTime(timezone=True), nullable=False),
+    Column("until", DateTime(timezone=True), nullable=False),
+    Column("reason", String(500), nullable=False),
 )
 
 # One daemon per database: a row lease, renewed by heartbeat (PostgreSQL adds an advisory lock).

@@ -388,4 +388,5 @@ def report(app: App, edition_id: int, top: int | None) -> None:
         raise EditionError(f"is {info.state.value}: nothing was sent yet", edition_id=edition_id)
     click.echo(f"edition {edition_id}: {info.state.value}; "
                f"finished {format_when(info.finished_at, _tz(app))}")
-    click.echo(format_report(edition_report(app.engine, edition_id), top=top))
+    report = edition_report(app.engine, edition_id, app.config.delivery, app.clock)
+    click.echo(format_report(report, top=top, tz=_tz(app)))

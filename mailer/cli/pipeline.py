@@ -11,6 +11,7 @@ import click
 
 from mailer.app import App
 from mailer.cli.base import cli, pass_app, stop_event_on_signals
+from mailer.cli.editions import format_when
 from mailer.pipeline.send import Held, SendSummary
 
 __all__ = ["print_held", "print_resumed", "print_send", "send"]
@@ -26,6 +27,10 @@ def print_send(app: App, summary: object) -> None:
                f"{f', {r.bounced} bounced' if r.bounced else ''}"
                f"{f', {r.content_rejected} content rejected' if r.content_rejected else ''}"
                f"{f', {r.suppressed} suppressed' if r.suppressed else ''} → {where}")
+    for name, until in sorted(r.held_until.items()):
+        # A cap reached or a provider that blocklists us: those rows wait, nothing is lost.
+        click.echo(f"  {name}: the rest waits until {format_when(until, app.config.schedule.timezone)}"
+                   f" (newsletter editions report {summary.edition_id})")
 
 
 def print_held(edition_id: int, reason: str) -> None:

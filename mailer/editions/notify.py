@@ -7,6 +7,7 @@ report is pure; sending goes through the configured transport, passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -37,6 +38,7 @@ class ReportKind(enum.StrEnum):
     MISSED = "missed"
     HELD = "held"
     REJECTIONS = "content rejections"
+    BLOCKLISTED = "blocklisted"
 
 
 _SUBJECTS = {
@@ -44,6 +46,7 @@ _SUBJECTS = {
     ReportKind.MISSED: "Edition {id} MISSED its send time: not sent",
     ReportKind.HELD: "Edition {id} held: it needs an editor's approval",
     ReportKind.REJECTIONS: "Edition {id}: providers rejected the content of {rate:.1%} of messages",
+    ReportKind.BLOCKLISTED: "Edition {id}: a mail provider blocklists us; sending to it stopped",
 }
 
 _ADVICE = {
@@ -57,6 +60,12 @@ _ADVICE = {
                       "then send it now with: newsletter editions approve {id}"),
     ReportKind.REJECTIONS: ("Mainland providers refused the message body. Look at the per-domain "
                             "report: newsletter editions report {id}"),
+    ReportKind.BLOCKLISTED: ("Nothing more goes to that provider, from any edition, until the "
+                             "time above; its readers' messages wait (nothing is lost) and "
+                             "every other provider carries on. Ask the provider to delist the "
+                             "sending IP or domain (docs/deployment.md), then let the rest go "
+                             "at once with: newsletter relay unblock FAMILY\n"
+                             "When each domain will be finished: newsletter editions report {id}"),
 }
 
 
@@ -147,6 +156,15 @@ class Notifier:
 
     async def held(self, info: EditionInfo) -> None:
         await self._report(ReportKind.HELD, info, None)
+
+    async def blocklisted(self, info: EditionInfo, family: str, until: datetime,
+                          reason: str) -> None:
+        """A provider answered that it blocklists us (163's DT:RBL): the engine stopped it."""
+        tz = self.config.schedule.timezone
+        why = (f"{reason}. Provider family {family!r} is held until "
+               f"{until.astimezone(ZoneInfo(tz)):%Y-%m-%d %H:%M} {tz}.")
+        await self._report(ReportKind.BLOCKLISTED, dataclasses.replace(info, reason=why),
+                           self._counts(info.id))
 
     def _counts(self, edition_id: int) -> Mapping[str, int]:
         try:

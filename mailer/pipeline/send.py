@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
@@ -45,6 +45,7 @@ __all__ = [
     "send_new_posts",
     "send_test",
     "start_edition",
+    "unblock_provider",
 ]
 
 log = logging.getLogger("newsletter.pipeline")
@@ -66,7 +67,15 @@ def start_edition(app: App, edition_id: int) -> int:
 def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = False,
                     batch_size: int | None = None, lease: timedelta = DEFAULT_ENGINE_LEASE,
                     owner: str | None = None) -> DeliveryEngine[Recipient]:
-    """The delivery engine for ``prepared`` over the app's outbox, transport and relay peers."""
+    """The delivery engine for ``prepared`` over the app's outbox, transport and relay peers;
+    a provider that blocklists us is reported to the editors (once, by the process that saw it
+    first)."""
+    edition_id = prepared.edition_id
+
+    async def blocked(family: str, until: datetime, reason: str) -> None:
+        info = await asyncio.to_thread(app.editions.info, edition_id)
+        await Notifier.for_app(app).blocklisted(info, family, until, reason)
+
     return DeliveryEngine(
         app.outbox,
         app.transport,
@@ -81,6 +90,7 @@ def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = Fal
         batch_size=batch_size,
         lease=lease,
         owner=owner,
+        on_blocked=blocked,
     )
 
 
@@ -224,3 +234,16 @@ async def send_test(app: App, edition_id: int, addresses: Sequence[str],
     finally:
         await transport.aclose()
     return out
+
+
+def unblock_provider(app: App, family: str) -> int | None:
+    """``newsletter relay unblock FAMILY``: end a provider's block (the operator had us
+    delisted) and make its waiting rows due now. None if the family is unknown; else how many
+    rows are due again (the daemon's ``retry`` job, or ``run --once``, sends them)."""
+    from mailer.delivery.budget import DomainBudget
+
+    fam = app.config.delivery.providers.get(family)
+    if fam is None:
+        return None
+    DomainBudget(app.engine).lift(family)
+    return app.outbox.release_held(fam.domains)
