@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from mailer.delivery.pace import (
@@ -49,6 +49,7 @@ def test_a_slow_down_halves_the_share_once_per_burst_of_replies(t: float, later:
     assert same.factor(t + P.debounce / 2, P) == 0.5
     # A new slow-down later halves what is left then (never raising it).
     now = t + P.debounce + later
+    assume(now - t >= P.debounce)  # float rounding of a large t can eat a tiny ``later``
     again = first.slowed(now, P)
     assert again.factor(now, P) == max(P.floor, first.factor(now, P) / 2)
     assert again.factor(now, P) <= first.factor(now, P)
