@@ -59,6 +59,7 @@ def send(app: App) -> None:
     """Finish any interrupted edition, then build one edition from every stored post not yet
     sent and deliver it now."""
     from mailer.pipeline import resume_interrupted, send_edition, send_new_posts
+    from mailer.pipeline.observe import flush_webhooks
 
     async def go() -> tuple[list[Any], SendSummary | Held | None]:
         try:
@@ -73,6 +74,7 @@ def send(app: App) -> None:
         finally:
             if app.built("transport"):  # close the relay connections politely (QUIT)
                 await app.transport.aclose()
+            await flush_webhooks(app)
 
     resumed, summary = asyncio.run(go())
     print_resumed(app, resumed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
@@ -22,7 +22,7 @@ from mailer.editions.notify import Notifier
 from mailer.editions.testsend import TEST_SUBSCRIBER_ID, mark_as_test
 from mailer.errors import EditionError
 from mailer.mirrors.exposure import record_exposure
-from mailer.models import EditionState
+from mailer.models import EditionState, OutboxState
 from mailer.pipeline.prepare import (
     PreparedEdition,
     Reader,
@@ -78,6 +78,7 @@ def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = Fal
         batch_size=batch_size,
         lease=lease,
         owner=owner,
+        observer=app.metrics,
     )
 
 
@@ -85,6 +86,8 @@ async def deliver(app: App, engine: DeliveryEngine[Recipient], prepared: Prepare
                   edition_id: int) -> DeliveryReport:
     """Send what is claimable now, then add this run's mirror exposure to the edition's tally."""
     report = await engine.run(edition_id)
+    if report.remaining:
+        await asyncio.to_thread(_say_what_is_left, app, edition_id)
     counts = dict(prepared.exposure)
     prepared.exposure.clear()
     for attempt in range(3):
@@ -95,6 +98,20 @@ async def deliver(app: App, engine: DeliveryEngine[Recipient], prepared: Prepare
             if attempt == 2:
                 raise
     return report
+
+
+def _say_what_is_left(app: App, edition_id: int) -> None:
+    """``edition 7: 1,200 of 30,000 sent, 5 deferred, next retry 14:05 UTC``: when it goes on."""
+    counts = app.outbox.counts(edition_id)
+    due = app.outbox.next_due(edition_id)
+    sent, total = counts.get(OutboxState.SENT, 0), sum(counts.values())
+    deferred = counts.get(OutboxState.DEFERRED, 0)
+    when = f"next retry {due.astimezone(UTC):%H:%M} UTC" if due is not None else "no retry due"
+    if due is not None and due.astimezone(UTC).date() != app.clock().astimezone(UTC).date():
+        when = f"next retry {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    log.info("edition %d: %s of %s sent, %s deferred, %s", edition_id, f"{sent:,}", f"{total:,}",
+             f"{deferred:,}", when, extra={"edition_id": edition_id, "sent": sent,
+                                           "total": total, "deferred": deferred})
 
 
 def finish_if_done(app: App, edition_id: int) -> bool:
