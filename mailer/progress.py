@@ -28,7 +28,7 @@ def format_left(seconds: float) -> str:
     """``3s``, ``4m 10s``, ``2h 5m``: time left for people (``?`` when unknown)."""
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:

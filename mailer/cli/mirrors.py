@@ -14,9 +14,9 @@ import click
 
 from mailer.app import App
 from mailer.cli.base import cli, pass_app
+from mailer.config import MirrorSettings, MirrorSite
 from mailer.errors import InputError, NewsletterError
 from mailer.mirrors.exposure import exposure_for
-from mailer.config import MirrorSettings, MirrorSite
 from mailer.mirrors.health import CheckResult, unchecked_reason
 from mailer.mirrors.importers import append_sites, parse_mirror_list, plan_import
 from mailer.mirrors.ooni import blocked_mirrors, clear_blocked, mark_blocked, read_measurements

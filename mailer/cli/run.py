@@ -66,7 +66,7 @@ async def _once(app: App) -> int:
     notice = lambda line: click.echo(line, err=True)  # noqa: E731
     try:
         with stop_event_on_signals() as stop:
-            summary = await run_once(app, notice, progress=sys.stderr.isatty(), stop=stop)
+            summary = await run_once(app, notice, progress=True, stop=stop)
     finally:
         lock.release()
         if app.built("transport"):

@@ -13,8 +13,8 @@ import click
 
 from mailer.app import App
 from mailer.cli.base import cli, metrics_listen_for, metrics_listen_option, pass_app
-from mailer.progress import task_progress
 from mailer.errors import InputError
+from mailer.progress import task_progress
 
 __all__ = ["keys", "serve", "subscribers_group"]
 

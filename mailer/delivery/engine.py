@@ -405,9 +405,7 @@ class DeliveryEngine(Generic[R]):
                     # Unsubscribed (or bounced elsewhere) since the edition was enqueued.
                     done = commits.submit(Outcome(row.subscriber_id, OutboxState.SUPPRESSED,
                                                   reply="subscriber no longer active"))
-                    done.add_done_callback(
-                        lambda f, d=row.domain: None if f.exception() else self._observed(
-                            d, OutboxState.SUPPRESSED, None, ""))
+                    done.add_done_callback(self._suppressed_callback(row.domain))
                     continue
                 key = self.domain_limits.key_for(row.domain) if self.domain_limits else None
                 if key is None:
@@ -465,6 +463,12 @@ class DeliveryEngine(Generic[R]):
                 self.observer.recorded(domain, state, -1 if code is None else code, relay or None)
             except Exception:
                 log.exception("the delivery observer failed")
+
+    def _suppressed_callback(self, domain: str) -> Callable[[asyncio.Future[None]], None]:
+        def done(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                self._observed(domain, OutboxState.SUPPRESSED, None, "")
+        return done
 
     def _waited(self, domain: str, seconds: float) -> None:
         if self.observer is not None and seconds > 0:

@@ -91,7 +91,7 @@ class LogProgress:
                                      "total": self._total, "rate": round(rate, 1)})
 
     def finish(self, report: Summarised) -> None:
-        self._log.info("%s", report.summary())
+        return None  # the engine logs the run's summary line itself
 
 
 class RichProgress:

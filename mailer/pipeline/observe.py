@@ -69,6 +69,8 @@ def mirrors_blocked(app: App, urls: Sequence[str], country: str) -> None:
 
 def daily_counts(app: App) -> None:
     """``subscriber.counts``: the day's totals by state, nothing finer."""
+    if not any("subscriber.counts" in h.events for h in app.config.webhooks):
+        return
     counts = {state.value: n for state, n in app.subscribers.counts().items()}
     emit(app, "subscriber.counts", {"counts": counts, "total": sum(counts.values())})
 
@@ -79,20 +81,27 @@ def start_metrics(app: App, listen: tuple[str, int] | None) -> Any:
         return None
     app.metrics.expose(DatabaseCollector(app.engine, lambda: app.config,
                                          lambda: load_health(app.engine)))
-    server, _port = serve_metrics(app.metrics, listen)
+    try:
+        server, _port = serve_metrics(app.metrics, listen)
+    except OSError as exc:
+        # Not fatal: a second daemon must still reach (and report) the database lock, and a
+        # standby on the same host shares the port with the one it waits for.
+        log.warning("metrics: cannot listen on %s:%d (%s); no /metrics from this process",
+                    listen[0], listen[1], exc.strerror or type(exc).__name__)
+        return None
     return server
 
 
-async def flush_webhooks(app: App, timeout: float = FLUSH_TIMEOUT) -> None:
+async def flush_webhooks(app: App, within: float = FLUSH_TIMEOUT) -> None:
     """One round of webhook delivery, bounded: what fails stays queued for the daemon."""
     if not app.config.webhooks:
         return
     async with WebhookSender.client_for() as client:
         sender = WebhookSender(app.webhooks, client, app.clock, app.metrics.webhook)
         try:
-            await asyncio.wait_for(sender.deliver_due(), timeout)
+            await asyncio.wait_for(sender.deliver_due(), within)
         except TimeoutError:
-            log.warning("webhooks: not all delivered within %.0fs; they stay queued", timeout)
+            log.warning("webhooks: not all delivered within %.0fs; they stay queued", within)
         except Exception as exc:
             log.warning("webhooks: %s; they stay queued", type(exc).__name__)
 

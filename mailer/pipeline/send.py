@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from mailer.app import App
 from mailer.delivery.classify import SendResult
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
+from mailer.delivery.progress import Progress
 from mailer.editions.notify import Notifier
 from mailer.editions.testsend import TEST_SUBSCRIBER_ID, mark_as_test
 from mailer.errors import EditionError
@@ -60,7 +61,7 @@ def start_edition(app: App, edition_id: int) -> int:
     return added
 
 
-def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = False,
+def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool | Progress = False,
                     batch_size: int | None = None, lease: timedelta = DEFAULT_ENGINE_LEASE,
                     owner: str | None = None) -> DeliveryEngine[Recipient]:
     """The delivery engine for ``prepared`` over the app's outbox, transport and relay peers."""
@@ -135,7 +136,7 @@ class SendSummary:
     report: DeliveryReport
 
 
-async def send_edition(app: App, edition_id: int, *, progress: bool = False,
+async def send_edition(app: App, edition_id: int, *, progress: bool | Progress = False,
                        stop: asyncio.Event | None = None) -> SendSummary:
     """Enqueue every active subscriber once, then deliver until nothing is due.
 

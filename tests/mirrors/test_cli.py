@@ -123,9 +123,27 @@ def test_list_shows_a_failed_check_a_proxyless_onion_and_zones(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     out = done.stdout
     cf = out.split(CF, 1)[1].split("https://", 1)[0]
-    assert "FAILING (1 of 3 failures before down)" in cf and "; up" not in cf
+    assert "FAILING (1 of 3 failures before down)" in cf
+    assert "; up" not in cf
     assert "error: ConnectError" in cf
     assert "last check 2026-11-23 12:00 UTC" in cf
     netlify = out.split(NETLIFY, 1)[1].split("http", 1)[0]
     assert "active https; up" in netlify
     assert f"{onion}\n    active onion; not checked: no onion_proxy" in out
+
+
+def test_an_onion_is_checked_only_through_onion_proxy(tmp_path: Path) -> None:
+    from mailer.mirrors.health import MirrorChecker, unchecked_reason
+    from tests.mirrors.helpers import Clock
+
+    onion = "http://citizensrightsxyzabc2345abcdefghijklmnopqrstuvwxyzabcdef.onion"
+    sites = [{"url": CF}, {"url": onion, "kind": "onion"}]
+    cfg = write_config(tmp_path / "a.toml", sites, db_url=f"sqlite:///{tmp_path / 'n.db'}")
+    site = next(s for s in cfg.mirrors.sites if s.kind == "onion")
+    assert unchecked_reason(cfg.mirrors, site) == "not checked: no onion_proxy"
+    checker = MirrorChecker(cfg.mirrors, open_engine(cfg.storage.database), Clock())
+    assert [s.url for s in checker._targets()] == [CF]
+    proxied = write_config(tmp_path / "b.toml", sites, db_url=f"sqlite:///{tmp_path / 'n.db'}",
+                           extra='onion_proxy = "socks5://127.0.0.1:9050"')
+    site = next(s for s in proxied.mirrors.sites if s.kind == "onion")
+    assert unchecked_reason(proxied.mirrors, site) is None

@@ -25,24 +25,32 @@ def test_apscheduler_info_becomes_debug_and_its_warnings_stay() -> None:
     quiet, verbose = DemoteRoutine(verbose=False), DemoteRoutine(verbose=True)
     job = _record("apscheduler.executors.default", logging.INFO, 'Job "tick" executed successfully')
     assert not quiet.filter(job)
-    assert verbose.filter(job) and job.levelname == "DEBUG"
+    assert verbose.filter(job)
+    assert job.levelname == "DEBUG"
     missed = _record("apscheduler.executors.default", logging.WARNING, "Run time of job was missed")
-    assert quiet.filter(missed) and missed.levelname == "WARNING"
+    assert quiet.filter(missed)
+    assert missed.levelname == "WARNING"
     ours = _record("newsletter.scheduler", logging.INFO, "polled: 3 new post(s)")
-    assert quiet.filter(ours) and ours.levelname == "INFO"
+    assert quiet.filter(ours)
+    assert ours.levelname == "INFO"
 
 
 def test_json_lines_carry_the_extras() -> None:
     line = JsonFormatter().format(_record("newsletter.delivery", logging.INFO, "edition 7 done",
                                           edition_id=7, sent=1200))
     doc = json.loads(line)
-    assert doc["message"] == "edition 7 done" and doc["level"] == "INFO"
-    assert doc["edition_id"] == 7 and doc["sent"] == 1200
+    assert doc["message"] == "edition 7 done"
+    assert doc["level"] == "INFO"
+    assert doc["edition_id"] == 7
+    assert doc["sent"] == 1200
     assert doc["time"].endswith("+00:00")
 
 
 def test_log_format_json_from_the_real_command(tmp_path: Path) -> None:
-    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'n.db'}")
+    from tests.observe.receiver import free_port
+
+    feed = f"http://127.0.0.1:{free_port()}/feed.xml"  # refused: the poll logs it
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'n.db'}", feeds=(feed,))
     done = subprocess.run(newsletter_cmd(config, "--log-format", "json", "run", "--once"),
                           capture_output=True, text=True, env=ENV, timeout=120, check=False,
                           cwd=tmp_path)
@@ -51,6 +59,7 @@ def test_log_format_json_from_the_real_command(tmp_path: Path) -> None:
     assert logged, done.stderr
     docs = [json.loads(line) for line in logged]
     assert all({"time", "level", "logger", "message"} <= set(d) for d in docs)
+    assert any(d["logger"] == "newsletter.feeds" and "127.0.0.1" in d["message"] for d in docs)
 
 
 def test_task_progress_prints_at_once_then_every_few_seconds_and_the_end() -> None:

@@ -147,7 +147,9 @@ def test_metrics_during_a_real_send_match_the_outbox(tmp_path: Path, db_url: str
         assert all(v <= final[k] for k, v in mid.items())  # counters only grow
         samples = _samples(text)
         assert samples[("newsletter_edition_rows", (("edition", str(eid)), ("state", "deferred")))] == 5
-        assert "tiny-ngo" not in text and "@" not in text and "reader" not in text
+        assert "tiny-ngo" not in text
+        assert "@" not in text
+        assert "reader" not in text
         assert daemon.stop() == 0
         assert "metrics on http://127.0.0.1:" in daemon.text()
         assert f"edition {eid}: 30 of 40 sent, 5 deferred, next retry" in daemon.text()
@@ -164,3 +166,33 @@ def test_a_bad_listen_address_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"metrics\.listen.*is not HOST:PORT") as info:
         make_app(config)
     assert info.value.line is not None
+
+
+def test_the_docs_and_dashboard_name_only_metrics_that_exist(tmp_path: Path) -> None:
+    import json
+    import re
+
+    from prometheus_client import generate_latest
+
+    from mailer.metrics import DatabaseCollector
+    from mailer.mirrors.state import load_health
+    from tests.conftest import REPO
+
+    app = make_app(write_config(tmp_path, f"sqlite:///{tmp_path / 'n.db'}"))
+    m = Metrics()
+    m.recorded("qq.com", OutboxState.SENT, 250, "r")
+    m.recorded("qq.com", OutboxState.DEFERRED, 0, "r")
+    m.waited("qq.com", 0.5)
+    m.polled("blog", "ok")
+    m.webhook("edition.sent", "delivered")
+    m.expose(DatabaseCollector(app.engine, lambda: app.config, lambda: load_health(app.engine)))
+    families = list(text_string_to_metric_families(generate_latest(m.registry).decode()))
+    exposed = {s.name for f in families for s in f.samples} | {f.name for f in families}
+    docs = (REPO / "docs" / "monitoring.md").read_text(encoding="utf-8")
+    dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    named = set(re.findall(r"\bnewsletter_[a-z_]+", docs + "\n".join(exprs)))
+    assert named, "no metric named in the docs"
+    assert named <= exposed, named - exposed
+    assert 'newsletter_database_up 1.0' in generate_latest(m.registry).decode()
+    app.engine.dispose()

@@ -80,7 +80,8 @@ def test_backoff_grows_and_stops_after_a_day() -> None:
     created = DEFAULT_START
     first = retry_at(created, 1, created)
     second = retry_at(created, 2, created)
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert first - created < second - created
     assert retry_at(created, 9, created + GIVE_UP_AFTER - timedelta(minutes=1)) is None
 
@@ -121,11 +122,12 @@ async def test_a_receiver_down_at_first_gets_each_event_later_exactly_once(
             assert await sender.deliver_due() == 0  # still within the backoff pause
             clock.advance(seconds=6)
             assert await sender.deliver_due() == 3
+            delivered_at = clock.now.timestamp()
             clock.advance(hours=2)
             assert await sender.deliver_due() == 0
         finally:
             receiver.stop()
-    docs = [verified(p, clock.now.timestamp()) for p in receiver.posted]
+    docs = [verified(p, delivered_at) for p in receiver.posted]
     assert sorted(str(d["event"]) for d in docs) == ["edition.sent", "feed.failing",
                                                      "subscriber.counts"]
     assert len({d["id"] for d in docs}) == 3  # each once
@@ -155,7 +157,8 @@ async def test_an_event_is_given_up_after_a_day_and_reported(
     assert app.webhooks.counts() == {"pending": 0, "given_up": 1}
     (host, event, _at, attempts, error) = app.webhooks.given_up()[0]
     assert (host, event) == (f"http://127.0.0.1:{port}", "edition.missed")
-    assert attempts == len(outcomes) and error == "ConnectError"
+    assert attempts == len(outcomes)
+    assert error == "ConnectError"
     assert any(r.levelno == logging.ERROR and "given up" in r.getMessage()
                for r in caplog.records)
     app.engine.dispose()
@@ -186,5 +189,46 @@ def test_run_once_posts_signed_events_that_verify(tmp_path: Path, sqlite_url: st
     assert doc["event"] == "feed.failing"
     data = doc["data"]
     assert isinstance(data, dict)
-    assert data["feed"] == "127.0.0.1" and data["url"] == dead_feed
+    assert data["feed"] == "127.0.0.1"
+    assert data["url"] == dead_feed
     assert "@" not in p.body.decode()
+
+
+# ------------------------------------------------------------------------------ emission points
+
+
+async def test_edition_events_come_from_the_editors_reports_once(tmp_path: Path,
+                                                                 sqlite_url: str) -> None:
+    """sent / content_rejected / held / missed are the Notifier's moments; three processes
+    that each see the edition finish queue one edition.sent between them."""
+    from mailer.editions.notify import Notifier
+    from mailer.models import EditionState as S
+    from tests.editions.helpers import add_posts
+
+    events = ("edition.sent", "edition.content_rejected", "edition.held", "edition.missed")
+    config = write_config(tmp_path, sqlite_url, editors=(),
+                          extra=hooks("https://ops.example.org/hook", events))
+    apps = [App.from_path(config, environ=ENVIRON) for _ in range(3)]
+    add_posts(apps[0].engine, 2)
+    eid = apps[0].editions.create()
+    assert eid is not None
+    apps[0].editions.set_state(eid, S.SENDING)
+    apps[0].editions.set_state(eid, S.SENT)
+    for app in apps:
+        base = Notifier.for_app(app)
+        notifier = Notifier(app.config, None, app.clock, counts=lambda _: {
+            "sent": 90, "content_rejected": 10}, claim_sent=base.claim_sent, events=app.emit)
+        await notifier.sent(app.editions.info(eid))
+    await Notifier.for_app(apps[0]).held(apps[0].editions.info(eid))
+    await Notifier.for_app(apps[0]).missed(apps[0].editions.info(eid))
+    queued = apps[0].webhooks.claim(limit=100)
+    docs = [json.loads(d.body) for d in queued]
+    assert sorted(d["event"] for d in docs) == sorted(events)
+    sent = next(d for d in docs if d["event"] == "edition.sent")
+    assert sent["data"] == {"edition": eid, "kind": "digest", "total": 100,
+                            "counts": {"sent": 90, "content_rejected": 10}}
+    rejected = next(d for d in docs if d["event"] == "edition.content_rejected")
+    assert rejected["data"]["rate"] == 0.1
+    assert rejected["data"]["threshold"] == 0.05
+    for app in apps:
+        app.engine.dispose()
