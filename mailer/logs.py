@@ -71,7 +71,15 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(*, verbose: bool, fmt: LogFormat = "text",
                       stream: TextIO | None = None) -> None:
-    """Set up the root logger once per command (replacing any earlier handler)."""
+    """Set up the root logger once per command (replacing our earlier handler). Like
+    ``logging.basicConfig``, it leaves logging alone when someone else (a test harness, an
+    embedding program) already put a handler on the root logger."""
+    if not verbose:
+        # Schema checks run on every command; alembic's "Context impl SQLiteImpl" lines are noise.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    root = logging.getLogger()
+    if any(h.get_name() != _HANDLER for h in root.handlers):
+        return
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -79,12 +87,8 @@ def configure_logging(*, verbose: bool, fmt: LogFormat = "text",
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(DemoteRoutine(verbose))
     handler.set_name(_HANDLER)
-    root = logging.getLogger()
     for old in list(root.handlers):
         if old.get_name() == _HANDLER:  # ours from an earlier command in this process
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not verbose:
-        # Schema checks run on every command; alembic's "Context impl SQLiteImpl" lines are noise.
-        logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -68,9 +68,9 @@ def _messages(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> 
 def test_metrics_during_a_real_send_match_the_outbox(tmp_path: Path, db_url: str,
                                                      procs: list[Proc]) -> None:  # noqa: F811
     def fault(step: str, envelope: object, n: int) -> str | None:
-        rcpt = getattr(envelope, "rcpt_tos", [""])[0]
         if step != "data":
             return None
+        rcpt = str(getattr(envelope, "rcpt_tos", [""])[0])
         if rcpt.startswith("bad"):
             return "550 5.1.1 no such user"
         if rcpt.startswith("later"):
