@@ -46,7 +46,8 @@ def keys_rotate(app: App, batch_size: int) -> None:
 
     store = app.subscribers
     with task_progress("re-encrypted") as progress:
-        result = rotate(store, batch_size=batch_size, progress=progress)
+        result = rotate(store, batch_size=batch_size, progress=progress,
+                        settle=app.config.storage.rotation_settle)
     verb = "resumed" if result.resumed else "started"
     click.echo(f"rotation {verb}: new key {result.new_key_id}; {result.reencrypted} rows "
                f"re-encrypted; retired {', '.join(result.retired) or 'no keys'}")
