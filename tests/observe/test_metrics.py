@@ -196,3 +196,32 @@ def test_the_docs_and_dashboard_name_only_metrics_that_exist(tmp_path: Path) -> 
     assert named <= exposed, named - exposed
     assert 'newsletter_database_up 1.0' in generate_latest(m.registry).decode()
     app.engine.dispose()
+
+
+def test_serve_and_a_worker_expose_metrics_too(tmp_path: Path) -> None:
+    """``--metrics-listen`` on ``serve`` (beside the pages) and on ``worker``."""
+    import subprocess
+
+    from tests.subscribers.support import serve
+    from tests.subscribers.support import write_config as web_config
+    from tests.support.cli import ENV, newsletter_cmd
+
+    config = web_config(tmp_path / "web")
+    port = free_port()
+    with serve(config, "--metrics-listen", f"127.0.0.1:{port}"):
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert "newsletter_confirmations_pending 0.0" in text
+    assert "newsletter_database_up 1.0" in text
+
+    worker_port = free_port()
+    done = subprocess.run(newsletter_cmd(config, "worker", "--once", "--metrics-listen",
+                                         f"127.0.0.1:{worker_port}"),
+                          capture_output=True, text=True, env=ENV, timeout=120, check=False,
+                          cwd=config.parent)
+    assert done.returncode == 0, done.stderr
+    assert f"metrics on http://127.0.0.1:{worker_port}/metrics" in done.stderr
+    bad = subprocess.run(newsletter_cmd(config, "worker", "--once", "--metrics-listen", "nope"),
+                         capture_output=True, text=True, env=ENV, timeout=120, check=False,
+                         cwd=config.parent)
+    assert bad.returncode == 2
+    assert "--metrics-listen" in bad.stderr
