@@ -34,6 +34,7 @@ from subscribers.languages import KNOWN_LANGUAGES, choices, is_pair_of
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
+    "WEBHOOK_EVENTS",
     "ArchiveSettings",
     "ArchiveTarget",
     "Config",
@@ -43,6 +44,7 @@ __all__ = [
     "FeedSettings",
     "FetchSettings",
     "ImageSettings",
+    "MetricsSettings",
     "MirrorSettings",
     "MirrorSite",
     "NewsletterSettings",
@@ -50,9 +52,11 @@ __all__ = [
     "ScheduleSettings",
     "StorageSettings",
     "WebSettings",
+    "WebhookSettings",
     "config_error",
     "load_config",
     "parse_duration",
+    "parse_listen",
     "parse_size",
 ]
 
@@ -384,6 +388,31 @@ class ArchiveSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: where ``run``, each ``worker`` and ``serve`` expose Prometheus metrics
+    (docs/monitoring.md). ``listen`` None: no endpoint."""
+
+    listen: tuple[str, int] | None = None
+
+
+# What a ``[[webhooks]]`` entry may subscribe to (docs/monitoring.md, "Webhooks").
+WEBHOOK_EVENTS = (
+    "edition.scheduled", "edition.held", "edition.sent", "edition.missed",
+    "edition.content_rejected", "feed.failing", "feed.recovered", "mirror.down",
+    "mirror.blocked", "subscriber.counts",
+)
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """One ``[[webhooks]]`` receiver: a JSON POST per event, signed with ``secret``."""
+
+    url: str
+    events: tuple[str, ...]
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated config. ``path`` is the file it came from."""
 
@@ -399,6 +428,8 @@ class Config:
     web: WebSettings = WebSettings()
     dkim: DKIMSettings | None = None
     archive: ArchiveSettings = ArchiveSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    webhooks: tuple[WebhookSettings, ...] = ()
     # The SMTP envelope sender (MAIL FROM, where bounces go): ``[delivery] envelope_from``, else
     # the address in ``[newsletter] from``. Resolved here, once, for every sender of mail.
     envelope_sender: str = field(init=False, repr=False, compare=False)
@@ -1305,12 +1336,47 @@ def _archive(ld: _Loader, s: _Section, mirrors: MirrorSettings) -> ArchiveSettin
     return out
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9464``, ``[::1]:9464`` or ``:9464`` (loopback) as (host, port); port 0 picks one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    host = host.strip("[]") or "127.0.0.1"
+    if any(c in host for c in " \t\r\n/"):
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _metrics(s: _Section) -> MetricsSettings:
+    out = MetricsSettings(listen=s.convert("listen", str, parse_listen, None))
+    s.done()
+    return out
+
+
 def _with_archive_sites(mirrors: MirrorSettings, archive: ArchiveSettings) -> MirrorSettings:
     """The archive hosts join the mirror registry as kind ``archive``: checked, OONI-imported
     and listed like mirrors, but never handed out in a mirror slot."""
     extra = tuple(MirrorSite(url=url, status="active", kind="archive", note="[[archive.targets]]")
                   for url in archive.hosts)
     return dataclasses.replace(mirrors, sites=mirrors.sites + extra) if extra else mirrors
+
+
+def _webhook(ld: _Loader, s: _Section) -> WebhookSettings:
+    url = s.convert("url", str, _url)
+    events = s.strings("events")
+    if not events:
+        raise s.error("events", f"must name at least one of {', '.join(WEBHOOK_EVENTS)}")
+    for i, event in enumerate(events):
+        if event not in WEBHOOK_EVENTS:
+            raise s.error(f"events[{i}]",
+                          f"unknown event {event!r}; choose from {', '.join(WEBHOOK_EVENTS)}")
+    env_name = s.get("secret_env", str)
+    secret = ld.secret(s, "secret_env")
+    if not secret:
+        raise s.error("secret_env", f"environment variable {env_name} is not set (or empty)")
+    out = WebhookSettings(url=url, events=tuple(dict.fromkeys(events)), secret=secret)
+    s.done()
+    return out
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1347,6 +1413,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         web=_web(ld, root.table("web")),
         dkim=_dkim(ld, root.table("dkim")),
         archive=archive,
+        metrics=_metrics(root.table("metrics")),
+        webhooks=tuple(_webhook(ld, w) for w in root.tables("webhooks")),
     )
     root.done()
     return cfg

@@ -35,6 +35,7 @@ __all__ = [
     "posts",
     "provider_blocks",
     "subscribers",
+    "webhook_deliveries",
 ]
 
 # Feed validators (conditional GET) and health, one row per configured feed URL.
@@ -214,4 +215,24 @@ archive_targets = Table(
     Column("last_attempt_at", DateTime(timezone=True), nullable=True),
     Column("last_ok_at", DateTime(timezone=True), nullable=True),
     Column("last_error", Text, nullable=True),
+)
+
+
+# Webhook events still to POST (mailer/webhooks.py): one row per (receiver, event), retried with
+# backoff and given up after a day (``gave_up_at`` kept for the report). Counts and names only:
+# never an address. The receiver's secret stays in the config, never here.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("gave_up_at", DateTime(timezone=True), nullable=True),
 )

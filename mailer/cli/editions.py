@@ -17,6 +17,7 @@ from mailer.cli.base import cli, pass_app
 from mailer.editions.store import EditionInfo
 from mailer.errors import EditionError, InputError
 from mailer.models import EditionState
+from mailer.pipeline.policy import announce_scheduled
 
 __all__ = ["editions", "format_when", "parse_local_time"]
 
@@ -273,6 +274,7 @@ def schedule(app: App, edition_id: int, at_text: str, tz_opt: str | None) -> Non
         raise EditionError(f"{format_when(at, tz_opt or _tz(app))} is in the past "
                            f"(now {format_when(now, tz_opt or _tz(app))})", edition_id=edition_id)
     app.editions.schedule(edition_id, at)
+    announce_scheduled(app, edition_id)
     info = app.editions.info(edition_id)
     click.echo(f"edition {edition_id} {info.state.value}: {format_when(at, _tz(app))}")
     if app.config.newsletter.require_approval and info.approved_at is None:

@@ -64,20 +64,23 @@ def send(app: App) -> None:
     """Finish any interrupted edition, then build one edition from every stored post not yet
     sent and deliver it now."""
     from mailer.pipeline import resume_interrupted, send_edition, send_new_posts
+    from mailer.pipeline.observe import flush_webhooks
 
     async def go() -> tuple[list[Any], SendSummary | Held | None]:
         try:
             with stop_event_on_signals() as stop:
                 async def finish(edition_id: int) -> SendSummary:
-                    return await send_edition(app, edition_id, progress=sys.stderr.isatty(), stop=stop)
+                    # A bar on a terminal, else a line every few seconds (progress_for).
+                    return await send_edition(app, edition_id, progress=True, stop=stop)
 
                 resumed = await resume_interrupted(app, finish, should_stop=stop.is_set)
                 if stop.is_set():
                     return resumed, None
-                return resumed, await send_new_posts(app, progress=sys.stderr.isatty(), stop=stop)
+                return resumed, await send_new_posts(app, progress=True, stop=stop)
         finally:
             if app.built("transport"):  # close the relay connections politely (QUIT)
                 await app.transport.aclose()
+            await flush_webhooks(app)
 
     resumed, summary = asyncio.run(go())
     print_resumed(app, resumed)

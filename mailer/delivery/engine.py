@@ -56,9 +56,18 @@ from mailer.delivery.ratelimit import DomainLimits, Throttle
 from mailer.delivery.transport import Transport
 from mailer.models import OutboxState
 
-__all__ = ["DeliveryEngine", "DeliveryReport", "Recipient"]
+__all__ = ["DeliveryEngine", "DeliveryObserver", "DeliveryReport", "Recipient"]
 
 log = logging.getLogger("newsletter.delivery")
+
+
+class DeliveryObserver(Protocol):
+    """Told of each outcome once it is committed, and of each wait on a domain's rate limit
+    (``mailer.metrics.Metrics``). ``domain`` is the outbox's; the observer classes it."""
+
+    def recorded(self, domain: str, state: OutboxState, code: int, relay: str | None) -> None: ...
+
+    def waited(self, domain: str, seconds: float) -> None: ...
 
 
 class Recipient(RecipientLike, Protocol):
@@ -244,7 +253,9 @@ class _Lane(Generic[R]):
                     continue
                 if not await self.engine._take(self.key, item[0], self._commits):
                     continue
+                waited = self.engine._monotonic()
                 await self.limiter.wait()
+                self.engine._waited(item[0].domain, self.engine._monotonic() - waited)
                 # Send at the paced moment on the next free connection; handing the row to the
                 # shared queue instead would let it bunch up behind other domains' rows.
                 await self.engine._slots.acquire()
@@ -286,6 +297,7 @@ class DeliveryEngine(Generic[R]):
         peers: SenderRegistry | None = None,
         share_every: float = 10.0,
         on_blocked: Callable[[str, datetime, str], Awaitable[object]] | None = None,
+        observer: DeliveryObserver | None = None,
     ) -> None:
         self.outbox = outbox
         self.transport = transport
@@ -311,6 +323,7 @@ class DeliveryEngine(Generic[R]):
         self.peers = peers
         self.share_every = share_every
         self.share = 1
+        self.observer = observer
         self.classifier = Classifier(settings.content_rejections, max_attempts=settings.max_attempts,
                                      max_age=settings.max_age, backoff_base=settings.backoff_base,
                                      providers=settings.providers)
@@ -453,8 +466,9 @@ class DeliveryEngine(Generic[R]):
                 rcpt = found.get(row.subscriber_id)
                 if rcpt is None:
                     # Unsubscribed (or bounced elsewhere) since the edition was enqueued.
-                    commits.submit(Outcome(row.subscriber_id, OutboxState.SUPPRESSED,
-                                           reply="subscriber no longer active"))
+                    done = commits.submit(Outcome(row.subscriber_id, OutboxState.SUPPRESSED,
+                                                  reply="subscriber no longer active"))
+                    done.add_done_callback(self._suppressed_callback(row.domain))
                     continue
                 key = self.domain_limits.key_for(row.domain) if self.domain_limits else None
                 if key is None:
@@ -496,13 +510,35 @@ class DeliveryEngine(Generic[R]):
             self._error = self._error or exc
             self.stop("error")
             return
+        outcome = self._outcome(row, result, rcpt.address)
         try:
-            await commits.record(self._outcome(row, result, rcpt.address))
+            await commits.record(outcome)
         except Exception as exc:
             # The database refused the commit: stop (run() raises it); the queue keeps draining
             # so the producer is never left waiting on a dead worker.
             self._error = self._error or exc
             self.stop("error")
+            return
+        self._observed(row.domain, outcome.state, outcome.code, outcome.relay)
+
+    def _observed(self, domain: str, state: OutboxState, code: int | None, relay: str) -> None:
+        """Tell the observer (metrics) of a committed outcome; it never stops a send."""
+        if self.observer is not None:
+            try:
+                self.observer.recorded(domain, state, -1 if code is None else code, relay or None)
+            except Exception:
+                log.exception("the delivery observer failed")
+
+    def _suppressed_callback(self, domain: str) -> Callable[[asyncio.Future[None]], None]:
+        def done(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                self._observed(domain, OutboxState.SUPPRESSED, None, "")
+        return done
+
+    def _waited(self, domain: str, seconds: float) -> None:
+        if self.observer is not None and seconds > 0:
+            with contextlib.suppress(Exception):
+                self.observer.waited(domain, seconds)
 
     def _outcome(self, row: OutboxRow, result: SendResult, recipient: str) -> Outcome:
         now = self.clock()

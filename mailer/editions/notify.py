@@ -123,6 +123,8 @@ class Notifier:
     titles: Callable[[int], Sequence[str]] | None = None
     # Across processes, only the caller this returns True for reports an edition sent.
     claim_sent: Callable[[int], bool] | None = None
+    # ``events(name, data)``: these moments as webhook events (``App.emit``).
+    events: Callable[[str, Mapping[str, Any]], object] | None = None
 
     @classmethod
     def for_app(cls, app: Any) -> Notifier:
@@ -140,21 +142,29 @@ class Notifier:
         def titles(edition_id: int) -> Sequence[str]:
             return [p.title for p in app.editions.load(edition_id).posts]
 
-        return cls(app.config, send, app.clock, counts, titles, app.editions.claim_sent_report)
+        return cls(app.config, send, app.clock, counts, titles, app.editions.claim_sent_report,
+                   app.emit)
 
     async def sent(self, info: EditionInfo) -> None:
         if self.claim_sent is not None and not self.claim_sent(info.id):
             log.info("edition %d: the sent report went out already (another process)", info.id)
             return
         counts = self._counts(info.id)
+        self._event("edition.sent", info, counts=dict(counts), total=sum(counts.values()))
         await self._report(ReportKind.SENT, info, counts)
-        if rejection_rate(counts) > self.config.newsletter.content_rejection_alert:
+        rate = rejection_rate(counts)
+        if rate > self.config.newsletter.content_rejection_alert:
+            self._event("edition.content_rejected", info, rate=round(rate, 4),
+                        threshold=self.config.newsletter.content_rejection_alert,
+                        content_rejected=counts.get("content_rejected", 0))
             await self._report(ReportKind.REJECTIONS, info, counts)
 
     async def missed(self, info: EditionInfo) -> None:
+        self._event("edition.missed", info, reason=info.reason or "")
         await self._report(ReportKind.MISSED, info, None)
 
     async def held(self, info: EditionInfo) -> None:
+        self._event("edition.held", info, reason=info.reason or "")
         await self._report(ReportKind.HELD, info, None)
 
     async def blocklisted(self, info: EditionInfo, family: str, until: datetime,
@@ -165,6 +175,10 @@ class Notifier:
                f"{until.astimezone(ZoneInfo(tz)):%Y-%m-%d %H:%M} {tz}.")
         await self._report(ReportKind.BLOCKLISTED, dataclasses.replace(info, reason=why),
                            self._counts(info.id))
+
+    def _event(self, name: str, info: EditionInfo, **data: Any) -> None:
+        if self.events is not None:
+            self.events(name, {"edition": info.id, "kind": info.kind, **data})
 
     def _counts(self, edition_id: int) -> Mapping[str, int]:
         try:

@@ -40,6 +40,7 @@ __all__ = [
     "compare_archive",
     "fingerprint",
     "next_state",
+    "unchecked_reason",
 ]
 
 MAX_BODY = 2 * 1024 * 1024
@@ -126,6 +127,14 @@ def next_state(prev: MirrorHealth | None, ok: bool, down_after: int) -> tuple[bo
     return (was_healthy and failures < down_after), failures
 
 
+def unchecked_reason(settings: MirrorSettings, site: MirrorSite) -> str | None:
+    """Why a mirror is not checked at all, or None. An onion without ``onion_proxy`` would
+    otherwise be fetched directly, fail, and be reported down for want of a Tor proxy."""
+    if site.kind == "onion" and not settings.onion_proxy:
+        return "not checked: no onion_proxy"
+    return None
+
+
 def _default_client(settings: MirrorSettings) -> ClientFactory:
     def make(proxy: str | None) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -161,7 +170,8 @@ class MirrorChecker:
         self._concurrency = concurrency
 
     def _targets(self) -> list[MirrorSite]:
-        return [s for s in self._settings.sites if s.status != "retired"]
+        return [s for s in self._settings.sites
+                if s.status != "retired" and unchecked_reason(self._settings, s) is None]
 
     async def fetch_all(self) -> tuple[Answer | None, dict[str, Answer]]:
         """The origin's canary answer (None without origins) and every target mirror's."""

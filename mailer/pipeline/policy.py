@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,12 +18,16 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from mailer.app import App
+from mailer.delivery.progress import LogProgress
 from mailer.editions.notify import Notifier
 from mailer.editions.store import Decision, EditionInfo, decide
 from mailer.errors import EditionError, InputError
 from mailer.feeds.poll import PollReport, poll_feeds
 from mailer.lock import process_is_gone
+from mailer.mirrors.health import CheckResult, MirrorChecker
+from mailer.mirrors.state import load_health
 from mailer.models import EditionState
+from mailer.pipeline import observe
 from mailer.pipeline.archive import archive_after_send, retry_failed_targets
 from mailer.pipeline.send import Held, SendSummary, send_edition, send_new_posts
 from subscribers.mailin import MailinReport
@@ -33,6 +37,7 @@ __all__ = [
     "DIGEST_SLOT",
     "Resumed",
     "RunSummary",
+    "announce_scheduled",
     "carry_on",
     "check_mirrors",
     "describe_time",
@@ -163,6 +168,7 @@ def per_post_editions(app: App) -> list[int]:
         if eid is None:
             continue
         store.schedule(eid, app.clock() + app.config.schedule.hold, allow_past=True)
+        announce_scheduled(app, eid)
         created.append(eid)
         log.info("post %d: edition %d, due %s", post_id, eid,
                  describe_time(app.clock() + app.config.schedule.hold, tz))
@@ -204,8 +210,17 @@ def digest_now(app: App) -> int | None:
         log.warning("digest time: edition %d held: %s", eid, reason)
     else:
         store.schedule(eid, app.clock(), allow_past=True)
+        announce_scheduled(app, eid)
         log.info("digest time: edition %d with %d post(s)", eid, len(store.info(eid).post_ids))
     return eid
+
+
+def announce_scheduled(app: App, edition_id: int) -> None:
+    """``edition.scheduled``: an edition has its send time (per-post, digest, or an editor)."""
+    info = app.editions.info(edition_id)
+    observe.emit(app, "edition.scheduled", {
+        "edition": edition_id, "kind": info.kind, "posts": len(info.post_ids),
+        "scheduled_at": info.scheduled_at, "state": str(info.state)})
 
 
 def missed_digest(app: App, when: datetime) -> EditionInfo | None:
@@ -256,8 +271,10 @@ def unsubscribe_by_mail(app: App, maildir: Path | None = None) -> MailinReport:
 
 async def poll(app: App, client: httpx.AsyncClient | None = None) -> PollReport:
     """Fetch every configured feed; a broken feed is reported and the others go on."""
-    return await poll_feeds(app.config.feeds, store=app.post_store, fetch=app.config.fetch,
-                            clock=app.clock, client=client)
+    report = await poll_feeds(app.config.feeds, store=app.post_store, fetch=app.config.fetch,
+                              clock=app.clock, client=client)
+    observe.polled(app, report)
+    return report
 
 
 @dataclass(frozen=True)
@@ -345,6 +362,7 @@ def forget_suppressed(app: App) -> int:
     """The daily retention job: pending sign-ups past their time expire, and readers
     suppressed for longer than ``[storage] forget_suppressed_after`` are erased."""
     app.signup.expire()
+    observe.daily_counts(app)  # the day's subscriber.counts webhook rides on this daily job
     age = app.config.storage.forget_suppressed_after
     if age is None:
         return 0
@@ -414,17 +432,24 @@ async def resume_interrupted(app: App, send: SendOne, *,
 
 
 async def send_with_stop(app: App, edition_id: int, stop: asyncio.Event) -> object:
-    """The daemon's send: :func:`send_edition` with its ``stop`` (finish in flight, claim no more);
-    once the edition is sent, the web archive is built and published ([archive] targets)."""
-    summary = await send_edition(app, edition_id, stop=stop)
+    """The daemon's send: :func:`send_edition` with its ``stop`` (finish in flight, claim no more),
+    and a log line every few seconds (``edition 7: 1,200 of 30,000 sent …``), never a bar; once
+    the edition is sent, the web archive is built and published ([archive] targets)."""
+    summary = await send_edition(app, edition_id, stop=stop, progress=LogProgress())
     if not stop.is_set() and app.editions.info(edition_id).state is EditionState.SENT:
         await archive_after_send(app)
     return summary
 
 
-async def check_mirrors(app: App) -> object:
-    """Mirror health checks (the ``mirrors`` job); archive targets whose last sync failed are
-    synced again."""
-    results = await app.mirrors.check()
+async def check_mirrors(app: App, *, hand_out: bool = True) -> Sequence[CheckResult]:
+    """Mirror health checks (the ``mirrors`` job; ``mirrors check`` with ``hand_out`` False,
+    which needs no partition secret); a mirror that went down is a ``mirror.down`` event;
+    archive targets whose last sync failed are synced again."""
+    before = await asyncio.to_thread(load_health, app.engine)
+    if hand_out:
+        results = await app.mirrors.check()
+    else:
+        results = await MirrorChecker(app.config.mirrors, app.engine, app.clock).check()
+    observe.mirrors_checked(app, before, results)
     await retry_failed_targets(app)
     return results

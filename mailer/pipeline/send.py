@@ -12,18 +12,19 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
 from mailer.app import App
 from mailer.delivery.classify import SendResult
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
+from mailer.delivery.progress import Progress
 from mailer.editions.notify import Notifier
 from mailer.editions.testsend import TEST_SUBSCRIBER_ID, check_test_addresses, mark_as_test
 from mailer.errors import EditionError
 from mailer.mirrors.exposure import record_exposure
-from mailer.models import EditionState
+from mailer.models import EditionState, OutboxState
 from mailer.pipeline.prepare import (
     PreparedEdition,
     Reader,
@@ -64,7 +65,7 @@ def start_edition(app: App, edition_id: int) -> int:
     return added
 
 
-def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = False,
+def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool | Progress = False,
                     batch_size: int | None = None, lease: timedelta = DEFAULT_ENGINE_LEASE,
                     owner: str | None = None) -> DeliveryEngine[Recipient]:
     """The delivery engine for ``prepared`` over the app's outbox, transport and relay peers;
@@ -91,6 +92,7 @@ def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = Fal
         lease=lease,
         owner=owner,
         on_blocked=blocked,
+        observer=app.metrics,
     )
 
 
@@ -98,6 +100,8 @@ async def deliver(app: App, engine: DeliveryEngine[Recipient], prepared: Prepare
                   edition_id: int) -> DeliveryReport:
     """Send what is claimable now, then add this run's mirror exposure to the edition's tally."""
     report = await engine.run(edition_id)
+    if report.remaining:
+        await asyncio.to_thread(_say_what_is_left, app, edition_id)
     counts = dict(prepared.exposure)
     prepared.exposure.clear()
     for attempt in range(3):
@@ -108,6 +112,20 @@ async def deliver(app: App, engine: DeliveryEngine[Recipient], prepared: Prepare
             if attempt == 2:
                 raise
     return report
+
+
+def _say_what_is_left(app: App, edition_id: int) -> None:
+    """``edition 7: 1,200 of 30,000 sent, 5 deferred, next retry 14:05 UTC``: when it goes on."""
+    counts = app.outbox.counts(edition_id)
+    due = app.outbox.next_due(edition_id)
+    sent, total = counts.get(OutboxState.SENT, 0), sum(counts.values())
+    deferred = counts.get(OutboxState.DEFERRED, 0)
+    when = f"next retry {due.astimezone(UTC):%H:%M} UTC" if due is not None else "no retry due"
+    if due is not None and due.astimezone(UTC).date() != app.clock().astimezone(UTC).date():
+        when = f"next retry {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    log.info("edition %d: %s of %s sent, %s deferred, %s", edition_id, f"{sent:,}", f"{total:,}",
+             f"{deferred:,}", when, extra={"edition_id": edition_id, "sent": sent,
+                                           "total": total, "deferred": deferred})
 
 
 def finish_if_done(app: App, edition_id: int) -> bool:
@@ -140,7 +158,7 @@ class SendSummary:
     report: DeliveryReport
 
 
-async def send_edition(app: App, edition_id: int, *, progress: bool = False,
+async def send_edition(app: App, edition_id: int, *, progress: bool | Progress = False,
                        stop: asyncio.Event | None = None) -> SendSummary:
     """Enqueue every active subscriber once, then deliver until nothing is due.
 
