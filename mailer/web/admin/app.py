@@ -310,39 +310,52 @@ def build_admin_app(app: App) -> Starlette:
         return render(request, "editions.html", session, editions=infos,
                       states=[s.value for s in S], selected={s.value for s in wanted})
 
-    def posts_for_new() -> tuple[list[Any], set[int]]:
-        """Unsent posts first (ticked), then recent posts already in an edition (marked)."""
+    def posts_for_new() -> tuple[list[Any], set[int], dict[int, str]]:
+        """Unsent posts first (ticked), then recent posts already in an edition, each marked
+        with where it went (``EditionStore.post_uses``, the rule ``create`` applies)."""
         unsent = app.editions.unsent_post_ids()
         recent = [p for p in reversed(app.post_store.list_posts()) if p.id not in set(unsent)][:30]
         posts = app.post_store.load(unsent) + recent
-        return posts, set(unsent)
+        marks: dict[int, str] = {}
+        for use in app.editions.post_uses([p.id for p in recent if p.id is not None]):
+            marks[use.post_id] = f"{use.state.value}: {use.edition_id}"
+        return posts, set(unsent), marks
+
+    def new_form(request: Request, session: Session, *, status: int = 200,
+                 error: str = "") -> Response:
+        posts, unsent, marks = posts_for_new()
+        return render(request, "edition_new.html", session, status=status, posts=posts,
+                      unsent=unsent, marks=marks, config_languages=cfg.newsletter.languages,
+                      error=error)
 
     async def edition_new(request: Request, session: Session) -> Response:
-        posts, unsent = posts_for_new()
-        return render(request, "edition_new.html", session, posts=posts, unsent=unsent,
-                      config_languages=cfg.newsletter.languages, error="")
+        return new_form(request, session)
 
     async def edition_create(request: Request, session: Session) -> Response:
+        from mailer.editions.store import reuse_problem
+
         form = request.state.form
         t = text.for_language(page_language(request))
         chosen = [int(v) for v in form.getlist("post") if str(v).isdigit()]
-        posts, unsent = posts_for_new()
-        again = [p for p in chosen if p not in unsent]
-        if not chosen or (again and form.get("confirm_sent") != "yes"):
-            error = (t(N_("Choose at least one post.")) if not chosen else t(N_(
+        if not chosen:
+            return new_form(request, session, status=400, error=t(N_("Choose at least one post.")))
+        confirmed = form.get("confirm_sent") == "yes"
+        problem = reuse_problem(app.editions.post_uses(chosen))
+        if problem and not confirmed:
+            return new_form(request, session, status=400, error=t(N_(
                 "Some posts you chose were already in an edition. Tick the confirmation to "
-                "send them again.")))
-            return render(request, "edition_new.html", session, status=400, posts=posts,
-                          unsent=unsent, config_languages=cfg.newsletter.languages, error=error)
+                "send them again.")) + f" ({problem})")
         kind = "per-post" if form.get("kind") == "per-post" else "digest"
-        notes = {lang: str(form.get(f"note_{lang}") or "").strip()
-                 for lang in cfg.newsletter.languages}
-        eid = app.editions.create(chosen, kind=kind,
-                                  notes={k: v for k, v in notes.items() if v})
+        langs = cfg.newsletter.languages
+        notes = {lang: str(form.get(f"note_{lang}") or "").strip() for lang in langs}
+        subjects = {lang: str(form.get(f"subject_{lang}") or "").strip() for lang in langs}
+        eid = app.editions.create(chosen, kind=kind, notes={k: v for k, v in notes.items() if v},
+                                  subjects={k: v for k, v in subjects.items() if v},
+                                  include_sent=confirmed)
         if eid is None:
             raise _Refused(t(N_("Choose at least one post.")))
         audit(session, "create", f"edition {eid}",
-              f"{len(chosen)} post(s)" + (f", {len(again)} sent before" if again else ""))
+              f"{len(chosen)} post(s)" + (f"; {problem}" if problem else ""))
         return RedirectResponse(f"/editions/{eid}", status_code=303)
 
     async def edition_show(request: Request, session: Session) -> Response:
@@ -366,14 +379,19 @@ def build_admin_app(app: App) -> Starlette:
         eid = edition_id(request)
         form = request.state.form
         info = app.editions.info(eid)
-        changed = []
+        subjects: dict[str, str | None] = {}
+        notes: dict[str, str | None] = {}
         for lang in cfg.newsletter.languages:
+            subject = str(form.get(f"subject_{lang}") or "").strip()
             note = str(form.get(f"note_{lang}") or "").strip()
+            if subject != info.subjects.get(lang, ""):
+                subjects[lang] = subject or None
             if note != info.notes.get(lang, ""):
-                app.editions.set_note(eid, lang, note)
-                changed.append(f"note {lang}")
-        if changed:
-            audit(session, "edit", f"edition {eid}", ", ".join(changed))
+                notes[lang] = note or None
+        if subjects or notes:
+            app.editions.edit(eid, subjects=subjects, notes=notes)
+            audit(session, "edit", f"edition {eid}", ", ".join(
+                [f"subject {lang}" for lang in subjects] + [f"note {lang}" for lang in notes]))
         return RedirectResponse(f"/editions/{eid}", status_code=303)
 
     async def edition_schedule(request: Request, session: Session) -> Response:
@@ -398,8 +416,15 @@ def build_admin_app(app: App) -> Starlette:
             if session.user.name in accounts.authors(f"edition {eid}", AUTHORING):
                 raise _Refused(t(N_("Four eyes: an editor who did not create, edit or schedule "
                                     "this edition must approve it.")))
-        getattr(app.editions, action)(eid)
-        audit(session, action, f"edition {eid}")
+        detail = None
+        if action == "cancel":
+            from mailer.pipeline.send import cancel_edition
+
+            rows = cancel_edition(app, eid, f"cancelled by {session.user.name}")
+            detail = f"{rows} message(s) not sent" if rows else None
+        else:
+            getattr(app.editions, action)(eid)
+        audit(session, action, f"edition {eid}", detail)
         return RedirectResponse(f"/editions/{eid}", status_code=303)
 
     def preview_bytes(eid: int, language: str) -> bytes:
@@ -426,6 +451,7 @@ def build_admin_app(app: App) -> Starlette:
             "content-security-policy": PREVIEW_CSP, "x-frame-options": "SAMEORIGIN"})
 
     async def edition_test(request: Request, session: Session) -> Response:
+        from mailer.editions.testsend import check_test_addresses
         from mailer.pipeline.send import send_test
 
         eid = edition_id(request)
@@ -434,17 +460,16 @@ def build_admin_app(app: App) -> Starlette:
         language = str(form.get("language") or cfg.newsletter.default_language)
         if language not in cfg.newsletter.choices:
             raise _Refused(t(N_("Choose a language.")))
-        addresses = [a for a in re.split(r"[\s,;]+", str(form.get("to") or "")) if a][:20]
-        if not addresses or any("@" not in a or any(c in a for c in "<>\"") for a in addresses):
-            raise _Refused(t(N_("Give one or more plain email addresses.")))
-        results = []
-        for address in addresses:
-            result = await send_test(app, eid, address, language)
-            results.append((address, result.accepted, result.code))
+        addresses = check_test_addresses(
+            [a for a in re.split(r"[\s,;]+", str(form.get("to") or "")) if a])
+        copies = await send_test(app, eid, addresses, language)
         audit(session, "test-send", f"edition {eid}",
               f"{language}, {len(addresses)} address(es)")  # never the addresses themselves
+        folder = (str(cfg.delivery.test_maildir / "new")
+                  if cfg.delivery.transport == "maildir" and app.transport_override is None else "")
         return render(request, "test_sent.html", session, info=app.editions.info(eid),
-                      language=language, results=results)
+                      language=language, folder=folder,
+                      results=[(c.address, c.accepted, c.result.code) for c in copies])
 
     async def report_page(request: Request, session: Session) -> Response:
         eid = edition_id(request)
