@@ -97,7 +97,7 @@ def users_list(app: App) -> None:
     """Accounts: name, role, second factor."""
     from mailer.web.admin import accounts_for
 
-    found = accounts_for(app).list()
+    found = accounts_for(app).list_users()
     if not found:
         click.echo("no accounts")
     for u in found:

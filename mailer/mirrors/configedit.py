@@ -22,7 +22,7 @@ from tomlkit.items import AoT, Table
 from mailer.config import Config, load_config
 from mailer.errors import InputError, NewsletterError
 
-__all__ = ["set_site_status", "site_status_text", "write_validated"]
+__all__ = ["Status", "set_site_status", "site_status_text", "write_validated"]
 
 Status = Literal["active", "reserve", "retired"]
 

@@ -159,7 +159,8 @@ def test_totp_enrolment_then_login_needs_the_code(tmp_path: Path, sqlite_url: st
         assert ok.status_code == 303
         assert c.get("/").status_code == 200
     listed = newsletter(config, "admin", "users", "list")
-    assert "alice" in listed.stdout and "totp" in listed.stdout
+    assert "alice" in listed.stdout
+    assert "totp" in listed.stdout
     with admin_serve(config) as server, server.client() as c:
         assert login(c, "alice").status_code == 401  # the password alone is not enough
         assert login(c, "alice", code="123456").status_code == 401
@@ -175,7 +176,8 @@ def test_users_cli_generates_a_password_once_lists_removes(config: Path) -> None
     password = re.search(r"password \(shown once\): (\S+)", made.stdout)
     assert password
     listed = newsletter(config, "admin", "users", "list")
-    assert "carol" in listed.stdout and password.group(1) not in listed.stdout
+    assert "carol" in listed.stdout
+    assert password.group(1) not in listed.stdout
     with admin_serve(config) as server, server.client() as c:
         assert login(c, "carol", password.group(1)).status_code == 303
         changed = newsletter(config, "admin", "users", "passwd", "carol",
@@ -189,4 +191,5 @@ def test_users_cli_generates_a_password_once_lists_removes(config: Path) -> None
     assert "at least 12" in short.stderr
     dup = newsletter(config, "admin", "users", "add", "alice", "--role", "editor",
                      stdin=PASSWORD + "\n")
-    assert dup.returncode == 2 and "exists" in dup.stderr
+    assert dup.returncode == 2
+    assert "exists" in dup.stderr

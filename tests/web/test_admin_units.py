@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import tomllib
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -30,12 +31,13 @@ class Clock:
 
 
 @pytest.fixture
-def store(db_url: str) -> AccountStore:
+def store(db_url: str) -> Iterator[AccountStore]:
     engine = open_engine(db_url)
     prepare_schema(engine)
-    return AccountStore(engine, Clock(), secrets.token_bytes(32), idle=timedelta(minutes=30),
-                        max_age=timedelta(hours=12),
-                        limits=LoginLimits(timedelta(minutes=15), 3, 10))
+    yield AccountStore(engine, Clock(), secrets.token_bytes(32), idle=timedelta(minutes=30),
+                       max_age=timedelta(hours=12),
+                       limits=LoginLimits(timedelta(minutes=15), 3, 10))
+    engine.dispose()
 
 
 def test_login_session_idle_and_logout_everywhere(store: AccountStore) -> None:
@@ -43,18 +45,22 @@ def test_login_session_idle_and_logout_everywhere(store: AccountStore) -> None:
     assert isinstance(clock, Clock)
     store.add("alice", "editor", "a long enough password")
     result, token = store.login("alice", "a long enough password", "", "10.0.0.1")
-    assert result is LoginResult.OK and token
+    assert result is LoginResult.OK
+    assert token
     session = store.session(token)
-    assert session is not None and session.user.name == "alice"
+    assert session is not None
+    assert session.user.name == "alice"
     clock.now += timedelta(minutes=29)
     assert store.session(token) is not None  # used: the idle clock starts again
     clock.now += timedelta(minutes=31)
     assert store.session(token) is None
     _, t1 = store.login("alice", "a long enough password", "", "10.0.0.1")
     _, t2 = store.login("alice", "a long enough password", "", "10.0.0.2")
-    assert t1 and t2
+    assert t1
+    assert t2
     assert store.end_all_sessions(store.get("alice")) == 2  # type: ignore[arg-type]
-    assert store.session(t1) is None and store.session(t2) is None
+    assert store.session(t1) is None
+    assert store.session(t2) is None
 
 
 def test_limits_count_unknown_names_and_reset_after_the_window(store: AccountStore) -> None:
@@ -112,14 +118,17 @@ def test_account_input_is_checked(store: AccountStore) -> None:
 
 def test_qr_code_is_inline_svg() -> None:
     svg = qr_svg("otpauth://totp/x:alice?secret=JBSWY3DPEHPK3PXP&issuer=x")
-    assert svg.startswith("<svg") and "<script" not in svg and "href" not in svg
+    assert svg.startswith("<svg")
+    assert "<script" not in svg
+    assert "href" not in svg
 
 
 @given(st.text(min_size=1, max_size=40))
 def test_chart_escapes_labels(name: str) -> None:
     svg = stacked_bars([(name, {"sent": 3, "content_rejected": 1})], {"sent": "<b>sent"},
                        title="t<")
-    assert "<b>" not in svg and "<script" not in svg
+    assert "<b>" not in svg
+    assert "<script" not in svg
     assert svg.count("<svg") == 1
 
 
@@ -128,7 +137,8 @@ def test_site_status_edit_keeps_comments_and_is_valid_toml() -> None:
     out = site_status_text(text, 0, "retired", date(2026, 12, 2))
     assert out.count("#") == text.count("#")  # every comment survives
     sites = tomllib.loads(out)["mirrors"]["sites"]
-    assert sites[0]["status"] == "retired" and sites[0]["retired"] == date(2026, 12, 2)
+    assert sites[0]["status"] == "retired"
+    assert sites[0]["retired"] == date(2026, 12, 2)
     back = site_status_text(out, 0, "active", date(2026, 12, 3))
     assert "retired" not in tomllib.loads(back)["mirrors"]["sites"][0]
     with pytest.raises(InputError):

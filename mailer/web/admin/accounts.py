@@ -180,7 +180,7 @@ class AccountStore:
             row = conn.execute(select(admin_users).where(admin_users.c.name == name)).mappings().first()
         return _user(row) if row else None
 
-    def list(self) -> list[User]:
+    def list_users(self) -> list[User]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(admin_users).order_by(admin_users.c.name)).mappings().all()
         return [_user(r) for r in rows]

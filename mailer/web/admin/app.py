@@ -46,7 +46,7 @@ from mailer.delivery.report import edition_report
 from mailer.editions.store import EDITABLE
 from mailer.errors import NewsletterError
 from mailer.localtime import parse_local_time
-from mailer.mirrors.configedit import set_site_status
+from mailer.mirrors.configedit import Status, set_site_status
 from mailer.mirrors.exposure import exposure_for, exposure_of_edition
 from mailer.mirrors.state import load_health
 from mailer.models import EditionState, OutboxState
@@ -85,6 +85,7 @@ EDITION_ACTIONS = {
 }
 
 Handler = Callable[[Request, Session], Awaitable[Response]]
+_STATUSES: dict[str, Status] = {"active": "active", "reserve": "reserve", "retired": "retired"}
 
 
 class _Refused(Exception):
@@ -412,9 +413,9 @@ def build_admin_app(app: App) -> Starlette:
         if action == "cancel" and form.get("confirm") != "yes":
             return render(request, "confirm.html", session, info=app.editions.info(eid),
                           action=action)
-        if action == "approve" and cfg.admin.four_eyes:
-            if session.user.name in accounts.authors(f"edition {eid}", AUTHORING):
-                raise _Refused(t(N_("Four eyes: an editor who did not create, edit or schedule "
+        if (action == "approve" and cfg.admin.four_eyes
+                and session.user.name in accounts.authors(f"edition {eid}", AUTHORING)):
+            raise _Refused(t(N_("Four eyes: an editor who did not create, edit or schedule "
                                     "this edition must approve it.")))
         detail = None
         if action == "cancel":
@@ -486,7 +487,7 @@ def build_admin_app(app: App) -> Starlette:
                    and report.by_domain[d].get(OutboxState.CONTENT_REJECTED, 0)}
         return render(request, "report.html", session, info=info, report=report,
                       by_domain=by_domain[:40], by_language=by_language, flagged=flagged,
-                      columns=[s.value for s in COLOURS], labels=labels,
+                      columns=list(COLOURS), labels=labels,
                       exposure=exposure_of_edition(app.engine, eid),
                       chart=stacked_bars(by_domain[:20], labels, title=t(N_("Outcomes by domain"))),
                       chart_lang=stacked_bars(by_language, labels,
@@ -508,8 +509,8 @@ def build_admin_app(app: App) -> Starlette:
     async def mirror_status(request: Request, session: Session) -> Response:
         nonlocal cfg
         form = request.state.form
-        status = str(form.get("status") or "")
-        if status not in ("active", "reserve", "retired"):
+        status = _STATUSES.get(str(form.get("status") or ""))
+        if status is None:
             raise _Refused("unknown status")
         index = int(request.path_params["index"])
         url = str(form.get("url") or "")
@@ -559,8 +560,8 @@ def build_admin_app(app: App) -> Starlette:
         post("/editions/{edition_id:int}/schedule", edition_schedule),
         post("/editions/{edition_id:int}/action", edition_action),
         post("/editions/{edition_id:int}/test", edition_test),
-        get("/editions/{edition_id:int}/preview/{language}", edition_preview),
         get("/editions/{edition_id:int}/preview/{language}.{ext}", edition_preview),
+        get("/editions/{edition_id:int}/preview/{language}", edition_preview),
         get("/editions/{edition_id:int}/report", report_page),
         get("/mirrors", mirrors_page, role=op),
         post("/mirrors/{index:int}", mirror_status, role=op),
