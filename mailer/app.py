@@ -230,6 +230,7 @@ class App:
             self.engine, self.clock,
             require_approval=self.config.newsletter.require_approval,
             load_posts=self.post_store.load,
+            languages=self.config.newsletter.languages,
         )
 
     @cached_property
@@ -267,10 +268,26 @@ class App:
         delivery = self.config.delivery
         inner: Transport
         if delivery.transport == "smtp":
+            delivery.require_secrets()  # the relay password is needed now, and only now
             inner = SMTPTransport(delivery.relays)
         else:
             inner = MaildirTransport(delivery.maildir)
         return signing(self.config, inner)
+
+    def open_test_transport(self) -> Transport:
+        """A transport of its own for test sends, which the caller closes: the relays (or the
+        injected transport), or with Maildir the ``test_maildir`` folder, never the subscribers'
+        outbox, so no pickup mixes a test with their mail."""
+        from mailer.delivery.maildir import MaildirTransport
+        from mailer.delivery.smtp import SMTPTransport
+
+        delivery = self.config.delivery
+        if self.transport_override is not None:
+            return signing(self.config, self.transport_override)
+        if delivery.transport == "smtp":
+            delivery.require_secrets()
+            return signing(self.config, SMTPTransport(delivery.relays))
+        return signing(self.config, MaildirTransport(delivery.test_maildir))
 
 
 def dkim_signer(config: Config) -> DKIMSigner | None:

@@ -177,6 +177,9 @@ class RelaySettings:
     ca_file: Path | None = None
     timeout: float = 60.0
     name: str = ""
+    # ``username`` is set but the environment lacks the password: raised (naming file, key and
+    # line) only when a transport is opened, so read-only commands run without the secret.
+    missing_password: ConfigError | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -197,6 +200,20 @@ class DeliverySettings:
     content_rejections: tuple[str, ...] = DEFAULT_CONTENT_REJECTIONS
     domain_rates: Mapping[str, float] = field(default_factory=dict)
     envelope_from: str | None = None
+    # Where ``editions test-send`` writes with the Maildir transport: never the subscribers'
+    # outbox, so a test is never picked up with their mail (default: ``<maildir>-tests``).
+    test_maildir: Path = Path("data/outbox-tests")
+
+    def require_secrets(self) -> None:
+        """Raise the ``ConfigError`` of a relay whose password is missing from the environment.
+
+        Called when an SMTP transport is opened (and when the daemon or a worker starts), not at
+        load: ``editions list`` or ``show`` must not need the relay password."""
+        if self.transport != "smtp":
+            return
+        for relay in self.relays:
+            if relay.missing_password is not None:
+                raise relay.missing_password
 
 
 @dataclass(frozen=True)
@@ -771,9 +788,10 @@ def _relay(ld: _Loader, s: _Section, check_password: bool) -> RelaySettings:
         raise s.error("host", f"{host!r} is not a host name")
     username = s.get("username", str, None)
     password = ld.secret(s, "password_env")
+    missing = None
     if username and password is None and check_password:
         env = s.get("password_env", str, None)
-        raise s.error(
+        missing = s.error(
             "password_env",
             f"username is set, so the environment variable {env!r} must hold the password"
             if env else "username is set, so password_env must name the variable with the password",
@@ -791,6 +809,7 @@ def _relay(ld: _Loader, s: _Section, check_password: bool) -> RelaySettings:
         ca_file=ld.resolve(ca) if ca else None,
         timeout=float(s.get("timeout", float, 60.0)),
         name=s.get("name", str, ""),
+        missing_password=missing,
     )
     if not 0 < out.port < 65536:
         raise s.error("port", "must be between 1 and 65535")
@@ -824,9 +843,18 @@ def _delivery(ld: _Loader, s: _Section) -> DeliverySettings:
     rates_sec.done()
     d = DeliverySettings()
     dur = (str, int, float)
+    maildir = ld.resolve(s.get("maildir", str, "data/outbox"))
+    test_raw = s.get("test_maildir", str, None)
+    test_maildir = ld.resolve(test_raw) if test_raw else maildir.with_name(f"{maildir.name}-tests")
+    if test_maildir.resolve() == maildir.resolve() or maildir.resolve() in (
+            test_maildir.resolve().parents) or test_maildir.resolve() in maildir.resolve().parents:
+        raise s.error("test_maildir" if test_raw else "maildir",
+                      "test_maildir must be a folder of its own, neither maildir nor inside it "
+                      "(test sends must never sit among subscribers' mail)")
     out = DeliverySettings(
         transport=transport,
-        maildir=ld.resolve(s.get("maildir", str, "data/outbox")),
+        maildir=maildir,
+        test_maildir=test_maildir,
         relays=relays,
         max_attempts=s.get("max_attempts", int, d.max_attempts),
         max_age=s.convert("max_age", dur, parse_duration, d.max_age),

@@ -89,6 +89,8 @@ editions = Table(
     Column("kind", String(16), nullable=False),  # digest | per-post
     Column("state", String(16), nullable=False, index=True),
     Column("notes_json", Text, nullable=False, default="{}"),  # intro note per language
+    # The editors' subject line per language; none: derived (migration 0012).
+    Column("subjects_json", Text, nullable=False, default="{}", server_default="{}"),
     Column("scheduled_at", DateTime(timezone=True), nullable=True),
     Column("approved_at", DateTime(timezone=True), nullable=True),
     Column("started_at", DateTime(timezone=True), nullable=True),

@@ -38,6 +38,7 @@ def check_cmd(ctx: click.Context, app: App, to: str | None) -> None:
     relays = app.config.delivery.relays
     if not relays:
         raise InputError("no [[delivery.relays]] configured (transport is maildir)")
+    app.config.delivery.require_secrets()
     if to is not None and ("@" not in to or any(c in to for c in "\r\n <>")):
         raise InputError("--to must be one email address")
     nl = app.config.newsletter

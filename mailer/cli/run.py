@@ -33,6 +33,7 @@ def run(app: App, once: bool, standby: bool) -> None:
         return
     from scheduler import Daemon
 
+    app.config.delivery.require_secrets()  # it will send: a missing password fails now, not at 08:00
     asyncio.run(Daemon(app, standby=standby).run())
 
 

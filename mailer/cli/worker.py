@@ -44,6 +44,7 @@ def worker_cmd(app: App, once: bool, lease_text: str, poll_text: str, batch_size
         lease, poll = parse_duration(lease_text), parse_duration(poll_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    app.config.delivery.require_secrets()  # it sends: a missing relay password fails at start
     if app.engine.dialect.name == "sqlite":
         log.warning("SQLite: `newsletter run` sends by itself; several workers need PostgreSQL")
     worker = SenderWorker(app, lease=lease, poll=poll.total_seconds(), batch_size=batch_size,

@@ -316,7 +316,8 @@ class Outbox:
     def release(self, edition_id: int, owner: str) -> int:
         """Give back rows claimed but never handed to a transport (pause, cancel, SIGTERM).
 
-        Their attempt did not happen, so the count goes back down.
+        Their attempt did not happen, so the count goes back down. Rows of a cancelled edition
+        become ``cancelled`` rather than queued again.
         """
         now = self.clock()
         with self.engine.begin() as conn:
@@ -327,7 +328,30 @@ class Outbox:
                 .values(state=OutboxState.QUEUED.value, lease_owner=None, lease_expires_at=None,
                         attempts=self._greatest(outbox.c.attempts - 1, 0), updated_at=now)
             )
+        self._cancelled_stay_cancelled(edition_id)
         return int(result.rowcount)
+
+    def cancel_unsent(self, edition_id: int) -> int:
+        """The edition was cancelled: its rows that will never be sent (queued, deferred, or
+        leased by a sender whose lease ran out) become ``cancelled``, so the report shows what
+        happened instead of thousands still ``queued``. Rows in flight keep their lease and
+        get their real outcome; a sender that gives rows back later calls this too."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.edition_id == edition_id, or_(
+                    outbox.c.state.in_([OutboxState.QUEUED.value, OutboxState.DEFERRED.value]),
+                    and_(outbox.c.state == OutboxState.SENDING.value,
+                         outbox.c.lease_expires_at < now)))
+                .values(state=OutboxState.CANCELLED.value, lease_owner=None,
+                        lease_expires_at=None, next_attempt_at=None, updated_at=now)
+            )
+        return int(result.rowcount)
+
+    def _cancelled_stay_cancelled(self, edition_id: int) -> None:
+        if self.edition_state(edition_id) == "cancelled":
+            self.cancel_unsent(edition_id)
 
     def lease_holders(self, edition_id: int) -> list[str]:
         """The owners of this edition's leased rows (live senders, or senders that died)."""
@@ -369,6 +393,7 @@ class Outbox:
                 .values(state=OutboxState.QUEUED.value, lease_owner=None, lease_expires_at=None,
                         attempts=self._greatest(outbox.c.attempts - 1, 0), updated_at=now)
             )
+        self._cancelled_stay_cancelled(edition_id)
         return int(result.rowcount)
 
     # ------------------------------------------------------------------ reading

@@ -52,7 +52,7 @@ def edition_report(engine: Engine, edition_id: int) -> EditionReport:
 _COLUMNS = (
     OutboxState.SENT, OutboxState.DEFERRED, OutboxState.FAILED, OutboxState.BOUNCED,
     OutboxState.CONTENT_REJECTED, OutboxState.SUPPRESSED, OutboxState.QUEUED,
-    OutboxState.SENDING,
+    OutboxState.SENDING, OutboxState.CANCELLED,
 )
 
 

@@ -28,7 +28,16 @@ from mailer.pipeline.prepare import (
     prepare,
     prepare_edition,
 )
-from mailer.pipeline.send import Held, SendSummary, send_edition, send_new_posts, start_edition
+from mailer.pipeline.send import (
+    Held,
+    SendSummary,
+    SentCopy,
+    cancel_edition,
+    send_edition,
+    send_new_posts,
+    send_test,
+    start_edition,
+)
 
 __all__ = [
     "Held",
@@ -37,6 +46,8 @@ __all__ = [
     "Resumed",
     "RunSummary",
     "SendSummary",
+    "SentCopy",
+    "cancel_edition",
     "ensure_sample_subscribers",
     "header_settings",
     "personalise",
@@ -48,6 +59,7 @@ __all__ = [
     "run_once",
     "send_edition",
     "send_new_posts",
+    "send_test",
     "start_edition",
     "unsubscribe_by_mail",
 ]

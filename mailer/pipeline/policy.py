@@ -29,12 +29,14 @@ from subscribers.mailin import MailinReport
 
 __all__ = [
     "DAEMON_PAUSE_REASON",
+    "DIGEST_SLOT",
     "Resumed",
     "RunSummary",
     "carry_on",
     "check_mirrors",
     "describe_time",
     "digest_now",
+    "digest_slot_taken",
     "ensure_sample_subscribers",
     "forget_suppressed",
     "missed_digest",
@@ -61,6 +63,13 @@ DAEMON_PAUSE_REASON = "the daemon stopped while sending; it resumes when the dae
 
 SendOne = Callable[[int], Awaitable[object]]
 
+# An editors' edition sent this close to the automatic digest's time takes the digest's place:
+# readers get one mail, and the posts that would have made the digest wait for the next one.
+DIGEST_SLOT = timedelta(hours=1)
+# The editions that count: on their way to readers, or already with them.
+_TAKES_SLOT = (EditionState.SCHEDULED, EditionState.APPROVED, EditionState.SENDING,
+               EditionState.PAUSED, EditionState.SENT)
+
 
 def short_delta(delta: timedelta) -> str:
     """``2d 3h``, ``45m``: lateness for people, not ``2 days, 3:00:00.000123``."""
@@ -79,6 +88,11 @@ def describe_time(at: datetime, timezone: str) -> str:
     utc = at.astimezone(UTC)
     return (f"{local:%Y-%m-%d %H:%M} {local.tzname()} ({timezone}) = "
             f"{utc:%Y-%m-%d %H:%M} UTC")
+
+
+def _req(at: datetime | None) -> datetime:
+    assert at is not None
+    return at
 
 
 def _local(info: EditionInfo, tz: str) -> str:
@@ -154,9 +168,34 @@ def per_post_editions(app: App) -> list[int]:
     return created
 
 
+def digest_slot_taken(editions: Iterable[EditionInfo], when: datetime, *,
+                      slot: timedelta = DIGEST_SLOT) -> EditionInfo | None:
+    """Pure: the edition that takes the digest of ``when``'s place, or None.
+
+    An edition an editor scheduled (or that already went out) within ``slot`` of the digest
+    time wins: the digest makes no edition, so readers never get two mails that morning. Its
+    posts are never the digest's anyway (a post is in one edition), and the new ones wait for
+    the following digest. Held, draft, missed and cancelled editions do not count: nothing of
+    theirs reaches readers then.
+    """
+    for info in sorted(editions, key=lambda i: i.id):
+        if (info.state in _TAKES_SLOT and info.scheduled_at is not None
+                and abs(info.scheduled_at - when) <= slot):
+            return info
+    return None
+
+
 def digest_now(app: App) -> int | None:
-    """Digest time: every unsent post becomes one edition, due now (None: no new posts)."""
+    """Digest time: every unsent post becomes one edition, due now (None: no new posts, or an
+    editors' edition takes this digest's place: :func:`digest_slot_taken`)."""
     store = app.editions
+    now = app.clock()
+    taken = digest_slot_taken(store.find(_TAKES_SLOT, limit=100), now)
+    if taken is not None:
+        log.info("digest time: edition %d is sent at %s, so no digest now; new posts wait for "
+                 "the next digest", taken.id, describe_time(_req(taken.scheduled_at),
+                                                            app.config.schedule.timezone))
+        return None
     eid = store.create(kind="digest")
     if eid is None:
         log.info("digest time: no new posts, so no edition")
@@ -325,7 +364,10 @@ def whats_next(app: App, runs: Mapping[str, datetime]) -> list[str]:
         lines.append(f"next send: edition {upcoming[0].id} at "
                      f"{describe_time(upcoming[0].scheduled_at, tz)}")
     if "digest" in runs:
-        lines.append(f"next digest: {describe_time(runs['digest'], tz)}")
+        taken = digest_slot_taken(upcoming, runs["digest"])
+        lines.append(f"next digest: {describe_time(runs['digest'], tz)}" + (
+            f": none then, edition {taken.id} goes out instead (new posts wait for the "
+            f"digest after)" if taken is not None else ""))
     elif not upcoming:
         lines.append(f"next send: none scheduled (mode {app.config.newsletter.mode})")
     return lines

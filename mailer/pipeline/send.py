@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,7 +20,7 @@ from mailer.app import App
 from mailer.delivery.classify import SendResult
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
 from mailer.editions.notify import Notifier
-from mailer.editions.testsend import TEST_SUBSCRIBER_ID, mark_as_test
+from mailer.editions.testsend import TEST_SUBSCRIBER_ID, check_test_addresses, mark_as_test
 from mailer.errors import EditionError
 from mailer.mirrors.exposure import record_exposure
 from mailer.models import EditionState
@@ -35,6 +36,8 @@ from subscribers.lifecycle import Event, Recipient
 __all__ = [
     "Held",
     "SendSummary",
+    "SentCopy",
+    "cancel_edition",
     "deliver",
     "delivery_engine",
     "finish_if_done",
@@ -111,6 +114,15 @@ def finish_if_done(app: App, edition_id: int) -> bool:
     return True
 
 
+def cancel_edition(app: App, edition_id: int, reason: str | None = None) -> int:
+    """Cancel an edition (the CLI and the admin): the store refuses what cannot be cancelled;
+    rows never sent become ``cancelled`` in the outbox. Returns how many rows that was.
+
+    A sender busy with it stops at its next batch; what is in flight gets its real outcome."""
+    app.editions.cancel(edition_id, reason)
+    return app.outbox.cancel_unsent(edition_id)
+
+
 @dataclass(frozen=True)
 class SendSummary:
     edition_id: int
@@ -159,7 +171,10 @@ async def send_new_posts(app: App, *, progress: bool = False,
     post_ids = app.editions.unsent_post_ids()
     if not post_ids:
         return None
-    edition_id = app.editions.create(post_ids, kind="per-post" if len(post_ids) == 1 else "digest")
+    # The configured mode names the edition: in digest mode even one post is a digest (its
+    # layout, subject and label); in per-post mode one post is a per-post edition.
+    per_post = app.config.newsletter.mode == "per-post" and len(post_ids) == 1
+    edition_id = app.editions.create(post_ids, kind="per-post" if per_post else "digest")
     if edition_id is None:
         return None
     reason = app.editions.hold_if_over(edition_id, app.config.schedule.max_posts)
@@ -171,18 +186,41 @@ async def send_new_posts(app: App, *, progress: bool = False,
     return await send_edition(app, edition_id, progress=progress, stop=stop)
 
 
-async def send_test(app: App, edition_id: int, address: str, language: str) -> SendResult:
-    """``editions test-send``: the real rendered mail for ``language`` to ``address``, once.
+@dataclass(frozen=True)
+class SentCopy:
+    """One test copy: where it went (the editor's own address, echoed back to them only) and
+    what the transport answered."""
+
+    address: str
+    result: SendResult
+
+    @property
+    def accepted(self) -> bool:
+        return self.result.accepted
+
+
+async def send_test(app: App, edition_id: int, addresses: Sequence[str],
+                    language: str) -> list[SentCopy]:
+    """``editions test-send`` and the admin: the real rendered mail for ``language`` to each of
+    ``addresses`` (:func:`~mailer.editions.testsend.check_test_addresses` checks them), marked
+    as a test.
 
     The same prepare and personalise path as the real send, so what the editor sees is what
     subscribers get, but it never touches the outbox (no totals, no exactly-once bookkeeping)
-    and the address is neither logged nor stored: it is not a subscriber's, yet it is personal.
+    and the addresses are neither logged nor stored: they are not subscribers', yet personal.
+    Every transport works; Maildir writes to ``[delivery] test_maildir``, a folder of its own.
     """
+    wanted = check_test_addresses([addresses] if isinstance(addresses, str) else addresses)
     prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
     unsubscribe = f"{app.config.newsletter.public_url}/u/test"
-    data = personalise(app, prepared, Reader(TEST_SUBSCRIBER_ID, address, language, unsubscribe))
-    transport = app.transport
+    transport = app.open_test_transport()
+    out = []
     try:
-        return await transport.send(app.config.envelope_sender, address, mark_as_test(data))
+        for address in wanted:
+            data = personalise(app, prepared,
+                               Reader(TEST_SUBSCRIBER_ID, address, language, unsubscribe))
+            result = await transport.send(app.config.envelope_sender, address, mark_as_test(data))
+            out.append(SentCopy(address, result))
     finally:
         await transport.aclose()
+    return out

@@ -34,8 +34,11 @@ from subscribers.catalog import BABEL_LOCALES
 
 __all__ = [
     "SINGLE_POST_KINDS",
+    "IntroNote",
     "RenderContext",
+    "edition_subject",
     "inline_css",
+    "intro_notes",
     "layout_for",
     "mirror_slot_count",
     "order_posts",
@@ -275,6 +278,39 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
     )
 
 
+@dataclass(frozen=True)
+class IntroNote:
+    """An editor's intro note as one variant shows it: its language and its paragraphs, each
+    a tuple of lines (a line break inside a paragraph is kept: joining Chinese lines with a
+    space would put a space between characters)."""
+
+    lang: str
+    paragraphs: tuple[tuple[str, ...], ...]
+
+
+def intro_notes(notes: Mapping[str, str], choice: str) -> tuple[IntroNote, ...]:
+    """Pure: the notes a reader of ``choice`` sees, in the order of its halves (a zh-Hans+en
+    reader gets both). A note is plain text written by an editor: blank lines part paragraphs;
+    it is escaped by the template and defused of slot syntax here, like feed text."""
+    out = []
+    for half in _halves(choice):
+        text = defuse(notes.get(half, "")).replace("\r\n", "\n").replace("\r", "\n").strip()
+        if not text:
+            continue
+        paragraphs = tuple(
+            tuple(line.strip() for line in block.split("\n") if line.strip())
+            for block in re.split(r"\n\s*\n", text))
+        out.append(IntroNote(half, tuple(p for p in paragraphs if p)))
+    return tuple(out)
+
+
+def edition_subject(subjects: Mapping[str, str], choice: str, derived: str) -> str:
+    """Pure: the editors' subject for ``choice`` (both halves' for a pair, joined by " / "),
+    else ``derived``. One line: CR/LF would start a new header (RFC 5322 2.2)."""
+    own = [_no_crlf(defuse(subjects[h])) for h in _halves(choice) if subjects.get(h, "").strip()]
+    return " / ".join(dict.fromkeys(own)) if own else derived
+
+
 _FONTS = {
     "zh-Hans": "'PingFang SC', 'Hiragino Sans GB', 'Microsoft YaHei', 'Noto Sans CJK SC', "
     "'Source Han Sans SC', 'WenQuanYi Micro Hei', sans-serif",
@@ -300,7 +336,8 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
     posts = [_show_post(p, i, chrome, ctx) for i, p in enumerate(order_posts(edition.posts, language))]
     name = ctx.newsletter.name.get(chrome.halves[0]) or next(iter(ctx.newsletter.name.values()))
     date_text = chrome.date(ctx.date)
-    subject = _no_crlf(posts[0].title if layout == "post" else f"{name} · {date_text}")
+    subject = edition_subject(edition.subjects, language, _no_crlf(
+        posts[0].title if layout == "post" else f"{name} · {date_text}"))
     mirrors = tuple(mirror_slot(i) for i in range(ctx.mirror_slots))
     values = {
         "_": chrome._,
@@ -312,6 +349,7 @@ def render_variant(edition: Edition, language: str, ctx: RenderContext) -> Rende
         "subject": subject,
         "date": date_text,
         "posts": posts,
+        "intro": intro_notes(edition.notes, language),
         "layout": layout,
         "mirrors": mirrors,
         "onions": ctx.onions,

@@ -93,11 +93,15 @@ def test_errors_name_file_key_and_line(tmp_path: Path, edit: tuple[str, str], ke
     assert key in str(err)
 
 
-def test_missing_password_env_is_named(tmp_path: Path) -> None:
+def test_missing_password_env_is_named_when_the_relay_is_needed(tmp_path: Path) -> None:
+    # Read-only commands load the config without the secret; opening a transport needs it.
+    config = load_config(write(tmp_path, GOOD), {})
     with pytest.raises(ConfigError, match="SMTP_PASSWORD") as info:
-        load_config(write(tmp_path, GOOD), {})
+        config.delivery.require_secrets()
     assert info.value.key == "delivery.relays[0].password_env"
     assert info.value.line == 25
+    assert str(config.path) in str(info.value)
+    load_config(write(tmp_path, GOOD), {"SMTP_PASSWORD": "x"}).delivery.require_secrets()
 
 
 def test_toml_syntax_error_gives_the_line(tmp_path: Path) -> None:

@@ -62,7 +62,10 @@ async def test_pause_or_cancel_while_sending_stops_between_batches(sqlite_db: En
         counts = Outbox(sqlite_db, FakeClock()).counts(edition)
         assert counts[OutboxState.SENDING] == 0
         assert counts[OutboxState.SENT] == len(server.received) == report.sent
-        assert counts[OutboxState.QUEUED] == n - report.sent
+        # Paused rows wait, queued; a cancelled edition's never go, and say so (issue 18).
+        waiting = OutboxState.QUEUED if action == "paused" else OutboxState.CANCELLED
+        assert counts[waiting] == n - report.sent
+        assert counts[OutboxState.QUEUED] + counts[OutboxState.CANCELLED] == n - report.sent
         if action == "paused":
             set_edition_state(sqlite_db, edition, "sending")  # resume
             report = await run_once(sqlite_db, server, edition, n)
