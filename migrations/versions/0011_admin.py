@@ -1,7 +1,7 @@
 """admin: the editors' web admin accounts, sessions, login limits and audit log
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0012
 Create Date: 2026-12-02 18:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0012"  # 0009 in the brief; after 0012 (h18cli) once both are merged
 branch_labels = None
 depends_on = None
 
