@@ -9,6 +9,7 @@ through tomlkit, which keeps the comments and layout an operator wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Mapping
@@ -43,7 +44,8 @@ def write_validated(config_path: Path, text: str, environ: Mapping[str, str]) ->
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return config
+    # Loaded from the temporary name, in the same folder (relative paths resolve alike).
+    return dataclasses.replace(config, path=config_path.resolve())
 
 
 def site_status_text(text: str, index: int, status: Status, today: date) -> str:

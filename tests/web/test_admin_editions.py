@@ -131,8 +131,13 @@ def test_operator_retires_a_mirror_and_the_file_keeps_its_comments(config: Path)
     with admin_serve(config) as server, server.client() as c:
         login(c, "olga")
         page = c.get("/mirrors")
-        m = re.search(r'action="/mirrors/(\d+)".*?name="url" value="(https://cr-reserve\.pages\.dev)"'
-                      r'.*?name="status" value="retired"', page.text, re.S)
+        forms = re.findall(r'action="/mirrors/(\d+)" class="inline"><input [^>]+>'
+                           r'<input type="hidden" name="url" value="([^"]+)">'
+                           r'<input type="hidden" name="status" value="([a-z]+)">', page.text)
+        found = [(i, url) for i, url, status in forms
+                 if url == "https://cr-reserve.pages.dev" and status == "retired"]
+        assert found, forms
+        m = re.match(r"(\d+) (\S+)", f"{found[0][0]} {found[0][1]}")
         assert m
         resp = c.post(f"/mirrors/{m.group(1)}", data={"csrf": csrf_of(page.text), "url": m.group(2),
                                                       "status": "retired"})
