@@ -436,7 +436,7 @@ class Outbox:
         return dict(out)
 
     def counts_by_language(self, edition_id: int) -> Mapping[str, dict[OutboxState, int]]:
-        """Rows per language choice and state (the admin's report)."""
+        """Rows per language choice (as enqueued) and state."""
         out: dict[str, dict[OutboxState, int]] = defaultdict(lambda: dict.fromkeys(OutboxState, 0))
         with self.engine.connect() as conn:
             for language, state, n in conn.execute(

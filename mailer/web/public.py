@@ -3,6 +3,8 @@ transport; ``newsletter serve`` runs what this builds."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.applications import Starlette
 
 from mailer.app import App
@@ -46,5 +48,12 @@ def build_public_app(app: App) -> Starlette:
         from_addr=cfg.newsletter.from_addr, public_url=cfg.newsletter.public_url,
         names=dict(cfg.newsletter.name), clock=app.clock, intake=app.signup.intake,
         texts=confirmation_texts(app))
+    async def follow_keys() -> None:
+        """``keys rotate`` on a running ``serve``: new rows are sealed with the new key."""
+        every = cfg.storage.key_reload_every.total_seconds()
+        while True:
+            await asyncio.sleep(every)
+            await asyncio.to_thread(app.refresh_keys)
+
     return make_web_app(app.subscribers, app.tokens, app.jinja, settings, signup=app.signup,
-                        confirmations=sender)
+                        confirmations=sender, background=(follow_keys,))

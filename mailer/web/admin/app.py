@@ -480,7 +480,7 @@ def build_admin_app(app: App) -> Starlette:
         labels = {s: t(s) for s in COLOURS}
         by_domain = [(d, {s.value: n for s, n in row.items()}) for d, row in report.by_domain.items()]
         by_language = [(lang, {s.value: n for s, n in row.items()})
-                       for lang, row in sorted(app.outbox.counts_by_language(eid).items())]
+                       for lang, row in report.by_language.items()]
         alert = cfg.newsletter.content_rejection_alert
         flagged = {d for d in report.by_domain
                    if report.rate(d, OutboxState.CONTENT_REJECTED) >= alert

@@ -22,6 +22,7 @@ COLOURS: Mapping[str, str] = {
     "bounced": "#0072B2",
     "content_rejected": "#D55E00",
     "suppressed": "#CC79A7",
+    "cancelled": "#F0E442",
 }
 
 
