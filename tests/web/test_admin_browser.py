@@ -80,14 +80,25 @@ def _login(d: object, base: str, name: str) -> None:
     d.get(f"{base}/login")  # type: ignore[attr-defined]
     d.find_element(By.ID, "name").send_keys(name)  # type: ignore[attr-defined]
     d.find_element(By.ID, "password").send_keys(PASSWORD)  # type: ignore[attr-defined]
-    d.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()  # type: ignore[attr-defined]
+    _submit(d, "form[action='/login'] button")
     assert "/login" not in d.current_url, d.page_source[:2000]  # type: ignore[attr-defined]
+
+
+def _submit(d: object, selector: str) -> None:
+    """Click a form's button and wait until the next page has replaced this one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    page = d.find_element(By.TAG_NAME, "html")  # type: ignore[attr-defined]
+    d.find_element(By.CSS_SELECTOR, selector).click()  # type: ignore[attr-defined]
+    WebDriverWait(d, 120).until(expected_conditions.staleness_of(page))  # type: ignore[arg-type]
 
 
 def _logout(d: object) -> None:
     from selenium.webdriver.common.by import By
 
-    d.find_element(By.CSS_SELECTOR, "form[action='/logout'] button").click()  # type: ignore[attr-defined]
+    _submit(d, "form[action='/logout'] button")
 
 
 def test_editor_creates_edits_previews_schedules_second_editor_approves_daemon_sends(
@@ -118,7 +129,7 @@ def test_editor_creates_edits_previews_schedules_second_editor_approves_daemon_s
         boxes = d.find_elements(By.CSS_SELECTOR, "input[name=post]")  # type: ignore[attr-defined]
         assert boxes
         assert all(b.is_selected() for b in boxes)
-        d.find_element(By.CSS_SELECTOR, "form[action='/editions/new'] button").click()  # type: ignore[attr-defined]
+        _submit(d, "form[action='/editions/new'] button")
         url = d.current_url  # type: ignore[attr-defined]
         edition = int(url.rstrip("/").rsplit("/", 1)[1])
         assert d.find_element(By.ID, "state").text == "draft"  # type: ignore[attr-defined]
@@ -127,7 +138,7 @@ def test_editor_creates_edits_previews_schedules_second_editor_approves_daemon_s
             area = d.find_element(By.ID, f"note_{lang}")  # type: ignore[attr-defined]
             area.clear()
             area.send_keys(note)
-        d.find_element(By.CSS_SELECTOR, f"form[action='/editions/{edition}/edit'] button").click()  # type: ignore[attr-defined]
+        _submit(d, f"form[action='/editions/{edition}/edit'] button")
         for lang, note in NOTES.items():
             assert d.find_element(By.ID, f"note_{lang}").get_attribute("value") == note  # type: ignore[attr-defined]
 
@@ -148,7 +159,7 @@ def test_editor_creates_edits_previews_schedules_second_editor_approves_daemon_s
         field = d.find_element(By.ID, "at")  # type: ignore[attr-defined]
         assert field.get_attribute("type") == "datetime-local"
         d.execute_script("arguments[0].value = arguments[1]", field, at.strftime("%Y-%m-%dT%H:%M"))  # type: ignore[attr-defined]
-        d.find_element(By.CSS_SELECTOR, f"form[action='/editions/{edition}/schedule'] button").click()  # type: ignore[attr-defined]
+        _submit(d, f"form[action='/editions/{edition}/schedule'] button")
         assert d.find_element(By.ID, "state").text == "scheduled"  # type: ignore[attr-defined]
         assert at.strftime("%Y-%m-%d %H:%M") in d.find_element(By.ID, "send-time").text  # type: ignore[attr-defined]
         # Four eyes: the editor who wrote it is offered no approve button.
@@ -161,7 +172,7 @@ def test_editor_creates_edits_previews_schedules_second_editor_approves_daemon_s
             d.get(f"{base}/")  # type: ignore[attr-defined]
             assert f"/editions/{edition}" in d.page_source  # type: ignore[attr-defined]
             d.get(f"{base}/editions/{edition}")  # type: ignore[attr-defined]
-            d.find_element(By.CSS_SELECTOR, "button[value=approve]").click()  # type: ignore[attr-defined]
+            _submit(d, "button[value=approve]")
             assert d.find_element(By.ID, "state").text == "approved"  # type: ignore[attr-defined]
 
             readers = dict(READERS)
