@@ -96,7 +96,6 @@ def _submit(d: object, selector: str) -> None:
 
 
 def _logout(d: object) -> None:
-    from selenium.webdriver.common.by import By
 
     _submit(d, "form[action='/logout'] button")
 
