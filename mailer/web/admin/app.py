@@ -80,6 +80,7 @@ AUTHORING = ("create", "edit", "schedule")
 EDITION_ACTIONS = {
     "approve": N_("Approve"),
     "hold": N_("Hold"),
+    "pause": N_("Pause"),
     "resume": N_("Resume"),
     "cancel": N_("Cancel"),
 }
