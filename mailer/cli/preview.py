@@ -27,8 +27,6 @@ from mailer.models import Edition, EditionState, Post
 __all__ = ["NOTHING_TO_PREVIEW", "PreviewFiles", "image_file_name", "next_edition", "preview",
            "write_preview", "write_previews"]
 
-SAMPLE_ADDRESS = "reader@example.org"
-SAMPLE_SUBSCRIBER_ID = 0
 
 
 NOTHING_TO_PREVIEW = (
@@ -94,19 +92,13 @@ def write_previews(app: App, edition: Edition, languages: Sequence[str], out: Pa
 
     The bytes come from ``mailer.pipeline.prepare``, as a send's do, with the sample reader's
     mirrors from the registry."""
-    from mailer.pipeline.prepare import Reader, personalise, prepare
+    from mailer.pipeline.prepare import preview_messages
 
     for language in languages:
         _check_language(app, language)
-    prepared = prepare(app, edition, date=date or app.clock(), strict=True, languages=languages)
+    messages = preview_messages(app, edition, languages, date=date)
     out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for language in languages:
-        raw = personalise(app, prepared, Reader(
-            SAMPLE_SUBSCRIBER_ID, SAMPLE_ADDRESS, language,
-            unsubscribe_url=f"{app.config.newsletter.public_url}/u/PREVIEW-NOT-A-REAL-TOKEN"))
-        written[language] = _write(raw, language, out)
-    return written
+    return {language: _write(raw, language, out) for language, raw in messages.items()}
 
 
 def write_preview(

@@ -281,6 +281,7 @@ def serve(app: App, host: str | None, port: int | None) -> None:
 
     host = host or app.config.web.host
     port = app.config.web.port if port is None else port
+    app.config.delivery.require_secrets()  # it sends confirmations: a missing password fails now
     web = build_public_app(app)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -27,6 +27,7 @@ from mailer.pipeline.prepare import (
     personaliser,
     prepare,
     prepare_edition,
+    preview_messages,
 )
 from mailer.pipeline.send import (
     Held,
@@ -55,6 +56,7 @@ __all__ = [
     "poll",
     "prepare",
     "prepare_edition",
+    "preview_messages",
     "resume_interrupted",
     "run_once",
     "send_edition",

@@ -31,7 +31,13 @@ __all__ = [
     "personaliser",
     "prepare",
     "prepare_edition",
+    "preview_messages",
 ]
+
+# The stand-in reader of a preview: id 0 (no subscriber has it), an address nobody reads, and
+# an unsubscribe link that says what it is.
+PREVIEW_ADDRESS = "reader@example.org"
+PREVIEW_UNSUBSCRIBE = "/u/PREVIEW-NOT-A-REAL-TOKEN"
 
 
 def header_settings(app: App) -> HeaderSettings:
@@ -146,3 +152,15 @@ def personaliser(app: App, prepared: PreparedEdition) -> Callable[[OutboxRow, Re
         return personalise(app, prepared, Reader(recipient.id, recipient.address, row.language))
 
     return message_for
+
+
+def preview_messages(app: App, edition: Edition, languages: Iterable[str] | None = None, *,
+                     date: datetime | None = None) -> dict[str, bytes]:
+    """The bytes a sample reader of each language gets (default: every choice), rendered once:
+    ``preview`` writes them to files, the admin shows them side by side. Strict catalogs: a
+    missing translation fails here, not in the send."""
+    prepared = prepare(app, edition, date=date or app.clock(), strict=True, languages=languages)
+    unsubscribe = f"{app.config.newsletter.public_url}{PREVIEW_UNSUBSCRIBE}"
+    return {language: personalise(app, prepared, Reader(0, PREVIEW_ADDRESS, language,
+                                                        unsubscribe_url=unsubscribe))
+            for language in prepared.templates}

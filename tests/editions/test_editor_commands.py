@@ -306,7 +306,8 @@ def test_read_only_commands_need_no_relay_password(tmp_path: Path, sqlite_url: s
                  ["preview", "--out", str(tmp_path / "p")], ["posts"], ["subscribers", "count"]):
         ok(newsletter(config, *args))
     # Sending needs it: one clear line that names the file, the key and the variable.
-    for args in (["send"], ["editions", "test-send", "1", "--to", "ed@example.net"]):
+    for args in (["send"], ["editions", "test-send", "1", "--to", "ed@example.net"],
+                 ["serve", "--port", "0"]):
         r = newsletter(config, *args)
         assert r.returncode == 2, args
         assert "key 'delivery.relays[0].password_env'" in r.stderr, r.stderr

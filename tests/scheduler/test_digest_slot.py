@@ -17,6 +17,8 @@ from mailer.pipeline.policy import DIGEST_SLOT, digest_slot_taken
 from tests.editions.helpers import add_posts
 from tests.scheduler.helpers import make_app, write_config
 from tests.scheduler.test_daemon import EDITOR, READER, daemon, to, until
+from tests.scheduler.test_processes import Proc
+from tests.support.cli import newsletter
 from tests.support.smtp import SMTPServer
 
 EIGHT = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -61,4 +63,27 @@ async def test_an_editors_edition_at_digest_time_is_the_only_mail(
     assert len(to(smtp_server, READER)) == 1  # one mail, not two
     assert [i.id for i in app.editions.find()] == [eid]  # the digest made no edition
     assert app.editions.unsent_post_ids() == [b]  # its post waits for the next digest
+    app.engine.dispose()
+
+
+def test_the_daemon_announces_one_mail_not_two(tmp_path: Path, sqlite_url: str) -> None:
+    """``newsletter run`` as a process: its "next digest" line says the editors' edition goes
+    out instead, where it used to announce both."""
+    config = write_config(tmp_path, sqlite_url, digest="0 8 * * *")
+    app = make_app(config)
+    a, _b = add_posts(app.engine, 2)
+    now = datetime.now(UTC)
+    day = now.date() if now.hour < 7 else (now + timedelta(days=1)).date()
+    assert newsletter(config, "editions", "create", "--posts", str(a)).returncode == 0
+    scheduled = newsletter(config, "editions", "schedule", "1", "--at", f"{day} 08:00",
+                           "--tz", "UTC")
+    assert scheduled.returncode == 0, scheduled.stderr
+    proc = Proc(config, tmp_path / "daemon.log")
+    try:
+        proc.wait_for("next digest:")
+        line = next(x for x in proc.text().splitlines() if "next digest:" in x)
+        assert f"{day} 08:00 UTC: none then, edition 1 goes out instead" in line, line
+        assert f"next send: edition 1 at {day} 08:00" in proc.text()
+    finally:
+        assert proc.stop() == 0
     app.engine.dispose()
