@@ -35,6 +35,7 @@ def serve(app: App, host: str | None, port: int | None) -> None:
 
     host = host or app.config.admin.host
     port = app.config.admin.port if port is None else port
+    app.config.delivery.require_secrets()  # it sends test copies: a missing password fails now
     web = build_admin_app(app)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
