@@ -35,6 +35,7 @@ from subscribers.languages import KNOWN_LANGUAGES, choices, is_pair_of
 __all__ = [
     "DEFAULT_CONFIG_NAME",
     "WEBHOOK_EVENTS",
+    "AdminSettings",
     "ArchiveSettings",
     "ArchiveTarget",
     "Config",
@@ -354,6 +355,25 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    """``[admin]``: the editors' web admin (``newsletter admin serve``), its own listener."""
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    # A session unused this long is over; every session ends after ``session_max``.
+    session_idle: timedelta = timedelta(minutes=30)
+    session_max: timedelta = timedelta(hours=12)
+    require_totp: bool = False  # every account must add a second factor before anything else
+    four_eyes: bool = False  # an edition is approved by an editor who did not write it
+    # Failed logins within ``login_window``: per account name (existing or not) and per client.
+    login_window: timedelta = timedelta(minutes=15)
+    account_attempts: int = 5
+    client_attempts: int = 20
+    # uvicorn believes X-Forwarded-For/-Proto (client address, https) only from these.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
 class DKIMSettings:
     """``[dkim]``: sign every message we send (docs/deployment.md, "DKIM")."""
 
@@ -430,6 +450,7 @@ class Config:
     archive: ArchiveSettings = ArchiveSettings()
     metrics: MetricsSettings = MetricsSettings()
     webhooks: tuple[WebhookSettings, ...] = ()
+    admin: AdminSettings = AdminSettings()
     # The SMTP envelope sender (MAIL FROM, where bounces go): ``[delivery] envelope_from``, else
     # the address in ``[newsletter] from``. Resolved here, once, for every sender of mail.
     envelope_sender: str = field(init=False, repr=False, compare=False)
@@ -1267,6 +1288,29 @@ def _page_mirrors(s: _Section) -> tuple[str, ...]:
     return tuple(u.rstrip("/") for u in urls)
 
 
+def _admin(s: _Section) -> AdminSettings:
+    d = AdminSettings()
+    dur = (str, int, float)
+    out = AdminSettings(
+        host=s.get("host", str, d.host),
+        port=s.get("port", int, d.port),
+        session_idle=s.convert("session_idle", dur, parse_duration, d.session_idle),
+        session_max=s.convert("session_max", dur, parse_duration, d.session_max),
+        require_totp=s.get("require_totp", bool, d.require_totp),
+        four_eyes=s.get("four_eyes", bool, d.four_eyes),
+        login_window=s.convert("login_window", dur, parse_duration, d.login_window),
+        account_attempts=s.convert("account_attempts", int, _at_least_one, d.account_attempts),
+        client_attempts=s.convert("client_attempts", int, _at_least_one, d.client_attempts),
+        trusted_proxies=tuple(str(n) for n in _networks(s, "trusted_proxies"))
+        if s.has("trusted_proxies") else d.trusted_proxies,
+    )
+    for key in ("session_idle", "session_max", "login_window"):
+        if getattr(out, key) <= timedelta(0):
+            raise s.error(key, "must be positive")
+    s.done()
+    return out
+
+
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 
 
@@ -1415,6 +1459,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         archive=archive,
         metrics=_metrics(root.table("metrics")),
         webhooks=tuple(_webhook(ld, w) for w in root.tables("webhooks")),
+        admin=_admin(root.table("admin")),
     )
     root.done()
     return cfg

@@ -22,6 +22,10 @@ from sqlalchemy import (
 from subscribers.schema import metadata, subscribers
 
 __all__ = [
+    "admin_audit",
+    "admin_login_failures",
+    "admin_sessions",
+    "admin_users",
     "archive_targets",
     "daemon_lock",
     "domain_sends",
@@ -235,4 +239,54 @@ webhook_deliveries = Table(
     Column("lease_until", DateTime(timezone=True), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("gave_up_at", DateTime(timezone=True), nullable=True),
+)
+
+
+# The editors' admin (mailer/web/admin, migration 0011). Passwords are argon2 hashes; a TOTP
+# secret is sealed with a key derived from the key file; a session is stored as the SHA-256 of
+# its cookie, so a copy of the database opens no session.
+admin_users = Table(
+    "admin_users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),  # editor | operator
+    Column("password_hash", Text, nullable=False),
+    Column("totp_sealed", Text, nullable=True),  # enabled second factor
+    Column("totp_pending", Text, nullable=True),  # shown as a QR code, not yet confirmed
+    Column("totp_last_step", BigInteger, nullable=True),  # a code is accepted once
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("password_changed_at", DateTime(timezone=True), nullable=False),
+)
+
+admin_sessions = Table(
+    "admin_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 hex of the cookie value
+    Column("user_id", Integer, ForeignKey("admin_users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+)
+
+# Failed logins per key ("account:<sha256 of the name>" or "client:<address>") in a window.
+admin_login_failures = Table(
+    "admin_login_failures",
+    metadata,
+    Column("key", String(96), primary_key=True),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("failures", Integer, nullable=False),
+)
+
+# Who did what and when, for the audit page. Never a subscriber's address or a test address.
+admin_audit = Table(
+    "admin_audit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", String(255), nullable=True),  # "edition 7", a mirror's URL, a user
+    Column("detail", Text, nullable=True),
 )

@@ -662,6 +662,12 @@ class SubscriberStore:
                 out[SubscriberState(state)] = int(n)
         return out
 
+    def counts_by_language(self) -> dict[tuple[SubscriberState, str], int]:
+        """Rows per (state, language choice): the admin's dashboard, counts only."""
+        with self.engine.connect() as conn:
+            return {(SubscriberState(state), str(lang)): int(n) for state, lang, n in conn.execute(
+                select(t.c.state, t.c.language, func.count()).group_by(t.c.state, t.c.language))}
+
     def _recipients(self, rows: Iterable[Row[Any]]) -> Iterator[Recipient]:
         open_ = self.codec.open
         for sid, kid, ct, lang, *_ in rows:

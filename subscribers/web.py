@@ -89,16 +89,19 @@ class RateLimiter:
         return ok
 
 
+PAGES_CSP = (b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+             b"frame-ancestors 'none'; base-uri 'none'")
+
+
 class SecurityHeaders:
     """ASGI middleware: strict CSP (nothing from outside this server), no referrer (the URL
-    holds a token), no framing, no caching of personal pages."""
+    holds a token), no framing, no caching of personal pages. A response that sets one of
+    these headers itself keeps its own (the admin's preview frames). ``csp``: the admin's."""
 
-    def __init__(self, app: ASGIApp, https: bool) -> None:
+    def __init__(self, app: ASGIApp, https: bool, csp: bytes = PAGES_CSP) -> None:
         self.app = app
         headers = {
-            b"content-security-policy": b"default-src 'none'; style-src 'self'; img-src 'self'; "
-                                        b"form-action 'self'; frame-ancestors 'none'; "
-                                        b"base-uri 'none'",
+            b"content-security-policy": csp,
             b"x-content-type-options": b"nosniff",
             b"x-frame-options": b"DENY",
             b"referrer-policy": b"no-referrer",

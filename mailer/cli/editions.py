@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 from sqlalchemy import func, select
@@ -16,6 +13,7 @@ from mailer.app import App
 from mailer.cli.base import cli, pass_app
 from mailer.editions.store import EditionInfo
 from mailer.errors import EditionError, InputError
+from mailer.localtime import format_when, parse_local_time
 from mailer.models import EditionState
 from mailer.pipeline.policy import announce_scheduled
 
@@ -23,50 +21,6 @@ __all__ = ["editions", "format_when", "parse_local_time"]
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-_TIME = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{1,2}):(\d{2})\s*$")
-
-
-def parse_local_time(text: str, timezone: str) -> datetime:
-    """``"2026-11-24 08:00"`` read in ``timezone`` → aware UTC.
-
-    A wall time the DST change skips (02:30 on a spring-forward night) or repeats (01:30 on a
-    fall-back night) is refused: guessing would send an hour early or late.
-    """
-    m = _TIME.match(text)
-    if not m:
-        raise InputError(f"--at {text!r}: write the time as 'YYYY-MM-DD HH:MM'")
-    try:
-        zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(f"--tz {timezone!r}: unknown time zone") from None
-    try:
-        y, mo, d, h, mi = (int(g) for g in m.groups())
-        naive = datetime(y, mo, d, h, mi)
-    except ValueError as exc:
-        raise InputError(f"--at {text!r}: {exc}") from None
-    first, second = naive.replace(tzinfo=zone, fold=0), naive.replace(tzinfo=zone, fold=1)
-    if first.utcoffset() != second.utcoffset():
-        back = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
-        if back != naive:
-            raise InputError(f"--at {text!r} does not exist in {timezone}: the clocks skip it "
-                             f"(daylight saving time begins)")
-        raise InputError(f"--at {text!r} happens twice in {timezone} (daylight saving time "
-                         f"ends); give the time in UTC with --tz UTC")
-    return first.astimezone(UTC)
-
-
-def format_when(at: datetime | None, timezone: str) -> str:
-    """``2026-11-24 08:00 Asia/Shanghai (00:00 UTC)``, or ``-``."""
-    if at is None:
-        return "-"
-    local = at.astimezone(ZoneInfo(timezone))
-    utc = at.astimezone(UTC)
-    same_day = local.date() == utc.date()
-    return (f"{local:%Y-%m-%d %H:%M} {timezone} "
-            f"({utc:%H:%M} UTC)" if same_day else
-            f"{local:%Y-%m-%d %H:%M} {timezone} ({utc:%Y-%m-%d %H:%M} UTC)")
-
 
 def parse_post_list(text: str) -> list[int]:
     """``"1,2, 5"`` → ``[1, 2, 5]``; anything else is a clear input error."""
