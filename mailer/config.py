@@ -31,6 +31,7 @@ __all__ = [
     "FeedSettings",
     "FetchSettings",
     "ImageSettings",
+    "InboundSettings",
     "MirrorSettings",
     "MirrorSite",
     "NewsletterSettings",
@@ -275,9 +276,30 @@ class WebSettings:
     confirm_every: timedelta = timedelta(days=1)
     confirm_max: int = 3
     confirm_domain_per_hour: int = 50
-    # Where the mail server delivers what arrives at ``unsubscribe_mailto``: the daemon and
-    # ``subscribers mailin`` unsubscribe the readers it names (subscribers/mailin.py).
+    # Where the mail server delivers what arrives at ``unsubscribe_mailto``. Kept for old
+    # configs: it is read like ``[inbound] maildir`` (``Config.inbound_maildir``), which wins.
     unsubscribe_maildir: Path | None = None
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    """``[inbound]``: mail that comes back (bounces, complaints, readers' commands), read by
+    ``newsletter inbound`` and the daemon (mailer/inbound, docs/deployment.md "Inbound mail").
+
+    ``address`` is where readers write (a plus-address such as ``digest+zh-hant@…`` carries a
+    language); our mail's Reply-To and the confirmations' Reply-To are plus-addresses of it, so
+    a reply reaches this Maildir. A soft bounce adds 1 to a score that halves every
+    ``soft_bounce_half_life``; at ``soft_bounce_threshold`` the reader is suppressed as
+    bounced (Mailman's bounce score). Replies to readers are capped per address and per
+    recipient domain per day (BridgeDB, Psiphon): one warning past the cap, then silence.
+    """
+
+    maildir: Path | None = None
+    address: str | None = None
+    soft_bounce_threshold: float = 3.0
+    soft_bounce_half_life: timedelta = timedelta(days=7)
+    replies_per_day: int = 3
+    domain_replies_per_day: int = 200
 
 
 @dataclass(frozen=True)
@@ -305,6 +327,7 @@ class Config:
     images: ImageSettings = ImageSettings()
     web: WebSettings = WebSettings()
     dkim: DKIMSettings | None = None
+    inbound: InboundSettings = InboundSettings()
     # The SMTP envelope sender (MAIL FROM, where bounces go): ``[delivery] envelope_from``, else
     # the address in ``[newsletter] from``. Resolved here, once, for every sender of mail.
     envelope_sender: str = field(init=False, repr=False, compare=False)
@@ -321,6 +344,12 @@ class Config:
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def inbound_maildir(self) -> Path | None:
+        """The Maildir ``newsletter inbound`` reads: ``[inbound] maildir``, else the older
+        ``[web] unsubscribe_maildir`` (same processing; the unsubscribe-by-mail moved there)."""
+        return self.inbound.maildir or self.web.unsubscribe_maildir
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -993,6 +1022,36 @@ def _web(ld: _Loader, s: _Section) -> WebSettings:
     return out
 
 
+def _inbound(ld: _Loader, s: _Section) -> InboundSettings:
+    d = InboundSettings()
+    maildir = s.get("maildir", str, None)
+
+    def plain(value: str) -> str:
+        value = _address(value)
+        if "+" in value.partition("@")[0] or "<" in value or " " in value:
+            raise ValueError(f"{value!r}: give the bare address; we add the +tag ourselves")
+        return value.lower()
+
+    def positive(value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0")
+        return float(value)
+
+    out = InboundSettings(
+        maildir=ld.resolve(maildir) if maildir else None,
+        address=s.convert("address", str, plain, None),
+        soft_bounce_threshold=s.convert("soft_bounce_threshold", (int, float), positive,
+                                        d.soft_bounce_threshold),
+        soft_bounce_half_life=s.convert("soft_bounce_half_life", (str, int, float),
+                                        parse_duration, d.soft_bounce_half_life),
+        replies_per_day=s.convert("replies_per_day", int, _at_least_one, d.replies_per_day),
+        domain_replies_per_day=s.convert("domain_replies_per_day", int, _at_least_one,
+                                         d.domain_replies_per_day),
+    )
+    s.done()
+    return out
+
+
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 
 
@@ -1050,6 +1109,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         images=_images(root.table("images"), fetch),
         web=_web(ld, root.table("web")),
         dkim=_dkim(ld, root.table("dkim")),
+        inbound=_inbound(ld, root.table("inbound")),
     )
     root.done()
     return cfg

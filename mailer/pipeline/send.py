@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,9 +19,11 @@ from sqlalchemy.exc import IntegrityError
 from mailer.app import App
 from mailer.delivery.classify import SendResult
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
+from mailer.delivery.outbox import OutboxRow
 from mailer.editions.notify import Notifier
 from mailer.editions.testsend import TEST_SUBSCRIBER_ID, mark_as_test
 from mailer.errors import EditionError
+from mailer.inbound.addresses import tagged, verp_base
 from mailer.mirrors.exposure import record_exposure
 from mailer.models import EditionState
 from mailer.pipeline.prepare import (
@@ -60,6 +63,20 @@ def start_edition(app: App, edition_id: int) -> int:
     return added
 
 
+def envelope_for(app: App) -> Callable[[OutboxRow], str] | None:
+    """VERP: with ``[delivery] envelope_from``, each message's envelope sender is
+    ``base+TOKEN@domain`` (``mailer.inbound.addresses``), so its bounce names the row."""
+    base = verp_base(app.config)
+    if base is None:
+        return None
+    tokens = app.tokens
+
+    def sender(row: OutboxRow) -> str:
+        return tagged(base, tokens.bounce_token(row.edition_id, row.subscriber_id))
+
+    return sender
+
+
 def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = False,
                     batch_size: int | None = None, lease: timedelta = DEFAULT_ENGINE_LEASE,
                     owner: str | None = None) -> DeliveryEngine[Recipient]:
@@ -70,6 +87,7 @@ def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = Fal
         recipients=app.subscribers.get_recipients,
         message_for=personaliser(app, prepared),
         envelope_from=app.config.envelope_sender,
+        envelope_for=envelope_for(app),
         settings=app.config.delivery,
         clock=app.clock,
         on_bounce=lambda sid: app.subscribers.apply(sid, Event.BOUNCE),
