@@ -68,6 +68,9 @@ class Verdict:
     reply: str = ""  # the diagnostic text (the caller scrubs it before storing it)
     command: Command | None = None
     tag: Reference | None = None  # the plus-tag of the address a reader wrote to
+    # Every spelling of it seen (To as the client wrote it, Delivered-To as the MTA may have
+    # folded it): a case-sensitive token is tried in each.
+    tags: tuple[Reference, ...] = ()
     sender: str = field(default="", repr=False)
 
 
@@ -112,7 +115,7 @@ def is_auto_reply(msg: Message) -> str:
     """Why ``msg`` is an automatic message we must not answer (RFC 3834), or ""."""
     auto = str(msg.get("Auto-Submitted", "")).strip().lower()
     if auto and not auto.startswith("no"):
-        return f"Auto-Submitted: {auto}"
+        return f"Auto-Submitted: {re.sub(r'[^a-z-]', '', auto)[:20]}"
     precedence = str(msg.get("Precedence", "")).strip().lower()
     if precedence in ("bulk", "junk", "list", "auto_reply"):
         return f"Precedence: {precedence}"
@@ -205,7 +208,7 @@ def _original_references(msg: Message, addresses: InboundAddresses) -> list[Refe
 
 def _recipients(msg: Message, envelope: Iterable[str]) -> list[str]:
     out = list(envelope)
-    for name in ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To", "Cc"):
+    for name in ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To"):
         for value in msg.get_all(name, []):
             out += [a for _, a in email.utils.getaddresses([str(value)]) if a]
     return list(dict.fromkeys(a.strip() for a in out))
@@ -319,5 +322,6 @@ def classify(raw: bytes, *, addresses: InboundAddresses, rules: Classifier,
     if command is None and (tag is None or tag.kind not in ("confirm", "language-token",
                                                             "leave")):
         return Verdict(Kind.UNMATCHED, "no command", tag=tag)
+    same = tuple(t for t in tags if tag is not None and t.kind == tag.kind)
     return Verdict(Kind.COMMAND, command.name if command else "a reply", command=command,
-                   tag=tag, sender=sender)
+                   tag=tag, tags=same, sender=sender)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mailer.render.catalog import catalog_for
 
-__all__ = ["help_message", "leave_message", "limit_message", "mirrors_message"]
+__all__ = ["MSGIDS", "help_message", "leave_message", "limit_message", "mirrors_message"]
 
 HELP = ("Write one of these words in the subject or on the first line of a mail to %(address)s:\n\n"
         "subscribe (订阅) - receive the newsletter; we send a confirmation first\n"
@@ -35,6 +35,8 @@ SUBJECT_HELP = "How to use this newsletter by mail"
 SUBJECT_LEAVE = "Reply to leave"
 SUBJECT_LIMIT = "No more answers today"
 SUBJECT_MIRRORS = "Mirror links"
+MSGIDS = (HELP, LEAVE, LIMIT, MIRRORS, LATEST, SUBJECT_HELP, SUBJECT_LEAVE, SUBJECT_LIMIT,
+          SUBJECT_MIRRORS)
 
 
 def _message(*, from_addr: str, to: str, subject: str, body: str, now: datetime,

@@ -24,6 +24,7 @@ idempotent, and removes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import logging
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import Connection, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mailer.app import App
@@ -102,16 +103,16 @@ class Inbound:
             return Handled("ignored")
         return Handled("unmatched", keep=True)
 
-    def _first_time(self, digest: bytes) -> bool:
-        """Record ``digest``; False if an earlier run did (it crashed before removing)."""
+    def _first_time(self, conn: Connection, digest: bytes) -> bool:
+        """Record ``digest`` in the caller's transaction; False if an earlier run did (it
+        crashed before removing the file), so the effect is not repeated."""
         now = self.app.clock()
-        with self.app.engine.begin() as conn:
-            conn.execute(delete(inbound_seen).where(inbound_seen.c.seen_at < now - _SEEN_FOR))
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(inbound_seen).values(digest=digest, seen_at=now))
-            except IntegrityError:
-                return False
+        conn.execute(delete(inbound_seen).where(inbound_seen.c.seen_at < now - _SEEN_FOR))
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(inbound_seen).values(digest=digest, seen_at=now))
+        except IntegrityError:
+            return False
         return True
 
     def _message(self, ref: Reference) -> tuple[int, int] | None:
@@ -137,7 +138,8 @@ class Inbound:
                         verdict.kind.value)
             return Handled("unmatched", keep=True)
         edition_id, sid = pairs[0]
-        reply = scrub_reply(verdict.reply)
+        # Providers echo the recipient in every spelling: scrub it like a relay's reply.
+        reply = scrub_reply(verdict.reply, recipient=self.app.subscribers.address_of(sid) or "")
         code = int(verdict.status.replace(".", "")[:3]) if verdict.status[:1].isdigit() else None
         if verdict.kind is Kind.COMPLAINT:
             self.app.subscribers.apply(sid, Event.COMPLAINT)
@@ -158,8 +160,8 @@ class Inbound:
         (checked again on a repeat, so a crash before ``apply`` still suppresses)."""
         cfg = self.app.config.inbound
         now = self.app.clock()
-        first = self._first_time(digest)
         with self.app.engine.begin() as conn:
+            first = self._first_time(conn, digest)
             row = conn.execute(select(soft_bounces).where(
                 soft_bounces.c.subscriber_id == sid)).first()
             last = row.last_at if row is not None else None
@@ -182,26 +184,10 @@ class Inbound:
 
     def _command(self, verdict: Verdict, digest: bytes, raw: bytes) -> Handled:
         tag, command = verdict.tag, verdict.command
-        tokens, store = self.app.tokens, self.app.subscribers
-        try:
-            if tag is not None and tag.kind == "confirm":
-                tok = tokens.verify_confirm(tag.value)
-                state = store.confirm(tok.subscriber_id, tok.issued_at)
-                return Handled("confirmed" if state is SubscriberState.ACTIVE else "refused")
-            if tag is not None and tag.kind == "language-token":
-                ltok = tokens.verify_language(tag.value)
-                record = store.get(ltok.subscriber_id)
-                if (record is None or record.state is not SubscriberState.ACTIVE or
-                        ltok.language not in store.settings.choices or
-                        ltok.issued_at.replace(microsecond=0) <
-                        record.state_changed_at.replace(microsecond=0)):
-                    return Handled("refused")
-                store.set_language(ltok.subscriber_id, ltok.language)
-                return Handled("language")
-            if tag is not None and tag.kind == "leave":
-                store.apply(tokens.verify_unsubscribe(tag.value), Event.UNSUBSCRIBE)
-                return Handled("unsubscribed")
-        except BadToken:
+        if tag is not None and tag.kind in ("confirm", "language-token", "leave"):
+            for spelling in verdict.tags or (tag,):
+                with contextlib.suppress(BadToken):
+                    return self._reply(spelling)
             log.info("inbound: a reply with a bad or expired token; nothing changed")
             return Handled("refused")
         if command is None:
@@ -238,6 +224,26 @@ class Inbound:
         language = record.language if record is not None else self._language_of(tag)
         return self._answer(sender, digest, raw, command.name, language,
                             subscriber_id=record.id if record is not None else None)
+
+    def _reply(self, tag: Reference) -> Handled:
+        """A reply to one of our confirmations: its token confirms, like the link."""
+        tokens, store = self.app.tokens, self.app.subscribers
+        if tag.kind == "confirm":
+            tok = tokens.verify_confirm(tag.value)
+            state = store.confirm(tok.subscriber_id, tok.issued_at)
+            return Handled("confirmed" if state is SubscriberState.ACTIVE else "refused")
+        if tag.kind == "language-token":
+            ltok = tokens.verify_language(tag.value)
+            record = store.get(ltok.subscriber_id)
+            if (record is None or record.state is not SubscriberState.ACTIVE or
+                    ltok.language not in store.settings.choices or
+                    ltok.issued_at.replace(microsecond=0) <
+                    record.state_changed_at.replace(microsecond=0)):
+                return Handled("refused")
+            store.set_language(ltok.subscriber_id, ltok.language)
+            return Handled("language")
+        store.apply(tokens.verify_unsubscribe(tag.value), Event.UNSUBSCRIBE)
+        return Handled("unsubscribed")
 
     def _sender(self, address: str) -> str | None:
         try:
@@ -324,10 +330,7 @@ class Inbound:
         r = inbound_replies.c
         with self.app.engine.begin() as conn:
             conn.execute(delete(inbound_replies).where(r.day < day - timedelta(days=1)))
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(inbound_seen).values(digest=digest, seen_at=now))
-            except IntegrityError:
+            if not self._first_time(conn, digest):
                 return "silent"  # answered (or refused) before a crash: never twice
             outcome = "send"
             for key, limit in keys:

@@ -8,6 +8,7 @@ import pytest
 from babel.messages.extract import extract_from_dir
 
 from mailer.errors import RenderError
+from mailer.inbound import replies
 from mailer.render import variant
 from mailer.render.catalog import BilingualCatalog, Lazy, MessageCatalog, catalog_for, load_catalog
 from mailer.render.env import TEMPLATES_DIR
@@ -30,6 +31,7 @@ def used_msgids() -> set[str]:
         ids.add(message if isinstance(message, str) else message[0])
     ids.update(variant._LANGUAGE_NAMES.values())
     ids.update(m for pair in mail.MSGIDS.values() for m in pair)  # the confirmation mails' text
+    ids.update(replies.MSGIDS)  # the answers to readers who write (mailer/inbound)
     ids.update(f"web\x04{v}" for v in PAGE_TEXT.values())  # the public pages' text
     return ids
 
@@ -63,7 +65,8 @@ def test_placeholders_survive_translation() -> None:
         assert isinstance(cat, MessageCatalog)
         for msgid, msgstr in cat.messages.items():
             assert isinstance(msgstr, str)
-            for name in ("%(n)s", "%(name)s", "%(alt)s", "%(language)s"):
+            for name in ("%(n)s", "%(name)s", "%(alt)s", "%(language)s", "%(address)s",
+                         "%(subject)s"):
                 assert (name in msgid) == (name in msgstr), (language, msgid)
 
 
