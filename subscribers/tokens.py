@@ -177,6 +177,8 @@ class TokenSigner:
             raw = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
         except (binascii.Error, ValueError):
             raise BadToken("this reference is not valid") from None
+        if base64.b32encode(raw).decode("ascii").rstrip("=").lower() != token.lower():
+            raise BadToken("this reference is not valid")  # one spelling: no stray low bits
         body, tag = raw[:_ID_PAIR.size], raw[_ID_PAIR.size:]
         if not hmac.compare_digest(tag, self._mac(self._bounce_key, body)[:_BOUNCE_MAC]):
             raise BadToken("this reference is not valid")

@@ -24,7 +24,7 @@ __all__ = ["REPLY_TAGS", "InboundAddresses", "Reference", "tagged", "verp_base"]
 # Reply-To tag prefixes and what a reply to each means.
 REPLY_TAGS = {"r": "reply", "c": "confirm", "l": "language-token", "u": "leave"}
 _LANGUAGE_TAG = re.compile(r"(?i)^[a-z]{2,3}(-[a-z0-9]{2,8})*(\+[a-z]{2,3}(-[a-z0-9]{2,8})*)?$")
-_TOKEN_IN_TEXT = r"\+([a-z2-7]{%d})@" % BOUNCE_TOKEN_LENGTH
+_TOKEN_IN_TEXT = rf"\+([a-z2-7]{{{BOUNCE_TOKEN_LENGTH}}})@"
 
 
 @dataclass(frozen=True)

@@ -147,10 +147,7 @@ def _status_kind(status: str, reply: str, rules: Classifier) -> Kind:
     state = rules.state_for(code if code >= 500 else 550, text)
     if state is OutboxState.CONTENT_REJECTED:
         return Kind.CONTENT_REJECTED
-    if state is OutboxState.BOUNCED and not status.startswith("5.1") and status:
-        # Words alone ("user unknown") under a non-5.1 status: trust the words.
-        return Kind.HARD_BOUNCE
-    if state is OutboxState.BOUNCED:
+    if state is OutboxState.BOUNCED:  # 5.1.x, or the words ("user unknown") alone
         return Kind.HARD_BOUNCE
     return Kind.SOFT_BOUNCE  # deferred (QQ's ambiguous refusal) or any other failure
 

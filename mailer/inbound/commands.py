@@ -85,8 +85,6 @@ def _parse(line: str) -> Command | None:
     argument = m.group(2).strip(" \t:：,，.。!！")
     if name == "unsubscribe" and argument and not _TOKEN.match(argument.split()[0]):
         argument = ""  # "unsubscribe me please": the words are not a token
-    elif name == "unsubscribe" and argument:
-        argument = argument.split()[0]
     elif argument:
         argument = argument.split()[0]
     return Command(name, argument)

@@ -37,7 +37,7 @@ class InboundHandler:
     def __init__(self, on_message: OnMessage) -> None:
         self.on_message = on_message
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw = envelope.original_content or envelope.content
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")

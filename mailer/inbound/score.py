@@ -1,7 +1,8 @@
 """The soft-bounce score: pure, after Mailman's ``bounce_score_threshold``.
 
-Each soft bounce adds 1; the score halves every ``half_life`` since the last one, so a mailbox
-that was full for a day is forgiven and one that fails every edition is not. One soft bounce
+Each soft bounce adds 1; the score halves every ``half_life`` since the last one, counted in
+whole days (three bounces on one day make exactly 3), so a mailbox that was full for a day is
+forgiven and one that fails every edition is not. One soft bounce
 never suppresses: the threshold must be above 1 to be reached by more than one (config allows
 any positive value; the default is 3, like Mailchimp's "several soft bounces").
 """
@@ -15,8 +16,8 @@ __all__ = ["add_soft_bounce", "decayed"]
 
 def decayed(score: float, since: datetime, now: datetime, half_life: timedelta) -> float:
     """``score`` as it stands at ``now``, last raised at ``since`` (never grows with time)."""
-    elapsed = max((now - since).total_seconds(), 0.0)
-    return score * 0.5 ** (elapsed / max(half_life.total_seconds(), 1.0))
+    days = max((now - since) // timedelta(days=1), 0)
+    return score * 0.5 ** (days * 86400 / max(half_life.total_seconds(), 1.0))
 
 
 def add_soft_bounce(score: float, since: datetime | None, now: datetime,

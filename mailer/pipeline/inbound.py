@@ -28,6 +28,7 @@ import contextlib
 import email.utils
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -140,7 +141,8 @@ class Inbound:
         edition_id, sid = pairs[0]
         # Providers echo the recipient in every spelling: scrub it like a relay's reply.
         reply = scrub_reply(verdict.reply, recipient=self.app.subscribers.address_of(sid) or "")
-        code = int(verdict.status.replace(".", "")[:3]) if verdict.status[:1].isdigit() else None
+        smtp = re.search(r"\b([245]\d\d)\b", verdict.reply)
+        code = int(smtp.group(1)) if smtp else None
         if verdict.kind is Kind.COMPLAINT:
             self.app.subscribers.apply(sid, Event.COMPLAINT)
             log.info("inbound: complaint about edition %d from subscriber %d", edition_id, sid)
@@ -184,6 +186,7 @@ class Inbound:
 
     def _command(self, verdict: Verdict, digest: bytes, raw: bytes) -> Handled:
         tag, command = verdict.tag, verdict.command
+        tokens, store = self.app.tokens, self.app.subscribers
         if tag is not None and tag.kind in ("confirm", "language-token", "leave"):
             for spelling in verdict.tags or (tag,):
                 with contextlib.suppress(BadToken):

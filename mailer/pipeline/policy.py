@@ -22,10 +22,10 @@ from mailer.editions.notify import Notifier
 from mailer.editions.store import Decision, EditionInfo, decide
 from mailer.errors import EditionError
 from mailer.feeds.poll import PollReport, poll_feeds
+from mailer.inbound.maildir import InboundReport
 from mailer.lock import process_is_gone
 from mailer.models import EditionState
 from mailer.pipeline.send import Held, SendSummary, send_edition, send_new_posts
-from mailer.inbound.maildir import InboundReport
 
 __all__ = [
     "DAEMON_PAUSE_REASON",

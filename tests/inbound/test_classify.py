@@ -137,7 +137,8 @@ def test_a_reply_to_a_confirmation_is_recognised_by_its_tag() -> None:
 def test_bounce_tokens_round_trip_in_any_case_and_name_no_address(edition: int, sid: int) -> None:
     token = SIGNER.bounce_token(edition, sid)
     assert len(token) == BOUNCE_TOKEN_LENGTH
-    assert token == token.lower() and token.isalnum()
+    assert token == token.lower()
+    assert token.isalnum()
     assert SIGNER.verify_bounce(token.upper()) == (edition, sid)
     assert len(tagged("bounces@example.org", token).partition("@")[0]) <= 64  # RFC 5321
 
@@ -167,7 +168,7 @@ def test_three_bounces_in_a_day_reach_three_and_a_month_apart_do_not() -> None:
     half = timedelta(days=7)
     close = add_soft_bounce(add_soft_bounce(1.0, NOW, NOW + timedelta(hours=1), half),
                             NOW + timedelta(hours=1), NOW + timedelta(hours=2), half)
-    assert close > 2.95
+    assert close == 3.0  # on one day, no decay: the default threshold is reached
     apart = add_soft_bounce(add_soft_bounce(1.0, NOW, NOW + timedelta(days=30), half),
                             NOW + timedelta(days=30), NOW + timedelta(days=60), half)
     assert apart < 1.2

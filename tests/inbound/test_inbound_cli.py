@@ -163,7 +163,11 @@ def test_bounces_and_complaints_act_once_and_leave_nothing_behind(tmp_path: Path
     # The editors see the content rejection per domain.
     report = run(config, "editions", "report", "1")
     assert report.code == 0, report.err
-    assert "content_rejected" in report.out or "content rejected" in report.out.lower()
+    lines = report.out.splitlines()
+    head = next(line for line in lines if line.startswith("domain")).split()
+    total = next(line for line in lines if line.startswith("total")).split()
+    columns = dict(zip(head[1:], total[1:], strict=True))
+    assert (columns["content_rejected"], columns["bounced"]) == ("1", "1")
     # Privacy: nothing in the inbound folder or the database spells the addresses.
     for path in [*(tmp_path / "mail").rglob("*"), tmp_path / "data" / "newsletter.db"]:
         if path.is_file():
@@ -244,7 +248,8 @@ def test_a_forged_unsubscribe_does_nothing_but_ask_the_real_reader(tmp_path: Pat
     inbox(config).add(mail(victim, "digest@example.org", "unsubscribe"))  # From is forged
     inbox(config).add(mail(victim, "digest@example.org", "unsubscribe " + "A" * 32))
     out = inbound(config)
-    assert "leave 1" in out and "unmatched 1" in out
+    assert "leave 1" in out
+    assert "unmatched 1" in out
     assert state(config, victim) is SubscriberState.ACTIVE
     [ask] = delivered_to(config, victim)[1:]  # after the edition: "reply to leave"
     assert str(ask["Auto-Submitted"]) == "auto-replied"
@@ -277,7 +282,8 @@ def test_the_reply_limit_holds_across_two_processes(tmp_path: Path) -> None:
     for i in range(3):
         inbox(config).add(mail(asker, "digest@example.org", "mirrors", f"#{i}"))
     out = inbound(config)  # a second process: the counts are in the database
-    assert "mirrors 1" in out and "limited 2" in out
+    assert "mirrors 1" in out
+    assert "limited 2" in out
     answers = delivered_to(config, asker)
     assert len(answers) == 4  # 3 answers, then one warning, then silence
     assert all(str(m["Auto-Submitted"]) == "auto-replied" for m in answers)
@@ -323,3 +329,21 @@ def test_lmtp_hands_mail_straight_in(tmp_path: Path) -> None:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
         log.close()
+
+
+def test_a_bad_inbound_setting_names_file_key_and_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text + '\n[inbound]\nmaildir = "mail/inbound"\n'
+                      'address = "digest+news@example.org"\n', encoding="utf-8")
+    line = config.read_text(encoding="utf-8").splitlines().index(
+        'address = "digest+news@example.org"') + 1
+    result = run(config, "inbound")
+    assert result.code == 2
+    assert "inbound.address" in result.err
+    assert f":{line}" in result.err
+    assert "newsletter.toml" in result.err
+    config.write_text(text + '\n[inbound]\nmaildir = "mail/nowhere"\n', encoding="utf-8")
+    missing = run(config, "inbound")
+    assert missing.code == 2
+    assert "not a Maildir" in missing.err
