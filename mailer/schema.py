@@ -60,7 +60,6 @@ feeds = Table(
 # A post is stored once per (feed, guid). ``is_new`` is false for backlog recorded as seen.
 posts = Table(
     "posts",
-    "soft_bounces",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("feed_id", Integer, ForeignKey("feeds.id"), nullable=False),
