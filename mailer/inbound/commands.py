@@ -83,8 +83,11 @@ def _parse(line: str) -> Command | None:
         return None
     name = _WORDS[m.group(1).lower()] if m.group(1).lower() in _WORDS else _WORDS[m.group(1)]
     argument = m.group(2).strip(" \t:：,，.。!！")
-    if name == "unsubscribe" and argument and not _TOKEN.match(argument.split()[0]):
-        argument = ""  # "unsubscribe me please": the words are not a token
+    if name == "unsubscribe":
+        # The mailto's token, however a client dressed the subject ("退订 / unsubscribe TOKEN");
+        # "unsubscribe me please" has none.
+        tokens = [w for w in re.split(r"[\s/:：,，]+", argument) if _TOKEN.match(w)]
+        argument = tokens[0] if tokens else ""
     elif argument:
         argument = argument.split()[0]
     return Command(name, argument)
