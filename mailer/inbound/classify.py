@@ -291,8 +291,7 @@ def classify(raw: bytes, *, addresses: InboundAddresses, rules: Classifier,
         return Verdict(Kind.COMPLAINT, "ARF " + (feedback.group(1).lower() if feedback else "abuse"),
                        refs)
     if ctype == "multipart/report" and report == "delivery-status":
-        refs = verp or _original_references(msg, addresses)
-        return _dsn(msg, rules, refs)
+        return _dsn(msg, rules, tuple(verp or _original_references(msg, addresses)))
     if verp:
         found = _provider_bounce(msg, rules, verp)
         if found is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from mailer.render.catalog import catalog_for
 
-__all__ = ["MSGIDS", "help_message", "leave_message", "limit_message", "mirrors_message"]
+__all__ = ["MSGIDS", "Answering", "help_message", "leave_message", "limit_message", "mirrors_message"]
 
 HELP = ("Write one of these words in the subject or on the first line of a mail to %(address)s:\n\n"
         "subscribe (订阅) - receive the newsletter; we send a confirmation first\n"
@@ -39,15 +40,30 @@ MSGIDS = (HELP, LEAVE, LIMIT, MIRRORS, LATEST, SUBJECT_HELP, SUBJECT_LEAVE, SUBJ
           SUBJECT_MIRRORS)
 
 
-def _message(*, from_addr: str, to: str, subject: str, body: str, now: datetime,
-             in_reply_to: str, domain: str, reply_to: str = "") -> bytes:
+@dataclass(frozen=True)
+class Answering:
+    """Whom an answer goes to, in which language, and what it answers."""
+
+    from_addr: str
+    to: str
+    language: str
+    now: datetime
+    in_reply_to: str
+    domain: str
+    override_dir: Path | None = None
+
+    def text(self, msgid: str) -> str:
+        return catalog_for(self.language, override_dir=self.override_dir).gettext(msgid)
+
+
+def _message(a: Answering, subject: str, body: str, reply_to: str = "") -> bytes:
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = from_addr
-    msg["To"] = to
+    msg["From"] = a.from_addr
+    msg["To"] = a.to
     msg["Subject"] = subject
-    msg["Date"] = email.utils.format_datetime(now)
-    msg["Message-ID"] = email.utils.make_msgid("answer", domain=domain)
-    in_reply_to = in_reply_to.strip()
+    msg["Date"] = email.utils.format_datetime(a.now)
+    msg["Message-ID"] = email.utils.make_msgid("answer", domain=a.domain)
+    in_reply_to = a.in_reply_to.strip()
     if in_reply_to and "\n" not in in_reply_to and "\r" not in in_reply_to:
         msg["In-Reply-To"] = in_reply_to
     if reply_to:
@@ -57,36 +73,22 @@ def _message(*, from_addr: str, to: str, subject: str, body: str, now: datetime,
     return msg.as_bytes()
 
 
-def _text(language: str, override_dir: Path | None, msgid: str) -> str:
-    return catalog_for(language, override_dir=override_dir).gettext(msgid)
+def help_message(a: Answering, address: str) -> bytes:
+    return _message(a, a.text(SUBJECT_HELP), a.text(HELP) % {"address": address or a.from_addr})
 
 
-def help_message(*, language: str, address: str, override_dir: Path | None = None,
-                 **common: object) -> bytes:
-    body = _text(language, override_dir, HELP) % {"address": address or common["from_addr"]}
-    return _message(subject=_text(language, override_dir, SUBJECT_HELP), body=body,
-                    **common)  # type: ignore[arg-type]
+def leave_message(a: Answering, reply_to: str) -> bytes:
+    return _message(a, a.text(SUBJECT_LEAVE), a.text(LEAVE), reply_to=reply_to)
 
 
-def leave_message(*, language: str, reply_to: str, override_dir: Path | None = None,
-                  **common: object) -> bytes:
-    return _message(subject=_text(language, override_dir, SUBJECT_LEAVE),
-                    body=_text(language, override_dir, LEAVE), reply_to=reply_to,
-                    **common)  # type: ignore[arg-type]
+def limit_message(a: Answering) -> bytes:
+    return _message(a, a.text(SUBJECT_LIMIT), a.text(LIMIT))
 
 
-def limit_message(*, language: str, override_dir: Path | None = None,
-                  **common: object) -> bytes:
-    return _message(subject=_text(language, override_dir, SUBJECT_LIMIT),
-                    body=_text(language, override_dir, LIMIT), **common)  # type: ignore[arg-type]
-
-
-def mirrors_message(*, language: str, links: Sequence[str], onions: Sequence[str], latest: str,
-                    override_dir: Path | None = None, **common: object) -> bytes:
-    lines = [_text(language, override_dir, MIRRORS), "", *links]
+def mirrors_message(a: Answering, links: Sequence[str], onions: Sequence[str], latest: str) -> bytes:
+    lines = [a.text(MIRRORS), "", *links]
     if onions:
         lines += ["", "Tor:", *onions]
     if latest:
-        lines += ["", _text(language, override_dir, LATEST) % {"subject": latest}]
-    return _message(subject=_text(language, override_dir, SUBJECT_MIRRORS),
-                    body="\n".join(lines), **common)  # type: ignore[arg-type]
+        lines += ["", a.text(LATEST) % {"subject": latest}]
+    return _message(a, a.text(SUBJECT_MIRRORS), "\n".join(lines))

@@ -17,7 +17,8 @@ __all__ = ["add_soft_bounce", "decayed"]
 def decayed(score: float, since: datetime, now: datetime, half_life: timedelta) -> float:
     """``score`` as it stands at ``now``, last raised at ``since`` (never grows with time)."""
     days = max((now - since) // timedelta(days=1), 0)
-    return score * 0.5 ** (days * 86400 / max(half_life.total_seconds(), 1.0))
+    factor: float = 0.5 ** (days * 86400 / max(half_life.total_seconds(), 1.0))
+    return score * factor
 
 
 def add_soft_bounce(score: float, since: datetime | None, now: datetime,

@@ -43,7 +43,13 @@ from mailer.errors import InputError
 from mailer.inbound.addresses import InboundAddresses, Reference, tagged, verp_base
 from mailer.inbound.classify import Kind, Verdict, classify
 from mailer.inbound.maildir import Handled, InboundReport, process_maildir
-from mailer.inbound.replies import help_message, leave_message, limit_message, mirrors_message
+from mailer.inbound.replies import (
+    Answering,
+    help_message,
+    leave_message,
+    limit_message,
+    mirrors_message,
+)
 from mailer.inbound.score import add_soft_bounce, decayed
 from mailer.models import EditionState, OutboxState
 from mailer.schema import inbound_replies, inbound_seen, soft_bounces
@@ -289,22 +295,23 @@ class Inbound:
             return Handled("limited")
         cfg = self.app.config
         original = email.message_from_bytes(raw)
-        common = {"from_addr": cfg.inbound.address or cfg.newsletter.from_addr, "to": to,
-                  "language": language, "now": self.app.clock(),
-                  "in_reply_to": str(original.get("Message-ID", "")),
-                  "domain": cfg.from_domain, "override_dir": cfg.newsletter.templates_dir}
+        answering = Answering(from_addr=cfg.inbound.address or cfg.newsletter.from_addr, to=to,
+                              language=language, now=self.app.clock(),
+                              in_reply_to=str(original.get("Message-ID", "")),
+                              domain=cfg.from_domain, override_dir=cfg.newsletter.templates_dir)
         if verdict == "warn":
-            data = limit_message(**common)
+            data = limit_message(answering)
         elif kind == "leave":
-            data = leave_message(**common, reply_to=reply_to or "")
+            data = leave_message(answering, reply_to or "")
         elif kind == "mirrors":
-            data = mirrors_message(**common, **self._mirrors(to, subscriber_id))
+            data = mirrors_message(answering, *self._mirrors(to, subscriber_id))
         else:
-            data = help_message(**common, address=cfg.inbound.address or "")
+            data = help_message(answering, cfg.inbound.address or "")
         self.outgoing.append((to, data))
         return Handled(kind if verdict == "send" else "limited")
 
-    def _mirrors(self, to: str, subscriber_id: int | None) -> dict[str, object]:
+    def _mirrors(self, to: str, subscriber_id: int | None) -> tuple[tuple[str, ...],
+                                                                  tuple[str, ...], str]:
         """The requester's own partition of mirrors (a stranger's: by the keyed hash of their
         address, so asking again gives the same set), the onions and the latest subject."""
         registry = self.app.mirrors
@@ -318,7 +325,7 @@ class Inbound:
         if sent:
             posts = self.app.editions.load(sent[0].id).posts
             latest = posts[0].title if posts else ""
-        return {"links": tuple(links), "onions": tuple(onions), "latest": latest}
+        return tuple(links), tuple(onions), latest
 
     def _allow(self, to: str, digest: bytes) -> str:
         """``send``, ``warn`` (the one warning past a limit) or ``silent``; counted with the
