@@ -94,10 +94,16 @@ def test_no_address_in_any_byte_written(tmp_path: Path) -> None:
     # Inbound mail (issue 17): a bounce that spells the address, a reader's command, a letter.
     for m in mails:
         letter = email.message_from_bytes(m.read_bytes(), policy=policy.default)
-        if str(letter["Delivered-To"]) == ADDRESSES[2]:
-            verp = str(letter["Return-Path"]).strip("<>")
-            inbox.add((f"From: MAILER-DAEMON@126.com\r\nTo: {verp}\r\nSubject: failure\r\n\r\n"
-                       f"<{ADDRESSES[2]}>: 550 5.1.1 user {ADDRESSES[2]} unknown\r\n").encode())
+        if str(letter["To"]) == ADDRESSES[2]:
+            inbox.add((
+                "From: MAILER-DAEMON@126.com\r\nTo: bounces@example.org\r\nSubject: failure\r\n"
+                'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+                f"--B\r\nContent-Type: text/plain\r\n\r\n<{ADDRESSES[2]}>: user unknown\r\n"
+                f"--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; 126.com\r\n"
+                f"\r\nFinal-Recipient: rfc822; {ADDRESSES[2]}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+                f"Diagnostic-Code: smtp; 550 5.1.1 user {ADDRESSES[2]} unknown\r\n\r\n"
+                f"--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {letter['Message-ID']}\r\n"
+                "\r\n--B--\r\n").encode())
     inbox.add(f"From: {ADDRESSES[3]}\r\nTo: digest@example.org\r\nSubject: help\r\n\r\n\r\n"
               .encode())
     inbox.add(f"From: {ADDRESSES[4]}\r\nTo: digest@example.org\r\nSubject: hi\r\n\r\nthanks\r\n"
