@@ -1,7 +1,7 @@
 """The scheduler daemon: the timetable and the process lifecycle, nothing else.
 
-APScheduler 3 on asyncio runs the jobs of ``mailer.timetable`` (poll, digest, tick, retry,
-mirrors, retention, mailin: the inbound Maildir) and one ``edition:<id>`` date job per scheduled edition; every job
+APScheduler 3 on asyncio runs the jobs of ``mailer.timetable`` (poll, digest, tick, keys,
+retry, mirrors, retention, mailin: the inbound Maildir) and one ``edition:<id>`` date job per scheduled edition; every job
 body is a ``mailer.pipeline`` function. Jobs live in a ``SQLAlchemyJobStore`` (table
 ``scheduler_jobs``) so a restart keeps the timetable and can tell a send that is merely late
 from one that was missed; a stored job holds a function reference and at most an edition id.
@@ -34,14 +34,7 @@ from mailer.lock import DAEMON_LOCK, DatabaseLock, keep_alive, take_or_wait
 from mailer.models import EditionState
 from mailer.pipeline import policy
 from mailer.pipeline.policy import describe_time
-from mailer.timetable import (
-    crontab_trigger,
-    install,
-    make_scheduler,
-    next_fire_times,
-    sync_editions,
-    timetable,
-)
+from mailer.timetable import crontab_trigger, install, make_scheduler, next_fire_times, sync_editions, timetable
 
 __all__ = ["JOBS_TABLE", "LOCK_NAME", "Actions", "Daemon", "crontab_trigger", "describe_time",
            "next_fire_times"]
@@ -91,6 +84,10 @@ async def job_tick(**_: object) -> None:
     await daemon.process_due()
 
 
+async def job_keys(**_: object) -> None:
+    _daemon().app.refresh_keys()
+
+
 async def job_edition(edition_id: int, **_: object) -> None:
     await _daemon().process_due()
 
@@ -112,7 +109,7 @@ async def job_mailin(**_: object) -> None:
 
 
 _JOBS: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
-    "poll": job_poll, "tick": job_tick, "retry": job_retry, "mirrors": job_mirrors,
+    "poll": job_poll, "tick": job_tick, "keys": job_keys, "retry": job_retry, "mirrors": job_mirrors,
     "digest": job_digest, "retention": job_retention, "mailin": job_mailin,
 }
 

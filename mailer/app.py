@@ -130,6 +130,11 @@ class App:
         if self.built("mirrors"):
             self.mirrors.apply(new.mirrors)
 
+    def refresh_keys(self) -> bool:
+        """Follow a ``keys rotate``: long-running processes call this every ``[storage]
+        key_reload_every`` (``Codec.refresh``); True if a new key file was loaded."""
+        return self.built("subscribers") and self.subscribers.codec.refresh()
+
     @classmethod
     def from_path(cls, path: Path | str, environ: Mapping[str, str] | None = None,
                   clock: Clock = system_clock) -> App:

@@ -106,6 +106,16 @@ class StorageSettings:
     forget_suppressed_after: timedelta | None = None
     # Erase pending (never confirmed) rows this long after they became pending (daily).
     forget_pending_after: timedelta = timedelta(days=30)
+    # How often a long-running process (the daemon, ``serve``, ``worker``) re-reads the key
+    # file, so that after ``keys rotate`` it seals with the new key. ``keys rotate`` waits this
+    # long (and a little more) before it retires the old key.
+    key_reload_every: timedelta = timedelta(seconds=30)
+
+    @property
+    def rotation_settle(self) -> timedelta:
+        """How long ``keys rotate`` waits before retiring the old key: one reload of every
+        running process, and a margin for a reload that was busy (a batch in flight)."""
+        return self.key_reload_every + timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -629,6 +639,8 @@ def _storage(ld: _Loader, s: _Section) -> StorageSettings:
                                           _retention, None),
         forget_pending_after=s.convert("forget_pending_after", (str, int, float), _retention,
                                        StorageSettings.forget_pending_after),
+        key_reload_every=s.convert("key_reload_every", (str, int, float), _key_reload,
+                                   StorageSettings.key_reload_every),
     )
     s.done()
     return out
@@ -640,6 +652,14 @@ def _retention(value: str | int | float) -> timedelta:
         raise ValueError("must be at least a day (e.g. '180d'): an unsubscribe needs time to "
                          "reach every sender first")
     return age
+
+
+def _key_reload(value: str | int | float) -> timedelta:
+    every = parse_duration(value)
+    if not timedelta(seconds=1) <= every <= timedelta(minutes=10):
+        raise ValueError("must be between 1s and 10m: a rotation waits this long before it "
+                         "retires the old key")
+    return every
 
 
 def _domains(s: _Section, name: str) -> frozenset[str]:

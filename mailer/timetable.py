@@ -36,7 +36,7 @@ log = logging.getLogger("newsletter.scheduler")
 
 TICK_EVERY = timedelta(seconds=30)
 # The timetable's own jobs (edition jobs are named per edition).
-TIMETABLE_JOBS = ("poll", "tick", "retry", "mirrors", "digest", "retention", "mailin")
+TIMETABLE_JOBS = ("poll", "tick", "keys", "retry", "mirrors", "digest", "retention", "mailin")
 
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -105,6 +105,7 @@ def timetable(config: Config) -> dict[str, JobSpec]:
     jobs = {
         "poll": every(s.poll_every, start_now=True),
         "tick": every(TICK_EVERY),
+        "keys": every(config.storage.key_reload_every),  # follow ``keys rotate``
         "retry": every(s.retry_every),
         "mirrors": every(s.mirror_check_every),
     }

@@ -55,11 +55,15 @@ class Codec:
         self._stamp = _stamp(ring.path)
 
     def refresh(self) -> bool:
-        """Reload the key file if ``keys rotate`` rewrote it since we read it.
+        """Reload the key file if ``keys rotate`` rewrote it since we read it; True if it did.
 
-        A long-running process (the daemon, ``serve``) must seal new rows with the new key and
-        open rows already re-encrypted, or a rotation would strand its writes under a key that
-        is about to be retired. Only a file with the same index and token keys is accepted.
+        The owner of a long-running process (the daemon, ``serve``, ``worker``) calls this on
+        its own timer, every ``[storage] key_reload_every``; the store never does, so sealing
+        and opening read no file. ``keys rotate`` waits longer than that timer before it
+        retires the old key, so no process is left sealing under a retired key. The one
+        exception is :meth:`open` meeting a key id it does not hold: rows re-sealed by a
+        rotation that this process has not yet heard of, so it looks once. Only a file with
+        the same index and token keys is accepted.
         """
         stamp = _stamp(self.ring.path)
         if stamp is None or stamp == self._stamp:
@@ -111,7 +115,7 @@ class Codec:
                                     field + _ROW.pack(row_id))
             except InvalidTag:
                 pass
-        if aead is None and self.refresh():
+        if aead is None and self.refresh():  # the failure path only: a rotation we missed
             return self.open(row_id, key_id, blob, field)
         if aead is None:
             raise WrongKeyError(

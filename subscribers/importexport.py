@@ -442,7 +442,6 @@ def restore_backup(store: SubscriberStore, path: Path) -> ImportReport:
         except (ValueError, KeyError, TypeError):
             raise InputError("the backup header is damaged", source=source) from None
         aead = _backup_key(store, salt)
-        store.codec.refresh()
         for plain in _read_frames(fh, header, aead, source):
             rows = []
             gone = []

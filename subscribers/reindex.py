@@ -104,7 +104,6 @@ def _aware(value: datetime | None) -> datetime:
 def reindex(store: SubscriberStore, *, apply: bool = True,
             progress: Callable[[int, int], None] | None = None) -> ReindexReport:
     """Rebuild the blind indexes under ``store.settings``; see the module docstring."""
-    store.codec.refresh()
     work = Table("reindex_work", MetaData(),
                  Column("id", BigInteger, primary_key=True),
                  Column("new_index", LargeBinary, nullable=False, index=True),

@@ -14,8 +14,10 @@ Old keys are removed from the file only after a count shows no row still uses th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import and_, func, select, update
 
@@ -72,8 +74,15 @@ def _unfinished(store: SubscriberStore) -> str | None:
 
 def rotate(store: SubscriberStore, *, batch_size: int = 2000,
            progress: Callable[[int, int], None] | None = None,
-           stop_after: int | None = None) -> RotationResult:
-    """Rotate (or resume an interrupted rotation). ``stop_after`` batches simulates a crash."""
+           stop_after: int | None = None, settle: timedelta = timedelta(0),
+           sleep: Callable[[float], None] = time.sleep) -> RotationResult:
+    """Rotate (or resume an interrupted rotation). ``stop_after`` batches simulates a crash.
+
+    ``settle``: how long running processes may take to load the new key file (``keys rotate``
+    passes a little more than ``[storage] key_reload_every``). After the pass, the rotation
+    waits that long, re-seals what they wrote under the old key meanwhile, and only then
+    retires it.
+    """
     store.verify_key()  # a wrong key file must not gain a key, nor touch a row
     ring = store.codec.ring
     pending = _unfinished(store)
@@ -94,6 +103,7 @@ def rotate(store: SubscriberStore, *, batch_size: int = 2000,
                                   .where(key_rotation.c.new_key_id == new)).one()
     batches = 0
     reencrypted = 0
+    settled = False
     while True:
         with store.engine.begin() as conn:
             rows = conn.execute(select(t.c.id, t.c.key_id, t.c.email_ct, t.c.extra_ct)
@@ -115,13 +125,21 @@ def rotate(store: SubscriberStore, *, batch_size: int = 2000,
                          .values(last_id=last, done=done))
         if progress is not None and rows:
             progress(reencrypted, total)
-        if len(rows) < batch_size:
+        if len(rows) >= batch_size:
+            batches += 1
+            if stop_after is not None and batches >= stop_after:
+                return RotationResult(new, reencrypted, (), resumed)
+            continue
+        if settled or settle <= timedelta(0):
             break
-        batches += 1
-        if stop_after is not None and batches >= stop_after:
-            return RotationResult(new, reencrypted, (), resumed)
-    # Rows added by older processes still holding the previous key, after our pass: sweep again
-    # by counting per key; only keys with no rows are retired.
+        # Processes that loaded the key file before this rotation seal new rows under the old
+        # key until their next reload: wait for it, then sweep once more from the start.
+        log.info("key rotation %s: waiting %ds for running processes to load the new key",
+                 new, round(settle.total_seconds()))
+        sleep(settle.total_seconds())
+        settled, last = True, -1
+    # Rows written under the old key after the sweep (a process that missed its reload): count
+    # per key; only keys with no rows are retired.
     with store.engine.connect() as conn:
         in_use = {str(k) for k in conn.execute(select(t.c.key_id).distinct()).scalars()}
     retired = tuple(sorted(k for k in ring.aead if k != new and k not in in_use))

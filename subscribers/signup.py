@@ -91,7 +91,6 @@ class SignupDesk:
             raise InputError(str(exc)) from None
         lang = self.store.check_language(language)
         codec = self.store.codec
-        codec.refresh()
         rid = new_id()
         with self.store.engine.begin() as conn:
             conn.execute(signup_requests.insert().values(

@@ -276,7 +276,6 @@ class SubscriberStore:
                    lang: str) -> tuple[int, SubscriberState]:
         index = self.index_of(delivery)
         now = self.clock()
-        self.codec.refresh()
         row = conn.execute(select(t.c.id, t.c.state).where(t.c.email_index == index)).first()
         if row is None:
             sid = new_id()
@@ -361,7 +360,6 @@ class SubscriberStore:
                 return self.add_batch(rows, event, reactivate=reactivate, conn=own,
                                       indexes=indexes)
         now = self.clock()
-        self.codec.refresh()
         if indexes is None:
             indexes = [self.index_of(addr) for addr, _ in rows]
         # Sorted by integer keys, not by the bytes: comparing bytes objects strewn over the

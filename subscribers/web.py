@@ -26,7 +26,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -167,10 +167,12 @@ def _load_strings(env: Environment) -> dict[str, Any]:
 
 def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
                  settings: PageSettings, *, signup: SignupDesk,
-                 confirmations: ConfirmationSender | None = None) -> Starlette:
+                 confirmations: ConfirmationSender | None = None,
+                 background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()) -> Starlette:
     """Build the ASGI app. ``env`` is the project's one strict Jinja environment. The form
     hands requests to ``signup``; with ``confirmations``, its worker decides them and sends
-    the mails for as long as the app runs (its lifespan)."""
+    the mails for as long as the app runs (its lifespan), as do the ``background`` tasks
+    (the caller's timers, such as following a key rotation)."""
     parts = urlsplit(settings.public_url)
     ctx = _Ctx(
         store=store, tokens=tokens, env=env, settings=settings, strings=_load_strings(env),
@@ -261,16 +263,17 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        worker = None
+        runs: list[asyncio.Task[None]] = [asyncio.create_task(task()) for task in background]
         if confirmations is not None:
-            worker = asyncio.create_task(confirmations.run())
+            runs.append(asyncio.create_task(confirmations.run()))
         try:
             yield
         finally:
-            if worker is not None:
-                worker.cancel()
+            for run in runs:
+                run.cancel()
+            for run in runs:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await worker
+                    await run
 
     def confirm_bad(langs: tuple[str, ...]) -> HTMLResponse:
         return message(langs, "confirm_bad_title", "confirm_bad_body", 400,

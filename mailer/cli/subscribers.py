@@ -48,7 +48,8 @@ def keys_rotate(app: App, batch_size: int) -> None:
     def progress(done: int, total: int) -> None:
         click.echo(f"re-encrypted {done}/{total}", err=True)
 
-    result = rotate(store, batch_size=batch_size, progress=progress)
+    result = rotate(store, batch_size=batch_size, progress=progress,
+                    settle=app.config.storage.rotation_settle)
     verb = "resumed" if result.resumed else "started"
     click.echo(f"rotation {verb}: new key {result.new_key_id}; {result.reencrypted} rows "
                f"re-encrypted; retired {', '.join(result.retired) or 'no keys'}")

@@ -437,6 +437,18 @@ class Outbox:
                 out[str(domain)][OutboxState(state)] = int(n)
         return dict(out)
 
+    def counts_by_language(self, edition_id: int) -> Mapping[str, dict[OutboxState, int]]:
+        """Rows per language choice (as enqueued) and state."""
+        out: dict[str, dict[OutboxState, int]] = defaultdict(lambda: dict.fromkeys(OutboxState, 0))
+        with self.engine.connect() as conn:
+            for language, state, n in conn.execute(
+                select(outbox.c.language, outbox.c.state, func.count())
+                .where(outbox.c.edition_id == edition_id)
+                .group_by(outbox.c.language, outbox.c.state)
+            ):
+                out[str(language)][OutboxState(state)] = int(n)
+        return dict(out)
+
     def next_due(self, edition_id: int) -> datetime | None:
         """When the earliest deferred row becomes due (None if none is waiting)."""
         with self.engine.connect() as conn:

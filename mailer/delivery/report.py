@@ -7,7 +7,7 @@ This is how editors learn that, say, qq.com refused the content while 163.com to
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
@@ -25,6 +25,7 @@ class EditionReport:
     edition_id: int
     totals: Mapping[OutboxState, int]
     by_domain: Mapping[str, Mapping[OutboxState, int]]
+    by_language: Mapping[str, Mapping[OutboxState, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -46,7 +47,8 @@ def edition_report(engine: Engine, edition_id: int) -> EditionReport:
         for state, n in row.items():
             totals[state] += n
     ordered = dict(sorted(by_domain.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])))
-    return EditionReport(edition_id, totals, ordered)
+    languages = dict(sorted(outbox.counts_by_language(edition_id).items()))
+    return EditionReport(edition_id, totals, ordered, languages)
 
 
 _COLUMNS = (
@@ -69,4 +71,10 @@ def format_report(report: EditionReport, *, top: int | None = None) -> str:
         lines.append(f"{domain:<{width}}  " + "  ".join(f"{row.get(c, 0):>8}" for c in _COLUMNS))
     lines.append(f"{'total':<{width}}  "
                  + "  ".join(f"{report.totals.get(c, 0):>8}" for c in _COLUMNS))
+    if len(report.by_language) > 1:
+        lwidth = max([len("language"), *(len(lang) for lang in report.by_language)])
+        lines.append("")
+        lines.append(f"{'language':<{lwidth}}  " + "  ".join(f"{n:>8}" for n in names))
+        for lang, row in report.by_language.items():
+            lines.append(f"{lang:<{lwidth}}  " + "  ".join(f"{row.get(c, 0):>8}" for c in _COLUMNS))
     return "\n".join(lines)

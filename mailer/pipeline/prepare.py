@@ -140,10 +140,14 @@ def personalise(app: App, prepared: PreparedEdition, reader: Reader) -> bytes:
 
 
 def personaliser(app: App, prepared: PreparedEdition) -> Callable[[OutboxRow, Recipient], bytes]:
-    """The delivery engine's ``message_for``: :func:`personalise` per outbox row."""
+    """The delivery engine's ``message_for``: :func:`personalise` per outbox row.
+
+    The row's language, fixed when the edition was enqueued, picks the variant (not the
+    reader's language now): a retry sends the bytes the first attempt sent, and the report's
+    counts per language are what went out.
+    """
 
     def message_for(row: OutboxRow, recipient: Recipient) -> bytes:
-        return personalise(app, prepared,
-                           Reader(recipient.id, recipient.address, recipient.language))
+        return personalise(app, prepared, Reader(recipient.id, recipient.address, row.language))
 
     return message_for

@@ -3,6 +3,8 @@ transport; ``newsletter serve`` runs what this builds."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.applications import Starlette
 
 from mailer.app import App
@@ -21,5 +23,13 @@ def build_public_app(app: App) -> Starlette:
                             trusted_proxies=cfg.web.trusted_proxies,
                             proxy_header=cfg.web.proxy_header)
     sender = confirmation_sender(app)
+
+    async def follow_keys() -> None:
+        """``keys rotate`` on a running ``serve``: new rows are sealed with the new key."""
+        every = cfg.storage.key_reload_every.total_seconds()
+        while True:
+            await asyncio.sleep(every)
+            await asyncio.to_thread(app.refresh_keys)
+
     return make_web_app(app.subscribers, app.tokens, app.jinja, settings, signup=app.signup,
-                        confirmations=sender)
+                        confirmations=sender, background=(follow_keys,))

@@ -81,6 +81,8 @@ def test_relative_paths_resolve_against_the_config_folder_and_secrets_come_from_
          "storage.forget_suppressed_after", 9),
         (("key_file = \"keys/k.json\"", "key_file = \"keys/k.json\"\ncase_insensitive_domains = [\"qq com\"]"),
          "storage.case_insensitive_domains[0]", 9),
+        (("key_file = \"keys/k.json\"", "key_file = \"keys/k.json\"\nkey_reload_every = \"1h\""),
+         "storage.key_reload_every", 9),
     ],
 )
 def test_errors_name_file_key_and_line(tmp_path: Path, edit: tuple[str, str], key: str, line: int) -> None:

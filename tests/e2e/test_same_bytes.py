@@ -91,3 +91,41 @@ def test_preview_test_send_and_send_give_one_reader_the_same_bytes(
     text = body.get_content()
     assert all(m in text for m in reader_mirrors)  # the registry's set for this reader
     app.engine.dispose()
+
+
+def test_a_retry_sends_the_language_the_row_was_enqueued_in(
+        tmp_path: Path, sqlite_url: str, smtp_server: SMTPServer) -> None:
+    """A reader who changes language mid-send gets this edition as enqueued (the same bytes on a
+    retry), and the report's counts per language are what went out."""
+    import asyncio
+
+    from mailer.delivery.report import edition_report, format_report
+    from mailer.models import OutboxState
+    from mailer.pipeline.send import send_edition, start_edition
+
+    config = write_config(tmp_path, sqlite_url, smtp_port=smtp_server.port, editors=())
+    app = App.from_path(config, environ={})
+    add_posts(app.engine, 2)
+    reader = app.subscribers.add(READER, "zh-Hans", confirmed=True)
+    app.subscribers.add("other-reader@example.com", "en", confirmed=True)
+    edition = app.editions.create()
+    start_edition(app, edition)                     # the rows are written...
+    assert app.subscribers.set_language(reader, "en")  # ...then the reader changes language
+
+    async def send() -> None:
+        try:
+            await send_edition(app, edition)
+        finally:
+            await app.transport.aclose()
+
+    asyncio.run(send())
+    languages = {m.message()["Content-Language"] for m in smtp_server.received
+                 if READER in m.rcpt_tos}
+    assert languages == {"zh-Hans"}
+    report = edition_report(app.engine, edition)
+    assert report.by_language["zh-Hans"][OutboxState.SENT] == 1
+    assert report.by_language["en"][OutboxState.SENT] == 1
+    text = format_report(report)
+    assert "language" in text
+    assert "zh-Hans" in text
+    app.engine.dispose()

@@ -31,6 +31,7 @@ zh-Hant = "公民權利通訊"
 [storage]
 database = "{database}"
 key_file = "secrets/keys.json"
+key_reload_every = "1s"
 
 [[feeds]]
 url = "{feed}"

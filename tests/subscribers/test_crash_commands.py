@@ -65,7 +65,7 @@ def kill_after_line(proc: subprocess.Popen[str], prefix: str) -> str:
 
 @pytest.fixture
 def config(tmp_path: Path, db_url: str) -> Path:
-    path = write_config(tmp_path, db_url, 9)
+    path = write_config(tmp_path, db_url, 9, extra_storage='key_reload_every = "1s"')
     init = newsletter(path, "keys", "init")
     assert init.returncode == 0, init.stderr
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -86,15 +87,38 @@ def test_a_running_process_follows_the_rotation(store: SubscriberStore, ring: Ke
     ids = [store.add(f"d{i}@qq.com", "en", confirmed=True) for i in range(5)]
     running = SubscriberStore(store.engine, Codec(KeyRing.load(ring.path)), clock, LANGS)
     rotator = SubscriberStore(store.engine, Codec(KeyRing.load(ring.path)), clock, LANGS)
-    result = rotate(rotator, batch_size=2)
+    written_meanwhile: list[int] = []
+
+    def settle(seconds: float) -> None:
+        # Before its timer fires, the running process still seals under the old key...
+        assert seconds == 7
+        written_meanwhile.append(running.add("meanwhile@qq.com", "en", confirmed=True))
+        assert key_ids_in_use(store)[ring.current] == 1
+
+    result = rotate(rotator, batch_size=2, settle=timedelta(seconds=7), sleep=settle)
+    # ...and the rotation waited for it, re-sealed that row too, then retired the old key.
     assert result.retired == (ring.current,)
-    # Rows re-encrypted under a key the running process never saw still open...
-    assert set(running.get_recipients(ids)) == set(ids)
-    # ...and what it writes now is sealed with the new key, not the retired one.
-    late = running.add("after@qq.com", "en", confirmed=True)
     assert key_ids_in_use(store) == {result.new_key_id: 6}
+    # Rows re-encrypted under a key the running process never loaded still open (it looks once)...
+    assert set(running.get_recipients([*ids, *written_meanwhile])) == {*ids, *written_meanwhile}
+    # ...and after its timer's reload, what it writes is sealed with the new key.
+    assert running.codec.refresh() is False  # the miss above already loaded it
+    late = running.add("after@qq.com", "en", confirmed=True)
+    assert key_ids_in_use(store) == {result.new_key_id: 7}
     fresh = SubscriberStore(store.engine, Codec(KeyRing.load(ring.path)), clock, LANGS)
     assert fresh.get_recipients([late])[late].address == "after@qq.com"
+
+
+def test_sealing_reads_no_key_file(store: SubscriberStore, ring: KeyRing, clock: Clock) -> None:
+    """The hot path is I/O free: a rewritten key file changes nothing until ``refresh()``."""
+    running = SubscriberStore(store.engine, Codec(KeyRing.load(ring.path)), clock, LANGS)
+    rotated = ring.with_new_key()
+    rotated.save()
+    running.add("before-reload@qq.com", "en", confirmed=True)
+    assert key_ids_in_use(store) == {ring.current: 1}
+    assert running.codec.refresh() is True
+    running.add("after-reload@qq.com", "en", confirmed=True)
+    assert key_ids_in_use(store) == {ring.current: 1, rotated.current: 1}
 
 
 _OLD = KeyRing.generate(Path("/nonexistent/keys.json"))
