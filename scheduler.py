@@ -1,8 +1,8 @@
 """The scheduler daemon: the timetable and the process lifecycle, nothing else.
 
 APScheduler 3 on asyncio runs the jobs of ``mailer.timetable`` (poll, digest, tick, keys,
-retry, mirrors, retention, mailin: the inbound Maildir) and one ``edition:<id>`` date job per scheduled edition; every job
-body is a ``mailer.pipeline`` function. Jobs live in a ``SQLAlchemyJobStore`` (table
+retry, mirrors, retention, mailin: the inbound Maildir) and one ``edition:<id>`` date job per
+scheduled edition; every job body is a ``mailer.pipeline`` function. Jobs live in a ``SQLAlchemyJobStore`` (table
 ``scheduler_jobs``) so a restart keeps the timetable and can tell a send that is merely late
 from one that was missed; a stored job holds a function reference and at most an edition id.
 
