@@ -93,6 +93,7 @@ class Inbound:
         self.addresses = inbound_addresses(self.app)
         self.outgoing: list[tuple[str, bytes]] = []
         self.confirmations = False
+        self.confirmed: list[int] = []  # welcomed with the latest edition after the batch
 
     # ------------------------------------------------------------------ one message
 
@@ -240,6 +241,8 @@ class Inbound:
         if tag.kind == "confirm":
             tok = tokens.verify_confirm(tag.value)
             state = store.confirm(tok.subscriber_id, tok.issued_at)
+            if state is SubscriberState.ACTIVE:
+                self.confirmed.append(tok.subscriber_id)
             return Handled("confirmed" if state is SubscriberState.ACTIVE else "refused")
         if tag.kind == "language-token":
             ltok = tokens.verify_language(tag.value)
@@ -386,6 +389,11 @@ class Inbound:
             sender = confirmation_sender(self.app)
             await sender.round()
             self.confirmations = False
+        if self.confirmed:  # the welcome: the latest edition at once, through the outbox
+            from mailer.pipeline.send import welcome
+
+            await welcome(self.app, self.confirmed)
+            self.confirmed = []
         return sent
 
 

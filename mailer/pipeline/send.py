@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -45,6 +45,7 @@ __all__ = [
     "send_new_posts",
     "send_test",
     "start_edition",
+    "welcome",
 ]
 
 log = logging.getLogger("newsletter.pipeline")
@@ -204,3 +205,24 @@ async def send_test(app: App, edition_id: int, address: str, language: str) -> S
         return await transport.send(app.config.envelope_sender, address, mark_as_test(data))
     finally:
         await transport.aclose()
+
+
+async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
+    """Readers who just confirmed get the latest edition now, not only the next one. Through
+    the outbox like any send, so each gets it once: afterwards the row (edition, subscriber)
+    exists, and a reader who had it already (a re-subscription) gets nothing. Only active
+    readers are enqueued. Returns how many rows were new."""
+    latest = app.editions.find([EditionState.SENT], limit=1)
+    if not latest or not subscriber_ids:
+        return 0
+    edition_id = latest[0].id
+    # Only the still-active ones (``get_recipients`` filters), decrypted for the outbox's domain.
+    readers = await asyncio.to_thread(app.subscribers.get_recipients, list(subscriber_ids))
+    active = list(readers.values())
+    added = await asyncio.to_thread(app.outbox.enqueue, edition_id, active) if active else 0
+    if not added:
+        return 0
+    prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
+    await deliver(app, delivery_engine(app, prepared), prepared, edition_id)
+    log.info("welcome: edition %d to %d new reader(s)", edition_id, added)
+    return added

@@ -234,6 +234,14 @@ def test_subscribe_confirm_by_mail_end_to_end(tmp_path: Path, relay: SMTPServer)
                            "> please confirm"))
     assert "confirmed 1" in inbound(config)
     assert state(config, stranger) is SubscriberState.ACTIVE
+    # The welcome: the latest edition right away, not only the next one; and only once.
+    [_, welcome] = delivered_to(relay, stranger)
+    assert str(welcome["Message-ID"]).startswith("<e1.")  # edition 1, in the reader's language
+    assert str(welcome["Subject"]).startswith("公民權利通訊")
+    assert re.fullmatch(r"digest\+r-[a-z2-7]{42}@example\.org", str(welcome["Reply-To"]))
+    inbox(config).add(mail(stranger, reply_to, "Re: again", "> please confirm"))
+    inbound(config)
+    assert len(delivered_to(relay, stranger)) == 2
     app = App.from_path(config)
     try:
         record = app.subscribers.lookup(stranger)
