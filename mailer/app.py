@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from mailer.delivery.transport import Transport
     from mailer.editions.store import EditionStore
     from mailer.feeds.store import PostStore
+    from mailer.metrics import Metrics
     from mailer.mirrors.registry import MirrorRegistry
+    from mailer.webhooks import WebhookQueue
     from subscribers.keys import KeyRing
     from subscribers.signup import SignupDesk
     from subscribers.store import SubscriberStore
@@ -129,6 +131,8 @@ class App:
         self.__dict__.pop("editions", None)  # require_approval may have changed
         if self.built("mirrors"):
             self.mirrors.apply(new.mirrors)
+        if self.built("webhooks"):
+            self.webhooks.hooks = new.webhooks
 
     def refresh_keys(self) -> bool:
         """Follow a ``keys rotate``: long-running processes call this every ``[storage]
@@ -235,6 +239,7 @@ class App:
             self.engine, self.clock,
             require_approval=self.config.newsletter.require_approval,
             load_posts=self.post_store.load,
+            languages=self.config.newsletter.languages,
         )
 
     @cached_property
@@ -252,7 +257,7 @@ class App:
         """One row per (edition, subscriber); rows change only when a reply is known."""
         from mailer.delivery.outbox import Outbox
 
-        return Outbox(self.engine, self.clock, self.config.delivery.domain_rates)
+        return Outbox(self.engine, self.clock, self.config.delivery.limited_domains)
 
     @cached_property
     def senders(self) -> SenderRegistry:
@@ -260,6 +265,29 @@ class App:
         from mailer.delivery.peers import SenderRegistry
 
         return SenderRegistry(self.engine, self.clock)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """This process's Prometheus counters (docs/monitoring.md); served only when asked."""
+        from mailer.metrics import Metrics
+
+        return Metrics()
+
+    @cached_property
+    def webhooks(self) -> WebhookQueue:
+        """Events for the ``[[webhooks]]`` receivers, queued durably (``mailer/webhooks.py``)."""
+        from mailer.webhooks import WebhookQueue
+
+        return WebhookQueue(self.engine, self.clock, self.config.webhooks)
+
+    def emit(self, event: str, data: Mapping[str, Any]) -> None:
+        """Queue a webhook event; a failure is logged and never stops the work that caused it."""
+        if not self.config.webhooks:
+            return
+        try:
+            self.webhooks.emit(event, data)
+        except Exception as exc:
+            log.warning("webhook %s not queued (%s)", event, type(exc).__name__)
 
     @cached_property
     def transport(self) -> Transport:
@@ -272,10 +300,26 @@ class App:
         delivery = self.config.delivery
         inner: Transport
         if delivery.transport == "smtp":
+            delivery.require_secrets()  # the relay password is needed now, and only now
             inner = SMTPTransport(delivery.relays)
         else:
             inner = MaildirTransport(delivery.maildir)
         return signing(self.config, inner)
+
+    def open_test_transport(self) -> Transport:
+        """A transport of its own for test sends, which the caller closes: the relays (or the
+        injected transport), or with Maildir the ``test_maildir`` folder, never the subscribers'
+        outbox, so no pickup mixes a test with their mail."""
+        from mailer.delivery.maildir import MaildirTransport
+        from mailer.delivery.smtp import SMTPTransport
+
+        delivery = self.config.delivery
+        if self.transport_override is not None:
+            return signing(self.config, self.transport_override)
+        if delivery.transport == "smtp":
+            delivery.require_secrets()
+            return signing(self.config, SMTPTransport(delivery.relays))
+        return signing(self.config, MaildirTransport(delivery.test_maildir))
 
 
 def dkim_signer(config: Config) -> DKIMSigner | None:

@@ -7,6 +7,7 @@ Nothing reads the TOML file or the environment after ``load_config`` returns: se
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import tomllib
 import zoneinfo
@@ -19,19 +20,33 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+from mailer.delivery.providers import (
+    DEFAULT_BLOCK_HOLD,
+    SHIPPED_RULES,
+    Family,
+    ProviderRules,
+    Rule,
+    Verdict,
+)
 from mailer.errors import ConfigError
 from mailer.mirrors.sites import is_origin_host, same_place
 from subscribers.languages import KNOWN_LANGUAGES, choices, is_pair_of
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
+    "WEBHOOK_EVENTS",
+    "AdminSettings",
+    "ArchiveSettings",
+    "ArchiveTarget",
     "Config",
     "DKIMSettings",
     "DeliverySettings",
+    "DomainCap",
     "FeedSettings",
     "FetchSettings",
     "ImageSettings",
     "InboundSettings",
+    "MetricsSettings",
     "MirrorSettings",
     "MirrorSite",
     "NewsletterSettings",
@@ -39,9 +54,11 @@ __all__ = [
     "ScheduleSettings",
     "StorageSettings",
     "WebSettings",
+    "WebhookSettings",
     "config_error",
     "load_config",
     "parse_duration",
+    "parse_listen",
     "parse_size",
 ]
 
@@ -49,11 +66,10 @@ DEFAULT_CONFIG_NAME = "newsletter.toml"
 
 # Provider answers that mean "we refused the content", not "the address is bad" (issue 7).
 DEFAULT_CONTENT_REJECTIONS = (
-    r"(?i)mail content denied",
-    r"(?i)inappropriate (words|content)",
-    r"DT:SPM",
     r"(?i)content.*(rejected|refused|blocked)",
-)  # not a bare "spam": Spamhaus-style IP blocks mention it and are not about the content
+)  # not a bare "spam": Spamhaus-style IP blocks mention it and are not about the content.
+# Each provider's own wording (QQ's "mail content denied", NetEase's DT:SPM) is in
+# mailer/delivery/providers.toml, with the provider's other rules (issue 21).
 
 
 # --------------------------------------------------------------------------- settings objects
@@ -76,6 +92,10 @@ class NewsletterSettings:
     editors: tuple[str, ...] = ()
     require_approval: bool = False
     taiwan_phrases: bool = True
+    # Traditional -> Simplified with mainland wording (軟體 -> 软件), OpenCC's tw2sp; false: t2s.
+    mainland_phrases: bool = True
+    # Where readers can write to a person (footer, the bad-link page); None: not shown.
+    contact: str | None = None
     templates_dir: Path | None = None
     content_rejection_alert: float = 0.05
     sample_subscribers: bool = False  # embedded default: seed one example.org reader per language
@@ -187,6 +207,9 @@ class RelaySettings:
     ca_file: Path | None = None
     timeout: float = 60.0
     name: str = ""
+    # ``username`` is set but the environment lacks the password: raised (naming file, key and
+    # line) only when a transport is opened, so read-only commands run without the secret.
+    missing_password: ConfigError | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -207,6 +230,42 @@ class DeliverySettings:
     content_rejections: tuple[str, ...] = DEFAULT_CONTENT_REJECTIONS
     domain_rates: Mapping[str, float] = field(default_factory=dict)
     envelope_from: str | None = None
+    # Where ``editions test-send`` writes with the Maildir transport: never the subscribers'
+    # outbox, so a test is never picked up with their mail (default: ``<maildir>-tests``).
+    test_maildir: Path = Path("data/outbox-tests")
+
+    def require_secrets(self) -> None:
+        """Raise the ``ConfigError`` of a relay whose password is missing from the environment.
+
+        Called when an SMTP transport is opened (and when the daemon or a worker starts), not at
+        load: ``editions list`` or ``show`` must not need the relay password."""
+        if self.transport != "smtp":
+            return
+        for relay in self.relays:
+            if relay.missing_password is not None:
+                raise relay.missing_password
+
+    # Issue 21: hourly and daily caps per destination (``domain_rates."163.com" = {rate = 5,
+    # per_hour = 3000, per_day = 100000}``), and each provider's reply rules.
+    domain_caps: Mapping[str, DomainCap] = field(default_factory=dict)
+    providers: ProviderRules = field(default_factory=lambda: _default_rules())
+
+    @property
+    def limited_domains(self) -> frozenset[str]:
+        """Every domain ``domain_rates`` names, with a rate or a cap (kept by name in the outbox)."""
+        return frozenset(self.domain_rates) | frozenset(self.domain_caps)
+
+
+def _default_rules() -> ProviderRules:
+    return shipped_provider_rules()
+
+
+@dataclass(frozen=True)
+class DomainCap:
+    """A destination's hourly and daily caps for the whole deployment (None: no cap)."""
+
+    per_hour: int | None = None
+    per_day: int | None = None
 
 
 @dataclass(frozen=True)
@@ -219,7 +278,9 @@ class MirrorSite:
 
     url: str
     status: Literal["active", "reserve", "retired"] = "active"
-    kind: Literal["https", "onion", "ipfs"] = "https"
+    # "archive": an ``[[archive.targets]]`` url, added at load time; checked like a mirror,
+    # never handed out as one (it serves the archive, not the blog's pages).
+    kind: Literal["https", "onion", "ipfs", "archive"] = "https"
     added: date | None = None
     retired: date | None = None
     note: str = ""
@@ -289,6 +350,28 @@ class WebSettings:
     # Where the mail server delivers what arrives at ``unsubscribe_mailto``. Kept for old
     # configs: it is read like ``[inbound] maildir`` (``Config.inbound_maildir``), which wins.
     unsubscribe_maildir: Path | None = None
+    # Other addresses that serve these same pages (a CDN front, a mirror): the home page lists
+    # them for a visitor whose way to ``public_url`` is blocked.
+    mirrors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """``[admin]``: the editors' web admin (``newsletter admin serve``), its own listener."""
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    # A session unused this long is over; every session ends after ``session_max``.
+    session_idle: timedelta = timedelta(minutes=30)
+    session_max: timedelta = timedelta(hours=12)
+    require_totp: bool = False  # every account must add a second factor before anything else
+    four_eyes: bool = False  # an edition is approved by an editor who did not write it
+    # Failed logins within ``login_window``: per account name (existing or not) and per client.
+    login_window: timedelta = timedelta(minutes=15)
+    account_attempts: int = 5
+    client_attempts: int = 20
+    # uvicorn believes X-Forwarded-For/-Proto (client address, https) only from these.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -323,6 +406,55 @@ class DKIMSettings:
 
 
 @dataclass(frozen=True)
+class ArchiveTarget:
+    """One ``[[archive.targets]]``: where rclone syncs the archive, and where readers find it."""
+
+    remote: str  # an rclone remote path ("r2:bucket/news") or a local folder
+    url: str | None = None  # the public base readers open, without a trailing slash
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """``[archive]``: the static web archive of sent editions (mailer/archive/)."""
+
+    folder: Path = Path("data/archive")
+    targets: tuple[ArchiveTarget, ...] = ()
+    rclone_config: Path | None = None  # rclone's own config file: the credentials stay there
+    rclone: str = "rclone"  # the binary
+    subscribe_mailto: str | None = None  # shown in the archive's footer
+    timeout: float = 600.0  # seconds one target's sync may take
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(t.url for t in self.targets if t.url)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: where ``run``, each ``worker`` and ``serve`` expose Prometheus metrics
+    (docs/monitoring.md). ``listen`` None: no endpoint."""
+
+    listen: tuple[str, int] | None = None
+
+
+# What a ``[[webhooks]]`` entry may subscribe to (docs/monitoring.md, "Webhooks").
+WEBHOOK_EVENTS = (
+    "edition.scheduled", "edition.held", "edition.sent", "edition.missed",
+    "edition.content_rejected", "feed.failing", "feed.recovered", "mirror.down",
+    "mirror.blocked", "subscriber.counts",
+)
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """One ``[[webhooks]]`` receiver: a JSON POST per event, signed with ``secret``."""
+
+    url: str
+    events: tuple[str, ...]
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated config. ``path`` is the file it came from."""
 
@@ -338,6 +470,10 @@ class Config:
     web: WebSettings = WebSettings()
     dkim: DKIMSettings | None = None
     inbound: InboundSettings = InboundSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    webhooks: tuple[WebhookSettings, ...] = ()
+    admin: AdminSettings = AdminSettings()
     # The SMTP envelope sender (MAIL FROM, where bounces go): ``[delivery] envelope_from``, else
     # the address in ``[newsletter] from``. Resolved here, once, for every sender of mail.
     envelope_sender: str = field(init=False, repr=False, compare=False)
@@ -573,6 +709,13 @@ def _address(value: str) -> str:
     return value
 
 
+def _bare_address(value: str) -> str:
+    """An address written out in mail and pages and used in a ``mailto:`` link: no name part."""
+    if not re.fullmatch(r"[^\s<>\"@]+@[^\s<>\"@]+\.[^\s<>\"@]+", value):
+        raise ValueError(f"{value!r} is not a plain email address (like 'editors@example.org')")
+    return value
+
+
 def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
     languages = s.strings("languages", list(KNOWN_LANGUAGES))
     if not languages:
@@ -614,6 +757,8 @@ def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
         editors=s.strings("editors", []),
         require_approval=s.get("require_approval", bool, False),
         taiwan_phrases=s.get("taiwan_phrases", bool, True),
+        mainland_phrases=s.get("mainland_phrases", bool, True),
+        contact=s.convert("contact", str, _bare_address, None),
         templates_dir=ld.resolve(templates) if templates else None,
         content_rejection_alert=float(threshold),
         sample_subscribers=s.get("sample_subscribers", bool, False),
@@ -799,9 +944,10 @@ def _relay(ld: _Loader, s: _Section, check_password: bool) -> RelaySettings:
         raise s.error("host", f"{host!r} is not a host name")
     username = s.get("username", str, None)
     password = ld.secret(s, "password_env")
+    missing = None
     if username and password is None and check_password:
         env = s.get("password_env", str, None)
-        raise s.error(
+        missing = s.error(
             "password_env",
             f"username is set, so the environment variable {env!r} must hold the password"
             if env else "username is set, so password_env must name the variable with the password",
@@ -819,6 +965,7 @@ def _relay(ld: _Loader, s: _Section, check_password: bool) -> RelaySettings:
         ca_file=ld.resolve(ca) if ca else None,
         timeout=float(s.get("timeout", float, 60.0)),
         name=s.get("name", str, ""),
+        missing_password=missing,
     )
     if not 0 < out.port < 65536:
         raise s.error("port", "must be between 1 and 65535")
@@ -847,14 +994,34 @@ def _delivery(ld: _Loader, s: _Section) -> DeliverySettings:
             raise s.error(f"content_rejections[{i}]", f"bad regular expression: {exc}") from None
     rates_sec = s.table("domain_rates")
     rates: dict[str, float] = {}
+    caps: dict[str, DomainCap] = {}
     for domain in list(rates_sec._data):
-        rates[domain.lower()] = float(rates_sec.get(domain, float))
+        if not isinstance(rates_sec._data[domain], dict):
+            rates[domain.lower()] = float(rates_sec.get(domain, float))
+            continue
+        rate, cap = _domain_rate(rates_sec.table(domain))
+        if rate > 0:
+            rates[domain.lower()] = rate
+        if cap.per_hour is not None or cap.per_day is not None:
+            caps[domain.lower()] = cap
     rates_sec.done()
+    providers_file = s.get("providers_file", str, None)
+    providers = _provider_rules(ld.resolve(providers_file) if providers_file else None,
+                                s, "providers_file")
     d = DeliverySettings()
     dur = (str, int, float)
+    maildir = ld.resolve(s.get("maildir", str, "data/outbox"))
+    test_raw = s.get("test_maildir", str, None)
+    test_maildir = ld.resolve(test_raw) if test_raw else maildir.with_name(f"{maildir.name}-tests")
+    if test_maildir.resolve() == maildir.resolve() or maildir.resolve() in (
+            test_maildir.resolve().parents) or test_maildir.resolve() in maildir.resolve().parents:
+        raise s.error("test_maildir" if test_raw else "maildir",
+                      "test_maildir must be a folder of its own, neither maildir nor inside it "
+                      "(test sends must never sit among subscribers' mail)")
     out = DeliverySettings(
         transport=transport,
-        maildir=ld.resolve(s.get("maildir", str, "data/outbox")),
+        maildir=maildir,
+        test_maildir=test_maildir,
         relays=relays,
         max_attempts=s.get("max_attempts", int, d.max_attempts),
         max_age=s.convert("max_age", dur, parse_duration, d.max_age),
@@ -863,9 +1030,106 @@ def _delivery(ld: _Loader, s: _Section) -> DeliverySettings:
         content_rejections=patterns,
         domain_rates=rates,
         envelope_from=s.convert("envelope_from", str, _address, None),
+        domain_caps=caps,
+        providers=providers,
     )
     s.done()
     return out
+
+
+def _domain_rate(t: _Section) -> tuple[float, DomainCap]:
+    """``{rate = 5, per_hour = 3000, per_day = 100000}``: any of the three."""
+    rate = float(t.get("rate", float, 0.0))
+    if rate < 0:
+        raise t.error("rate", "must not be negative (0 means no per-second limit)")
+    limits: dict[str, int | None] = {}
+    for name in ("per_hour", "per_day"):
+        value = t.get(name, int, None)
+        if value is not None and value < 1:
+            raise t.error(name, "must be at least 1 (leave it out for no cap)")
+        limits[name] = value
+    t.done()
+    return rate, DomainCap(**limits)
+
+
+@functools.cache
+def shipped_provider_rules() -> ProviderRules:
+    """``mailer/delivery/providers.toml`` alone (what ``DeliverySettings()`` starts from)."""
+    return ProviderRules(tuple(dataclasses.replace(f, label=f.label or f.name)
+                               for f in _rules_file(SHIPPED_RULES)))
+
+
+def _provider_rules(extra: Path | None, s: _Section, key: str) -> ProviderRules:
+    """The shipped provider rules, with the operator's file (``providers_file``) first."""
+    if extra is None:
+        return shipped_provider_rules()
+    shipped = list(shipped_provider_rules().families)
+    try:
+        own = _rules_file(extra)
+    except FileNotFoundError:
+        raise s.error(key, f"{extra} does not exist") from None
+    merged: list[Family] = []
+    for fam in own:
+        base = next((f for f in shipped if f.name == fam.name), None)
+        if base is not None:
+            fam = Family(fam.name, fam.label or base.label, fam.domains or base.domains,
+                         fam.rules + base.rules)
+        merged.append(dataclasses.replace(fam, label=fam.label or fam.name))
+    mine = {f.name for f in own}
+    merged += [f for f in shipped if f.name not in mine]
+    return ProviderRules(tuple(merged))
+
+
+def _rules_file(path: Path) -> list[Family]:
+    """One rules file (``mailer/delivery/providers.toml`` format); errors name file, key, line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read provider rules: {exc}", path=path) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", path=path,
+                          line=int(m.group(1)) if m else None) from None
+    ld = _Loader(path, text, {})
+    root = _Section(ld, data, "")
+    families = []
+    for name in list(data):
+        fam = root.table(name)
+        domains = _domains(fam, "domains")
+        rules = []
+        for r in fam.tables("rules"):
+            pattern = r.get("match", str)
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise r.error("match", f"bad regular expression: {exc}") from None
+            outcome = r.get("outcome", str)
+            try:
+                verdict = Verdict(outcome)
+            except ValueError:
+                raise r.error("outcome", f"{outcome!r} is not one of "
+                              + ", ".join(v.value for v in Verdict)) from None
+            codes = r.get("codes", list, [])
+            for i, c in enumerate(codes):
+                if isinstance(c, bool) or not isinstance(c, int) or not 400 <= c < 600:
+                    raise r.error(f"codes[{i}]", "must be an SMTP reply code from 400 to 599")
+            dur = (str, int, float)
+            retry_after = r.convert("retry_after", dur, parse_duration, None)
+            hold = r.convert("hold", dur, parse_duration, None)
+            if hold is not None and verdict is not Verdict.BLOCKLISTED:
+                raise r.error("hold", "only a 'blocklisted' rule holds a provider")
+            if verdict is Verdict.BLOCKLISTED and hold is None:
+                hold = DEFAULT_BLOCK_HOLD
+            r.done()
+            rules.append(Rule(compiled, verdict, frozenset(codes), retry_after, hold))
+        label = fam.get("label", str, "")  # empty: the shipped family's, or the name
+        fam.done()
+        families.append(Family(name, label, domains, tuple(rules)))
+    return families
 
 
 def _mirror_url(value: str) -> str:
@@ -1037,6 +1301,7 @@ def _web(ld: _Loader, s: _Section) -> WebSettings:
                                           d.confirm_domain_per_hour),
         proxy_header=s.convert("proxy_header", str, _proxy_header, d.proxy_header),
         unsubscribe_maildir=ld.resolve(maildir) if maildir else None,
+        mirrors=_page_mirrors(s),
     )
     s.done()
     return out
@@ -1072,6 +1337,39 @@ def _inbound(ld: _Loader, s: _Section) -> InboundSettings:
     return out
 
 
+def _page_mirrors(s: _Section) -> tuple[str, ...]:
+    urls = s.strings("mirrors", [])
+    for i, url in enumerate(urls):
+        try:
+            _url(url)
+        except ValueError as exc:
+            raise s.error(f"mirrors[{i}]", str(exc)) from None
+    return tuple(u.rstrip("/") for u in urls)
+
+
+def _admin(s: _Section) -> AdminSettings:
+    d = AdminSettings()
+    dur = (str, int, float)
+    out = AdminSettings(
+        host=s.get("host", str, d.host),
+        port=s.get("port", int, d.port),
+        session_idle=s.convert("session_idle", dur, parse_duration, d.session_idle),
+        session_max=s.convert("session_max", dur, parse_duration, d.session_max),
+        require_totp=s.get("require_totp", bool, d.require_totp),
+        four_eyes=s.get("four_eyes", bool, d.four_eyes),
+        login_window=s.convert("login_window", dur, parse_duration, d.login_window),
+        account_attempts=s.convert("account_attempts", int, _at_least_one, d.account_attempts),
+        client_attempts=s.convert("client_attempts", int, _at_least_one, d.client_attempts),
+        trusted_proxies=tuple(str(n) for n in _networks(s, "trusted_proxies"))
+        if s.has("trusted_proxies") else d.trusted_proxies,
+    )
+    for key in ("session_idle", "session_max", "login_window"):
+        if getattr(out, key) <= timedelta(0):
+            raise s.error(key, "must be positive")
+    s.done()
+    return out
+
+
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 
 
@@ -1093,6 +1391,93 @@ def _dkim(ld: _Loader, s: _Section) -> DKIMSettings | None:
         raise s.error("workers", "must be at least 1")
     out = DKIMSettings(domain=domain.lower(), selector=selector,
                        key_files=tuple(ld.resolve(f) for f in files), workers=workers)
+    s.done()
+    return out
+
+
+def _archive_remote(value: str) -> str:
+    if not value.strip() or any(c in value for c in "\r\n\0"):
+        raise ValueError("must be an rclone remote path such as 'r2:bucket/news' or a folder")
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} would be read by rclone as an option")
+    return value
+
+
+def _archive(ld: _Loader, s: _Section, mirrors: MirrorSettings) -> ArchiveSettings:
+    d = ArchiveSettings()
+    targets: list[ArchiveTarget] = []
+    for t in s.tables("targets"):
+        remote = t.convert("remote", str, _archive_remote)
+        if ":" not in remote.split("/", 1)[0]:
+            remote = str(ld.resolve(remote))  # a local folder, relative to the config file
+        url = t.convert("url", str, _url, None)
+        if url is not None:
+            for j, earlier in enumerate(targets):
+                if earlier.url and same_place(url, earlier.url):
+                    raise t.error("url", f"duplicate of archive.targets[{j}] ({earlier.url})")
+            for site in mirrors.sites:
+                if same_place(url, site.url):
+                    raise t.error("url", f"is also a mirror ({site.url}); an archive host serves "
+                                         "the archive, not the blog's pages")
+            if is_origin_host((urlsplit(url).hostname or "").lower(), mirrors.origins):
+                raise t.error("url", "is on an origin's host: the censor blocks it already")
+        targets.append(ArchiveTarget(remote=remote, url=url))
+        t.done()
+    rclone_config = s.get("rclone_config", str, None)
+    timeout = float(s.get("timeout", float, d.timeout))
+    if timeout <= 0:
+        raise s.error("timeout", "must be positive")
+    out = ArchiveSettings(
+        folder=ld.resolve(s.get("folder", str, str(d.folder))),
+        targets=tuple(targets),
+        rclone_config=ld.resolve(rclone_config) if rclone_config else None,
+        rclone=s.get("rclone", str, d.rclone),
+        subscribe_mailto=s.convert("subscribe_mailto", str, _address, None),
+        timeout=timeout,
+    )
+    s.done()
+    return out
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9464``, ``[::1]:9464`` or ``:9464`` (loopback) as (host, port); port 0 picks one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    host = host.strip("[]") or "127.0.0.1"
+    if any(c in host for c in " \t\r\n/"):
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _metrics(s: _Section) -> MetricsSettings:
+    out = MetricsSettings(listen=s.convert("listen", str, parse_listen, None))
+    s.done()
+    return out
+
+
+def _with_archive_sites(mirrors: MirrorSettings, archive: ArchiveSettings) -> MirrorSettings:
+    """The archive hosts join the mirror registry as kind ``archive``: checked, OONI-imported
+    and listed like mirrors, but never handed out in a mirror slot."""
+    extra = tuple(MirrorSite(url=url, status="active", kind="archive", note="[[archive.targets]]")
+                  for url in archive.hosts)
+    return dataclasses.replace(mirrors, sites=mirrors.sites + extra) if extra else mirrors
+
+
+def _webhook(ld: _Loader, s: _Section) -> WebhookSettings:
+    url = s.convert("url", str, _url)
+    events = s.strings("events")
+    if not events:
+        raise s.error("events", f"must name at least one of {', '.join(WEBHOOK_EVENTS)}")
+    for i, event in enumerate(events):
+        if event not in WEBHOOK_EVENTS:
+            raise s.error(f"events[{i}]",
+                          f"unknown event {event!r}; choose from {', '.join(WEBHOOK_EVENTS)}")
+    env_name = s.get("secret_env", str)
+    secret = ld.secret(s, "secret_env")
+    if not secret:
+        raise s.error("secret_env", f"environment variable {env_name} is not set (or empty)")
+    out = WebhookSettings(url=url, events=tuple(dict.fromkeys(events)), secret=secret)
     s.done()
     return out
 
@@ -1124,12 +1509,17 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         feeds=tuple(_feed(ld, f) for f in root.tables("feeds")),
         schedule=_schedule(root.table("schedule")),
         delivery=_delivery(ld, root.table("delivery")),
-        mirrors=_mirrors(ld, root.table("mirrors")),
+        mirrors=_with_archive_sites(mirrors := _mirrors(ld, root.table("mirrors")),
+                                    archive := _archive(ld, root.table("archive"), mirrors)),
         fetch=(fetch := _fetch(root.table("fetch"))),
         images=_images(root.table("images"), fetch),
         web=_web(ld, root.table("web")),
         dkim=_dkim(ld, root.table("dkim")),
         inbound=_inbound(ld, root.table("inbound")),
+        archive=archive,
+        metrics=_metrics(root.table("metrics")),
+        webhooks=tuple(_webhook(ld, w) for w in root.tables("webhooks")),
+        admin=_admin(root.table("admin")),
     )
     root.done()
     return cfg

@@ -316,7 +316,8 @@ class MessageTemplate:
             p if isinstance(p, bytes) else values[p].encode("utf-8") for p in self._head
         ]
         out += [
-            b"--", outer, b"\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+            # RFC 3676: the text part is flowed (mailer.render.text.flow), so a phone rewraps it.
+            b"--", outer, b"\r\nContent-Type: text/plain; charset=\"utf-8\"; format=flowed; delsp=yes\r\n"
             b"Content-Transfer-Encoding: base64\r\n\r\n",
             *self._text.encoded(mirrors, slots.unsubscribe_url),
             b"--", outer, _CRLF,

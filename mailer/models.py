@@ -62,6 +62,8 @@ class OutboxState(enum.StrEnum):
     BOUNCED = "bounced"
     CONTENT_REJECTED = "content_rejected"
     SUPPRESSED = "suppressed"
+    # Never sent: the edition was cancelled before this row's turn (``Outbox.cancel_unsent``).
+    CANCELLED = "cancelled"
 
     @property
     def final(self) -> bool:
@@ -79,6 +81,8 @@ class Edition:
     notes: dict[str, str] = field(default_factory=dict)
     scheduled_at: datetime | None = None
     created_at: datetime | None = None
+    # The editors' subject per language (else the subject is derived from the posts).
+    subjects: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,13 @@ from sqlalchemy import (
 from subscribers.schema import metadata, subscribers
 
 __all__ = [
+    "admin_audit",
+    "admin_login_failures",
+    "admin_sessions",
+    "admin_users",
+    "archive_targets",
     "daemon_lock",
+    "domain_sends",
     "edition_posts",
     "editions",
     "feeds",
@@ -35,8 +41,10 @@ __all__ = [
     "mirror_state",
     "outbox",
     "posts",
+    "provider_blocks",
     "soft_bounces",
     "subscribers",
+    "webhook_deliveries",
 ]
 
 # Feed validators (conditional GET) and health, one row per configured feed URL.
@@ -90,6 +98,8 @@ editions = Table(
     Column("kind", String(16), nullable=False),  # digest | per-post
     Column("state", String(16), nullable=False, index=True),
     Column("notes_json", Text, nullable=False, default="{}"),  # intro note per language
+    # The editors' subject line per language; none: derived (migration 0012).
+    Column("subjects_json", Text, nullable=False, default="{}", server_default="{}"),
     Column("scheduled_at", DateTime(timezone=True), nullable=True),
     Column("approved_at", DateTime(timezone=True), nullable=True),
     Column("started_at", DateTime(timezone=True), nullable=True),
@@ -171,6 +181,28 @@ senders = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
 )
 
+# Messages handed to the relay per capped destination and UTC hour ('h') or day ('d'), for the
+# whole deployment: ``domain_rates`` per_hour / per_day caps (``mailer.delivery.budget``).
+domain_sends = Table(
+    "domain_sends",
+    metadata,
+    Column("domain", String(255), primary_key=True),
+    Column("span", String(1), primary_key=True),
+    Column("starts_at", DateTime(timezone=True), primary_key=True),
+    Column("sent", Integer, nullable=False, default=0),
+)
+
+# A provider family that answered "blocklisted" (163's DT:RBL): nobody sends to it until
+# ``until``; its rows wait, deferred to then.
+provider_blocks = Table(
+    "provider_blocks",
+    metadata,
+    Column("family", String(64), primary_key=True),
+    Column("since", DateTime(timezone=True), nullable=False),
+    Column("until", DateTime(timezone=True), nullable=False),
+    Column("reason", String(500), nullable=False),
+)
+
 # One daemon per database: a row lease, renewed by heartbeat (PostgreSQL adds an advisory lock).
 daemon_lock = Table(
     "daemon_lock",
@@ -207,4 +239,86 @@ inbound_replies = Table(
     Column("day", DateTime(timezone=True), primary_key=True),
     Column("sent", Integer, nullable=False),
     Column("warned", Boolean, nullable=False, default=False),
+)
+# The web archive's publish targets ([[archive.targets]], by their rclone remote): what the last
+# sync did, so a failed one is retried and reported on the next run (migration 0013).
+archive_targets = Table(
+    "archive_targets",
+    metadata,
+    Column("remote", Text, primary_key=True),
+    Column("ok", Boolean, nullable=False, default=False),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("last_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("last_ok_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+)
+
+
+# Webhook events still to POST (mailer/webhooks.py): one row per (receiver, event), retried with
+# backoff and given up after a day (``gave_up_at`` kept for the report). Counts and names only:
+# never an address. The receiver's secret stays in the config, never here.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("gave_up_at", DateTime(timezone=True), nullable=True),
+)
+
+
+# The editors' admin (mailer/web/admin, migration 0011). Passwords are argon2 hashes; a TOTP
+# secret is sealed with a key derived from the key file; a session is stored as the SHA-256 of
+# its cookie, so a copy of the database opens no session.
+admin_users = Table(
+    "admin_users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),  # editor | operator
+    Column("password_hash", Text, nullable=False),
+    Column("totp_sealed", Text, nullable=True),  # enabled second factor
+    Column("totp_pending", Text, nullable=True),  # shown as a QR code, not yet confirmed
+    Column("totp_last_step", BigInteger, nullable=True),  # a code is accepted once
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("password_changed_at", DateTime(timezone=True), nullable=False),
+)
+
+admin_sessions = Table(
+    "admin_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 hex of the cookie value
+    Column("user_id", Integer, ForeignKey("admin_users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+)
+
+# Failed logins per key ("account:<sha256 of the name>" or "client:<address>") in a window.
+admin_login_failures = Table(
+    "admin_login_failures",
+    metadata,
+    Column("key", String(96), primary_key=True),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("failures", Integer, nullable=False),
+)
+
+# Who did what and when, for the audit page. Never a subscriber's address or a test address.
+admin_audit = Table(
+    "admin_audit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", String(255), nullable=True),  # "edition 7", a mirror's URL, a user
+    Column("detail", Text, nullable=True),
 )

@@ -72,6 +72,20 @@ PAGE_TEXT: Mapping[str, str] = {
     ),
     "language_done_title": "Language changed",
     "language_done_body": "You will receive the next edition in the language you chose.",
+    "home_title": "A newsletter in your inbox",
+    "home_intro": (
+        "Our posts, sent to your inbox in full: every post can be read in the email itself,"
+        " even where our website is blocked. Choose your language: Simplified or Traditional"
+        " Chinese, English, or two at once."
+    ),
+    "home_by_mail_title": "Subscribe by email",
+    "home_by_mail": (
+        "If this page does not open for you, send an email with the word \u201csubscribe\u201d"
+        " (\u8ba2\u9605) to this address:"
+    ),
+    "home_mirrors_title": "If this page is blocked",
+    "home_mirrors": "The same page is also here:",
+    "contact_label": "Contact us:",
 }
 PAGE_CONTEXT = "web"
 

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select, update
 
+from subscribers.confirmations import ConfirmationQueue
 from subscribers.errors import InputError, WrongKeyError
 from subscribers.lifecycle import TIMESTAMP_COLUMN, Event, SubscriberState
 from subscribers.normalise import InvalidAddress, validate
@@ -94,6 +95,7 @@ class ImportReport:
     problems: list[RowProblem] = field(default_factory=list)
     problem_count: int = 0
     resumed_from: int = 0  # the last line committed by an earlier, interrupted run
+    confirmations: int = 0  # confirmation mails queued by this run (--send-confirmations)
 
     def counts(self) -> dict[str, Any]:
         d = asdict(self)
@@ -213,10 +215,14 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
                 reactivate: bool = False, encoding: str | None = None, batch_size: int = IMPORT_BATCH,
                 on_problem: Callable[[RowProblem], None] | None = None,
                 on_batch: Callable[[ImportReport], None] | None = None,
-                keep_problems: int = 1000) -> ImportReport:
+                keep_problems: int = 1000,
+                confirmations: ConfirmationQueue | None = None) -> ImportReport:
     """Import a CSV (``email,language``) or restore an encrypted backup, resumably.
 
-    ``batch_size`` rows commit together (see ``IMPORT_BATCH``).
+    ``batch_size`` rows commit together (see ``IMPORT_BATCH``). With ``confirmations`` (and not
+    ``confirmed``), the confirmation mail of each row left pending (new, or pending from an
+    earlier import) is queued in the transaction that imports it, so an interrupted import
+    queues each one once; ``serve`` sends them.
     """
     path = Path(path)
     source = str(path)
@@ -234,7 +240,8 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
         enc = "utf-8-sig"
     resume_line, counts = _progress(store, source_hash)
     report = ImportReport(source=source, encoding=enc, resumed_from=resume_line)
-    for key in ("rows", "inserted", "existing", "changed", "suppressed", "problem_count"):
+    for key in ("rows", "inserted", "existing", "changed", "suppressed", "problem_count",
+                "confirmations"):
         setattr(report, key, int(counts.get(key, 0)))
     event = Event.IMPORT_CONFIRMED if confirmed else Event.IMPORT
     settings = store.settings
@@ -261,6 +268,10 @@ def import_file(store: SubscriberStore, path: Path | str, *, confirmed: bool = F
                 report.existing += res.existing
                 report.changed += res.changed
                 report.suppressed += res.suppressed
+                if confirmations is not None and not confirmed:
+                    for sid in res.pending_ids:
+                        confirmations.request(sid, conn=conn)
+                    report.confirmations += len(res.pending_ids)
             _save_progress(conn, source_hash, upto, report, store.clock())
         batch.clear()
         indexes.clear()

@@ -64,6 +64,12 @@ class PageSettings:
     # (subscribers/forwarded.py); empty, no header is believed.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     proxy_header: str = "x-forwarded-for"
+    # Where a person answers (the bad-link page, the home page); None: not shown.
+    contact: str | None = None
+    # The list's own mail address, where readers subscribe and leave by mail (the home page).
+    mail_address: str | None = None
+    # Other addresses that serve these same pages (the home page lists them).
+    mirrors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ class BatchResult:
     changed: int = 0  # existing rows whose state moved (confirmed, reactivated)
     suppressed: int = 0  # existing rows left alone because they unsubscribed/bounced/complained
     ids: list[int] = field(default_factory=list)  # one per input row, in order
+    pending_ids: list[int] = field(default_factory=list)  # rows pending after the batch
 
 
 class SubscriberStore:
@@ -392,12 +393,16 @@ class SubscriberStore:
                 existing[index] = (sid, target_new.value, False)
                 result.inserted += 1
                 result.ids.append(sid)
+                if target_new is SubscriberState.PENDING:
+                    result.pending_ids.append(sid)
                 continue
             sid, state, was_suppressed = hit
             result.ids.append(sid)
             result.existing += 1
             after = next_state(SubscriberState(state), event, reactivate=reactivate,
                                was_suppressed=was_suppressed)
+            if after is SubscriberState.PENDING and sid not in result.pending_ids:
+                result.pending_ids.append(sid)
             if after.value != state:
                 changes[sid] = after
                 existing[index] = (sid, after.value, was_suppressed)
@@ -656,6 +661,12 @@ class SubscriberStore:
             for state, n in conn.execute(select(t.c.state, func.count()).group_by(t.c.state)):
                 out[SubscriberState(state)] = int(n)
         return out
+
+    def counts_by_language(self) -> dict[tuple[SubscriberState, str], int]:
+        """Rows per (state, language choice): the admin's dashboard, counts only."""
+        with self.engine.connect() as conn:
+            return {(SubscriberState(state), str(lang)): int(n) for state, lang, n in conn.execute(
+                select(t.c.state, t.c.language, func.count()).group_by(t.c.state, t.c.language))}
 
     def _recipients(self, rows: Iterable[Row[Any]]) -> Iterator[Recipient]:
         open_ = self.codec.open

@@ -1,10 +1,15 @@
 """The public endpoints: subscribe, confirm, unsubscribe (Starlette).
 
+* ``GET /``: the home page: what the newsletter is, the subscribe form, subscribing by mail,
+  the other addresses of these pages.
 * ``GET/POST /subscribe``: a bilingual form. The answer to a well-formed address is the same
   whether or not it is on the list, and so is the work done before it: the form only records
   the request (``SignupDesk.request``); the worker in the background decides it, within the
   limits on confirmation mails, and sends the mail (``ConfirmationQueue``), so a deferral or a
-  restart loses none.
+  restart loses none. The POST needs no cookie and no CSRF token, so the organisation's own
+  blog can carry a plain form that posts here (docs/web.md, "Embedding the form"): double
+  opt-in already makes a forged subscription harmless (nothing is sent to the reader until
+  the mailed link is followed), and the rate limit and the one answer still hold.
 * ``GET /confirm/TOKEN``: a page with a button; ``POST`` to the same address confirms (double
   opt-in; link scanners only GET). Confirming twice is harmless.
 * ``GET /language/TOKEN``: a button; ``POST`` changes an active reader's language to the one
@@ -13,8 +18,11 @@
 * ``POST /u/TOKEN``: RFC 8058 one-click. Idempotent, no cookie, no login, 200 even when already
   unsubscribed: mail providers post here with nothing but ``List-Unsubscribe=One-Click``.
 
-Every response carries security headers and a CSP that allows only this server; the forms have
-CSRF protection (a signed token bound to a SameSite cookie); POSTs are rate limited per client.
+Every response carries security headers and a CSP that allows only this server. Every other
+form (confirm, change of language, unsubscribe) acts only on a POST that is not cross-site
+(``is_cross_site``: a browser says so in ``Sec-Fetch-Site`` or ``Origin``); a mail provider's
+RFC 8058 one-click POST comes from its servers, with neither header, and still works. POSTs are
+rate limited per client.
 Logs name subscribers by id and never print a token or an address.
 """
 
@@ -23,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -50,11 +57,10 @@ from subscribers.signup import SignupDesk
 from subscribers.store import SubscriberStore
 from subscribers.tokens import BadToken, ConfirmToken, LanguageToken, TokenSigner
 
-__all__ = ["RateLimiter", "SecurityHeaders", "make_web_app", "page_languages"]
+__all__ = ["RateLimiter", "SecurityHeaders", "is_cross_site", "make_web_app", "page_languages"]
 
 log = logging.getLogger("newsletter.web")
 
-CSRF_COOKIE = "nl_csrf"
 _PAGE_LANGS = KNOWN_LANGUAGES  # every known language has page text in the catalog
 
 
@@ -83,16 +89,19 @@ class RateLimiter:
         return ok
 
 
+PAGES_CSP = (b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+             b"frame-ancestors 'none'; base-uri 'none'")
+
+
 class SecurityHeaders:
     """ASGI middleware: strict CSP (nothing from outside this server), no referrer (the URL
-    holds a token), no framing, no caching of personal pages."""
+    holds a token), no framing, no caching of personal pages. A response that sets one of
+    these headers itself keeps its own (the admin's preview frames). ``csp``: the admin's."""
 
-    def __init__(self, app: ASGIApp, https: bool) -> None:
+    def __init__(self, app: ASGIApp, https: bool, csp: bytes = PAGES_CSP) -> None:
         self.app = app
         headers = {
-            b"content-security-policy": b"default-src 'none'; style-src 'self'; img-src 'self'; "
-                                        b"form-action 'self'; frame-ancestors 'none'; "
-                                        b"base-uri 'none'",
+            b"content-security-policy": csp,
             b"x-content-type-options": b"nosniff",
             b"x-frame-options": b"DENY",
             b"referrer-policy": b"no-referrer",
@@ -146,6 +155,24 @@ def page_languages(choice: str | None, accept_language: str = "") -> tuple[str, 
     return (primary, "en") if primary != "en" else ("en", "zh-Hans")
 
 
+def is_cross_site(headers: Mapping[str, str], own_origins: frozenset[str]) -> bool:
+    """Whether a browser made this request from another site's page (pure).
+
+    ``Sec-Fetch-Site`` is what current browsers send; ``Origin`` is the older signal. Our own
+    pages send ``Origin: null`` (their Referrer-Policy is no-referrer), and a server (a mail
+    provider's one-click unsubscribe) sends neither, so neither counts as cross-site."""
+    fetch_site = headers.get("sec-fetch-site", "").strip().lower()
+    if fetch_site in ("cross-site", "same-site"):
+        return True
+    origin = headers.get("origin", "").strip().lower().rstrip("/")
+    return bool(origin) and origin != "null" and origin not in own_origins
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
 @dataclass(frozen=True)
 class _Ctx:
     store: SubscriberStore
@@ -156,6 +183,7 @@ class _Ctx:
     limiter: RateLimiter
     base_path: str
     secure_cookie: bool
+    own_origins: frozenset[str]
 
 
 def _load_strings(env: Environment) -> dict[str, Any]:
@@ -178,6 +206,7 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         store=store, tokens=tokens, env=env, settings=settings, strings=_load_strings(env),
         limiter=RateLimiter(settings.rate_limit), base_path=parts.path.rstrip("/"),
         secure_cookie=parts.scheme == "https",
+        own_origins=frozenset(_origin(u) for u in (settings.public_url, *settings.mirrors)),
     )
 
     proxies = settings.trusted_proxies
@@ -196,13 +225,19 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         site = settings.names.get(langs[0]) or settings.names.get("en") or ""
         html = ctx.env.get_template(f"web/{name}").render(
             blocks=blocks, base_path=ctx.base_path, site_name=site, switch=switch,
-            page_lang=langs[0], title_key=extra.pop("title_key", "subscribe_title"), **extra)
+            page_lang=langs[0], title_key=extra.pop("title_key", "subscribe_title"),
+            contact=settings.contact if extra.pop("show_contact", False) else None, **extra)
         return HTMLResponse(html, status_code=status)
 
     def message(langs: tuple[str, ...], title: str, body: str, status: int = 200,
-                link: str = "", link_key: str = "resubscribe") -> HTMLResponse:
+                link: str = "", link_key: str = "resubscribe",
+                show_contact: bool = False) -> HTMLResponse:
         return render("message.html", langs, status, title_key=title, body_key=body, link=link,
-                      link_key=link_key)
+                      link_key=link_key, show_contact=show_contact)
+
+    def cross_site(request: Request) -> bool:
+        """A form on another site's page posted here: only the subscribe form may act on it."""
+        return is_cross_site(request.headers, ctx.own_origins)
 
     def limited(request: Request, langs: tuple[str, ...]) -> HTMLResponse | None:
         if ctx.limiter.allow(client(request)):
@@ -224,15 +259,17 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         return page_languages(record.language)
 
     def subscribe_form(request: Request, langs: tuple[str, ...], *, status: int = 200,
-                       error: str = "", selected: str | None = None) -> HTMLResponse:
-        nonce = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(16)
+                       error: str = "", selected: str | None = None,
+                       page: str = "subscribe.html") -> HTMLResponse:
         names = ctx.strings["language_names"]
         choices = [(c, names.get(c, c)) for c in store.settings.choices]
-        resp = render("subscribe.html", langs, status, csrf=tokens.csrf_token(nonce),
-                      choices=choices, selected=selected or langs[0], error=error)
-        resp.set_cookie(CSRF_COOKIE, nonce, max_age=7200, httponly=True, samesite="strict",
-                        secure=ctx.secure_cookie, path=f"{ctx.base_path}/subscribe")
-        return resp
+        return render(page, langs, status, choices=choices, selected=selected or langs[0],
+                      error=error, mail_address=settings.mail_address,
+                      mirrors=settings.mirrors, contact_address=settings.contact,
+                      title_key="home_title" if page == "home.html" else "subscribe_title")
+
+    async def home(request: Request) -> Response:
+        return subscribe_form(request, chosen_langs(request), page="home.html")
 
     async def subscribe_get(request: Request) -> Response:
         return subscribe_form(request, chosen_langs(request))
@@ -242,13 +279,12 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         if (resp := limited(request, langs)) is not None:
             return resp
         form = await request.form()
-        csrf = str(form.get("csrf") or "")
-        nonce = request.cookies.get(CSRF_COOKIE, "")
         language = str(form.get("language") or "")
         if language in store.settings.choices:
             langs = page_languages(language)
-        if not nonce or not tokens.verify_csrf(csrf, nonce):
-            return subscribe_form(request, langs, status=403, error="bad_form")
+        # No CSRF check: a form on another site (the organisation's blog) may post here. A
+        # forged request only records a pending row and, within the limits, one confirmation
+        # mail; nothing else happens until the mailed link is followed (double opt-in).
         address = str(form.get("email") or "")[:320]
         try:
             # The same work for every address: decided later, by the worker (signup.py).
@@ -309,6 +345,8 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
     async def confirm_post(request: Request) -> Response:
         """Confirm. The token is the proof (as for one-click unsubscribe), so no cookie or
         CSRF token is needed; confirming twice is harmless."""
+        if cross_site(request):
+            return await refused(confirm_get, request)
         checked = confirm_token(request)
         if isinstance(checked, Response):
             return checked
@@ -364,6 +402,8 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
                       action=f"{ctx.base_path}/language/{request.path_params['token']}")
 
     async def language_post(request: Request) -> Response:
+        if cross_site(request):
+            return await refused(language_get, request)
         checked = await language_request(request)
         if isinstance(checked, Response):
             return checked
@@ -384,7 +424,7 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         langs = chosen_langs(request)
         sid = verify_unsub(request)
         if sid is None:
-            return message(langs, "bad_link_title", "bad_link_body", 404)
+            return message(langs, "bad_link_title", "bad_link_body", 404, show_contact=True)
         record = await run_in_threadpool(store.get, sid)
         langs = reader_langs(request, record, langs)
         already = record is None or record.state not in (SubscriberState.ACTIVE,
@@ -393,10 +433,12 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
                       action=f"{ctx.base_path}/u/{request.path_params['token']}")
 
     async def unsubscribe_post(request: Request) -> Response:
+        if cross_site(request):
+            return await refused(unsubscribe_get, request)
         langs = chosen_langs(request)
         sid = verify_unsub(request)
         if sid is None:
-            return message(langs, "bad_link_title", "bad_link_body", 404)
+            return message(langs, "bad_link_title", "bad_link_body", 404, show_contact=True)
         # No rate limit here: a valid token is proof enough, and a provider's one-click POST
         # must never be refused. Idempotent: already unsubscribed (or gone) is still 200.
         await run_in_threadpool(store.unsubscribe, sid)
@@ -406,6 +448,14 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
                 langs = page_languages(record.language)
         return message(langs, "unsub_done_title", "unsub_done_body",
                        link=f"{ctx.base_path}/subscribe?lang={langs[0]}")
+
+    async def refused(page: Callable[[Request], Any], request: Request) -> Response:
+        """A cross-site POST changes nothing: the page with its button, to press here."""
+        log.info("refused a cross-site POST to /%s", request.url.path.split("/", 2)[1])
+        resp: Response = await page(request)
+        if resp.status_code == 200:
+            resp.status_code = 403
+        return resp
 
     async def site_css(request: Request) -> Response:
         assert ctx.env.loader is not None
@@ -417,6 +467,7 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         return PlainTextResponse("ok")
 
     routes = [
+        Route("/", home, methods=["GET"]),
         Route("/subscribe", subscribe_get, methods=["GET"]),
         Route("/subscribe", subscribe_post, methods=["POST"]),
         Route("/confirm/{token}", confirm_get, methods=["GET"]),

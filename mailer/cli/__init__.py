@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 from mailer.cli import (
+    admin,  # noqa: F401  (registers commands)
+    archive,  # noqa: F401  (registers commands)
     db,  # noqa: F401  (registers commands)
     dkim,  # noqa: F401  (registers commands)
     editions,  # noqa: F401  (registers commands)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from functools import update_wrapper
 from typing import Any, TypeVar
@@ -16,9 +14,12 @@ import click
 import sqlalchemy.exc
 
 from mailer.app import App, config_path_from
+from mailer.config import parse_listen
 from mailer.errors import NewsletterError, StorageError
+from mailer.logs import LOG_FORMATS, LogFormat, configure_logging
 
-__all__ = ["cli", "on_signals", "pass_app", "run_cli", "stop_event_on_signals"]
+__all__ = ["cli", "metrics_listen_for", "metrics_listen_option", "on_signals", "pass_app", "run_cli",
+           "stop_event_on_signals"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,18 +28,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.option("--config", "config_path", metavar="PATH", default=None,
               help="Config file (default: $NEWSLETTER_CONFIG or ./newsletter.toml).")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail (never addresses).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="Log lines as text, or one JSON object a line for log shippers.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: bool, log_format: LogFormat) -> None:
     """Censorship-resistant bilingual newsletter: feeds in, encrypted list, mirrored mail out."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:
-        # Schema checks run on every command; alembic's "Context impl SQLiteImpl" lines are noise.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(verbose=verbose, fmt=log_format)
     ctx.obj = {"config_path": config_path_from(config_path, os.environ), "verbose": verbose}
+
+
+metrics_listen_option = click.option(
+    "--metrics-listen", metavar="HOST:PORT", default=None,
+    help="Serve /metrics here instead of [metrics] listen (one port per process on a host; "
+         "0 picks a free port).")
+
+
+def metrics_listen_for(app: App, option: str | None) -> tuple[str, int] | None:
+    """``--metrics-listen`` if given, else ``[metrics] listen``, else no endpoint."""
+    if option is None:
+        return app.config.metrics.listen
+    try:
+        return parse_listen(option)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metrics-listen") from None
 
 
 def pass_app(fn: F) -> F:

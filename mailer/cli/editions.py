@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 from sqlalchemy import func, select
@@ -16,56 +13,14 @@ from mailer.app import App
 from mailer.cli.base import cli, pass_app
 from mailer.editions.store import EditionInfo
 from mailer.errors import EditionError, InputError
+from mailer.localtime import format_when, parse_local_time
 from mailer.models import EditionState
+from mailer.pipeline.policy import announce_scheduled
 
 __all__ = ["editions", "format_when", "parse_local_time"]
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-_TIME = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{1,2}):(\d{2})\s*$")
-
-
-def parse_local_time(text: str, timezone: str) -> datetime:
-    """``"2026-11-24 08:00"`` read in ``timezone`` → aware UTC.
-
-    A wall time the DST change skips (02:30 on a spring-forward night) or repeats (01:30 on a
-    fall-back night) is refused: guessing would send an hour early or late.
-    """
-    m = _TIME.match(text)
-    if not m:
-        raise InputError(f"--at {text!r}: write the time as 'YYYY-MM-DD HH:MM'")
-    try:
-        zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(f"--tz {timezone!r}: unknown time zone") from None
-    try:
-        y, mo, d, h, mi = (int(g) for g in m.groups())
-        naive = datetime(y, mo, d, h, mi)
-    except ValueError as exc:
-        raise InputError(f"--at {text!r}: {exc}") from None
-    first, second = naive.replace(tzinfo=zone, fold=0), naive.replace(tzinfo=zone, fold=1)
-    if first.utcoffset() != second.utcoffset():
-        back = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
-        if back != naive:
-            raise InputError(f"--at {text!r} does not exist in {timezone}: the clocks skip it "
-                             f"(daylight saving time begins)")
-        raise InputError(f"--at {text!r} happens twice in {timezone} (daylight saving time "
-                         f"ends); give the time in UTC with --tz UTC")
-    return first.astimezone(UTC)
-
-
-def format_when(at: datetime | None, timezone: str) -> str:
-    """``2026-11-24 08:00 Asia/Shanghai (00:00 UTC)``, or ``-``."""
-    if at is None:
-        return "-"
-    local = at.astimezone(ZoneInfo(timezone))
-    utc = at.astimezone(UTC)
-    same_day = local.date() == utc.date()
-    return (f"{local:%Y-%m-%d %H:%M} {timezone} "
-            f"({utc:%H:%M} UTC)" if same_day else
-            f"{local:%Y-%m-%d %H:%M} {timezone} ({utc:%Y-%m-%d %H:%M} UTC)")
-
 
 def parse_post_list(text: str) -> list[int]:
     """``"1,2, 5"`` → ``[1, 2, 5]``; anything else is a clear input error."""
@@ -80,6 +35,11 @@ def parse_post_list(text: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------- commands
+
+# Said whenever an editor approves while approval is off, so nobody believes it was a gate.
+APPROVAL_OFF = ("note: approval is not required ([newsletter] require_approval = false): "
+                "scheduled editions go out at their time whether approved or not; set it to "
+                "true to make approval a gate")
 
 
 @cli.group()
@@ -151,8 +111,7 @@ def show(app: App, edition_id: int) -> None:
         click.echo(f"    {pid:>5}  [{lang}] {title}")
     langs = sorted({p.language for p in posts.values()})
     click.echo(f"  post languages: {', '.join(langs) or '-'}")
-    for lang, note in sorted(info.notes.items()):
-        click.echo(f"  note ({lang}): {note[:70]}{'…' if len(note) > 70 else ''}")
+    _print_texts(info)
     per = _recipients_per_language(app)
     click.echo("  recipients per language: " + (", ".join(
         f"{choice} {per.get(choice, 0)}" for choice in app.config.newsletter.choices) or "-"))
@@ -160,35 +119,99 @@ def show(app: App, edition_id: int) -> None:
         click.echo(f"  enqueued: {info.total}")
 
 
+def _by_language(app: App, option: str, items: Sequence[str], example: str) -> dict[str, str]:
+    """``LANG=VALUE`` options → ``{lang: value}``, each language a configured one."""
+    out: dict[str, str] = {}
+    for item in items:
+        lang, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"{option} {item!r}: write it as LANG=…, like {example}")
+        if lang not in app.config.newsletter.languages:
+            raise InputError(f"{option} {item!r}: {lang!r} is not one of the configured "
+                             f"languages ({', '.join(app.config.newsletter.languages)})")
+        if lang in out:
+            raise InputError(f"{option}: {lang} is given twice")
+        out[lang] = value
+    return out
+
+
+def _read_notes(app: App, note_files: Sequence[str]) -> dict[str, str]:
+    """``--note-file LANG=FILE`` → the notes' text (an empty file removes a note)."""
+    notes = {}
+    for lang, file in _by_language(app, "--note-file", note_files, "en=intro.txt").items():
+        if not file:
+            raise InputError(f"--note-file {lang}=: name the file, like {lang}=intro.txt")
+        try:
+            notes[lang] = Path(file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--note-file {lang}={file}: cannot read: {exc}") from None
+    return notes
+
+
+def _print_texts(info: EditionInfo) -> None:
+    for lang, subject in sorted(info.subjects.items()):
+        click.echo(f"  subject ({lang}): {subject}")
+    for lang, note in sorted(info.notes.items()):
+        click.echo(f"  note ({lang}): {note[:70]}{'…' if len(note) > 70 else ''}")
+
+
 @editions.command()
 @click.option("--posts", "posts_opt", metavar="1,2,…", help="These posts (default: every unsent).")
 @click.option("--note-file", "note_files", multiple=True, metavar="LANG=FILE",
               help="An intro note for one language, from a UTF-8 text file. Repeatable.")
+@click.option("--subject", "subject_opts", multiple=True, metavar="LANG=TEXT",
+              help="The subject for one language (default: derived). Repeatable.")
 @click.option("--kind", type=click.Choice(["digest", "per-post"]), default="digest",
               show_default=True)
+@click.option("--include-sent", is_flag=True,
+              help="Confirm that --posts may name posts already sent or in another edition: "
+                   "readers get them again.")
 @pass_app
-def create(app: App, posts_opt: str | None, note_files: Sequence[str], kind: str) -> None:
+def create(app: App, posts_opt: str | None, note_files: Sequence[str],
+           subject_opts: Sequence[str], kind: str, include_sent: bool) -> None:
     """Create a draft edition (then: schedule, approve)."""
-    notes = {}
-    for item in note_files:
-        lang, sep, file = item.partition("=")
-        if not sep or not file:
-            raise InputError(f"--note-file {item!r}: write it as LANG=FILE, like en=intro.txt")
-        if lang not in app.config.newsletter.languages:
-            raise InputError(f"--note-file {item!r}: {lang!r} is not one of the configured "
-                             f"languages ({', '.join(app.config.newsletter.languages)})")
-        try:
-            notes[lang] = Path(file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"--note-file {item!r}: cannot read: {exc}") from None
+    from mailer.editions.store import describe_uses
+
+    notes = _read_notes(app, note_files)
+    subjects = _by_language(app, "--subject", subject_opts, "en='Our week'")
     ids = parse_post_list(posts_opt) if posts_opt is not None else None
-    eid = app.editions.create(ids, kind=kind, notes=notes)
+    reused = describe_uses(app.editions.post_uses(ids)) if ids and include_sent else None
+    eid = app.editions.create(ids, kind=kind, notes=notes, subjects=subjects,
+                              include_sent=include_sent)
     if eid is None:
         click.echo("nothing to put in an edition: no stored post is waiting")
         return
     info = app.editions.info(eid)
+    if reused is not None:
+        click.echo(f"warning: {reused}; readers will get these posts again", err=True)
     click.echo(f"edition {eid} created (draft) with {len(info.post_ids)} post(s): "
                f"{', '.join(map(str, info.post_ids))}")
+
+
+@editions.command()
+@click.argument("edition_id", type=int)
+@click.option("--subject", "subject_opts", multiple=True, metavar="LANG=TEXT",
+              help="A new subject for one language; LANG= (empty) goes back to the derived "
+                   "one. Repeatable.")
+@click.option("--note-file", "note_files", multiple=True, metavar="LANG=FILE",
+              help="A new intro note for one language from a UTF-8 file; an empty file "
+                   "removes it. Repeatable.")
+@pass_app
+def edit(app: App, edition_id: int, subject_opts: Sequence[str],
+         note_files: Sequence[str]) -> None:
+    """Change an edition's subject or intro note per language, until it is sent (a change
+    withdraws an approval)."""
+    subjects = _by_language(app, "--subject", subject_opts, "en='Our week'")
+    notes = _read_notes(app, note_files)
+    if not subjects and not notes:
+        raise InputError("give --subject LANG=TEXT or --note-file LANG=FILE")
+    before = app.editions.info(edition_id)
+    info = app.editions.edit(edition_id, subjects=subjects, notes=notes)
+    click.echo(f"edition {edition_id} edited ({info.state.value})")
+    _print_texts(info)
+    if before.approved_at is not None and info.approved_at is None:
+        click.echo(f"the approval was withdrawn: approve again with "
+                   f"newsletter editions approve {edition_id}")
 
 
 @editions.command()
@@ -205,10 +228,14 @@ def schedule(app: App, edition_id: int, at_text: str, tz_opt: str | None) -> Non
         raise EditionError(f"{format_when(at, tz_opt or _tz(app))} is in the past "
                            f"(now {format_when(now, tz_opt or _tz(app))})", edition_id=edition_id)
     app.editions.schedule(edition_id, at)
+    announce_scheduled(app, edition_id)
     info = app.editions.info(edition_id)
     click.echo(f"edition {edition_id} {info.state.value}: {format_when(at, _tz(app))}")
     if app.config.newsletter.require_approval and info.approved_at is None:
         click.echo(f"approval is required: newsletter editions approve {edition_id}")
+    elif not app.config.newsletter.require_approval:
+        click.echo("it goes out at that time without an approval "
+                   "([newsletter] require_approval = false)")
 
 
 def _simple(name: str, action: str, help_text: str) -> None:
@@ -223,13 +250,27 @@ def _simple(name: str, action: str, help_text: str) -> None:
         if info.state is EditionState.APPROVED and info.scheduled_at is None:
             when = ", sends at the daemon's next tick (no time set)"
         click.echo(f"edition {edition_id} {info.state.value}{when}")
+        if name == "approve" and not app.config.newsletter.require_approval:
+            click.echo(APPROVAL_OFF)
 
 
 _simple("approve", "approve", "Approve an edition for sending at its time (now if held/missed).")
 _simple("hold", "hold", "Hold an edition: it will not be sent until resumed or approved.")
-_simple("cancel", "cancel", "Cancel an edition; its posts become unsent again.")
 _simple("pause", "pause", "Pause an edition while it is sending (no more messages go out).")
 _simple("resume", "resume", "Resume a paused or held edition.")
+
+
+@editions.command()
+@click.argument("edition_id", type=int)
+@pass_app
+def cancel(app: App, edition_id: int) -> None:
+    """Cancel an edition; its posts become unsent again. While sending, no more mail goes out
+    (what is in flight finishes) and the rest shows as cancelled in the report."""
+    from mailer.pipeline.send import cancel_edition
+
+    rows = cancel_edition(app, edition_id)
+    click.echo(f"edition {edition_id} cancelled"
+               + (f"; {rows:,} message(s) not sent" if rows else ""))
 
 
 @editions.command()
@@ -255,25 +296,38 @@ def reorder(app: App, edition_id: int, post_ids: Sequence[int]) -> None:
 
 @editions.command("test-send")
 @click.argument("edition_id", type=int)
-@click.option("--to", "to_addr", required=True, metavar="ADDR",
-              help="Where the test goes (never logged or stored).")
+@click.option("--to", "to_addrs", required=True, multiple=True, metavar="ADDR",
+              help="Where the test goes; repeat for several (never logged or stored).")
 @click.option("--language", default=None, help="Language choice (default: the first one).")
 @pass_app
-def test_send(app: App, edition_id: int, to_addr: str, language: str | None) -> None:
-    """Send the real rendered mail, marked as a test, outside the outbox and its totals."""
+def test_send(app: App, edition_id: int, to_addrs: Sequence[str], language: str | None) -> None:
+    """Send the real rendered mail, marked as a test, outside the outbox and its totals.
+
+    With the Maildir transport it is written to [delivery] test_maildir, never among the
+    subscribers' mail."""
+    from mailer.editions.testsend import check_test_addresses
     from mailer.pipeline.send import send_test
 
     choice = language or app.config.newsletter.default_language
     if choice not in app.config.newsletter.choices:
         raise InputError(f"--language {choice!r}: choose from "
                          f"{', '.join(app.config.newsletter.choices)}")
-    if "@" not in to_addr or any(c in to_addr for c in "\r\n <>,"):
-        raise InputError("--to: give one plain email address")
-    result = asyncio.run(send_test(app, edition_id, to_addr, choice))
-    if not result.accepted:
-        click.echo(f"test of edition {edition_id} refused: {result.code}", err=True)
+    addresses = check_test_addresses(to_addrs)
+    sent = asyncio.run(send_test(app, edition_id, addresses, choice))
+    where = (f" (Maildir {app.config.delivery.test_maildir / 'new'})"
+             if app.config.delivery.transport == "maildir" and app.transport_override is None
+             else "")
+    refused = 0
+    for copy in sent:
+        # The editor typed these addresses: echoing them to the same terminal is no leak.
+        if copy.accepted:
+            click.echo(f"test of edition {edition_id} ({choice}) sent to {copy.address}{where}")
+        else:
+            refused += 1
+            click.echo(f"test of edition {edition_id} ({choice}) to {copy.address} refused: "
+                       f"{copy.result.code} {copy.result.reply}".rstrip(), err=True)
+    if refused:
         raise SystemExit(1)
-    click.echo(f"test of edition {edition_id} ({choice}) sent to the address given")
 
 
 @editions.command()
@@ -290,4 +344,5 @@ def report(app: App, edition_id: int, top: int | None) -> None:
         raise EditionError(f"is {info.state.value}: nothing was sent yet", edition_id=edition_id)
     click.echo(f"edition {edition_id}: {info.state.value}; "
                f"finished {format_when(info.finished_at, _tz(app))}")
-    click.echo(format_report(edition_report(app.engine, edition_id), top=top))
+    report = edition_report(app.engine, edition_id, app.config.delivery, app.clock)
+    click.echo(format_report(report, top=top, tz=_tz(app)))

@@ -6,31 +6,48 @@ None of them needs the partition secret or the key file: they read config and ``
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from mailer.app import App
 from mailer.cli.base import cli, pass_app
+from mailer.config import MirrorSettings, MirrorSite
 from mailer.errors import InputError, NewsletterError
 from mailer.mirrors.exposure import exposure_for
-from mailer.mirrors.health import MirrorChecker
+from mailer.mirrors.health import CheckResult, unchecked_reason
 from mailer.mirrors.importers import append_sites, parse_mirror_list, plan_import
 from mailer.mirrors.ooni import blocked_mirrors, clear_blocked, mark_blocked, read_measurements
 from mailer.mirrors.state import MirrorHealth, load_health
+from mailer.pipeline.observe import flush_webhooks, mirrors_blocked
+from mailer.pipeline.policy import check_mirrors
 
 __all__ = ["mirrors_group"]
 
 
 def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+    """Every time with its zone: stored times are UTC, and an operator may be anywhere."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if value else "-"
 
 
-def _state(settings_countries: tuple[str, ...], h: MirrorHealth | None) -> str:
+def _state(settings: MirrorSettings, site: MirrorSite, h: MirrorHealth | None) -> str:
+    if (why := unchecked_reason(settings, site)) is not None:
+        return why
     if h is None:
         return "unchecked"
-    parts = ["up" if h.healthy else f"DOWN ({h.consecutive_failures} failures)"]
+    if h.last_check_at is None:  # only OONI or the sends have written about it
+        health = "unchecked"
+    elif not h.healthy:
+        health = f"DOWN ({h.consecutive_failures} failures)"
+    elif h.last_error:  # failing, not yet down_after times: not "up"
+        health = (f"FAILING ({h.consecutive_failures} of {settings.down_after} failures "
+                  "before down)")
+    else:
+        health = "up"
+    settings_countries = settings.countries
+    parts = [health]
     blocked = sorted(h.blocked or {})
     if blocked:
         hit = [cc for cc in blocked if cc in settings_countries]
@@ -56,7 +73,7 @@ def list_command(app: App) -> None:
         h = health.get(site.url)
         e = exposure.get(site.url)
         click.echo(f"{site.url}")
-        click.echo(f"    {site.status} {site.kind}; {_state(settings.countries, h)}")
+        click.echo(f"    {site.status} {site.kind}; {_state(settings, site, h)}")
         dates = []
         if site.added:
             dates.append(f"added {site.added}")
@@ -78,11 +95,18 @@ def list_command(app: App) -> None:
 @pass_app
 def check_command(app: App) -> None:
     """Fetch the canary path on every active and reserve mirror; exit 1 if any failed."""
-    checker = MirrorChecker(app.config.mirrors, app.engine, app.clock)
-    results = asyncio.run(checker.check())
+    async def check() -> Sequence[CheckResult]:
+        results = await check_mirrors(app, hand_out=False)
+        await flush_webhooks(app)
+        return results
+
+    results = asyncio.run(check())
     for r in results:
         state = "up" if r.healthy else "DOWN"
         click.echo(f"{'ok  ' if r.ok else 'FAIL'} {r.url} [{state}] {r.detail}")
+    for site in app.config.mirrors.sites:
+        if site.status != "retired" and (why := unchecked_reason(app.config.mirrors, site)):
+            click.echo(f"skip {site.url}: {why}")
     if not results:
         click.echo("no active or reserve mirrors to check")
     failed = sum(not r.ok for r in results)
@@ -104,6 +128,8 @@ def ooni_command(app: App, file: Path, country: str) -> None:
     for line, why in report.skipped[:10]:
         click.echo(f"    line {line}: {why}")
     newly = mark_blocked(app.engine, report.blocked, country)
+    mirrors_blocked(app, newly, country.upper())
+    asyncio.run(flush_webhooks(app))
     exposure = exposure_for(app.engine)
     for site in settings.sites:
         n = report.measured.get(site.url, 0)

@@ -11,6 +11,7 @@ import click
 
 from mailer.app import App
 from mailer.cli.base import cli, pass_app, stop_event_on_signals
+from mailer.cli.editions import format_when
 from mailer.pipeline.send import Held, SendSummary
 
 __all__ = ["print_held", "print_resumed", "print_send", "send"]
@@ -26,6 +27,10 @@ def print_send(app: App, summary: object) -> None:
                f"{f', {r.bounced} bounced' if r.bounced else ''}"
                f"{f', {r.content_rejected} content rejected' if r.content_rejected else ''}"
                f"{f', {r.suppressed} suppressed' if r.suppressed else ''} → {where}")
+    for name, until in sorted(r.held_until.items()):
+        # A cap reached or a provider that blocklists us: those rows wait, nothing is lost.
+        click.echo(f"  {name}: the rest waits until {format_when(until, app.config.schedule.timezone)}"
+                   f" (newsletter editions report {summary.edition_id})")
 
 
 def print_held(edition_id: int, reason: str) -> None:
@@ -59,20 +64,23 @@ def send(app: App) -> None:
     """Finish any interrupted edition, then build one edition from every stored post not yet
     sent and deliver it now."""
     from mailer.pipeline import resume_interrupted, send_edition, send_new_posts
+    from mailer.pipeline.observe import flush_webhooks
 
     async def go() -> tuple[list[Any], SendSummary | Held | None]:
         try:
             with stop_event_on_signals() as stop:
                 async def finish(edition_id: int) -> SendSummary:
-                    return await send_edition(app, edition_id, progress=sys.stderr.isatty(), stop=stop)
+                    # A bar on a terminal, else a line every few seconds (progress_for).
+                    return await send_edition(app, edition_id, progress=True, stop=stop)
 
                 resumed = await resume_interrupted(app, finish, should_stop=stop.is_set)
                 if stop.is_set():
                     return resumed, None
-                return resumed, await send_new_posts(app, progress=sys.stderr.isatty(), stop=stop)
+                return resumed, await send_new_posts(app, progress=True, stop=stop)
         finally:
             if app.built("transport"):  # close the relay connections politely (QUIT)
                 await app.transport.aclose()
+            await flush_webhooks(app)
 
     resumed, summary = asyncio.run(go())
     print_resumed(app, resumed)

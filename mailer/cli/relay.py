@@ -38,6 +38,7 @@ def check_cmd(ctx: click.Context, app: App, to: str | None) -> None:
     relays = app.config.delivery.relays
     if not relays:
         raise InputError("no [[delivery.relays]] configured (transport is maildir)")
+    app.config.delivery.require_secrets()
     if to is not None and ("@" not in to or any(c in to for c in "\r\n <>")):
         raise InputError("--to must be one email address")
     nl = app.config.newsletter
@@ -54,3 +55,18 @@ def check_cmd(ctx: click.Context, app: App, to: str | None) -> None:
         problems += any(f.level == "problem" for f in findings)
     click.echo(f"{problems} of {len(relays)} relay(s) failed" if problems else f"{len(relays)} relay(s) usable")
     ctx.exit(1 if problems else 0)
+
+
+@relay_group.command("unblock")
+@click.argument("family")
+@pass_app
+def unblock_cmd(app: App, family: str) -> None:
+    """Send to a provider FAMILY (netease, qq…) again after it blocklisted us and we were
+    delisted: its waiting messages are due at once."""
+    from mailer.pipeline.send import unblock_provider
+
+    n = unblock_provider(app, family)
+    if n is None:
+        names = ", ".join(f.name for f in app.config.delivery.providers.families)
+        raise InputError(f"no provider family {family!r} (known: {names})")
+    click.echo(f"{family}: unblocked; {n:,} waiting messages are due now")

@@ -8,7 +8,13 @@ import sys
 import click
 
 from mailer.app import App
-from mailer.cli.base import cli, pass_app, stop_event_on_signals
+from mailer.cli.base import (
+    cli,
+    metrics_listen_for,
+    metrics_listen_option,
+    pass_app,
+    stop_event_on_signals,
+)
 from mailer.errors import LockError
 
 __all__ = ["run"]
@@ -19,21 +25,31 @@ __all__ = ["run"]
               help="Poll once, send what is due, and exit (no timetable, no waiting).")
 @click.option("--standby", is_flag=True,
               help="If another daemon holds this database, wait and take over when it stops.")
+@metrics_listen_option
 @pass_app
-def run(app: App, once: bool, standby: bool) -> None:
+def run(app: App, once: bool, standby: bool, metrics_listen: str | None) -> None:
     """The scheduler daemon: polls, digests, per-post editions, retries, mirror checks.
 
     One daemon per database: a second one refuses to start (exit 2) unless --standby.
     SIGTERM/SIGINT stop it gracefully; SIGHUP reloads the config.
     """
+    listen = metrics_listen_for(app, metrics_listen)
     if once:
         code = asyncio.run(_once(app))
         if code:
             sys.exit(code)
         return
+    app.config.delivery.require_secrets()  # it will send: a missing password fails now, not at 08:00
+    asyncio.run(_daemon(app, standby, listen))
+
+
+async def _daemon(app: App, standby: bool, listen: tuple[str, int] | None) -> None:
+    """The daemon, with /metrics and the webhook sender beside it."""
+    from mailer.pipeline.observe import observing
     from scheduler import Daemon
 
-    asyncio.run(Daemon(app, standby=standby).run())
+    async with observing(app, listen):
+        await Daemon(app, standby=standby).run()
 
 
 async def _once(app: App) -> int:
@@ -41,6 +57,7 @@ async def _once(app: App) -> int:
     from mailer.cli.pipeline import failed, print_held, print_resumed, print_send
     from mailer.lock import DAEMON_LOCK, DatabaseLock
     from mailer.pipeline import run_once
+    from mailer.pipeline.observe import flush_webhooks
 
     lock = DatabaseLock(app.engine, DAEMON_LOCK, clock=app.clock)
     if not lock.acquire(wait=False):
@@ -50,11 +67,12 @@ async def _once(app: App) -> int:
     notice = lambda line: click.echo(line, err=True)  # noqa: E731
     try:
         with stop_event_on_signals() as stop:
-            summary = await run_once(app, notice, progress=sys.stderr.isatty(), stop=stop)
+            summary = await run_once(app, notice, progress=True, stop=stop)
     finally:
         lock.release()
         if app.built("transport"):
             await app.transport.aclose()
+        await flush_webhooks(app)
     what = {"hold": "held for approval", "miss": "missed its time; not sent"}
     for eid, decision in summary.decisions:
         if decision.value != "send":

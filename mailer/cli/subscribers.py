@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from mailer.app import App
-from mailer.cli.base import cli, pass_app
+from mailer.cli.base import cli, metrics_listen_for, metrics_listen_option, pass_app
 from mailer.errors import InputError
+from mailer.progress import task_progress
 
 __all__ = ["keys", "serve", "subscribers_group"]
 
@@ -44,12 +45,9 @@ def keys_rotate(app: App, batch_size: int) -> None:
     from subscribers.rotation import rotate
 
     store = app.subscribers
-
-    def progress(done: int, total: int) -> None:
-        click.echo(f"re-encrypted {done}/{total}", err=True)
-
-    result = rotate(store, batch_size=batch_size, progress=progress,
-                    settle=app.config.storage.rotation_settle)
+    with task_progress("re-encrypted") as progress:
+        result = rotate(store, batch_size=batch_size, progress=progress,
+                        settle=app.config.storage.rotation_settle)
     verb = "resumed" if result.resumed else "started"
     click.echo(f"rotation {verb}: new key {result.new_key_id}; {result.reencrypted} rows "
                f"re-encrypted; retired {', '.join(result.retired) or 'no keys'}")
@@ -68,18 +66,32 @@ def subscribers_group() -> None:
               help="Also re-activate unsubscribed, bounced and complained addresses.")
 @click.option("--batch-size", type=int, default=None, hidden=True,
               help="Rows per transaction (default: subscribers.importexport.IMPORT_BATCH).")
+@click.option("--send-confirmations", is_flag=True,
+              help="Queue a confirmation mail for each pending row ('serve' sends them).")
 @pass_app
 def subscribers_import(app: App, file: Path, confirmed: bool, encoding: str | None,
-                       reactivate: bool, batch_size: int | None) -> None:
-    """Import FILE: a CSV with header ``email,language`` (language optional), or a backup."""
+                       reactivate: bool, batch_size: int | None,
+                       send_confirmations: bool) -> None:
+    """Import FILE: a CSV with header ``email,language`` (language optional), or a backup.
+
+    Without --confirmed the new rows stay pending and nothing is sent; --send-confirmations
+    queues their confirmation mails in the durable confirmation queue."""
     from subscribers.importexport import IMPORT_BATCH, RowProblem, import_file
+
+    if confirmed and send_confirmations:
+        raise click.UsageError("--send-confirmations is for pending rows; --confirmed rows "
+                               "are active already and need no confirmation")
 
     def problem(p: RowProblem) -> None:
         click.echo(f"{file}:{p.line}: {p.reason}", err=True)
 
-    report = import_file(app.subscribers, file, confirmed=confirmed, reactivate=reactivate,
-                         encoding=encoding, batch_size=batch_size or IMPORT_BATCH,
-                         on_problem=problem)
+    total = _data_lines(file)
+    with task_progress("imported rows") as progress:
+        report = import_file(app.subscribers, file, confirmed=confirmed, reactivate=reactivate,
+                             encoding=encoding, batch_size=batch_size or IMPORT_BATCH,
+                             on_problem=problem,
+                             on_batch=lambda r: progress(min(r.rows, total), total),
+                             confirmations=app.signup.queue if send_confirmations else None)
     if report.encoding == "backup":
         click.echo(f"restored {report.restored} subscribers from the encrypted backup "
                    f"({report.skipped} already present)")
@@ -88,9 +100,26 @@ def subscribers_import(app: App, file: Path, confirmed: bool, encoding: str | No
     click.echo(f"imported {report.inserted} new, {report.existing} already listed "
                f"({report.changed} changed, {report.suppressed} left suppressed), "
                f"{report.problem_count} problems{resumed}; encoding {report.encoding}")
+    if send_confirmations:
+        click.echo(f"queued {report.confirmations} confirmation mails for the pending rows; "
+                   "'newsletter serve' sends them (the confirmation queue)")
+    elif not confirmed and report.inserted:
+        click.echo(f"the {report.inserted} new rows are pending: nothing was sent, and they "
+                   "receive no edition until confirmed. Run again with --send-confirmations to "
+                   "queue a confirmation mail for each, or with --confirmed if they opted in "
+                   "already")
     if report.problem_count:
         raise InputError(f"{report.problem_count} rows were not imported (see the lines above); "
                          "the other rows were", source=str(file))
+
+
+def _data_lines(file: Path) -> int:
+    """Rows after the header, for the progress display (0 when unreadable: it shows counts)."""
+    try:
+        with file.open("rb") as fh:
+            return max(0, sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b"")) - 1)
+    except OSError:
+        return 0
 
 
 @subscribers_group.command("export")
@@ -130,11 +159,9 @@ def subscribers_reindex(app: App, dry_run: bool) -> None:
     """
     from subscribers.reindex import reindex
 
-    def progress(done: int, total: int) -> None:
-        click.echo(f"read {done}/{total}", err=True)
-
-    report = reindex(app.open_subscribers(check_rules=False), apply=not dry_run,
-                     progress=progress)
+    with task_progress("read") as progress:
+        report = reindex(app.open_subscribers(check_rules=False), apply=not dry_run,
+                         progress=progress)
     click.echo(f"folding rules: {report.rules_before or '(none recorded)'} -> {report.rules_after}")
     for m in report.merges:
         click.echo(f"merged: kept subscriber {m.kept} ({m.state}), removed "
@@ -269,17 +296,21 @@ def subscribers_count(app: App, all_states: bool) -> None:
 @cli.command("serve")
 @click.option("--host", default=None, help="Address to bind (default: [web] host).")
 @click.option("--port", default=None, type=int, help="Port (default: [web] port; 0 picks one).")
+@metrics_listen_option
 @pass_app
-def serve(app: App, host: str | None, port: int | None) -> None:
+def serve(app: App, host: str | None, port: int | None, metrics_listen: str | None) -> None:
     """Serve the subscribe / confirm / unsubscribe pages (Starlette + uvicorn)."""
     import socket
 
     import uvicorn
 
+    from mailer.pipeline.observe import start_metrics
     from mailer.web.public import build_public_app
 
+    listen = metrics_listen_for(app, metrics_listen)
     host = host or app.config.web.host
     port = app.config.web.port if port is None else port
+    app.config.delivery.require_secrets()  # it sends confirmations: a missing password fails now
     web = build_public_app(app)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -292,6 +323,7 @@ def serve(app: App, host: str | None, port: int | None) -> None:
     # lifespan starts the confirmation worker) waits in the backlog instead of being refused.
     sock.listen(2048)
     bound = sock.getsockname()[1]
+    start_metrics(app, listen)  # in its own thread; the confirmation queue shows there too
     click.echo(f"serving on http://{host}:{bound}", err=True)
     sys.stderr.flush()
     # No access log: request paths carry unsubscribe tokens, and logs outlive their purpose.

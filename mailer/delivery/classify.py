@@ -7,12 +7,16 @@ Why each rule (issue 7):
   after ``max_attempts`` or once the row is older than ``max_age`` (then *failed*).
 - 5.1.x (RFC 3463: bad mailbox / bad destination) and the providers' "user unknown" wording
   are *bounced*: the address is bad, so the subscriber is suppressed.
-- A provider's refusal of the *content* (QQ ``550 Mail content denied``, ``550 … inappropriate
-  words or content``, 163 ``554 DT:SPM``) is *content_rejected*: the reader did nothing wrong,
-  so the subscriber stays; editors see it per domain in the edition report.
-- QQ answers ``550 Mailbox unavailable or access denied`` when it throttles a sender or dislikes
-  the content, not only for a missing mailbox (issues 17 and 21). Without a 5.1.x code it is
-  *deferred*: retried with backoff, then *failed*, never a bounce that would suppress a reader.
+- Each provider's own wording is data, in ``mailer/delivery/providers.toml`` (operators extend
+  it): its rules say *defer*, *slow down* (deferred, and the engine halves that domain's pace),
+  *content* (QQ ``550 Mail content denied``, 163 ``554 DT:SPM``: the reader did nothing wrong,
+  so the subscriber stays; a 4xx such as 163 ``451 DT:SPM`` is retried first, after the rule's
+  ``retry_after``), *bounce*, or *blocklisted* (163 ``450 DT:RBL``: the row is held for the
+  rule's ``hold`` whatever the retry limits, and the engine stops sending to that provider).
+  QQ's ``550 Mailbox unavailable or access denied`` is *defer* there: QQ answers it when it
+  throttles or dislikes the content (issues 17 and 21), and a bounce would suppress a reader.
+- A 5.1.x code outranks a provider rule: the mailbox is gone whatever else the reply says.
+- ``content_rejections`` (config) are the operator's own content patterns, for any provider.
 - Any other 5xx is *failed*.
 
 Replies are stored and logged only after :func:`scrub_reply` removed any address from them.
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 
+from mailer.delivery.providers import ProviderRules, Rule, Verdict
 from mailer.models import OutboxState
 
 __all__ = [
@@ -50,8 +55,6 @@ _USER_UNKNOWN = re.compile(
     r"(user unknown|undeliverable)|address rejected|does not exist|invalid recipient|"
     r"account (has been )?disabled)"
 )
-# QQ's catch-all refusal (throttling, content verdicts, and sometimes a missing mailbox).
-_AMBIGUOUS_DENIED = re.compile(r"(?i)mailbox unavailable or access denied")
 # Generous on purpose: any run of non-space around an "@" goes (RFC 5322 atext is wide).
 _ADDRESS = re.compile(r"[^\s<>@:;,()\[\]]+@[^\s<>@:;,()\[\]]+")
 _MAX_BACKOFF = timedelta(hours=6)
@@ -72,10 +75,14 @@ class SendResult:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome for one row; ``retry_in`` is set only for deferred rows."""
+    """The outcome for one row; ``retry_in`` is set only for deferred rows. ``verdict`` and
+    ``family`` name the provider rule that matched, if one did (the engine slows a domain
+    down or stops a blocklisted provider on them)."""
 
     state: OutboxState
     retry_in: timedelta | None = None
+    verdict: Verdict | None = None
+    family: str | None = None
 
     @property
     def suppress(self) -> bool:
@@ -157,39 +164,74 @@ def dot_stuff(data: bytes) -> bytes:
     return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
+_NO_RULES = ProviderRules()
+
+
 class Classifier:
-    """Holds the compiled content-rejection patterns (``DeliverySettings.content_rejections``)."""
+    """The content-rejection patterns (``DeliverySettings.content_rejections``), the provider
+    rules (``DeliverySettings.providers``) and the retry bounds, applied to one reply."""
 
     def __init__(self, content_rejections: Iterable[str], *, max_attempts: int,
-                 max_age: timedelta, backoff_base: timedelta) -> None:
+                 max_age: timedelta, backoff_base: timedelta,
+                 providers: ProviderRules = _NO_RULES) -> None:
         self._content = tuple(re.compile(p) for p in content_rejections)
+        self.providers = providers
         self.max_attempts = max_attempts
         self.max_age = max_age
         self.backoff_base = backoff_base
 
-    def state_for(self, code: int, reply: str) -> OutboxState:
-        """The outcome class of one reply, ignoring retry limits."""
+    def judge(self, code: int, reply: str, domain: str = "") -> tuple[OutboxState, str | None,
+                                                                      Rule | None]:
+        """The outcome class of one reply, ignoring retry limits, with the provider family and
+        rule that decided it (if any). ``domain``: the recipient's, tried first."""
         if 200 <= code < 300:
-            return OutboxState.SENT
-        if code == NO_REPLY or 400 <= code < 500 or code < 200 or code >= 600:
+            return OutboxState.SENT, None, None
+        temporary = code == NO_REPLY or 400 <= code < 500 or code < 200 or code >= 600
+        if not temporary and _ENHANCED_51.match(reply):
+            return OutboxState.BOUNCED, None, None
+        hit = self.providers.match(code, reply, domain) if 400 <= code < 600 else None
+        if hit is not None:
+            family, rule = hit
+            return _RULE_STATE[rule.verdict][temporary], family.name, rule
+        if temporary:
             # 1xx/3xx as a final reply, or garbage, is a protocol fault: try again later.
-            return OutboxState.DEFERRED
-        if _ENHANCED_51.match(reply):
-            return OutboxState.BOUNCED
+            return OutboxState.DEFERRED, None, None
         if any(p.search(reply) for p in self._content):
-            return OutboxState.CONTENT_REJECTED
-        if _AMBIGUOUS_DENIED.search(reply):
-            return OutboxState.DEFERRED
+            return OutboxState.CONTENT_REJECTED, None, None
         if _USER_UNKNOWN.search(reply):
-            return OutboxState.BOUNCED
-        return OutboxState.FAILED
+            return OutboxState.BOUNCED, None, None
+        return OutboxState.FAILED, None, None
 
-    def decide(self, result: SendResult, *, attempts: int, age: timedelta, rand: float) -> Decision:
-        """Apply the retry bounds: a deferral past ``max_attempts`` or ``max_age`` is a failure."""
-        state = self.state_for(result.code, result.reply)
+    def state_for(self, code: int, reply: str, domain: str = "") -> OutboxState:
+        """The outcome class of one reply, ignoring retry limits."""
+        return self.judge(code, reply, domain)[0]
+
+    def decide(self, result: SendResult, *, attempts: int, age: timedelta, rand: float,
+               domain: str = "") -> Decision:
+        """Apply the retry bounds: a deferral past ``max_attempts`` or ``max_age`` is a failure
+        (a content rejection, for a provider's temporary content refusal). A blocklisted
+        provider's row is held for the rule's ``hold``, whatever the bounds: it is not failed."""
+        state, family, rule = self.judge(result.code, result.reply, domain)
+        verdict = rule.verdict if rule is not None else None
         if state is not OutboxState.DEFERRED:
-            return Decision(state)
-        delay = backoff(attempts, self.backoff_base, rand)
+            return Decision(state, verdict=verdict, family=family)
+        if rule is not None and verdict is Verdict.BLOCKLISTED:
+            return Decision(OutboxState.DEFERRED, rule.hold, verdict, family)
+        delay = (rule.retry_after if rule is not None and rule.retry_after is not None
+                 else backoff(attempts, self.backoff_base, rand))
         if attempts >= self.max_attempts or age + delay > self.max_age:
-            return Decision(OutboxState.FAILED)
-        return Decision(OutboxState.DEFERRED, delay)
+            final = (OutboxState.CONTENT_REJECTED if verdict is Verdict.CONTENT
+                     else OutboxState.FAILED)
+            return Decision(final, verdict=verdict, family=family)
+        return Decision(OutboxState.DEFERRED, delay, verdict, family)
+
+
+# A rule's verdict as an outcome, for a permanent (5xx) and a temporary (4xx) reply: a
+# temporary reply never proves an address bad nor the content refused for good.
+_RULE_STATE: dict[Verdict, dict[bool, OutboxState]] = {
+    Verdict.DEFER: {False: OutboxState.DEFERRED, True: OutboxState.DEFERRED},
+    Verdict.SLOW_DOWN: {False: OutboxState.DEFERRED, True: OutboxState.DEFERRED},
+    Verdict.CONTENT: {False: OutboxState.CONTENT_REJECTED, True: OutboxState.DEFERRED},
+    Verdict.BOUNCE: {False: OutboxState.BOUNCED, True: OutboxState.DEFERRED},
+    Verdict.BLOCKLISTED: {False: OutboxState.DEFERRED, True: OutboxState.DEFERRED},
+}

@@ -13,7 +13,7 @@ from collections.abc import Collection
 
 from mailer.delivery.ratelimit import match_domain
 
-__all__ = ["OTHER", "PUBLIC_PROVIDERS", "outbox_domain"]
+__all__ = ["OTHER", "PUBLIC_PROVIDERS", "metric_domain", "outbox_domain"]
 
 OTHER = "other"  # no dot: never a real domain
 
@@ -37,3 +37,11 @@ def outbox_domain(domain: str, rate_limited: Collection[str] = ()) -> str:
     if d in PUBLIC_PROVIDERS or match_domain(d, rate_limited) is not None:
         return d[:255]
     return OTHER
+
+
+def metric_domain(stored: str) -> str:
+    """The label for metrics and webhooks: a public provider by name, everything else
+    ``OTHER``. Coarser than the outbox, never finer: a domain the config rate-limits by pattern
+    (``*.edu.cn``) is kept in the outbox for its lane but may single out a university."""
+    d = stored.lower().rstrip(".")
+    return d if d in PUBLIC_PROVIDERS else OTHER

@@ -15,6 +15,13 @@ How it stays exactly-once-ish (issue 7):
   who is no longer active is recorded ``suppressed`` instead of being mailed.
 - ``stop()`` (the CLI and the daemon call it on SIGTERM/SIGINT) does the same as a pause: finish
   in flight, record, release, return. The engine installs no signal handler.
+
+Provider pace (issue 21): a reply the provider rules call *slow down* halves that domain's pace
+for a while (``Throttle.slow_down``); a domain with an hourly or daily cap takes small grants
+from the database before sending (``DomainBudget``), and once the cap is reached its rows wait,
+deferred to the next window, counting no attempt; a *blocklisted* reply stops the whole
+provider family for every sender (``provider_blocks``), its rows wait likewise, and
+``on_blocked`` tells the editors, once. Other domains carry on.
 """
 
 from __future__ import annotations
@@ -27,10 +34,10 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection
@@ -38,17 +45,29 @@ from sqlalchemy.exc import DBAPIError
 
 from mailer.clock import Clock
 from mailer.config import DeliverySettings
+from mailer.delivery.budget import DomainBudget
 from mailer.delivery.classify import Classifier, SendResult, scrub_reply
 from mailer.delivery.outbox import STOP_STATES, Outbox, OutboxRow, Outcome, RecipientLike
+from mailer.delivery.pace import hour_start
 from mailer.delivery.peers import SenderRegistry
 from mailer.delivery.progress import NullProgress, Progress, progress_for
+from mailer.delivery.providers import Verdict, family_key
 from mailer.delivery.ratelimit import DomainLimits, Throttle
 from mailer.delivery.transport import Transport
 from mailer.models import OutboxState
 
-__all__ = ["DeliveryEngine", "DeliveryReport", "Recipient"]
+__all__ = ["DeliveryEngine", "DeliveryObserver", "DeliveryReport", "Recipient"]
 
 log = logging.getLogger("newsletter.delivery")
+
+
+class DeliveryObserver(Protocol):
+    """Told of each outcome once it is committed, and of each wait on a domain's rate limit
+    (``mailer.metrics.Metrics``). ``domain`` is the outbox's; the observer classes it."""
+
+    def recorded(self, domain: str, state: OutboxState, code: int, relay: str | None) -> None: ...
+
+    def waited(self, domain: str, seconds: float) -> None: ...
 
 
 class Recipient(RecipientLike, Protocol):
@@ -74,6 +93,9 @@ class DeliveryReport:
     elapsed: float = 0.0
     stopped: str = "done"
     by_relay: Mapping[str, int] = field(default_factory=dict)
+    # Rows held back (cap reached, provider blocked) and until when, per domain or family.
+    held: int = 0
+    held_until: Mapping[str, datetime] = field(default_factory=dict)
 
     @property
     def attempted(self) -> int:
@@ -84,10 +106,31 @@ class DeliveryReport:
         return self.attempted / self.elapsed if self.elapsed > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"edition {self.edition_id}: sent {self.sent}, deferred {self.deferred}, "
+        text = (f"edition {self.edition_id}: sent {self.sent}, deferred {self.deferred}, "
                 f"failed {self.failed}, bounced {self.bounced}, "
                 f"content_rejected {self.content_rejected}, suppressed {self.suppressed}; "
                 f"{self.remaining} left; {self.elapsed:.1f}s ({self.rate:.0f}/s); {self.stopped}")
+        if self.held_until:
+            text += "; waiting: " + ", ".join(
+                f"{k} until {v:%Y-%m-%d %H:%M} UTC" for k, v in sorted(self.held_until.items()))
+        return text
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """Domains nobody sends to until ``until`` (a cap reached, a provider blocked)."""
+
+    domains: frozenset[str]
+    until: datetime
+    reason: str
+
+
+@dataclass
+class _Credits:
+    """What is left of a cap grant taken in ``hour``."""
+
+    n: int
+    hour: datetime
 
 
 class _GroupCommit:
@@ -177,9 +220,10 @@ class _Lane(Generic[R]):
     while a lane is full the producer stops claiming that domain's rows.
     """
 
-    def __init__(self, engine: DeliveryEngine[R], limiter: Throttle, capacity: int,
+    def __init__(self, engine: DeliveryEngine[R], key: str, limiter: Throttle, capacity: int,
                  commits: _GroupCommit) -> None:
         self.engine = engine
+        self.key = key
         self.limiter = limiter
         self.queue: asyncio.Queue[tuple[OutboxRow, R] | None] = asyncio.Queue(capacity)
         self.domains: set[str] = set()
@@ -205,7 +249,13 @@ class _Lane(Generic[R]):
                 continue  # left in 'sending'; released when the run ends
             self.holding = True
             try:
+                if await self.engine._held(item[0], self._commits):
+                    continue
+                if not await self.engine._take(self.key, item[0], self._commits):
+                    continue
+                waited = self.engine._monotonic()
                 await self.limiter.wait()
+                self.engine._waited(item[0].domain, self.engine._monotonic() - waited)
                 # Send at the paced moment on the next free connection; handing the row to the
                 # shared queue instead would let it bunch up behind other domains' rows.
                 await self.engine._slots.acquire()
@@ -247,6 +297,8 @@ class DeliveryEngine(Generic[R]):
         monotonic: Callable[[], float] = time.monotonic,
         peers: SenderRegistry | None = None,
         share_every: float = 10.0,
+        on_blocked: Callable[[str, datetime, str], Awaitable[object]] | None = None,
+        observer: DeliveryObserver | None = None,
     ) -> None:
         self.outbox = outbox
         self.transport = transport
@@ -274,9 +326,21 @@ class DeliveryEngine(Generic[R]):
         self.peers = peers
         self.share_every = share_every
         self.share = 1
+        self.observer = observer
         self.classifier = Classifier(settings.content_rejections, max_attempts=settings.max_attempts,
-                                     max_age=settings.max_age, backoff_base=settings.backoff_base)
-        self.domain_limits = DomainLimits(settings.domain_rates, monotonic=monotonic)
+                                     max_age=settings.max_age, backoff_base=settings.backoff_base,
+                                     providers=settings.providers)
+        self.domain_limits = DomainLimits(settings.domain_rates, monotonic=monotonic,
+                                          capped=settings.domain_caps)
+        # Caps and blocks are the deployment's, in the database beside the outbox.
+        self.budget = DomainBudget(outbox.engine)
+        self.on_blocked = on_blocked
+        self._holds: dict[str, _Hold] = {}
+        self._credits: dict[str, _Credits] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self._held_count = 0
+        self._edition_id = 0
+        self._blocks_read = float("-inf")
         self._stop_reason: str | None = None
         self._error: Exception | None = None
         self._lanes: dict[str, _Lane[R]] = {}
@@ -302,6 +366,11 @@ class DeliveryEngine(Generic[R]):
         self._error = None
         self._counts = dict.fromkeys(OutboxState, 0)
         self._by_relay = {}
+        self._edition_id = edition_id
+        self._holds = {}
+        self._credits = {}
+        self._held_count = 0
+        self._blocks_read = float("-inf")
         todo = await asyncio.to_thread(self.outbox.unfinished, edition_id)
         if self.peers is not None:
             await self._beat()  # our part of the rates is known before the first message
@@ -328,7 +397,10 @@ class DeliveryEngine(Generic[R]):
             for _ in workers:
                 await queue.put(None)
             results = await asyncio.gather(*workers, return_exceptions=True)
+            if self._pending:
+                await asyncio.gather(*self._pending, return_exceptions=True)
             await commits.close()
+            await self._give_back()
             for task in (renewer, watcher, sharer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -356,6 +428,8 @@ class DeliveryEngine(Generic[R]):
             content_rejected=c[OutboxState.CONTENT_REJECTED],
             suppressed=c[OutboxState.SUPPRESSED], remaining=remaining,
             elapsed=self._monotonic() - started, stopped=stopped, by_relay=dict(self._by_relay),
+            held=self._held_count,
+            held_until={k: h.until for k, h in self._holds.items() if h.until > self.clock()},
         )
         self.progress.finish(report)
         # Structured fields for log shippers (JSON formatters read ``extra``): counts only.
@@ -379,7 +453,9 @@ class DeliveryEngine(Generic[R]):
                 # slow domain's lane) are released too, so a pause takes effect at once.
                 self.stop(str(state))
                 return str(state)
+            await self._read_blocks()
             full = {d for lane in self._lanes.values() if lane.queue.full() for d in lane.domains}
+            full |= self._held_domains()
             rows = await asyncio.to_thread(self.outbox.claim, edition_id, self.batch_size,
                                            self.owner, self.lease, full)
             if not rows:
@@ -393,8 +469,9 @@ class DeliveryEngine(Generic[R]):
                 rcpt = found.get(row.subscriber_id)
                 if rcpt is None:
                     # Unsubscribed (or bounced elsewhere) since the edition was enqueued.
-                    commits.submit(Outcome(row.subscriber_id, OutboxState.SUPPRESSED,
-                                           reply="subscriber no longer active"))
+                    done = commits.submit(Outcome(row.subscriber_id, OutboxState.SUPPRESSED,
+                                                  reply="subscriber no longer active"))
+                    done.add_done_callback(self._suppressed_callback(row.domain))
                     continue
                 key = self.domain_limits.key_for(row.domain) if self.domain_limits else None
                 if key is None:
@@ -407,7 +484,7 @@ class DeliveryEngine(Generic[R]):
         if lane is None:
             limiter = self.domain_limits.limiter(key)
             capacity = max(self.batch_size, int(2 * limiter.rate))
-            lane = self._lanes[key] = _Lane(self, limiter, capacity, commits)
+            lane = self._lanes[key] = _Lane(self, key, limiter, capacity, commits)
         return lane
 
     async def _worker(self, edition_id: int,
@@ -419,6 +496,8 @@ class DeliveryEngine(Generic[R]):
                 return
             if self._stop_reason is not None or commits.error is not None:
                 continue  # left in 'sending'; released when the run ends
+            if self._holds and await self._held(item[0], commits):
+                continue
             async with self._slots:
                 await self._deliver(item[0], item[1], commits)
 
@@ -435,20 +514,48 @@ class DeliveryEngine(Generic[R]):
             self._error = self._error or exc
             self.stop("error")
             return
+        outcome = self._outcome(row, result, rcpt.address)
         try:
-            await commits.record(self._outcome(row, result, rcpt.address))
+            await commits.record(outcome)
         except Exception as exc:
             # The database refused the commit: stop (run() raises it); the queue keeps draining
             # so the producer is never left waiting on a dead worker.
             self._error = self._error or exc
             self.stop("error")
+            return
+        self._observed(row.domain, outcome.state, outcome.code, outcome.relay)
+
+    def _observed(self, domain: str, state: OutboxState, code: int | None, relay: str) -> None:
+        """Tell the observer (metrics) of a committed outcome; it never stops a send."""
+        if self.observer is not None:
+            try:
+                self.observer.recorded(domain, state, -1 if code is None else code, relay or None)
+            except Exception:
+                log.exception("the delivery observer failed")
+
+    def _suppressed_callback(self, domain: str) -> Callable[[asyncio.Future[None]], None]:
+        def done(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                self._observed(domain, OutboxState.SUPPRESSED, None, "")
+        return done
+
+    def _waited(self, domain: str, seconds: float) -> None:
+        if self.observer is not None and seconds > 0:
+            with contextlib.suppress(Exception):
+                self.observer.waited(domain, seconds)
 
     def _outcome(self, row: OutboxRow, result: SendResult, recipient: str) -> Outcome:
         now = self.clock()
         age = now - row.created_at if row.created_at is not None else timedelta(0)
-        decision = self.classifier.decide(result, attempts=row.attempts, age=age, rand=self.rand())
+        decision = self.classifier.decide(result, attempts=row.attempts, age=age, rand=self.rand(),
+                                          domain=row.domain)
         # Decided on the relay's words, stored and logged without any spelling of the address.
         result = replace(result, reply=scrub_reply(result.reply, recipient=recipient))
+        if decision.verdict is Verdict.SLOW_DOWN:
+            self._slow_down(row.domain)
+        elif decision.verdict is Verdict.BLOCKLISTED and decision.family is not None:
+            until = now + (decision.retry_in or timedelta(hours=24))
+            self._block(decision.family, until, f"{result.code} {result.reply}")
         next_at = now + decision.retry_in if decision.retry_in is not None else None
         if decision.state is not OutboxState.SENT:
             log.debug("subscriber %d: %s %s %s", row.subscriber_id, decision.state.value,
@@ -458,6 +565,127 @@ class DeliveryEngine(Generic[R]):
                           "code": result.code, "relay": result.relay})
         return Outcome(row.subscriber_id, decision.state, result.code, result.reply,
                        result.relay, next_at)
+
+    # ------------------------------------------------------------------ provider pace (issue 21)
+
+    def _slow_down(self, domain: str) -> None:
+        """A slow-down reply: halve the pace of the domain's lane (if it has a rate)."""
+        key = self.domain_limits.key_for(domain) if self.domain_limits else None
+        if key is None:
+            log.warning("%s asks us to slow down, but [delivery] domain_rates gives it no rate "
+                        "to halve: its rows are only deferred", domain)
+            return
+        limiter = self.domain_limits.limiter(key)
+        if limiter.slow_down():
+            log.warning("%s asks us to slow down: %.2f messages/s for now (recovering step by "
+                        "step)", key, limiter.rate, extra={"domain": key, "rate": limiter.rate})
+
+    def _held_domains(self) -> set[str]:
+        now = self.clock()
+        return {d for h in self._holds.values() if h.until > now for d in h.domains}
+
+    def _hold_for(self, domain: str) -> _Hold | None:
+        now = self.clock()
+        for hold in self._holds.values():
+            if hold.until > now and family_key(domain, hold.domains) is not None:
+                return hold
+        return None
+
+    async def _held(self, row: OutboxRow, commits: _GroupCommit) -> bool:
+        """Hold ``row`` back (deferred to the hold's end, no attempt counted) if its domain
+        waits for a cap window or a blocked provider."""
+        hold = self._hold_for(row.domain) if self._holds else None
+        if hold is None:
+            return False
+        self._held_count += 1
+        commits.submit(Outcome(row.subscriber_id, OutboxState.DEFERRED, None, hold.reason, "",
+                               hold.until, held=True))
+        return True
+
+    async def _hold(self, name: str, domains: frozenset[str], until: datetime,
+                    reason: str) -> None:
+        """Nobody here sends to ``domains`` before ``until``; this edition's waiting rows for
+        them are deferred to then (other senders learn it from the cap or the block)."""
+        current = self._holds.get(name)
+        if current is not None and current.until >= until:
+            return
+        self._holds[name] = _Hold(domains, until, reason)
+        n = await asyncio.to_thread(self.outbox.hold_domains, self._edition_id, domains, until)
+        log.warning("%s: %s; %d rows wait until %s", name, reason, n,
+                    f"{until:%Y-%m-%d %H:%M} UTC", extra={"domain": name, "held": n})
+
+    async def _take(self, key: str, row: OutboxRow, commits: _GroupCommit) -> bool:
+        """One message of ``key``'s hourly and daily caps (a grant from the database, taken a
+        few at a time); False, with the row held, once a cap is reached."""
+        cap = self.settings.domain_caps.get(key)
+        if cap is None:
+            return True
+        now = self.clock()
+        credits = self._credits.get(key)
+        if credits is not None and credits.n > 0:
+            if credits.hour == hour_start(now):
+                credits.n -= 1
+                return True
+            await asyncio.to_thread(self.budget.give_back, key, credits.n, credits.hour)
+            credits.n = 0
+        rate = self.domain_limits.limiter(key).rate
+        want = max(1, min(20, int(rate) if rate > 0 else 20))
+        grant = await asyncio.to_thread(self.budget.take, key, want, cap.per_hour, cap.per_day,
+                                        now)
+        if grant.granted == 0:
+            await self._hold(key, frozenset({key}), grant.reopens or now + timedelta(hours=1),
+                             f"{grant.cap} cap of [delivery] domain_rates reached")
+            await self._held(row, commits)
+            return False
+        self._credits[key] = _Credits(grant.granted - 1, grant.hour)
+        return True
+
+    async def _give_back(self) -> None:
+        for key, credits in self._credits.items():
+            if credits.n > 0:
+                with contextlib.suppress(Exception):  # a lost grant only tightens the cap
+                    await asyncio.to_thread(self.budget.give_back, key, credits.n, credits.hour)
+        self._credits = {}
+
+    def _block(self, family: str, until: datetime, reply: str) -> None:
+        """A blocklisted reply: stop the whole family now, for every sender (in the database),
+        and tell the editors if this is news."""
+        fam = self.classifier.providers.get(family)
+        if fam is None or family in self._holds:
+            return
+        reason = f"{fam.label} answered that we are blocklisted ({reply[:200]})"
+        self._holds[family] = _Hold(fam.domains, until, reason)
+        task = asyncio.create_task(self._record_block(family, fam.domains, until, reason))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _record_block(self, family: str, domains: frozenset[str], until: datetime,
+                            reason: str) -> None:
+        try:
+            new = await asyncio.to_thread(self.budget.block, family, until, reason, self.clock())
+            self._holds.pop(family, None)  # _hold sets it again and defers the waiting rows
+            await self._hold(family, domains, until, reason)
+        except Exception as exc:  # the local hold stands; the next blocklisted reply retries
+            log.warning("could not record the block of %s (%s)", family, type(exc).__name__)
+            return
+        if new and self.on_blocked is not None:
+            try:
+                await self.on_blocked(family, until, reason)
+            except Exception:
+                log.exception("could not tell the editors that %s blocks us", family)
+
+    async def _read_blocks(self, every: float = 2.0) -> None:
+        """Follow the blocks other senders recorded (every ``every`` seconds)."""
+        now = self._monotonic()
+        if now - self._blocks_read < every:
+            return
+        self._blocks_read = now
+        for block in await asyncio.to_thread(self.budget.blocks, self.clock()):
+            fam = self.classifier.providers.get(block.family)
+            domains = fam.domains if fam is not None else frozenset()
+            current = self._holds.get(block.family)
+            if domains and (current is None or current.until < block.until):
+                await self._hold(block.family, domains, block.until, block.reason)
 
     async def _watch(self, edition_id: int, every: float = 0.5) -> None:
         """Notice a pause or cancel even while the producer waits on a slow domain's lane."""
@@ -512,6 +740,8 @@ class DeliveryEngine(Generic[R]):
 
     def _tally(self, outcomes: Sequence[Outcome]) -> None:
         for o in outcomes:
+            if o.held:
+                continue  # not an attempt: counted in ``held``
             self._counts[o.state] += 1
             if o.relay:
                 self._by_relay[o.relay] = self._by_relay.get(o.relay, 0) + 1

@@ -87,6 +87,9 @@ class Outcome:
     reply: str = ""
     relay: str = ""
     next_attempt_at: datetime | None = None
+    # Held back before it reached the transport (a cap reached, a provider blocked): deferred
+    # to ``next_attempt_at``, and the attempt its claim counted is undone.
+    held: bool = False
 
 
 class Outbox:
@@ -265,6 +268,7 @@ class Outbox:
                 state=bindparam("b_state"), last_code=bindparam("b_code"),
                 last_reply=bindparam("b_reply"), relay=bindparam("b_relay"),
                 next_attempt_at=bindparam("b_next"), sent_at=bindparam("b_sent"),
+                attempts=self._greatest(outbox.c.attempts - bindparam("b_undo"), 0),
                 lease_owner=None, lease_expires_at=None, updated_at=now,
             )
         )
@@ -275,6 +279,7 @@ class Outbox:
                 "b_reply": o.reply or None, "b_relay": o.relay or None,
                 "b_next": o.next_attempt_at,
                 "b_sent": now if o.state is OutboxState.SENT else None,
+                "b_undo": 1 if o.held else 0,
             }
             for o in sorted(outcomes, key=lambda o: o.subscriber_id)
         ]
@@ -343,7 +348,8 @@ class Outbox:
     def release(self, edition_id: int, owner: str) -> int:
         """Give back rows claimed but never handed to a transport (pause, cancel, SIGTERM).
 
-        Their attempt did not happen, so the count goes back down.
+        Their attempt did not happen, so the count goes back down. Rows of a cancelled edition
+        become ``cancelled`` rather than queued again.
         """
         now = self.clock()
         with self.engine.begin() as conn:
@@ -354,7 +360,30 @@ class Outbox:
                 .values(state=OutboxState.QUEUED.value, lease_owner=None, lease_expires_at=None,
                         attempts=self._greatest(outbox.c.attempts - 1, 0), updated_at=now)
             )
+        self._cancelled_stay_cancelled(edition_id)
         return int(result.rowcount)
+
+    def cancel_unsent(self, edition_id: int) -> int:
+        """The edition was cancelled: its rows that will never be sent (queued, deferred, or
+        leased by a sender whose lease ran out) become ``cancelled``, so the report shows what
+        happened instead of thousands still ``queued``. Rows in flight keep their lease and
+        get their real outcome; a sender that gives rows back later calls this too."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.edition_id == edition_id, or_(
+                    outbox.c.state.in_([OutboxState.QUEUED.value, OutboxState.DEFERRED.value]),
+                    and_(outbox.c.state == OutboxState.SENDING.value,
+                         outbox.c.lease_expires_at < now)))
+                .values(state=OutboxState.CANCELLED.value, lease_owner=None,
+                        lease_expires_at=None, next_attempt_at=None, updated_at=now)
+            )
+        return int(result.rowcount)
+
+    def _cancelled_stay_cancelled(self, edition_id: int) -> None:
+        if self.edition_state(edition_id) == "cancelled":
+            self.cancel_unsent(edition_id)
 
     def lease_holders(self, edition_id: int) -> list[str]:
         """The owners of this edition's leased rows (live senders, or senders that died)."""
@@ -382,6 +411,43 @@ class Outbox:
             )
         return int(result.rowcount)
 
+    def hold_domains(self, edition_id: int, domains: Collection[str], until: datetime) -> int:
+        """Defer this edition's rows for ``domains`` (or their subdomains) that wait, queued or
+        due before ``until``, to ``until``: a cap was reached or the provider is blocked. No
+        attempt is counted; rows leased by a sender stay its own (it holds them itself)."""
+        if not domains:
+            return 0
+        c = outbox.c
+        names = sorted({d.lower() for d in domains})
+        where_domain = or_(c.domain.in_(names), *(c.domain.like(f"%.{d}") for d in names))
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(c.edition_id == edition_id, where_domain,
+                       or_(c.state == OutboxState.QUEUED.value,
+                           and_(c.state == OutboxState.DEFERRED.value,
+                                c.next_attempt_at < until)))
+                .values(state=OutboxState.DEFERRED.value, next_attempt_at=until, updated_at=now)
+            )
+        return int(result.rowcount)
+
+    def release_held(self, domains: Collection[str]) -> int:
+        """Make every edition's rows for ``domains`` that wait for later due now (a block the
+        operator lifted)."""
+        if not domains:
+            return 0
+        c = outbox.c
+        names = sorted({d.lower() for d in domains})
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(or_(c.domain.in_(names), *(c.domain.like(f"%.{d}") for d in names)),
+                       c.state == OutboxState.DEFERRED.value, c.next_attempt_at > now)
+                .values(next_attempt_at=now, updated_at=now))
+        return int(result.rowcount)
+
     def release_rows(self, edition_id: int, owner: str, subscriber_ids: Sequence[int]) -> int:
         """Like ``release``, for the given rows only (the rest of the batch is still in flight)."""
         if not subscriber_ids:
@@ -396,6 +462,7 @@ class Outbox:
                 .values(state=OutboxState.QUEUED.value, lease_owner=None, lease_expires_at=None,
                         attempts=self._greatest(outbox.c.attempts - 1, 0), updated_at=now)
             )
+        self._cancelled_stay_cancelled(edition_id)
         return int(result.rowcount)
 
     # ------------------------------------------------------------------ reading
@@ -436,6 +503,21 @@ class Outbox:
             ):
                 out[str(domain)][OutboxState(state)] = int(n)
         return dict(out)
+
+    def due_by_domain(self, edition_id: int) -> Mapping[str, datetime]:
+        """Per domain, when its earliest waiting (deferred) row is due."""
+        out: dict[str, datetime] = {}
+        with self.engine.connect() as conn:
+            for domain, due in conn.execute(
+                select(outbox.c.domain, func.min(outbox.c.next_attempt_at))
+                .where(outbox.c.edition_id == edition_id,
+                       outbox.c.state == OutboxState.DEFERRED.value)
+                .group_by(outbox.c.domain)
+            ):
+                when = as_utc(due)
+                if when is not None:
+                    out[str(domain)] = when
+        return out
 
     def counts_by_language(self, edition_id: int) -> Mapping[str, dict[OutboxState, int]]:
         """Rows per language choice (as enqueued) and state."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol, TextIO
 
 from mailer.models import OutboxState
+from mailer.progress import format_left
 
 __all__ = ["LogProgress", "NullProgress", "Progress", "RichProgress", "Summarised", "progress_for"]
 
@@ -51,9 +52,12 @@ def _done(counts: Mapping[OutboxState, int]) -> int:
 
 
 class LogProgress:
-    """A plain line every ``every`` seconds: for cron, systemd and piped output."""
+    """A plain line every ``every`` seconds: for cron, systemd and piped output.
 
-    def __init__(self, every: float = 10.0, monotonic: Callable[[], float] = time.monotonic,
+    ``edition 7: 1,200 of 30,000 sent, 5 deferred, 0 failed (1,205 done); 310/s, 1m 32s left``
+    """
+
+    def __init__(self, every: float = 5.0, monotonic: Callable[[], float] = time.monotonic,
                  logger: logging.Logger = log) -> None:
         self.every = every
         self._monotonic = monotonic
@@ -77,14 +81,17 @@ class LogProgress:
         done = _done(counts)
         rate = done / (now - self._start) if now > self._start else 0.0
         eta = (self._total - done) / rate if rate > 0 else float("nan")
+        failed = (counts[OutboxState.FAILED] + counts[OutboxState.BOUNCED]
+                  + counts[OutboxState.CONTENT_REJECTED])
         self._log.info(
-            "edition %d: %d/%d sent %d deferred %d failed %d bounced %d rejected %d; "
-            "%.0f/s, eta %.0fs", self._edition, done, self._total, counts[OutboxState.SENT],
-            counts[OutboxState.DEFERRED], counts[OutboxState.FAILED],
-            counts[OutboxState.BOUNCED], counts[OutboxState.CONTENT_REJECTED], rate, eta)
+            "edition %d: %s of %s sent, %s deferred, %s failed (%s done); %s/s, %s left",
+            self._edition, f"{counts[OutboxState.SENT]:,}", f"{self._total:,}",
+            f"{counts[OutboxState.DEFERRED]:,}", f"{failed:,}", f"{done:,}", f"{rate:,.0f}",
+            format_left(eta), extra={"edition_id": self._edition, "done": done,
+                                     "total": self._total, "rate": round(rate, 1)})
 
     def finish(self, report: Summarised) -> None:
-        self._log.info("%s", report.summary())
+        return None  # the engine logs the run's summary line itself
 
 
 class RichProgress:

@@ -7,6 +7,7 @@ report is pure; sending goes through the configured transport, passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -37,6 +38,7 @@ class ReportKind(enum.StrEnum):
     MISSED = "missed"
     HELD = "held"
     REJECTIONS = "content rejections"
+    BLOCKLISTED = "blocklisted"
 
 
 _SUBJECTS = {
@@ -44,6 +46,7 @@ _SUBJECTS = {
     ReportKind.MISSED: "Edition {id} MISSED its send time: not sent",
     ReportKind.HELD: "Edition {id} held: it needs an editor's approval",
     ReportKind.REJECTIONS: "Edition {id}: providers rejected the content of {rate:.1%} of messages",
+    ReportKind.BLOCKLISTED: "Edition {id}: a mail provider blocklists us; sending to it stopped",
 }
 
 _ADVICE = {
@@ -57,6 +60,12 @@ _ADVICE = {
                       "then send it now with: newsletter editions approve {id}"),
     ReportKind.REJECTIONS: ("Mainland providers refused the message body. Look at the per-domain "
                             "report: newsletter editions report {id}"),
+    ReportKind.BLOCKLISTED: ("Nothing more goes to that provider, from any edition, until the "
+                             "time above; its readers' messages wait (nothing is lost) and "
+                             "every other provider carries on. Ask the provider to delist the "
+                             "sending IP or domain (docs/deployment.md), then let the rest go "
+                             "at once with: newsletter relay unblock FAMILY\n"
+                             "When each domain will be finished: newsletter editions report {id}"),
 }
 
 
@@ -114,6 +123,8 @@ class Notifier:
     titles: Callable[[int], Sequence[str]] | None = None
     # Across processes, only the caller this returns True for reports an edition sent.
     claim_sent: Callable[[int], bool] | None = None
+    # ``events(name, data)``: these moments as webhook events (``App.emit``).
+    events: Callable[[str, Mapping[str, Any]], object] | None = None
 
     @classmethod
     def for_app(cls, app: Any) -> Notifier:
@@ -131,22 +142,43 @@ class Notifier:
         def titles(edition_id: int) -> Sequence[str]:
             return [p.title for p in app.editions.load(edition_id).posts]
 
-        return cls(app.config, send, app.clock, counts, titles, app.editions.claim_sent_report)
+        return cls(app.config, send, app.clock, counts, titles, app.editions.claim_sent_report,
+                   app.emit)
 
     async def sent(self, info: EditionInfo) -> None:
         if self.claim_sent is not None and not self.claim_sent(info.id):
             log.info("edition %d: the sent report went out already (another process)", info.id)
             return
         counts = self._counts(info.id)
+        self._event("edition.sent", info, counts=dict(counts), total=sum(counts.values()))
         await self._report(ReportKind.SENT, info, counts)
-        if rejection_rate(counts) > self.config.newsletter.content_rejection_alert:
+        rate = rejection_rate(counts)
+        if rate > self.config.newsletter.content_rejection_alert:
+            self._event("edition.content_rejected", info, rate=round(rate, 4),
+                        threshold=self.config.newsletter.content_rejection_alert,
+                        content_rejected=counts.get("content_rejected", 0))
             await self._report(ReportKind.REJECTIONS, info, counts)
 
     async def missed(self, info: EditionInfo) -> None:
+        self._event("edition.missed", info, reason=info.reason or "")
         await self._report(ReportKind.MISSED, info, None)
 
     async def held(self, info: EditionInfo) -> None:
+        self._event("edition.held", info, reason=info.reason or "")
         await self._report(ReportKind.HELD, info, None)
+
+    async def blocklisted(self, info: EditionInfo, family: str, until: datetime,
+                          reason: str) -> None:
+        """A provider answered that it blocklists us (163's DT:RBL): the engine stopped it."""
+        tz = self.config.schedule.timezone
+        why = (f"{reason}. Provider family {family!r} is held until "
+               f"{until.astimezone(ZoneInfo(tz)):%Y-%m-%d %H:%M} {tz}.")
+        await self._report(ReportKind.BLOCKLISTED, dataclasses.replace(info, reason=why),
+                           self._counts(info.id))
+
+    def _event(self, name: str, info: EditionInfo, **data: Any) -> None:
+        if self.events is not None:
+            self.events(name, {"edition": info.id, "kind": info.kind, **data})
 
     def _counts(self, edition_id: int) -> Mapping[str, int]:
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,13 +29,18 @@ from mailer.schema import edition_posts, editions, feeds, posts
 
 __all__ = [
     "EDITABLE",
+    "MAX_NOTE",
+    "MAX_SUBJECT",
     "TRANSITIONS",
     "Decision",
     "EditionInfo",
     "EditionStore",
     "PostLoader",
+    "PostUse",
     "decide",
+    "describe_uses",
     "over_cap",
+    "reuse_problem",
 ]
 
 S = EditionState
@@ -54,8 +59,13 @@ TRANSITIONS: Mapping[EditionState, frozenset[EditionState]] = {
     S.CANCELLED: frozenset(),
 }
 
-# States in which editors may still change the posts, order and notes.
+# States in which editors may still change the posts, order, notes and subjects.
 EDITABLE = frozenset({S.DRAFT, S.SCHEDULED, S.APPROVED, S.HELD, S.MISSED})
+
+# An editor's subject and note: long enough for any real one, short enough that a paste of a
+# whole post (or a script) is refused with a clear error instead of mailed.
+MAX_SUBJECT = 200
+MAX_NOTE = 5000
 
 PostLoader = Callable[[Sequence[int]], Sequence[Post]]
 
@@ -78,6 +88,7 @@ class EditionInfo:
     post_ids: tuple[int, ...]
     excluded_ids: tuple[int, ...]
     notes: Mapping[str, str]
+    subjects: Mapping[str, str] = field(default_factory=dict)
 
 
 class Decision(enum.StrEnum):
@@ -109,6 +120,51 @@ def decide(info: EditionInfo, now: datetime, *, grace: timedelta,
     return Decision.SEND
 
 
+@dataclass(frozen=True)
+class PostUse:
+    """A post already in an edition that is not cancelled: sent (or going out), or waiting."""
+
+    post_id: int
+    edition_id: int
+    state: EditionState
+
+    @property
+    def sent(self) -> bool:
+        """Readers have it (or are getting it now)."""
+        return self.state in (S.SENT, S.SENDING, S.PAUSED)
+
+
+def reuse_problem(uses: Iterable[PostUse]) -> str | None:
+    """Pure: why putting these posts in a new edition needs the editor's confirmation, or None.
+
+    A post already sent would reach every reader a second time; one waiting in another edition
+    would go out twice. Neither is forbidden (a correction may be worth resending), but an
+    editor must say so: ``editions create --include-sent``, or the admin's confirmation.
+    """
+    described = describe_uses(uses)
+    if described is None:
+        return None
+    return (f"{described}. Readers would get these posts twice; to send them again anyway, "
+            f"confirm (editions create --include-sent)")
+
+
+def describe_uses(uses: Iterable[PostUse]) -> str | None:
+    """Pure: ``already sent: post 3 (edition 1, sent)``, or None when there are none."""
+    uses = sorted(uses, key=lambda u: (u.post_id, u.edition_id))
+    if not uses:
+        return None
+    sent = [u for u in uses if u.sent]
+    waiting = [u for u in uses if not u.sent]
+    parts = []
+    if sent:
+        parts.append("already sent: " + ", ".join(
+            f"post {u.post_id} (edition {u.edition_id}, {u.state.value})" for u in sent))
+    if waiting:
+        parts.append("already in another edition: " + ", ".join(
+            f"post {u.post_id} (edition {u.edition_id}, {u.state.value})" for u in waiting))
+    return "; ".join(parts)
+
+
 def over_cap(posts: int, max_posts: int) -> str | None:
     """Pure: why an automatic edition of ``posts`` posts must wait for an editor, or None.
 
@@ -125,11 +181,14 @@ class EditionStore:
     """Create, read and move editions through their states. I/O: the engine; time: the clock."""
 
     def __init__(self, engine: Engine, clock: Clock = system_clock, *,
-                 require_approval: bool = False, load_posts: PostLoader | None = None) -> None:
+                 require_approval: bool = False, load_posts: PostLoader | None = None,
+                 languages: Sequence[str] | None = None) -> None:
         self.engine = engine
         self.clock = clock
         self.require_approval = require_approval
         self._load_posts = load_posts
+        # The configured languages a note or subject may be written in (None: any).
+        self.languages = tuple(languages) if languages is not None else None
 
     # ------------------------------------------------------------------ reading
 
@@ -148,6 +207,24 @@ class EditionStore:
         )
         with self.engine.connect() as conn:
             return [int(r) for r in conn.execute(q).scalars()]
+
+    def post_uses(self, post_ids: Iterable[int]) -> list[PostUse]:
+        """Where each of ``post_ids`` already is: editions not cancelled, oldest first. The
+        admin marks these in its list; :meth:`create` refuses them unless confirmed."""
+        with self.engine.connect() as conn:
+            return self._post_uses(conn, list(post_ids))
+
+    @staticmethod
+    def _post_uses(conn: Connection, ids: Sequence[int]) -> list[PostUse]:
+        if not ids:
+            return []
+        q = (
+            select(edition_posts.c.post_id, editions.c.id, editions.c.state)
+            .join(editions, editions.c.id == edition_posts.c.edition_id)
+            .where(edition_posts.c.post_id.in_(list(ids)), editions.c.state != S.CANCELLED.value)
+            .order_by(editions.c.id, edition_posts.c.post_id)
+        )
+        return [PostUse(int(p), int(e), EditionState(st)) for p, e, st in conn.execute(q)]
 
     def info(self, edition_id: int) -> EditionInfo:
         """The edition's row and post ids; ``EditionError`` if there is no such edition."""
@@ -180,6 +257,7 @@ class EditionStore:
             notes=dict(info.notes),
             scheduled_at=info.scheduled_at,
             created_at=info.created_at,
+            subjects=dict(info.subjects),
         )
 
     def due(self, now: datetime) -> list[int]:
@@ -211,8 +289,13 @@ class EditionStore:
     # ------------------------------------------------------------------ writing
 
     def create(self, post_ids: Sequence[int] | None = None, *, kind: str = "digest",
-               notes: Mapping[str, str] | None = None) -> int | None:
-        """A draft edition of ``post_ids`` (default: every unsent post); None if there are none."""
+               notes: Mapping[str, str] | None = None,
+               subjects: Mapping[str, str] | None = None,
+               include_sent: bool = False) -> int | None:
+        """A draft edition of ``post_ids`` (default: every unsent post); None if there are none.
+
+        Posts already sent, or waiting in another edition, are refused (:func:`reuse_problem`)
+        unless ``include_sent``: the editor confirmed that readers may get them again."""
         ids = list(self.unsent_post_ids() if post_ids is None else post_ids)
         if not ids:
             return None
@@ -220,12 +303,19 @@ class EditionStore:
             raise EditionError("a post is named twice")
         if kind not in ("digest", "per-post"):
             raise EditionError(f"unknown kind {kind!r}; use 'digest' or 'per-post'")
+        clean_notes = self._texts(notes or {}, "note", MAX_NOTE)
+        clean_subjects = self._texts(subjects or {}, "subject", MAX_SUBJECT)
         now = self.clock()
         with self.engine.begin() as conn:
             self._check_posts(conn, ids)
+            if not include_sent and post_ids is not None:
+                problem = reuse_problem(self._post_uses(conn, ids))
+                if problem is not None:
+                    raise EditionError(problem)
             edition_id = conn.execute(
                 insert(editions).values(
-                    kind=kind, state=S.DRAFT.value, notes_json=_dump_notes(notes or {}),
+                    kind=kind, state=S.DRAFT.value, notes_json=_dump_notes(clean_notes),
+                    subjects_json=_dump_notes(clean_subjects),
                     created_at=now, updated_at=now,
                 ).returning(editions.c.id)
             ).scalar_one()
@@ -354,6 +444,42 @@ class EditionStore:
                          .values(notes_json=_dump_notes(notes)))
             self._content_changed(conn, info)
 
+    def edit(self, edition_id: int, *, subjects: Mapping[str, str | None] | None = None,
+             notes: Mapping[str, str | None] | None = None) -> EditionInfo:
+        """Change the subject and the intro note of some languages; an empty text or None
+        goes back to none (the derived subject, no note). Other languages keep theirs.
+
+        Only while the content may change (:data:`EDITABLE`): once sending, what readers get is
+        fixed. Like any change of content it withdraws an approval, so an editor approves what
+        readers will read. Returns the edition as it now is (the CLI and the admin show it).
+        """
+        subjects = dict(subjects or {})
+        notes = dict(notes or {})
+        if not subjects and not notes:
+            raise EditionError("nothing to change: give a subject or a note for a language",
+                               edition_id=edition_id)
+        self._texts({k: v or "" for k, v in subjects.items()}, "subject", MAX_SUBJECT)
+        self._texts({k: v or "" for k, v in notes.items()}, "note", MAX_NOTE)
+        with self.engine.begin() as conn:
+            info = self._info(conn, edition_id)
+            if info.state not in EDITABLE:
+                raise EditionError(
+                    f"is {info.state}; its subject and intro note can change only before it is "
+                    f"sent (draft, scheduled, approved, held or missed)", edition_id=edition_id)
+            new_subjects = _merge(info.subjects, subjects)
+            new_notes = _merge(info.notes, notes)
+            if new_subjects == dict(info.subjects) and new_notes == dict(info.notes):
+                return info
+            result = conn.execute(
+                update(editions)
+                .where(editions.c.id == edition_id, editions.c.state == info.state.value)
+                .values(subjects_json=_dump_notes(new_subjects), notes_json=_dump_notes(new_notes)))
+            if result.rowcount != 1:
+                raise EditionError(f"changed state while we looked (was {info.state}); try again",
+                                   edition_id=edition_id)
+            self._content_changed(conn, info)
+            return self._info(conn, edition_id)
+
     def set_total(self, edition_id: int, total: int) -> None:
         """Record how many recipients were enqueued (the delivery stage calls this)."""
         with self.engine.begin() as conn:
@@ -370,6 +496,24 @@ class EditionStore:
         return result.rowcount == 1
 
     # ------------------------------------------------------------------ helpers
+
+    def _texts(self, texts: Mapping[str, str], what: str, limit: int) -> dict[str, str]:
+        """Editors' texts by language, checked: a configured language, not too long, and a
+        subject on one line (it becomes a header). Empty ones are dropped."""
+        out = {}
+        for lang, text in texts.items():
+            if self.languages is not None and lang not in self.languages:
+                raise EditionError(f"a {what} in {lang!r}: write it in one of the configured "
+                                   f"languages ({', '.join(self.languages)})")
+            text = text.strip()
+            if len(text) > limit:
+                raise EditionError(f"the {lang} {what} is {len(text)} characters long; at most "
+                                   f"{limit} are allowed")
+            if what == "subject" and any(c in text for c in "\r\n"):
+                raise EditionError(f"the {lang} subject must be one line")
+            if text:
+                out[lang] = text
+        return out
 
     def _check(self, info: EditionInfo, target: EditionState) -> None:
         if target not in TRANSITIONS[info.state]:
@@ -455,6 +599,7 @@ class EditionStore:
             post_ids=tuple(int(p) for p, _ in eps),
             excluded_ids=tuple(int(p) for p, ex in eps if ex),
             notes=json.loads(row["notes_json"] or "{}"),
+            subjects=json.loads(row["subjects_json"] or "{}"),
         )
 
     def _read_posts(self, ids: Sequence[int]) -> list[Post]:
@@ -483,6 +628,17 @@ class EditionStore:
 
 def _dump_notes(notes: Mapping[str, str]) -> str:
     return json.dumps(dict(notes), ensure_ascii=False, sort_keys=True)
+
+
+def _merge(old: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
+    """``old`` with ``changes`` applied: a text replaces, an empty one or None removes."""
+    out = dict(old)
+    for lang, text in changes.items():
+        if text is None or not text.strip():
+            out.pop(lang, None)
+        else:
+            out[lang] = text.strip()
+    return dict(sorted(out.items()))
 
 
 def _aware(at: datetime) -> datetime:

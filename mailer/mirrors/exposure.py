@@ -18,7 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from mailer.clock import as_utc
 from mailer.schema import mirror_exposure, mirror_state
 
-__all__ = ["ExposureRow", "exposure_for", "record_exposure"]
+__all__ = ["ExposureRow", "exposure_for", "exposure_of_edition", "record_exposure"]
 
 
 def record_exposure(engine: Engine, edition_id: int, counts: Mapping[str, int],
@@ -77,3 +77,12 @@ def exposure_for(engine: Engine) -> dict[str, ExposureRow]:
                                       as_utc(r.first), as_utc(r.last))
             for r in conn.execute(q)
         }
+
+
+def exposure_of_edition(engine: Engine, edition_id: int) -> dict[str, int]:
+    """Recipients per mirror for one edition (the admin's report): how far each one spread."""
+    q = (select(mirror_exposure.c.mirror_url, mirror_exposure.c.recipients)
+         .where(mirror_exposure.c.edition_id == edition_id)
+         .order_by(mirror_exposure.c.recipients.desc()))
+    with engine.connect() as conn:
+        return {str(url): int(n) for url, n in conn.execute(q)}

@@ -30,19 +30,29 @@ from mailer.mirrors.state import MirrorHealth, load_health
 from mailer.schema import mirror_state
 
 __all__ = [
+    "ARCHIVE_CANARY",
+    "ARCHIVE_MARKER",
     "Answer",
     "CheckResult",
     "ClientFactory",
     "MirrorChecker",
     "compare",
+    "compare_archive",
     "fingerprint",
     "next_state",
+    "unchecked_reason",
 ]
 
 MAX_BODY = 2 * 1024 * 1024
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
 
 ClientFactory = Callable[[str | None], httpx.AsyncClient]
+
+# An archive host ([[archive.targets]] url) is not a copy of the blog, so there is no origin to
+# compare with: its root page must answer and carry the mark every archive page carries
+# (mailer/archive/ writes it). A bucket's error page or a parking page does not.
+ARCHIVE_CANARY = "/index.html"
+ARCHIVE_MARKER = b'<meta name="generator" content="newsletter-archive">'
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,16 @@ def compare(origin: Answer | None, mirror: Answer) -> tuple[bool, str]:
     return True, "same page as the origin"
 
 
+def compare_archive(answer: Answer) -> tuple[bool, str]:
+    """Does an archive host serve our archive's root page? ``(ok, reason)`` (pure)."""
+    ok, detail = compare(None, answer)
+    if not ok:
+        return ok, detail
+    if ARCHIVE_MARKER not in answer.body:
+        return False, f"wrong content: not the archive's root page ({fingerprint(answer.body)[:80]!r})"
+    return True, "the archive's root page"
+
+
 def next_state(prev: MirrorHealth | None, ok: bool, down_after: int) -> tuple[bool, int]:
     """``(healthy, consecutive_failures)`` after one check (pure): down after N, up after one."""
     if ok:
@@ -105,6 +125,14 @@ def next_state(prev: MirrorHealth | None, ok: bool, down_after: int) -> tuple[bo
     failures = (prev.consecutive_failures if prev else 0) + 1
     was_healthy = prev.healthy if prev else True
     return (was_healthy and failures < down_after), failures
+
+
+def unchecked_reason(settings: MirrorSettings, site: MirrorSite) -> str | None:
+    """Why a mirror is not checked at all, or None. An onion without ``onion_proxy`` would
+    otherwise be fetched directly, fail, and be reported down for want of a Tor proxy."""
+    if site.kind == "onion" and not settings.onion_proxy:
+        return "not checked: no onion_proxy"
+    return None
 
 
 def _default_client(settings: MirrorSettings) -> ClientFactory:
@@ -142,7 +170,8 @@ class MirrorChecker:
         self._concurrency = concurrency
 
     def _targets(self) -> list[MirrorSite]:
-        return [s for s in self._settings.sites if s.status != "retired"]
+        return [s for s in self._settings.sites
+                if s.status != "retired" and unchecked_reason(self._settings, s) is None]
 
     async def fetch_all(self) -> tuple[Answer | None, dict[str, Answer]]:
         """The origin's canary answer (None without origins) and every target mirror's."""
@@ -165,7 +194,8 @@ class MirrorChecker:
                            if s.origins else None)
             targets = self._targets()
             answers = await asyncio.gather(*(
-                one(site.url + s.canary_path, s.onion_proxy if site.kind == "onion" else s.proxy)
+                one(site.url + (ARCHIVE_CANARY if site.kind == "archive" else s.canary_path),
+                    s.onion_proxy if site.kind == "onion" else s.proxy)
                 for site in targets
             ))
             origin = await origin_task if origin_task is not None else None
@@ -183,10 +213,11 @@ class MirrorChecker:
                now: datetime) -> list[CheckResult]:
         """Write each mirror's new state to ``mirror_state`` (one transaction)."""
         previous = load_health(self._engine)
+        archives = {site.url for site in self._settings.sites if site.kind == "archive"}
         results = []
         with self._engine.begin() as conn:
             for url, answer in answers.items():
-                ok, detail = compare(origin, answer)
+                ok, detail = compare_archive(answer) if url in archives else compare(origin, answer)
                 prev = previous.get(url)
                 healthy, failures = next_state(prev, ok, self._settings.down_after)
                 values: dict[str, object] = {

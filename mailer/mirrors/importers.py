@@ -10,9 +10,7 @@ appends ``[[mirrors.sites]]`` tables and validates the result before replacing t
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -20,8 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from mailer.config import MirrorSettings, MirrorSite, load_config
-from mailer.errors import InputError, NewsletterError
+from mailer.config import MirrorSettings, MirrorSite
+from mailer.errors import InputError
+from mailer.mirrors.configedit import write_validated
 from mailer.mirrors.sites import host_of, is_origin_host, names_an_origin, same_place
 
 __all__ = [
@@ -180,18 +179,4 @@ def append_sites(config_path: Path, sites: Sequence[MirrorSite],
     """
     text = config_path.read_text(encoding="utf-8")
     new = text.rstrip("\n") + "\n\n" + sites_toml(sites)
-    fd, tmp = tempfile.mkstemp(prefix=".newsletter-", suffix=".toml", dir=config_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(new)
-        try:
-            settings = load_config(tmp, environ).mirrors
-        except NewsletterError as exc:
-            raise InputError(f"the config would not be valid after the import, left unchanged: "
-                             f"{exc}", source=str(config_path)) from None
-        os.chmod(tmp, config_path.stat().st_mode & 0o777)
-        os.replace(tmp, config_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return settings
+    return write_validated(config_path, new, environ).mirrors

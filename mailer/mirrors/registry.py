@@ -36,6 +36,7 @@ from mailer.mirrors.partition import Partitioner, period_index
 from mailer.mirrors.state import MirrorHealth, load_health
 
 __all__ = [
+    "NOT_HANDED_OUT",
     "MirrorRegistry",
     "handed_out",
     "spread_over_slots",
@@ -45,12 +46,16 @@ log = logging.getLogger("newsletter.mirrors")
 
 DEFAULT_REFRESH = timedelta(minutes=1)
 
+# Kinds never put in a reader's mirror slots: onions go to every footer, and an archive host
+# ([[archive.targets]]) serves the archive's pages, not the blog's paths.
+NOT_HANDED_OUT = frozenset({"onion", "archive"})
+
 
 def handed_out(settings: MirrorSettings, health: Mapping[str, MirrorHealth]) -> tuple[str, ...]:
     """The partition's candidates: active web mirrors, healthy and not blocked (pure)."""
     out = []
     for site in settings.active:
-        if site.kind == "onion":
+        if site.kind in NOT_HANDED_OUT:
             continue
         h = health.get(site.url)
         if h is not None and (not h.healthy or h.blocked_in(settings.countries)):
@@ -62,7 +67,7 @@ def handed_out(settings: MirrorSettings, health: Mapping[str, MirrorHealth]) -> 
 def _fallback(settings: MirrorSettings, health: Mapping[str, MirrorHealth]) -> tuple[str, ...]:
     unblocked = tuple(
         s.url for s in settings.active
-        if s.kind != "onion"
+        if s.kind not in NOT_HANDED_OUT
         and not (health.get(s.url) and health[s.url].blocked_in(settings.countries))
     )
     if unblocked:
@@ -195,12 +200,13 @@ class MirrorRegistry:
             chosen = Partitioner(self._secret, part.candidates, want).choose(period, subscriber_id)
         return spread_over_slots(chosen[:want], want)
 
-    def static_links(self) -> tuple[MirrorSite, ...]:
-        """Onion mirrors every footer shows (see the module docstring for why they are not split)."""
+    def static_links(self, kind: str = "onion") -> tuple[MirrorSite, ...]:
+        """Onion mirrors every footer shows (see the module docstring for why they are not split);
+        ``kind="archive"``: the healthy, unblocked archive hosts every mail links its page on."""
         snap = self._snapshot(self._clock())
         out = []
         for site in snap.settings.active:
-            if site.kind != "onion":
+            if site.kind != kind:
                 continue
             h = snap.health.get(site.url)
             if h is not None and (not h.healthy or h.blocked_in(snap.settings.countries)):

@@ -27,8 +27,18 @@ from mailer.pipeline.prepare import (
     personaliser,
     prepare,
     prepare_edition,
+    preview_messages,
 )
-from mailer.pipeline.send import Held, SendSummary, send_edition, send_new_posts, start_edition
+from mailer.pipeline.send import (
+    Held,
+    SendSummary,
+    SentCopy,
+    cancel_edition,
+    send_edition,
+    send_new_posts,
+    send_test,
+    start_edition,
+)
 
 __all__ = [
     "Held",
@@ -37,6 +47,8 @@ __all__ = [
     "Resumed",
     "RunSummary",
     "SendSummary",
+    "SentCopy",
+    "cancel_edition",
     "ensure_sample_subscribers",
     "header_settings",
     "personalise",
@@ -44,10 +56,12 @@ __all__ = [
     "poll",
     "prepare",
     "prepare_edition",
+    "preview_messages",
     "resume_interrupted",
     "run_once",
     "send_edition",
     "send_new_posts",
+    "send_test",
     "start_edition",
     "unsubscribe_by_mail",
 ]

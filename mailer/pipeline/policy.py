@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,23 +18,31 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from mailer.app import App
+from mailer.delivery.progress import LogProgress
 from mailer.editions.notify import Notifier
 from mailer.editions.store import Decision, EditionInfo, decide
 from mailer.errors import EditionError
 from mailer.feeds.poll import PollReport, poll_feeds
 from mailer.inbound.maildir import InboundReport
 from mailer.lock import process_is_gone
+from mailer.mirrors.health import CheckResult, MirrorChecker
+from mailer.mirrors.state import load_health
 from mailer.models import EditionState
+from mailer.pipeline import observe
+from mailer.pipeline.archive import archive_after_send, retry_failed_targets
 from mailer.pipeline.send import Held, SendSummary, send_edition, send_new_posts
 
 __all__ = [
     "DAEMON_PAUSE_REASON",
+    "DIGEST_SLOT",
     "Resumed",
     "RunSummary",
+    "announce_scheduled",
     "carry_on",
     "check_mirrors",
     "describe_time",
     "digest_now",
+    "digest_slot_taken",
     "ensure_sample_subscribers",
     "forget_suppressed",
     "inbound",
@@ -62,6 +70,13 @@ DAEMON_PAUSE_REASON = "the daemon stopped while sending; it resumes when the dae
 
 SendOne = Callable[[int], Awaitable[object]]
 
+# An editors' edition sent this close to the automatic digest's time takes the digest's place:
+# readers get one mail, and the posts that would have made the digest wait for the next one.
+DIGEST_SLOT = timedelta(hours=1)
+# The editions that count: on their way to readers, or already with them.
+_TAKES_SLOT = (EditionState.SCHEDULED, EditionState.APPROVED, EditionState.SENDING,
+               EditionState.PAUSED, EditionState.SENT)
+
 
 def short_delta(delta: timedelta) -> str:
     """``2d 3h``, ``45m``: lateness for people, not ``2 days, 3:00:00.000123``."""
@@ -80,6 +95,11 @@ def describe_time(at: datetime, timezone: str) -> str:
     utc = at.astimezone(UTC)
     return (f"{local:%Y-%m-%d %H:%M} {local.tzname()} ({timezone}) = "
             f"{utc:%Y-%m-%d %H:%M} UTC")
+
+
+def _req(at: datetime | None) -> datetime:
+    assert at is not None
+    return at
 
 
 def _local(info: EditionInfo, tz: str) -> str:
@@ -149,15 +169,41 @@ def per_post_editions(app: App) -> list[int]:
         if eid is None:
             continue
         store.schedule(eid, app.clock() + app.config.schedule.hold, allow_past=True)
+        announce_scheduled(app, eid)
         created.append(eid)
         log.info("post %d: edition %d, due %s", post_id, eid,
                  describe_time(app.clock() + app.config.schedule.hold, tz))
     return created
 
 
+def digest_slot_taken(editions: Iterable[EditionInfo], when: datetime, *,
+                      slot: timedelta = DIGEST_SLOT) -> EditionInfo | None:
+    """Pure: the edition that takes the digest of ``when``'s place, or None.
+
+    An edition an editor scheduled (or that already went out) within ``slot`` of the digest
+    time wins: the digest makes no edition, so readers never get two mails that morning. Its
+    posts are never the digest's anyway (a post is in one edition), and the new ones wait for
+    the following digest. Held, draft, missed and cancelled editions do not count: nothing of
+    theirs reaches readers then.
+    """
+    for info in sorted(editions, key=lambda i: i.id):
+        if (info.state in _TAKES_SLOT and info.scheduled_at is not None
+                and abs(info.scheduled_at - when) <= slot):
+            return info
+    return None
+
+
 def digest_now(app: App) -> int | None:
-    """Digest time: every unsent post becomes one edition, due now (None: no new posts)."""
+    """Digest time: every unsent post becomes one edition, due now (None: no new posts, or an
+    editors' edition takes this digest's place: :func:`digest_slot_taken`)."""
     store = app.editions
+    now = app.clock()
+    taken = digest_slot_taken(store.find(_TAKES_SLOT, limit=100), now)
+    if taken is not None:
+        log.info("digest time: edition %d is sent at %s, so no digest now; new posts wait for "
+                 "the next digest", taken.id, describe_time(_req(taken.scheduled_at),
+                                                            app.config.schedule.timezone))
+        return None
     eid = store.create(kind="digest")
     if eid is None:
         log.info("digest time: no new posts, so no edition")
@@ -165,8 +211,17 @@ def digest_now(app: App) -> int | None:
         log.warning("digest time: edition %d held: %s", eid, reason)
     else:
         store.schedule(eid, app.clock(), allow_past=True)
+        announce_scheduled(app, eid)
         log.info("digest time: edition %d with %d post(s)", eid, len(store.info(eid).post_ids))
     return eid
+
+
+def announce_scheduled(app: App, edition_id: int) -> None:
+    """``edition.scheduled``: an edition has its send time (per-post, digest, or an editor)."""
+    info = app.editions.info(edition_id)
+    observe.emit(app, "edition.scheduled", {
+        "edition": edition_id, "kind": info.kind, "posts": len(info.post_ids),
+        "scheduled_at": info.scheduled_at, "state": str(info.state)})
 
 
 def missed_digest(app: App, when: datetime) -> EditionInfo | None:
@@ -230,8 +285,10 @@ def unsubscribe_by_mail(app: App, maildir: Path | None = None) -> InboundReport:
 
 async def poll(app: App, client: httpx.AsyncClient | None = None) -> PollReport:
     """Fetch every configured feed; a broken feed is reported and the others go on."""
-    return await poll_feeds(app.config.feeds, store=app.post_store, fetch=app.config.fetch,
-                            clock=app.clock, client=client)
+    report = await poll_feeds(app.config.feeds, store=app.post_store, fetch=app.config.fetch,
+                              clock=app.clock, client=client)
+    observe.polled(app, report)
+    return report
 
 
 @dataclass(frozen=True)
@@ -319,6 +376,7 @@ def forget_suppressed(app: App) -> int:
     """The daily retention job: pending sign-ups past their time expire, and readers
     suppressed for longer than ``[storage] forget_suppressed_after`` are erased."""
     app.signup.expire()
+    observe.daily_counts(app)  # the day's subscriber.counts webhook rides on this daily job
     age = app.config.storage.forget_suppressed_after
     if age is None:
         return 0
@@ -339,7 +397,10 @@ def whats_next(app: App, runs: Mapping[str, datetime]) -> list[str]:
         lines.append(f"next send: edition {upcoming[0].id} at "
                      f"{describe_time(upcoming[0].scheduled_at, tz)}")
     if "digest" in runs:
-        lines.append(f"next digest: {describe_time(runs['digest'], tz)}")
+        taken = digest_slot_taken(upcoming, runs["digest"])
+        lines.append(f"next digest: {describe_time(runs['digest'], tz)}" + (
+            f": none then, edition {taken.id} goes out instead (new posts wait for the "
+            f"digest after)" if taken is not None else ""))
     elif not upcoming:
         lines.append(f"next send: none scheduled (mode {app.config.newsletter.mode})")
     return lines
@@ -385,10 +446,24 @@ async def resume_interrupted(app: App, send: SendOne, *,
 
 
 async def send_with_stop(app: App, edition_id: int, stop: asyncio.Event) -> object:
-    """The daemon's send: :func:`send_edition` with its ``stop`` (finish in flight, claim no more)."""
-    return await send_edition(app, edition_id, stop=stop)
+    """The daemon's send: :func:`send_edition` with its ``stop`` (finish in flight, claim no more),
+    and a log line every few seconds (``edition 7: 1,200 of 30,000 sent …``), never a bar; once
+    the edition is sent, the web archive is built and published ([archive] targets)."""
+    summary = await send_edition(app, edition_id, stop=stop, progress=LogProgress())
+    if not stop.is_set() and app.editions.info(edition_id).state is EditionState.SENT:
+        await archive_after_send(app)
+    return summary
 
 
-async def check_mirrors(app: App) -> object:
-    """Mirror health checks (the ``mirrors`` job)."""
-    return await app.mirrors.check()
+async def check_mirrors(app: App, *, hand_out: bool = True) -> Sequence[CheckResult]:
+    """Mirror health checks (the ``mirrors`` job; ``mirrors check`` with ``hand_out`` False,
+    which needs no partition secret); a mirror that went down is a ``mirror.down`` event;
+    archive targets whose last sync failed are synced again."""
+    before = await asyncio.to_thread(load_health, app.engine)
+    if hand_out:
+        results = await app.mirrors.check()
+    else:
+        results = await MirrorChecker(app.config.mirrors, app.engine, app.clock).check()
+    observe.mirrors_checked(app, before, results)
+    await retry_failed_targets(app)
+    return results

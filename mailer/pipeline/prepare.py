@@ -20,6 +20,7 @@ from mailer.delivery.outbox import OutboxRow
 from mailer.errors import EditionError, InputError
 from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots, feedback_id
 from mailer.models import Edition
+from mailer.pipeline.archive import archive_links
 from mailer.render.images import fetch_images
 from mailer.render.variant import RenderContext, inline_css, render_variant
 from subscribers.lifecycle import Recipient
@@ -32,7 +33,13 @@ __all__ = [
     "personaliser",
     "prepare",
     "prepare_edition",
+    "preview_messages",
 ]
+
+# The stand-in reader of a preview: id 0 (no subscriber has it), an address nobody reads, and
+# an unsubscribe link that says what it is.
+PREVIEW_ADDRESS = "reader@example.org"
+PREVIEW_UNSUBSCRIBE = "/u/PREVIEW-NOT-A-REAL-TOKEN"
 
 
 def header_settings(app: App) -> HeaderSettings:
@@ -103,6 +110,8 @@ def prepare(app: App, edition: Edition, *, date: datetime | None = None, strict:
     onions = [site.url for site in app.mirrors.static_links()]
     ctx = RenderContext.from_config(app.config, date=now, images=images, env=app.jinja,
                                     strict=strict, inliner=counted_inline, onions=onions)
+    # "Read this issue on …": the edition's page on each healthy archive host.
+    ctx = dataclasses.replace(ctx, archive_links=archive_links(app, edition.id, wanted))
     headers = dataclasses.replace(header_settings(app), feedback_id=feedback_id(
         edition.id, edition.kind, app.config.newsletter.feedback_id or app.config.from_domain))
     templates = {
@@ -151,3 +160,15 @@ def personaliser(app: App, prepared: PreparedEdition) -> Callable[[OutboxRow, Re
         return personalise(app, prepared, Reader(recipient.id, recipient.address, row.language))
 
     return message_for
+
+
+def preview_messages(app: App, edition: Edition, languages: Iterable[str] | None = None, *,
+                     date: datetime | None = None) -> dict[str, bytes]:
+    """The bytes a sample reader of each language gets (default: every choice), rendered once:
+    ``preview`` writes them to files, the admin shows them side by side. Strict catalogs: a
+    missing translation fails here, not in the send."""
+    prepared = prepare(app, edition, date=date or app.clock(), strict=True, languages=languages)
+    unsubscribe = f"{app.config.newsletter.public_url}{PREVIEW_UNSUBSCRIBE}"
+    return {language: personalise(app, prepared, Reader(0, PREVIEW_ADDRESS, language,
+                                                        unsubscribe_url=unsubscribe))
+            for language in prepared.templates}

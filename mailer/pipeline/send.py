@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
@@ -20,12 +20,13 @@ from mailer.app import App
 from mailer.delivery.classify import SendResult
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
 from mailer.delivery.outbox import OutboxRow
+from mailer.delivery.progress import Progress
 from mailer.editions.notify import Notifier
-from mailer.editions.testsend import TEST_SUBSCRIBER_ID, mark_as_test
+from mailer.editions.testsend import TEST_SUBSCRIBER_ID, check_test_addresses, mark_as_test
 from mailer.errors import EditionError
 from mailer.inbound.addresses import tagged, verp_base
 from mailer.mirrors.exposure import record_exposure
-from mailer.models import EditionState
+from mailer.models import EditionState, OutboxState
 from mailer.pipeline.prepare import (
     PreparedEdition,
     Reader,
@@ -38,6 +39,8 @@ from subscribers.lifecycle import Event, Recipient
 __all__ = [
     "Held",
     "SendSummary",
+    "SentCopy",
+    "cancel_edition",
     "deliver",
     "delivery_engine",
     "finish_if_done",
@@ -45,6 +48,7 @@ __all__ = [
     "send_new_posts",
     "send_test",
     "start_edition",
+    "unblock_provider",
     "welcome",
 ]
 
@@ -78,10 +82,18 @@ def envelope_for(app: App) -> Callable[[OutboxRow], str] | None:
     return sender
 
 
-def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = False,
+def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool | Progress = False,
                     batch_size: int | None = None, lease: timedelta = DEFAULT_ENGINE_LEASE,
                     owner: str | None = None) -> DeliveryEngine[Recipient]:
-    """The delivery engine for ``prepared`` over the app's outbox, transport and relay peers."""
+    """The delivery engine for ``prepared`` over the app's outbox, transport and relay peers;
+    a provider that blocklists us is reported to the editors (once, by the process that saw it
+    first)."""
+    edition_id = prepared.edition_id
+
+    async def blocked(family: str, until: datetime, reason: str) -> None:
+        info = await asyncio.to_thread(app.editions.info, edition_id)
+        await Notifier.for_app(app).blocklisted(info, family, until, reason)
+
     return DeliveryEngine(
         app.outbox,
         app.transport,
@@ -97,6 +109,8 @@ def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool = Fal
         batch_size=batch_size,
         lease=lease,
         owner=owner,
+        on_blocked=blocked,
+        observer=app.metrics,
     )
 
 
@@ -104,6 +118,8 @@ async def deliver(app: App, engine: DeliveryEngine[Recipient], prepared: Prepare
                   edition_id: int) -> DeliveryReport:
     """Send what is claimable now, then add this run's mirror exposure to the edition's tally."""
     report = await engine.run(edition_id)
+    if report.remaining:
+        await asyncio.to_thread(_say_what_is_left, app, edition_id)
     counts = dict(prepared.exposure)
     prepared.exposure.clear()
     for attempt in range(3):
@@ -114,6 +130,20 @@ async def deliver(app: App, engine: DeliveryEngine[Recipient], prepared: Prepare
             if attempt == 2:
                 raise
     return report
+
+
+def _say_what_is_left(app: App, edition_id: int) -> None:
+    """``edition 7: 1,200 of 30,000 sent, 5 deferred, next retry 14:05 UTC``: when it goes on."""
+    counts = app.outbox.counts(edition_id)
+    due = app.outbox.next_due(edition_id)
+    sent, total = counts.get(OutboxState.SENT, 0), sum(counts.values())
+    deferred = counts.get(OutboxState.DEFERRED, 0)
+    when = f"next retry {due.astimezone(UTC):%H:%M} UTC" if due is not None else "no retry due"
+    if due is not None and due.astimezone(UTC).date() != app.clock().astimezone(UTC).date():
+        when = f"next retry {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    log.info("edition %d: %s of %s sent, %s deferred, %s", edition_id, f"{sent:,}", f"{total:,}",
+             f"{deferred:,}", when, extra={"edition_id": edition_id, "sent": sent,
+                                           "total": total, "deferred": deferred})
 
 
 def finish_if_done(app: App, edition_id: int) -> bool:
@@ -130,6 +160,15 @@ def finish_if_done(app: App, edition_id: int) -> bool:
     return True
 
 
+def cancel_edition(app: App, edition_id: int, reason: str | None = None) -> int:
+    """Cancel an edition (the CLI and the admin): the store refuses what cannot be cancelled;
+    rows never sent become ``cancelled`` in the outbox. Returns how many rows that was.
+
+    A sender busy with it stops at its next batch; what is in flight gets its real outcome."""
+    app.editions.cancel(edition_id, reason)
+    return app.outbox.cancel_unsent(edition_id)
+
+
 @dataclass(frozen=True)
 class SendSummary:
     edition_id: int
@@ -137,7 +176,7 @@ class SendSummary:
     report: DeliveryReport
 
 
-async def send_edition(app: App, edition_id: int, *, progress: bool = False,
+async def send_edition(app: App, edition_id: int, *, progress: bool | Progress = False,
                        stop: asyncio.Event | None = None) -> SendSummary:
     """Enqueue every active subscriber once, then deliver until nothing is due.
 
@@ -178,7 +217,10 @@ async def send_new_posts(app: App, *, progress: bool = False,
     post_ids = app.editions.unsent_post_ids()
     if not post_ids:
         return None
-    edition_id = app.editions.create(post_ids, kind="per-post" if len(post_ids) == 1 else "digest")
+    # The configured mode names the edition: in digest mode even one post is a digest (its
+    # layout, subject and label); in per-post mode one post is a per-post edition.
+    per_post = app.config.newsletter.mode == "per-post" and len(post_ids) == 1
+    edition_id = app.editions.create(post_ids, kind="per-post" if per_post else "digest")
     if edition_id is None:
         return None
     reason = app.editions.hold_if_over(edition_id, app.config.schedule.max_posts)
@@ -190,21 +232,57 @@ async def send_new_posts(app: App, *, progress: bool = False,
     return await send_edition(app, edition_id, progress=progress, stop=stop)
 
 
-async def send_test(app: App, edition_id: int, address: str, language: str) -> SendResult:
-    """``editions test-send``: the real rendered mail for ``language`` to ``address``, once.
+@dataclass(frozen=True)
+class SentCopy:
+    """One test copy: where it went (the editor's own address, echoed back to them only) and
+    what the transport answered."""
+
+    address: str
+    result: SendResult
+
+    @property
+    def accepted(self) -> bool:
+        return self.result.accepted
+
+
+async def send_test(app: App, edition_id: int, addresses: Sequence[str],
+                    language: str) -> list[SentCopy]:
+    """``editions test-send`` and the admin: the real rendered mail for ``language`` to each of
+    ``addresses`` (:func:`~mailer.editions.testsend.check_test_addresses` checks them), marked
+    as a test.
 
     The same prepare and personalise path as the real send, so what the editor sees is what
     subscribers get, but it never touches the outbox (no totals, no exactly-once bookkeeping)
-    and the address is neither logged nor stored: it is not a subscriber's, yet it is personal.
+    and the addresses are neither logged nor stored: they are not subscribers', yet personal.
+    Every transport works; Maildir writes to ``[delivery] test_maildir``, a folder of its own.
     """
+    wanted = check_test_addresses([addresses] if isinstance(addresses, str) else addresses)
     prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
     unsubscribe = f"{app.config.newsletter.public_url}/u/test"
-    data = personalise(app, prepared, Reader(TEST_SUBSCRIBER_ID, address, language, unsubscribe))
-    transport = app.transport
+    transport = app.open_test_transport()
+    out = []
     try:
-        return await transport.send(app.config.envelope_sender, address, mark_as_test(data))
+        for address in wanted:
+            data = personalise(app, prepared,
+                               Reader(TEST_SUBSCRIBER_ID, address, language, unsubscribe))
+            result = await transport.send(app.config.envelope_sender, address, mark_as_test(data))
+            out.append(SentCopy(address, result))
     finally:
         await transport.aclose()
+    return out
+
+
+def unblock_provider(app: App, family: str) -> int | None:
+    """``newsletter relay unblock FAMILY``: end a provider's block (the operator had us
+    delisted) and make its waiting rows due now. None if the family is unknown; else how many
+    rows are due again (the daemon's ``retry`` job, or ``run --once``, sends them)."""
+    from mailer.delivery.budget import DomainBudget
+
+    fam = app.config.delivery.providers.get(family)
+    if fam is None:
+        return None
+    DomainBudget(app.engine).lift(family)
+    return app.outbox.release_held(fam.domains)
 
 
 async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:

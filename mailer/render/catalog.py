@@ -22,6 +22,7 @@ __all__ = [
     "BilingualCatalog",
     "Lazy",
     "MessageCatalog",
+    "PerLanguage",
     "Translator",
     "catalog_for",
     "load_catalog",
@@ -43,6 +44,20 @@ class Lazy:
     """
 
     msgid: str
+
+
+@dataclass(frozen=True)
+class PerLanguage:
+    """A ``%(name)s`` value that differs by language but is no msgid: the newsletter's name.
+
+    Each half of a bilingual line takes its own ("您订阅了公民权利通讯 / ... subscribed to
+    Citizens' Rights Digest"); a language with none takes ``fallback``."""
+
+    values: Mapping[str, str]
+    fallback: str
+
+    def in_language(self, language: str) -> str:
+        return self.values.get(language) or self.fallback
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,14 @@ class MessageCatalog:
         text = self.gettext(message)
         if not values:
             return text
-        return text % {k: self.gettext(v.msgid) if isinstance(v, Lazy) else v for k, v in values.items()}
+        return text % {k: self._value(v) for k, v in values.items()}
+
+    def _value(self, value: object) -> object:
+        if isinstance(value, Lazy):
+            return self.gettext(value.msgid)
+        if isinstance(value, PerLanguage):
+            return value.in_language(self.language)
+        return value
 
     def ngettext(self, singular: str, plural: str, n: int) -> str:
         found = self._lookup(singular)

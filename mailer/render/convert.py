@@ -1,8 +1,10 @@
 """Script conversion with OpenCC: a Chinese post reaches each reader in the reader's own script.
 
 Only text is converted, never markup or URLs: a link to ``/软件/`` must keep working after the
-visible text around it became ``軟體``. English has no Han characters, so OpenCC leaves it alone and
-a mixed post keeps both halves.
+visible text around it became ``軟體``. OpenCC leaves Latin text alone, so every post is converted,
+English ones too: "Liu Xiaobo Rally (释放刘晓波)" reaches a Traditional reader as "(釋放劉曉波)".
+Chinese quotation marks follow the script (「」 in Traditional, “” in Simplified); English ones,
+with Latin letters on both sides, are left alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ __all__ = [
     "CHINESE",
     "conversion_for",
     "convert_html",
+    "convert_quotes",
     "convert_text",
     "has_han",
 ]
@@ -34,18 +37,21 @@ def has_han(text: str) -> bool:
     return _HAN.search(text) is not None
 
 
-def conversion_for(source: str, target: str, *, taiwan_phrases: bool) -> str | None:
+def conversion_for(source: str, target: str, *, taiwan_phrases: bool,
+                   mainland_phrases: bool = True) -> str | None:
     """The OpenCC config that turns ``source`` text into ``target`` script, or None for none.
 
     ``s2twp`` also swaps mainland words for Taiwan ones (软件 -> 軟體); ``s2t`` changes only the
-    characters, which Hong Kong and diaspora readers often prefer. A mixed post may hold either
-    script, so it is converted toward the target whichever it holds.
+    characters, which Hong Kong and diaspora readers often prefer. ``tw2sp`` is the way back,
+    Taiwan words to mainland ones (軟體 -> 软件, 資訊 -> 信息), ``t2s`` characters only. A mixed
+    or English post may hold either script, so it is converted toward the target whichever it
+    holds (OpenCC leaves Latin letters alone).
     """
-    if target not in CHINESE or source == target or source == "en":
+    if target not in CHINESE or source == target:
         return None
     if target == "zh-Hant":
         return "s2twp" if taiwan_phrases else "s2t"
-    return "t2s"
+    return "tw2sp" if mainland_phrases else "t2s"
 
 
 @lru_cache(maxsize=8)
@@ -54,11 +60,41 @@ def _converter(config: str) -> opencc.OpenCC:
     return opencc.OpenCC(config)
 
 
+# Han, CJK punctuation and full-width forms: a quotation mark next to one of these is Chinese.
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]")
+_TO_HANT = {"\u201c": "\u300c", "\u201d": "\u300d", "\u2018": "\u300e", "\u2019": "\u300f"}
+_TO_HANS = {v: k for k, v in _TO_HANT.items()}
+_QUOTES_HANT = re.compile("[\u201c\u201d\u2018\u2019]")
+_QUOTES_HANS = re.compile("[\u300c\u300d\u300e\u300f]")
+
+
+def convert_quotes(text: str, target: str) -> str:
+    """“” ‘’ become 「」 『』 for Traditional readers, and back for Simplified ones.
+
+    OpenCC keeps quotation marks as they are. Only a mark with a CJK character on either side
+    is changed: "don’t" and an English “quote” inside a Chinese post stay English."""
+    table, marks = (_TO_HANT, _QUOTES_HANT) if target == "zh-Hant" else (_TO_HANS, _QUOTES_HANS)
+
+    def one(m: re.Match[str]) -> str:
+        i = m.start()
+        before = text[i - 1] if i else ""
+        after = text[i + 1] if i + 1 < len(text) else ""
+        if _CJK.match(before) or _CJK.match(after):
+            return table[m.group(0)]
+        return m.group(0)
+
+    return marks.sub(one, text)
+
+
+def _target_of(config: str) -> str:
+    return "zh-Hant" if config.startswith("s2t") else "zh-Hans"
+
+
 def convert_text(text: str, config: str | None) -> str:
     """Convert plain text (titles, alt text) with the named OpenCC config; None leaves it."""
     if config is None or not has_han(text):
         return text
-    return str(_converter(config).convert(text))
+    return convert_quotes(str(_converter(config).convert(text)), _target_of(config))
 
 
 class _TextConverter(HTMLParser):
@@ -68,6 +104,7 @@ class _TextConverter(HTMLParser):
         super().__init__(convert_charrefs=False)
         self.config = config
         self.out: list[str] = []
+        self.text_at: list[int] = []  # which pieces of ``out`` are text nodes
 
     def _attrs(self, attrs: list[tuple[str, str | None]]) -> str:
         parts = []
@@ -90,7 +127,19 @@ class _TextConverter(HTMLParser):
         self.out.append(f"</{tag}>")
 
     def handle_data(self, data: str) -> None:
+        self.text_at.append(len(self.out))
         self.out.append(convert_text(data, self.config))
+
+    def quotes_across_tags(self) -> None:
+        """A quotation mark whose Chinese neighbour is in the next text node (“<b>自由</b>”):
+        judge it on the visible text, tags left out. Marks only swap one for one, so each node
+        keeps its length and takes its own slice back."""
+        pieces = [self.out[i] for i in self.text_at]
+        joined = convert_quotes("".join(pieces), _target_of(self.config))
+        start = 0
+        for i, piece in zip(self.text_at, pieces, strict=True):
+            self.out[i] = joined[start:start + len(piece)]
+            start += len(piece)
 
     def handle_entityref(self, name: str) -> None:
         self.out.append(f"&{name};")
@@ -112,4 +161,5 @@ def convert_html(fragment: str, config: str | None) -> str:
     parser = _TextConverter(config)
     parser.feed(fragment)
     parser.close()
+    parser.quotes_across_tags()
     return "".join(parser.out)

@@ -21,7 +21,10 @@ def build_public_app(app: App) -> Starlette:
     settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
                             rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl,
                             trusted_proxies=cfg.web.trusted_proxies,
-                            proxy_header=cfg.web.proxy_header)
+                            proxy_header=cfg.web.proxy_header,
+                            contact=cfg.newsletter.contact,
+                            mail_address=cfg.newsletter.unsubscribe_mailto,
+                            mirrors=cfg.web.mirrors)
     sender = confirmation_sender(app)
 
     async def follow_keys() -> None:

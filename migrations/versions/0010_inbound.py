@@ -1,7 +1,7 @@
 """inbound: handled messages, soft-bounce scores, replies to readers per day
 
 Revision ID: 0010
-Revises: 0009
+Revises: 0011 (relinked at merge: it was made on 0009)
 Create Date: 2026-12-02 19:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0009"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -81,6 +81,12 @@ def test_relative_paths_resolve_against_the_config_folder_and_secrets_come_from_
          "storage.forget_suppressed_after", 9),
         (("key_file = \"keys/k.json\"", "key_file = \"keys/k.json\"\ncase_insensitive_domains = [\"qq com\"]"),
          "storage.case_insensitive_domains[0]", 9),
+        (("languages = [\"zh-Hans\", \"en\"]", "languages = [\"zh-Hans\", \"en\"]\ncontact = \"Editors <e@x.org>\""),
+         "newsletter.contact", 5),
+        (("languages = [\"zh-Hans\", \"en\"]", "languages = [\"zh-Hans\", \"en\"]\nmainland_phrases = \"yes\""),
+         "newsletter.mainland_phrases", 5),
+        (("secret_env = \"MIRROR_SECRET\"\n", "secret_env = \"MIRROR_SECRET\"\n\n[web]\nmirrors = [\"ftp://x.org\"]\n"),
+         "web.mirrors[0]", 32),
         (("key_file = \"keys/k.json\"", "key_file = \"keys/k.json\"\nkey_reload_every = \"1h\""),
          "storage.key_reload_every", 9),
     ],
@@ -95,11 +101,15 @@ def test_errors_name_file_key_and_line(tmp_path: Path, edit: tuple[str, str], ke
     assert key in str(err)
 
 
-def test_missing_password_env_is_named(tmp_path: Path) -> None:
+def test_missing_password_env_is_named_when_the_relay_is_needed(tmp_path: Path) -> None:
+    # Read-only commands load the config without the secret; opening a transport needs it.
+    config = load_config(write(tmp_path, GOOD), {})
     with pytest.raises(ConfigError, match="SMTP_PASSWORD") as info:
-        load_config(write(tmp_path, GOOD), {})
+        config.delivery.require_secrets()
     assert info.value.key == "delivery.relays[0].password_env"
     assert info.value.line == 25
+    assert str(config.path) in str(info.value)
+    load_config(write(tmp_path, GOOD), {"SMTP_PASSWORD": "x"}).delivery.require_secrets()
 
 
 def test_toml_syntax_error_gives_the_line(tmp_path: Path) -> None:

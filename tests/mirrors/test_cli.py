@@ -44,16 +44,17 @@ def test_ooni_then_list_shows_blocked_and_exposure(tmp_path: Path,
     assert run_cli(["--config", str(path), "mirrors", "ooni", str(sample)]) == 0
     out = capsys.readouterr().out
     assert "9 measurements read, 2 lines skipped" in out
-    assert f"BLOCKED  {CF} (active): dns at 2026-11-18 03:00; sent to 40 recipients in 1 " \
-           "editions since 2026-11-23 12:00" in out
+    assert f"BLOCKED  {CF} (active): dns at 2026-11-18 03:00 UTC; sent to 40 recipients in 1 " \
+           "editions since 2026-11-23 12:00 UTC" in out
     assert "2 mirror(s) newly marked blocked in CN" in out
     assert "ok       https://cr-reserve.pages.dev: 2 measurements" in out
 
     assert run_cli(["--config", str(path), "mirrors", "list"]) == 0
     out = capsys.readouterr().out
-    assert "active https; up; BLOCKED in CN" in out
+    assert "active https; unchecked; BLOCKED in CN" in out  # OONI's word, never checked here
     assert "added 2026-10-01" in out
-    assert "first sent 2026-11-23 12:00, last sent 2026-11-23 12:00, 40 recipients over 1" in out
+    assert ("first sent 2026-11-23 12:00 UTC, last sent 2026-11-23 12:00 UTC, 40 recipients "
+            "over 1") in out
     assert "reserve https; unchecked" in out
 
     assert run_cli(["--config", str(path), "mirrors", "unblock", CF + "/"]) == 0
@@ -98,3 +99,50 @@ def test_check_exit_code_and_output(tmp_path: Path, http_server: HTTPServer,
     out = capsys.readouterr().out
     assert "ok   http://good.example [up]" in out
     assert "FAIL http://bad.example [up] HTTP 500" in out
+
+
+def test_list_shows_a_failed_check_a_proxyless_onion_and_zones(tmp_path: Path) -> None:
+    """A failed last check is not "up"; an onion without onion_proxy is not checked at all."""
+    from mailer.schema import mirror_state
+    from tests.support.cli import newsletter
+
+    onion = "http://citizensrightsxyzabc2345abcdefghijklmnopqrstuvwxyzabcdef.onion"
+    path = tmp_path / "newsletter.toml"
+    write_config(path, [{"url": CF}, {"url": NETLIFY}, {"url": onion, "kind": "onion"}],
+                 db_url=f"sqlite:///{tmp_path / 'n.db'}")
+    engine = open_engine(load_config(path, {}).storage.database)
+    with engine.begin() as conn:
+        conn.execute(mirror_state.insert().values(
+            url=CF, healthy=True, consecutive_failures=1, last_check_at=NOW,
+            last_error="ConnectError", blocked_json="{}"))
+        conn.execute(mirror_state.insert().values(
+            url=NETLIFY, healthy=True, consecutive_failures=0, last_check_at=NOW,
+            last_ok_at=NOW, blocked_json="{}"))
+    engine.dispose()
+    done = newsletter(path, "mirrors", "list")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    cf = out.split(CF, 1)[1].split("https://", 1)[0]
+    assert "FAILING (1 of 3 failures before down)" in cf
+    assert "; up" not in cf
+    assert "error: ConnectError" in cf
+    assert "last check 2026-11-23 12:00 UTC" in cf
+    assert f"{NETLIFY}\n    active https; up\n" in out
+    assert f"{onion}\n    active onion; not checked: no onion_proxy" in out
+
+
+def test_an_onion_is_checked_only_through_onion_proxy(tmp_path: Path) -> None:
+    from mailer.mirrors.health import MirrorChecker, unchecked_reason
+    from tests.mirrors.helpers import Clock
+
+    onion = "http://citizensrightsxyzabc2345abcdefghijklmnopqrstuvwxyzabcdef.onion"
+    sites = [{"url": CF}, {"url": onion, "kind": "onion"}]
+    cfg = write_config(tmp_path / "a.toml", sites, db_url=f"sqlite:///{tmp_path / 'n.db'}")
+    site = next(s for s in cfg.mirrors.sites if s.kind == "onion")
+    assert unchecked_reason(cfg.mirrors, site) == "not checked: no onion_proxy"
+    checker = MirrorChecker(cfg.mirrors, open_engine(cfg.storage.database), Clock())
+    assert [s.url for s in checker._targets()] == [CF]
+    proxied = write_config(tmp_path / "b.toml", sites, db_url=f"sqlite:///{tmp_path / 'n.db'}",
+                           extra='onion_proxy = "socks5://127.0.0.1:9050"')
+    site = next(s for s in proxied.mirrors.sites if s.kind == "onion")
+    assert unchecked_reason(proxied.mirrors, site) is None

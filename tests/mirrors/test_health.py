@@ -113,11 +113,14 @@ async def test_through_proxies_onion_via_its_own(http_server: HTTPServer, engine
     results = {r.url: r for r in await MirrorChecker(settings, engine, Clock()).check()}
     assert results["http://mirror.example"].detail == "same page as the origin"
     assert results[onion].ok
-    # Without the onion proxy the onion is not reachable at all.
+    # Without the onion proxy the onion is not reachable at all: it is not checked (and so not
+    # reported down for want of Tor), issue 22.
     no_tor = MirrorSettings(origins=settings.origins, canary_path="/canary.html", proxy=proxy,
                             check_timeout=5.0, sites=settings.sites)
     again = {r.url: r for r in await MirrorChecker(no_tor, engine, Clock()).check()}
-    assert not again[onion].ok
+    assert onion not in again
+    assert again["http://mirror.example"].ok
+    assert load_health(engine)[onion].healthy  # the state from the proxied check stays
 
 
 def test_fingerprint_prefers_title() -> None:

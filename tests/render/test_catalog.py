@@ -22,7 +22,8 @@ LANGUAGES = ["zh-Hans", "zh-Hant", "en"]
 def used_msgids() -> set[str]:
     """What the email templates and the render package ask the catalogs for."""
     ids: set[str] = set()
-    method_map = [("email/**.html", "jinja2"), ("email/**.txt", "jinja2")]
+    method_map = [("email/**.html", "jinja2"), ("email/**.txt", "jinja2"),
+                  ("archive/**.html", "jinja2"), ("archive/**.xml", "jinja2")]
     for _, _, message, _, _ in extract_from_dir(
         str(TEMPLATES_DIR), method_map, options_map={"**": {"extensions": "jinja2.ext.i18n"}}
     ):

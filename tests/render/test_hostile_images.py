@@ -199,3 +199,15 @@ def test_poll_refuses_a_feed_redirect_to_an_internal_address(
     assert "redirect refused: 127.0.0.1 is not a public address" in polled.stdout + polled.stderr
     assert [p for p, _ in public.requests] == ["/feed.xml"]
     assert internal.requests == []
+
+
+def test_preview_image_files_have_an_extension(tmp_path: Path, public: HTTPServer) -> None:
+    """A file browser and an image viewer open the preview's images: they end in .png."""
+    _feed(tmp_path / "feed.xml", [public.url("/ok.png")])
+    _shown, parts, html = _preview(tmp_path, _config(tmp_path, tmp_path / "feed.xml", "",
+                                                     fetch=ALLOW_PUBLIC))
+    assert parts == [PUBLIC]
+    [image] = [p for p in (tmp_path / "preview").iterdir() if p.name.startswith("en-")]
+    assert image.suffix == ".png"
+    assert image.read_bytes() == PUBLIC
+    assert f'src="{image.name}"' in html

@@ -132,8 +132,10 @@ def test_failed_fetch_degrades_to_alt_text_and_mirror_link(http_server: HTTPServ
     for i in (2, 3, 4):
         assert f"图片：照片{i}" in variant.html
         assert f"图片：照片{i}" in variant.text
-    # The image host is not an origin, so the mirror link goes to the post, which shows it.
-    assert re.search(r'href="@@SLOT_M1@@/2026/11/photos.html"[^>]*>镜像 2</a>]', variant.html)
+    # The image host is not an origin: the link opens the image itself, never the post.
+    body = variant.html.split('<div class="body"', 1)[1].split("</div>", 1)[0]
+    assert re.search(rf'href="{re.escape(urls[1])}"[^>]*>查看图片</a>]', body)
+    assert "/2026/11/photos.html" not in body
     assert len(variant.images) == 1
 
 

@@ -198,3 +198,23 @@ def test_origin_link_text_in_other_sites_is_left_alone(image_ctx: RenderContext)
     assert 'href="https://example.net/guide"' in html.get_content()
     assert f"{MIRRORS[0]}/guide" not in html.get_content()
     assert f'href="{ORIGIN}/2026/11/training.html"' in html.get_content()  # the original stays
+
+
+@pytest.mark.parametrize("choice", CHOICES)
+def test_text_part_is_flowed_and_never_cuts_a_url(image_ctx: RenderContext, choice: str) -> None:
+    from mailer.render.text import unflow
+
+    msg = parse(build(image_ctx, "digest", choice))
+    text = msg.get_body(("plain",))
+    assert text is not None
+    assert text.get_param("format") == "flowed"
+    assert text.get_param("delsp") == "yes"
+    raw = text.get_content()
+    shown = unflow(raw.replace("\r\n", "\n"))
+    # Every URL a flowed reader sees is whole on one line of what was sent.
+    for url in re.findall(r"https?://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+", shown):
+        assert any(url in line for line in raw.splitlines()), url
+    # No hard-wrapped Chinese: a soft break ends in a space, which a flowed reader joins.
+    for line in raw.splitlines():
+        if len(line) > 40 and re.search(r"[\u4e00-\u9fff]$", line):
+            raise AssertionError(f"a long Chinese line ends with a hard break: {line!r}")

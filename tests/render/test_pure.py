@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from mailer.render.convert import conversion_for, convert_html, convert_text
 from mailer.render.safe import make_self_contained, remote_references
-from mailer.render.text import display_width, html_to_text, wrap
+from mailer.render.text import display_width, flow, html_to_text, unflow, wrap
 
 CJK = st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5)
 WORDISH = st.text(alphabet=st.sampled_from("abcdefghij"), min_size=1, max_size=12)
@@ -70,9 +70,11 @@ def test_simplified_to_traditional_and_back_round_trips_characters(text: str) ->
 def test_conversion_choice() -> None:
     assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=True) == "s2twp"
     assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=False) == "s2t"
-    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True) == "t2s"
-    assert conversion_for("mixed", "zh-Hans", taiwan_phrases=True) == "t2s"
-    assert conversion_for("en", "zh-Hant", taiwan_phrases=True) is None
+    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True) == "tw2sp"  # mainland words
+    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True, mainland_phrases=False) == "t2s"
+    assert conversion_for("mixed", "zh-Hans", taiwan_phrases=True) == "tw2sp"
+    # English posts too: their Han characters (a name, a slogan) reach the reader's script.
+    assert conversion_for("en", "zh-Hant", taiwan_phrases=True) == "s2twp"
     assert conversion_for("zh-Hant", "zh-Hant", taiwan_phrases=True) is None
     assert conversion_for("zh-Hans", "en", taiwan_phrases=True) is None
 
@@ -136,3 +138,52 @@ def test_html_to_text_keeps_table_cells_apart() -> None:
 def test_source_line_breaks_inside_chinese_are_not_spaces() -> None:
     body = html_to_text("<p>我们为维权律师\n提供了培训。\nWe also\nwrote a guide.</p>")
     assert body.text == "我们为维权律师提供了培训。 We also wrote a guide."
+
+
+# ---------------------------------------------------------------- format=flowed (RFC 3676)
+
+URLS = ["https://x.org/%E8%BD%AF/a_b?c=1", "@@SLOT_M0@@/2026/11/p.html", "mailto:a@b.org"]
+FLOW_TOKENS = st.lists(
+    st.one_of(WORDISH, CJK, st.sampled_from(["，", "。", "（", "）", " ", "  ", "镜像\u00a02",
+                                              "From", *URLS])), max_size=120)
+FLOW_LINE = st.tuples(st.integers(min_value=0, max_value=2), FLOW_TOKENS).map(
+    lambda d: (">" * d[0] + " " if d[0] else "") + "".join(d[1]).rstrip(" "))
+
+
+@NO_DEADLINE
+@given(st.lists(FLOW_LINE, max_size=6), st.integers(min_value=20, max_value=100))
+def test_flow_round_trips_and_never_cuts_a_url(lines: list[str], width: int) -> None:
+    text = "\n".join(lines)
+    flowed = flow(text, width)
+    assert unflow(flowed) == text  # what a flowed reader shows is exactly the text
+    for line in flowed.split("\n"):
+        body = line.rstrip(" ")
+        if display_width(body) > width:  # only a token that cannot be cut is that long
+            assert " " not in body.lstrip(" >"), line
+    for url in URLS:
+        for line in lines:
+            if url in line:
+                assert any(url in out for out in flowed.split("\n")), url
+    # A no-break space keeps "镜像 2" on one line.
+    assert all(not out.endswith("镜像 ") for out in flowed.split("\n"))
+
+
+def test_flow_cuts_long_chinese_with_delsp_and_latin_keeping_its_space() -> None:
+    chinese = "我们为维权律师提供了新的软件培训，" * 6
+    out = flow(chinese, 40).split("\n")
+    assert len(out) > 1
+    assert all(line.endswith(" ") for line in out[:-1])  # soft breaks
+    assert not out[-1].endswith(" ")  # the hard break
+    assert unflow("\n".join(out)) == chinese  # joined with no space between Han characters
+    latin = "We publish a joint statement calling for the release of detained defenders now."
+    cut = flow(latin, 30)
+    assert "  \n" in cut  # the word space, then the soft one that DelSp removes
+    assert unflow(cut) == latin
+
+
+def test_flow_stuffs_and_quotes() -> None:
+    assert flow("From here", 72) == " From here"
+    assert flow("    @@SLOT_M0@@/p.html", 72) == "     @@SLOT_M0@@/p.html"
+    quoted = flow("> " + "引用的文字" * 20, 30).split("\n")
+    assert all(line.startswith("> ") for line in quoted)
+    assert unflow("\n".join(quoted)) == "> " + "引用的文字" * 20

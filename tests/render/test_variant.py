@@ -15,6 +15,7 @@ from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
 from mailer.models import Post
 from mailer.render.env import TEMPLATES_DIR
 from mailer.render.safe import remote_references
+from mailer.render.text import unflow
 from mailer.render.variant import RenderContext, order_posts, render_variant
 from tests.render.conftest import (
     BUILD_DATE,
@@ -73,7 +74,7 @@ def test_zh_hant_gets_traditional_forms_of_simplified_text(ctx: RenderContext) -
 
 def test_zh_hans_gets_simplified_forms_of_traditional_text(ctx: RenderContext) -> None:
     v = render_variant(digest_edition(), "zh-Hans", ctx)
-    assert "台湾的声援活动与网络资讯" in v.html or "台湾的声援活动与网路资讯" in v.html
+    assert "台湾的声援活动与网络信息" in v.html  # tw2sp: mainland words (網路資訊 -> 网络信息)
     assert "这是一篇繁体中文的文章" in v.text
     assert "臺灣的聲援" not in v.html + v.text
 
@@ -102,7 +103,7 @@ def test_own_language_first_and_others_marked(ctx: RenderContext) -> None:
     assert "(Written in Simplified Chinese)" in en.text
     assert "(Written in Chinese and English)" in en.text
     hant = render_variant(digest_edition(), "zh-Hant", ctx)
-    first = hant.text.split("本期內容:")[1].strip().splitlines()[0]
+    first = hant.text.split("本期內容：")[1].strip().splitlines()[0]
     assert first.startswith("1. 臺灣的聲援活動")
     assert "由簡體中文轉換" in hant.text
     assert "英文文章" in hant.text
@@ -117,13 +118,15 @@ def test_order_posts_is_stable_and_bilingual_aware() -> None:
 
 def test_bilingual_chrome_shows_both_languages(ctx: RenderContext) -> None:
     v = render_variant(digest_edition(), "zh-Hans+en", ctx)
-    assert "本期内容 / In this edition" in v.text
+    assert "本期内容 / In this edition" in v.html
+    assert "本期内容： / In this edition:" in v.text  # each half with its own colon
     assert "退订 / Unsubscribe" in v.html
     assert v.content_language == "zh-Hans, en"
 
 
 def test_text_part_has_full_text_and_numbered_references(ctx: RenderContext) -> None:
-    v = render_variant(digest_edition(), "en", ctx)
+    v = dataclasses.replace(render_variant(digest_edition(), "en", ctx),
+                            text=unflow(render_variant(digest_edition(), "en", ctx).text))
     assert "The hearing of the twelve defendants was postponed for the third time." in v.text
     assert "our earlier report[" in v.text
     m = re.search(r"our earlier report\[(\d+)\]", v.text)
@@ -136,11 +139,23 @@ def test_text_part_has_full_text_and_numbered_references(ctx: RenderContext) -> 
     assert "<" not in v.text.replace("<b>", "")
 
 
-def test_html_origin_links_get_mirror_alternatives(ctx: RenderContext) -> None:
-    v = render_variant(digest_edition(), "en", ctx)
-    assert 'href="@@SLOT_M0@@/2026/10/background.html"' in v.html
-    assert 'href="@@SLOT_M1@@/2026/11/hearing.html"' in v.html  # the "read online" link
+def test_each_post_has_one_mirror_block_and_reads_online_on_a_mirror(ctx: RenderContext) -> None:
+    v = render_variant(digest_edition(), "zh-Hans", ctx)
+    # No "(镜像 1 · 镜像 2)" after each link in the body: the body's links are left as written.
+    assert 'href="@@SLOT_M0@@/2026/10/background.html"' not in v.html
+    assert v.html.count("如果我们的网站打不开，请在这里打开本文：") == 4  # one block per post
+    # "Read online" opens the reader's first mirror, then the original is offered.
+    readon = re.search(r'<p class="readon"[^>]*><a href="([^"]+)"[^>]*>在线阅读</a> · '
+                       r'<a href="([^"]+)"[^>]*>原网址</a>', v.html)
+    assert readon is not None
+    assert readon.groups() == ("@@SLOT_M0@@/2026/11/lawyers.html", f"{ORIGIN}/2026/11/lawyers.html")
+    assert 'href="@@SLOT_M1@@/2026/11/hearing.html"' in v.html  # in the block
     assert 'href="@@SLOT_M0@@/guide"' not in v.html
+    # "镜像 2" never breaks: a no-break space and white-space: nowrap.
+    assert re.search(r'style="white-space:nowrap[^"]*">镜像\u00a02</a>', v.html)
+    text = unflow(v.text)
+    assert "在线阅读：@@SLOT_M0@@/2026/11/lawyers.html" in text
+    assert f"原网址：{ORIGIN}/2026/11/lawyers.html" in text
 
 
 def test_subject_never_carries_crlf(ctx: RenderContext) -> None:
@@ -258,3 +273,57 @@ def test_a_post_lost_in_rendering_is_an_error_not_a_silent_drop(ctx: RenderConte
         content_html="<div>" * depth + "<p>deep text</p>" + "</div>" * depth))
     with pytest.raises(RenderError, match="lost the post post-"):
         render_variant(digest_edition(tuple(posts)), "en", ctx)
+
+
+def test_footer_names_the_newsletter_in_each_language_and_says_how_to_leave(config: Config) -> None:
+    newsletter = dataclasses.replace(config.newsletter, unsubscribe_mailto="unsubscribe@example.org",
+                                     contact="editors@example.org")
+    ctx = RenderContext.from_config(dataclasses.replace(config, newsletter=newsletter),
+                                    date=BUILD_DATE, strict=True)
+    v = render_variant(digest_edition(), "zh-Hans+en", ctx)
+    text = unflow(v.text)
+    # The English half names the newsletter in English, the Chinese half in Chinese.
+    assert "您订阅了公民权利通讯。 / You receive this because you subscribed to Citizens' Rights Digest." in text
+    assert "发送一封写着“退订”的邮件到 unsubscribe@example.org 退订" in text
+    assert "with the word “unsubscribe” to unsubscribe@example.org" in text
+    assert "联系我们：editors@example.org / Write to us: editors@example.org" in text
+    assert 'href="mailto:unsubscribe@example.org?subject=%E9%80%80%E8%AE%A2%20unsubscribe"' in v.html
+    assert 'href="mailto:editors@example.org"' in v.html
+    hant = render_variant(digest_edition(), "zh-Hant", ctx)
+    assert "「退訂」" in hant.text
+    assert "公民權利通訊" in hant.text
+    # Without the keys, no such lines.
+    plain = render_variant(digest_edition(), "en", RenderContext.from_config(config, date=BUILD_DATE, strict=True))
+    assert "To leave" not in plain.text
+    assert "Write to us" not in plain.text
+
+
+def test_chinese_chrome_uses_full_width_colons_and_brackets(ctx: RenderContext) -> None:
+    for choice in ("zh-Hans", "zh-Hant"):
+        v = render_variant(digest_edition(), choice, ctx)
+        text = unflow(v.text)
+        for line in text.splitlines():
+            if re.search(r"[\u4e00-\u9fff]", line) and not line.startswith(("http", " ")):
+                assert not re.search(r"[\u4e00-\u9fff]:", line), (choice, line)  # no "本期内容:"
+        assert re.search(r"（(由|英文|中英)", text)  # a remark in full-width brackets
+        assert "(英文文章)" not in text
+        assert "(英文文章)" not in v.html
+
+
+def test_a_missing_image_links_to_the_image_on_a_mirror_not_the_post(ctx: RenderContext) -> None:
+    from mailer.config import ImageSettings
+    from mailer.render.images import FetchedImage, fit_images
+
+    on_origin = f"{ORIGIN}/images/gone.jpg"
+    elsewhere = "https://1.bp.blogspot.com/-x/s1600/gone.jpg"
+    post = dataclasses.replace(sample_posts()[0], content_html=(
+        f'<p><img src="{on_origin}" alt="合影"></p><p><img src="{elsewhere}" alt="现场"></p>'))
+    images = fit_images([FetchedImage(on_origin, None), FetchedImage(elsewhere, None)],
+                        ImageSettings())
+    v = render_variant(single_edition(post), "zh-Hans", dataclasses.replace(ctx, images=images))
+    body = v.html.split('<div class="body"', 1)[1].split("</div>", 1)[0]
+    assert '<a href="@@SLOT_M0@@/images/gone.jpg"' in body
+    assert ">查看图片</a>" in body
+    assert 'href="@@SLOT_M1@@/images/gone.jpg"' in body
+    assert f'href="{elsewhere}"' in body  # not on an origin: the image's own address
+    assert "/2026/11/lawyers.html" not in body  # never the post instead of the image

@@ -55,11 +55,7 @@ class Site:
 
     def subscribe(self, address: str, language: str = "zh-Hans") -> httpx.Response:
         with httpx.Client(base_url=self.server.base, timeout=30) as client:  # fresh cookies
-            page = client.get("/subscribe")
-            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
-            assert csrf is not None
-            return client.post("/subscribe", data={"email": address, "language": language,
-                                                   "csrf": csrf.group(1)})
+            return client.post("/subscribe", data={"email": address, "language": language})
 
     def close(self) -> None:
         self.http.close()
@@ -94,21 +90,21 @@ def test_subscribe_page_is_bilingual_and_self_contained(site: Site) -> None:
     # Nothing is loaded from anywhere else: every src/href stays on this server.
     for url in re.findall(r'(?:src|href|action)="([^"]*)"', resp.text):
         assert url.startswith(("/", "?")), url
-    cookie = resp.headers["set-cookie"].lower()
-    assert "httponly" in cookie
-    assert "samesite=strict" in cookie
+    assert "set-cookie" not in resp.headers  # the form needs no cookie (docs/web.md)
     css = site.http.get("/site.css")
     assert css.status_code == 200
     assert "url(" not in css.text
     assert "@import" not in css.text
 
 
-def test_subscribe_without_csrf_is_refused(site: Site) -> None:
-    before = site.store.count(None)
-    resp = site.http.post("/subscribe", data={"email": "forged@qq.com", "language": "en"})
-    assert resp.status_code == 403
-    assert site.store.count(None) == before
-    assert site.store.lookup("forged@qq.com") is None
+def test_subscribe_without_a_token_only_asks_for_confirmation(site: Site) -> None:
+    """No CSRF token: a form on another site may post here; double opt-in keeps it harmless."""
+    resp = site.http.post("/subscribe", data={"email": "no.token@qq.com", "language": "en"})
+    assert resp.status_code == 200
+    site.wait_for_mail("no.token@qq.com")
+    record = site.store.lookup("no.token@qq.com")
+    assert record is not None
+    assert record.state is SubscriberState.PENDING
 
 
 def test_same_answer_whether_or_not_the_address_exists(site: Site) -> None:
@@ -221,7 +217,7 @@ def test_rate_limit(tmp_path: Path) -> None:
     with serve(config) as server:
         codes = [httpx.post(f"{server.base}/subscribe", data={"email": "x@qq.com"},
                             timeout=30).status_code for _ in range(3)]
-    assert codes[:2] == [403, 403]  # no CSRF token, but still counted
+    assert codes[:2] == [200, 200]
     assert codes[2] == 429
 
 

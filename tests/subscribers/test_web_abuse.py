@@ -45,8 +45,8 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_limit(tmp_path: Path) ->
         second = _codes(server.base, ["6.6.6.6, 198.51.100.2"] * 2)
         # A client that varies what it writes left of the proxy's hop gains nothing.
         spoof = _codes(server.base, [f"10.9.9.{i}, 198.51.100.2" for i in range(2)])
-    assert first == [403, 403, 429]  # no CSRF token, but counted
-    assert second == [403, 403]
+    assert first == [200, 200, 429]
+    assert second == [200, 200]
     assert spoof == [429, 429]
 
 
@@ -55,7 +55,7 @@ def test_without_trusted_proxies_the_header_is_ignored(tmp_path: Path) -> None:
     assert run(config, "keys", "init").code == 0
     with serve(config) as server:
         codes = _codes(server.base, ["198.51.100.1", "198.51.100.2", "198.51.100.3"])
-    assert codes == [403, 403, 429]  # one bucket: the peer's
+    assert codes == [200, 200, 429]  # one bucket: the peer's
 
 
 def test_a_bad_trusted_proxy_is_one_line_naming_the_key(tmp_path: Path) -> None:
@@ -71,12 +71,9 @@ def test_a_bad_trusted_proxy_is_one_line_naming_the_key(tmp_path: Path) -> None:
 
 
 def _subscribe(base: str, address: str, language: str = "en") -> int:
-    with httpx.Client(base_url=base, timeout=30) as client:  # a fresh visitor: own cookie
-        page = client.get("/subscribe")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
-        assert csrf is not None
-        return client.post("/subscribe", data={"email": address, "language": language,
-                                               "csrf": csrf.group(1)}).status_code
+    with httpx.Client(base_url=base, timeout=30) as client:  # a fresh visitor
+        return client.post("/subscribe", data={"email": address,
+                                               "language": language}).status_code
 
 
 def _count(folder: Path, table: str) -> int:
@@ -194,17 +191,12 @@ def test_the_form_takes_as_long_for_a_reader_as_for_a_stranger(tmp_path: Path) -
         random.Random(15).shuffle(order)
         times: dict[str, list[float]] = {k: [] for k in kinds}
         with httpx.Client(base_url=server.base, timeout=30) as client:
-            page = client.get("/subscribe")
-            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
-            assert csrf is not None
             for _ in range(20):  # warm up
-                client.post("/subscribe", data={"email": "active.a@qq.com", "language": "en",
-                                                "csrf": csrf.group(1)})
+                client.post("/subscribe", data={"email": "active.a@qq.com", "language": "en"})
             for n, kind in enumerate(order):
                 address = f"new.{n}@sina.com" if kind == "new" else kind
                 start = time.perf_counter()
-                resp = client.post("/subscribe", data={"email": address, "language": "en",
-                                                       "csrf": csrf.group(1)})
+                resp = client.post("/subscribe", data={"email": address, "language": "en"})
                 times[kind].append(time.perf_counter() - start)
                 assert resp.status_code == 200
         _settled(tmp_path, 120)
