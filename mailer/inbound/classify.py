@@ -131,7 +131,7 @@ def is_auto_reply(msg: Message) -> str:
     return ""
 
 
-def _status_kind(status: str, reply: str, rules: Classifier) -> Kind:
+def _status_kind(status: str, reply: str, rules: Classifier, domain: str = "") -> Kind:
     """A failed recipient's status and diagnostic, by RFC 3463 and the delivery classifier."""
     code_match = _SMTP_CODE.search(reply)
     klass = status[:1] if status else (code_match.group(1)[:1] if code_match else "5")
@@ -144,7 +144,7 @@ def _status_kind(status: str, reply: str, rules: Classifier) -> Kind:
         return Kind.HARD_BOUNCE
     # The delivery classifier reads the enhanced code at the start of its text.
     text = (status + " " + reply) if status else reply
-    state = rules.state_for(code if code >= 500 else 550, text)
+    state = rules.state_for(code if code >= 500 else 550, text, domain)
     if state is OutboxState.CONTENT_REJECTED:
         return Kind.CONTENT_REJECTED
     if state is OutboxState.BOUNCED:  # 5.1.x, or the words ("user unknown") alone
@@ -267,7 +267,8 @@ def _provider_bounce(msg: Message, rules: Classifier, refs: Sequence[Reference])
     reply = line or text.strip().splitlines()[0] if text.strip() else ""
     if status is None and temporary and not permanent:
         return Verdict(Kind.SOFT_BOUNCE, "a temporary failure", tuple(refs), "", reply)
-    kind = _status_kind(status.group(0) if status else "", reply, rules)
+    kind = _status_kind(status.group(0) if status else "", reply, rules,
+                        sender.rpartition("@")[2].lower())
     # Content verdicts and soft words win over flufl's "permanent", which only means "failed".
     return Verdict(kind, "a provider's bounce", tuple(refs), status.group(0) if status else "",
                    reply)

@@ -89,7 +89,8 @@ class Inbound:
     def __post_init__(self) -> None:
         d = self.app.config.delivery
         self.rules = Classifier(d.content_rejections, max_attempts=d.max_attempts,
-                                max_age=d.max_age, backoff_base=d.backoff_base)
+                                max_age=d.max_age, backoff_base=d.backoff_base,
+                                providers=d.providers)
         self.addresses = inbound_addresses(self.app)
         self.outgoing: list[tuple[str, bytes]] = []
         self.confirmations = False

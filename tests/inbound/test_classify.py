@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer.config import DEFAULT_CONTENT_REJECTIONS
+from mailer.config import DEFAULT_CONTENT_REJECTIONS, DeliverySettings
 from mailer.delivery.classify import Classifier
 from mailer.inbound.addresses import InboundAddresses, Reference, tagged
 from mailer.inbound.classify import Kind, classify
@@ -25,8 +25,9 @@ NOW = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
 SIGNER = TokenSigner(b"k" * 32, lambda: NOW)
 ADDRESSES = InboundAddresses("bounces@example.org", "digest@example.org",
                              frozenset({"example.org"}))
+# The shipped rules: the default patterns and the providers' own (mailer/delivery/providers.toml).
 RULES = Classifier(DEFAULT_CONTENT_REJECTIONS, max_attempts=8, max_age=timedelta(days=3),
-                   backoff_base=timedelta(minutes=1))
+                   backoff_base=timedelta(minutes=1), providers=DeliverySettings().providers)
 EDITION, SUBSCRIBER = 7, 4_611_686_018_427_387_909
 
 
