@@ -13,7 +13,9 @@ from mailer.render import variant
 from mailer.render.catalog import BilingualCatalog, Lazy, MessageCatalog, catalog_for, load_catalog
 from mailer.render.env import TEMPLATES_DIR
 from subscribers import mail
+from mailer.web.admin.text import ADMIN_CONTEXT
 from subscribers.catalog import PAGE_TEXT
+from tests.web.test_admin_catalog import admin_msgids
 
 REPO = Path(__file__).resolve().parents[2]
 LANGUAGES = ["zh-Hans", "zh-Hant", "en"]
@@ -34,6 +36,7 @@ def used_msgids() -> set[str]:
     ids.update(m for pair in mail.MSGIDS.values() for m in pair)  # the confirmation mails' text
     ids.update(replies.MSGIDS)  # the answers to readers who write (mailer/inbound)
     ids.update(f"web\x04{v}" for v in PAGE_TEXT.values())  # the public pages' text
+    ids.update(f"{ADMIN_CONTEXT}\x04{m}" for m in admin_msgids())  # the editors' admin
     return ids
 
 
