@@ -4,15 +4,20 @@ transport; ``newsletter serve`` runs what this builds."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.applications import Starlette
 
 from mailer.app import App
 from mailer.pipeline.confirm import confirmation_sender, confirmation_texts
+from mailer.pipeline.send import welcome
 from subscribers.settings import PageSettings
 from subscribers.web import make_web_app
 
 __all__ = ["build_public_app", "confirmation_sender", "confirmation_texts"]
+
+
+log = logging.getLogger("newsletter.web")
 
 
 def build_public_app(app: App) -> Starlette:
@@ -34,5 +39,14 @@ def build_public_app(app: App) -> Starlette:
             await asyncio.sleep(every)
             await asyncio.to_thread(app.refresh_keys)
 
+    async def welcome_reader(subscriber_id: int) -> object:
+        """A reader who confirmed on the page gets the latest edition now, as by mail."""
+        try:
+            return await welcome(app, [subscriber_id])
+        except Exception:  # a relay outage must not reach the reader's page
+            log.exception("welcome of a newly confirmed reader failed; they get the next edition")
+            return 0
+
     return make_web_app(app.subscribers, app.tokens, app.jinja, settings, signup=app.signup,
-                        confirmations=sender, background=(follow_keys,))
+                        confirmations=sender, background=(follow_keys,),
+                        on_confirmed=welcome_reader)

@@ -356,3 +356,37 @@ def test_a_bad_inbound_setting_names_file_key_and_line(tmp_path: Path) -> None:
     missing = run(config, "inbound")
     assert missing.code == 2
     assert "not a Maildir" in missing.err
+
+
+def test_a_reader_who_confirms_on_the_web_gets_the_latest_edition_at_once(
+        tmp_path: Path, relay: SMTPServer) -> None:
+    """The welcome is the same by web as by mail: confirm on the page, get edition 1 now."""
+    import httpx
+
+    from tests.subscribers.support import serve
+
+    config = setup(tmp_path, relay)
+    reader = "web.reader@qq.com"
+    with serve(config) as server:
+        assert httpx.post(f"{server.base}/subscribe", data={"email": reader, "language": "en"},
+                          timeout=30).status_code == 200
+        deadline = time.monotonic() + 30
+        while not delivered_to(relay, reader):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        [confirmation] = delivered_to(relay, reader)
+        body = confirmation.get_body(("plain",))
+        assert body is not None
+        link = re.search(r"http://127\.0\.0\.1(/confirm/\S+)", body.get_content())
+        assert link is not None
+        page = httpx.post(server.base + link.group(1), timeout=30)
+        assert page.status_code == 200
+        while len(delivered_to(relay, reader)) < 2:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        # Confirming again (a second click) sends nothing more.
+        assert httpx.post(server.base + link.group(1), timeout=30).status_code == 200
+        time.sleep(1)
+    [_, welcome] = delivered_to(relay, reader)
+    assert str(welcome["Message-ID"]).startswith("<e1.")
+    assert state(config, reader) is SubscriberState.ACTIVE
