@@ -1,8 +1,8 @@
 """The scheduler daemon: the timetable and the process lifecycle, nothing else.
 
 APScheduler 3 on asyncio runs the jobs of ``mailer.timetable`` (poll, digest, tick, keys,
-retry, mirrors, retention, mailin) and one ``edition:<id>`` date job per scheduled edition; every job
-body is a ``mailer.pipeline`` function. Jobs live in a ``SQLAlchemyJobStore`` (table
+retry, mirrors, retention, mailin: the inbound Maildir) and one ``edition:<id>`` date job per
+scheduled edition; every job body is a ``mailer.pipeline`` function. Jobs live in a ``SQLAlchemyJobStore`` (table
 ``scheduler_jobs``) so a restart keeps the timetable and can tell a send that is merely late
 from one that was missed; a stored job holds a function reference and at most an edition id.
 
@@ -327,9 +327,9 @@ class Daemon:
         await self._guard("mirrors", self.actions.check_mirrors(self.app))
 
     async def mailin(self) -> None:
-        """Unsubscribe the readers who asked by mail (``[web] unsubscribe_maildir``)."""
-        if self.config.web.unsubscribe_maildir is not None:
-            await self._guard("mailin", asyncio.to_thread(policy.unsubscribe_by_mail, self.app))
+        """Bounces, complaints and readers' commands by mail (``[inbound] maildir``)."""
+        if self.config.inbound_maildir is not None:
+            await self._guard("mailin", policy.inbound(self.app))
 
     async def retention(self) -> None:
         await self._guard("retention", asyncio.to_thread(policy.forget_suppressed, self.app))

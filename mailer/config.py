@@ -45,6 +45,7 @@ __all__ = [
     "FeedSettings",
     "FetchSettings",
     "ImageSettings",
+    "InboundSettings",
     "MetricsSettings",
     "MirrorSettings",
     "MirrorSite",
@@ -346,8 +347,8 @@ class WebSettings:
     confirm_every: timedelta = timedelta(days=1)
     confirm_max: int = 3
     confirm_domain_per_hour: int = 50
-    # Where the mail server delivers what arrives at ``unsubscribe_mailto``: the daemon and
-    # ``subscribers mailin`` unsubscribe the readers it names (subscribers/mailin.py).
+    # Where the mail server delivers what arrives at ``unsubscribe_mailto``. Kept for old
+    # configs: it is read like ``[inbound] maildir`` (``Config.inbound_maildir``), which wins.
     unsubscribe_maildir: Path | None = None
     # Other addresses that serve these same pages (a CDN front, a mirror): the home page lists
     # them for a visitor whose way to ``public_url`` is blocked.
@@ -371,6 +372,27 @@ class AdminSettings:
     client_attempts: int = 20
     # uvicorn believes X-Forwarded-For/-Proto (client address, https) only from these.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    """``[inbound]``: mail that comes back (bounces, complaints, readers' commands), read by
+    ``newsletter inbound`` and the daemon (mailer/inbound, docs/deployment.md "Inbound mail").
+
+    ``address`` is where readers write (a plus-address such as ``digest+zh-hant@…`` carries a
+    language); our mail's Reply-To and the confirmations' Reply-To are plus-addresses of it, so
+    a reply reaches this Maildir. A soft bounce adds 1 to a score that halves every
+    ``soft_bounce_half_life``; at ``soft_bounce_threshold`` the reader is suppressed as
+    bounced (Mailman's bounce score). Replies to readers are capped per address and per
+    recipient domain per day (BridgeDB, Psiphon): one warning past the cap, then silence.
+    """
+
+    maildir: Path | None = None
+    address: str | None = None
+    soft_bounce_threshold: float = 3.0
+    soft_bounce_half_life: timedelta = timedelta(days=7)
+    replies_per_day: int = 3
+    domain_replies_per_day: int = 200
 
 
 @dataclass(frozen=True)
@@ -447,6 +469,7 @@ class Config:
     images: ImageSettings = ImageSettings()
     web: WebSettings = WebSettings()
     dkim: DKIMSettings | None = None
+    inbound: InboundSettings = InboundSettings()
     archive: ArchiveSettings = ArchiveSettings()
     metrics: MetricsSettings = MetricsSettings()
     webhooks: tuple[WebhookSettings, ...] = ()
@@ -467,6 +490,12 @@ class Config:
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def inbound_maildir(self) -> Path | None:
+        """The Maildir ``newsletter inbound`` reads: ``[inbound] maildir``, else the older
+        ``[web] unsubscribe_maildir`` (same processing; the unsubscribe-by-mail moved there)."""
+        return self.inbound.maildir or self.web.unsubscribe_maildir
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -1278,6 +1307,36 @@ def _web(ld: _Loader, s: _Section) -> WebSettings:
     return out
 
 
+def _inbound(ld: _Loader, s: _Section) -> InboundSettings:
+    d = InboundSettings()
+    maildir = s.get("maildir", str, None)
+
+    def plain(value: str) -> str:
+        value = _address(value)
+        if "+" in value.partition("@")[0] or "<" in value or " " in value:
+            raise ValueError(f"{value!r}: give the bare address; we add the +tag ourselves")
+        return value.lower()
+
+    def positive(value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0")
+        return float(value)
+
+    out = InboundSettings(
+        maildir=ld.resolve(maildir) if maildir else None,
+        address=s.convert("address", str, plain, None),
+        soft_bounce_threshold=s.convert("soft_bounce_threshold", (int, float), positive,
+                                        d.soft_bounce_threshold),
+        soft_bounce_half_life=s.convert("soft_bounce_half_life", (str, int, float),
+                                        parse_duration, d.soft_bounce_half_life),
+        replies_per_day=s.convert("replies_per_day", int, _at_least_one, d.replies_per_day),
+        domain_replies_per_day=s.convert("domain_replies_per_day", int, _at_least_one,
+                                         d.domain_replies_per_day),
+    )
+    s.done()
+    return out
+
+
 def _page_mirrors(s: _Section) -> tuple[str, ...]:
     urls = s.strings("mirrors", [])
     for i, url in enumerate(urls):
@@ -1456,6 +1515,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         images=_images(root.table("images"), fetch),
         web=_web(ld, root.table("web")),
         dkim=_dkim(ld, root.table("dkim")),
+        inbound=_inbound(ld, root.table("inbound")),
         archive=archive,
         metrics=_metrics(root.table("metrics")),
         webhooks=tuple(_webhook(ld, w) for w in root.tables("webhooks")),

@@ -35,12 +35,21 @@ __all__ = [
     "HeaderSettings",
     "MessageTemplate",
     "PersonalSlots",
+    "feedback_id",
     "message_id_for",
 ]
 
 _B64_LINE = 76  # RFC 2045: encoded lines at most 76 characters
 _CRLF = b"\r\n"
 _MIRROR_CACHE = 512  # mirror tuples kept per part; typical deployments have far fewer
+
+
+def feedback_id(edition_id: int, kind: str, sender: str) -> str:
+    """Gmail's Feedback-ID, ``CampaignID:CustomerID:MailType:SenderID``: which edition and
+    kind of mail a complaint rate is about, and no subscriber data (Gmail's feedback loop
+    aggregates by it; the per-message reference is the Message-ID, which ARF keeps)."""
+    clean = [re.sub(r"[^A-Za-z0-9._-]", "-", p)[:40] for p in (f"e{edition_id}", kind, sender)]
+    return f"{clean[0]}:{clean[1]}:newsletter:{clean[2]}"
 
 
 def message_id_for(edition_id: int, subscriber_id: int, domain: str) -> str:
@@ -59,6 +68,10 @@ class HeaderSettings:
     feedback_id: str | None = None
     unsubscribe_mailto: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    # ``[inbound] address``: without ``reply_to``, each message's Reply-To is
+    # ``local+r-TOKEN@domain`` (``PersonalSlots.reply_token``), so a reader's reply
+    # ("退订 / unsubscribe") reaches the inbound Maildir and names them without trusting From.
+    reply_tagged: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class PersonalSlots:
     address: str
     unsubscribe_url: str
     mirrors: tuple[str, ...] = ()
+    reply_token: str = ""  # ``TokenSigner.bounce_token``: the Reply-To tag (``reply_tagged``)
 
 
 def _clean_header(value: str) -> str:
@@ -223,6 +237,12 @@ class MessageTemplate:
         head: list[bytes | str] = [_address_header("From", headers.from_addr)]
         if headers.reply_to:
             head.append(_address_header("Reply-To", headers.reply_to))
+        elif headers.reply_tagged:
+            local, _, domain = headers.reply_tagged.rpartition("@")
+            if not (local + domain).isascii() or any(c in headers.reply_tagged for c in "\r\n<> "):
+                raise RenderError("[inbound] address must be a plain ASCII address")
+            head += [f"Reply-To: <{local}+r-".encode("ascii"), "REPLY_TOKEN",
+                     f"@{domain}>".encode("ascii") + _CRLF]
         head += [b"To: ", "TO", _CRLF]
         head.append(_encode_header("Subject", variant.subject))
         if date is not None:
@@ -287,6 +307,7 @@ class MessageTemplate:
                                          self.headers.message_id_domain),
             "UNSUB_URL": slots.unsubscribe_url,
             "UNSUB_TOKEN": slots.unsubscribe_url.rpartition("/")[2],
+            "REPLY_TOKEN": slots.reply_token if slots.reply_token.isalnum() else "0",
             "DATE": "",
         }
         if "DATE" in self._head:

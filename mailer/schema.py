@@ -10,9 +10,11 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -32,12 +34,15 @@ __all__ = [
     "edition_posts",
     "editions",
     "feeds",
+    "inbound_replies",
+    "inbound_seen",
     "metadata",
     "mirror_exposure",
     "mirror_state",
     "outbox",
     "posts",
     "provider_blocks",
+    "soft_bounces",
     "subscribers",
     "webhook_deliveries",
 ]
@@ -208,6 +213,33 @@ daemon_lock = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
+# Mail that comes back (mailer/inbound, pipeline/inbound.py): keyed by ids and blind indexes,
+# never an address. A message's digest marks it handled in the transaction of its effect, so
+# a crash before the Maildir file is removed acts once.
+inbound_seen = Table(
+    "inbound_seen",
+    metadata,
+    Column("digest", LargeBinary(32), primary_key=True),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+)
+# The decaying soft-bounce score per subscriber (mailer/inbound/score.py).
+soft_bounces = Table(
+    "soft_bounces",
+    metadata,
+    Column("subscriber_id", BigInteger, primary_key=True),
+    Column("score", Float, nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+)
+# Replies to readers per day, per address and per recipient domain (blind indexes of the
+# address and of "@domain"); ``warned``: the one warning past the limit was sent.
+inbound_replies = Table(
+    "inbound_replies",
+    metadata,
+    Column("key_index", LargeBinary(32), primary_key=True),
+    Column("day", DateTime(timezone=True), primary_key=True),
+    Column("sent", Integer, nullable=False),
+    Column("warned", Boolean, nullable=False, default=False),
+)
 # The web archive's publish targets ([[archive.targets]], by their rclone remote): what the last
 # sync did, so a failed one is retried and reported on the next run (migration 0013).
 archive_targets = Table(

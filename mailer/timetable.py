@@ -115,7 +115,7 @@ def timetable(config: Config) -> dict[str, JobSpec]:
                                  strict=True)
     # Daily: pending sign-ups expire, and suppressed readers are forgotten when configured.
     jobs["retention"] = JobSpec(IntervalTrigger(days=1), "daily", start_now=True)
-    if config.web.unsubscribe_maildir is not None:
+    if config.inbound_maildir is not None:  # mail that comes back (mailer.pipeline.inbound)
         jobs["mailin"] = every(TICK_EVERY, start_now=True)
     return jobs
 

@@ -142,6 +142,9 @@ class ConfirmationSender:
     texts: ConfirmTexts  # the mails' text per kind and language, from the message catalog
     # Decides the requests that came in (``SignupDesk.intake``) before each round of sending.
     intake: Callable[[], int] | None = None
+    # The Reply-To for a confirmation's token (``c-TOKEN`` / ``l-TOKEN``), so that replying
+    # confirms like the link (``[inbound] address``); None: no Reply-To.
+    reply_to: Callable[[str], str] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake(self) -> None:
@@ -158,13 +161,16 @@ class ConfirmationSender:
                 await asyncio.to_thread(queue.done, sid)  # confirmed, left or gone meanwhile
                 return
             if language:
-                url = f"{self.public_url}/language/{self.tokens.language_token(sid, language)}"
+                token = self.tokens.language_token(sid, language)
+                url, tag = f"{self.public_url}/language/{token}", "l-" + token
             else:
-                url = f"{self.public_url}/confirm/{self.tokens.confirm_token(sid)}"
+                token = self.tokens.confirm_token(sid)
+                url, tag = f"{self.public_url}/confirm/{token}", "c-" + token
             data = confirmation_message(from_addr=self.from_addr, to=address,
                                         language=record.language, url=url, names=self.names,
                                         now=self.clock(), texts=self.texts,
-                                        choice=language or "")
+                                        choice=language or "",
+                                        reply_to=self.reply_to(tag) if self.reply_to else "")
             outcome = await self.deliver(address, data)
         except Exception as exc:  # a failed confirmation must not take the server down
             log.warning("confirmation for subscriber %d failed: %s", sid, type(exc).__name__)
@@ -180,6 +186,17 @@ class ConfirmationSender:
         else:
             log.warning("confirmation for subscriber %d given up after %d attempts", sid,
                         attempts + 1)
+
+    async def round(self) -> int:
+        """Decide the waiting requests, then send what is due once; how many were tried.
+        ``newsletter inbound`` calls this after a reader subscribed by mail, so a deployment
+        without ``serve`` still answers."""
+        if self.intake is not None:
+            await asyncio.to_thread(self.intake)
+        claimed = await asyncio.to_thread(self.queue.claim)
+        for sid, attempts, language in claimed:
+            await self.send_one(sid, attempts, language)
+        return len(claimed)
 
     async def run(self) -> None:
         """Until cancelled: claim what is due, send it, sleep until the next is due."""

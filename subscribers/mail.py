@@ -46,9 +46,11 @@ def _halves(language: str, texts: Mapping[str, tuple[str, str]]) -> list[str]:
 
 def confirmation_message(*, from_addr: str, to: str, language: str, url: str,
                          names: Mapping[str, str], now: datetime, texts: ConfirmTexts,
-                         choice: str = "") -> bytes:
+                         choice: str = "", reply_to: str = "") -> bytes:
     """RFC 5322 bytes (CRLF) asking ``to`` to open ``url``: to confirm a subscription, or with
-    ``choice`` (the language asked for) a change of language. ``texts`` must hold English."""
+    ``choice`` (the language asked for) a change of language. ``texts`` must hold English.
+    ``reply_to`` (a tagged ``[inbound] address``): replying confirms too, for readers who
+    cannot open our pages."""
     kind = texts["language" if choice else "confirm"]
     chosen = " + ".join(ENDONYMS.get(h, h) for h in choice.split("+")) if choice else ""
     langs = _halves(language, kind)
@@ -64,6 +66,8 @@ def confirmation_message(*, from_addr: str, to: str, language: str, url: str,
     msg["Date"] = email.utils.format_datetime(now)
     domain = from_addr.rpartition("@")[2].strip("> ") or "localhost"
     msg["Message-ID"] = email.utils.make_msgid("confirm", domain=domain)
+    if reply_to:
+        msg["Reply-To"] = reply_to
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(body, charset="utf-8", cte="base64")
     return msg.as_bytes()

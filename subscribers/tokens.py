@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from subscribers.errors import InputError
 
 __all__ = [
+    "BOUNCE_TOKEN_LENGTH",
     "CONFIRM_TOKEN_LENGTH",
     "UNSUBSCRIBE_TOKEN_LENGTH",
     "BadToken",
@@ -34,6 +35,9 @@ __all__ = [
 
 _ID = struct.Struct(">q")
 _ID_TIME = struct.Struct(">qI")
+_ID_PAIR = struct.Struct(">qq")
+_BOUNCE_MAC = 10  # 80 bits: a forger gets one guess per bounce mail they send us
+BOUNCE_TOKEN_LENGTH = 42  # base32(8 + 8 + 10 bytes) = 41.6 -> 42, no padding; 50 with "bounces+"
 _MAC = 16  # 128-bit tag: forgery needs 2**128 tries, and every try is one HTTP request
 UNSUBSCRIBE_TOKEN_LENGTH = 32  # base64url(8 + 16 bytes), no padding
 CONFIRM_TOKEN_LENGTH = 38  # base64url(12 + 16 bytes) = 37.33 -> 38, no padding
@@ -86,6 +90,7 @@ class TokenSigner:
         self._confirm_key = hmac.digest(key, b"confirm", "sha256")
         self._csrf_key = hmac.digest(key, b"csrf", "sha256")
         self._language_key = hmac.digest(key, b"language", "sha256")
+        self._bounce_key = hmac.digest(key, b"bounce", "sha256")
         self._clock = clock
         self.confirm_ttl = confirm_ttl
 
@@ -153,6 +158,32 @@ class TokenSigner:
         if self._clock() - issued_at > self.confirm_ttl:
             raise BadToken("this link has expired")
         return LanguageToken(int(sid), language, issued_at)
+
+    # ------------------------------------------------------------------ bounces (VERP)
+
+    def bounce_token(self, edition_id: int, subscriber_id: int) -> str:
+        """``BOUNCE_TOKEN_LENGTH`` lower-case base32 characters naming one message (edition,
+        subscriber): the VERP envelope ``bounces+TOKEN@…`` and the Reply-To tag. Base32,
+        because mail servers may fold the case of a local part; no address in it."""
+        body = _ID_PAIR.pack(edition_id, subscriber_id)
+        raw = body + self._mac(self._bounce_key, body)[:_BOUNCE_MAC]
+        return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+    def verify_bounce(self, token: str) -> tuple[int, int]:
+        """(edition id, subscriber id) of a bounce token in any case; ``BadToken`` if forged."""
+        if len(token) != BOUNCE_TOKEN_LENGTH or not token.isascii() or not token.isalnum():
+            raise BadToken("this reference is not valid")
+        try:
+            raw = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
+        except (binascii.Error, ValueError):
+            raise BadToken("this reference is not valid") from None
+        if base64.b32encode(raw).decode("ascii").rstrip("=").lower() != token.lower():
+            raise BadToken("this reference is not valid")  # one spelling: no stray low bits
+        body, tag = raw[:_ID_PAIR.size], raw[_ID_PAIR.size:]
+        if not hmac.compare_digest(tag, self._mac(self._bounce_key, body)[:_BOUNCE_MAC]):
+            raise BadToken("this reference is not valid")
+        edition_id, subscriber_id = _ID_PAIR.unpack(body)
+        return int(edition_id), int(subscriber_id)
 
     # ------------------------------------------------------------------ csrf (forms)
 

@@ -196,11 +196,14 @@ def _load_strings(env: Environment) -> dict[str, Any]:
 def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
                  settings: PageSettings, *, signup: SignupDesk,
                  confirmations: ConfirmationSender | None = None,
-                 background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()) -> Starlette:
+                 background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+                 on_confirmed: Callable[[int], Coroutine[Any, Any, object]] | None = None,
+                 ) -> Starlette:
     """Build the ASGI app. ``env`` is the project's one strict Jinja environment. The form
     hands requests to ``signup``; with ``confirmations``, its worker decides them and sends
     the mails for as long as the app runs (its lifespan), as do the ``background`` tasks
-    (the caller's timers, such as following a key rotation)."""
+    (the caller's timers, such as following a key rotation). ``on_confirmed`` is called with a
+    reader who has just confirmed (the welcome: the latest edition at once), once per reader."""
     parts = urlsplit(settings.public_url)
     ctx = _Ctx(
         store=store, tokens=tokens, env=env, settings=settings, strings=_load_strings(env),
@@ -297,14 +300,17 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         # The same page whatever the list holds: new, pending, active or re-subscribing.
         return message(langs, "check_title", "check_body")
 
+    welcomes: set[asyncio.Task[object]] = set()  # held, so a running welcome is not collected
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        runs: list[asyncio.Task[None]] = [asyncio.create_task(task()) for task in background]
+        runs: list[asyncio.Task[Any]] = [asyncio.create_task(task()) for task in background]
         if confirmations is not None:
             runs.append(asyncio.create_task(confirmations.run()))
         try:
             yield
         finally:
+            runs.extend(welcomes)
             for run in runs:
                 run.cancel()
             for run in runs:
@@ -351,10 +357,14 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
         if isinstance(checked, Response):
             return checked
         langs, tok = checked
+        before = await run_in_threadpool(store.get, tok.subscriber_id)
         state = await run_in_threadpool(store.confirm, tok.subscriber_id, tok.issued_at)
         record = await run_in_threadpool(store.get, tok.subscriber_id)
         langs = reader_langs(request, record, langs)
         if state is SubscriberState.ACTIVE:
+            if on_confirmed is not None and (before is None or before.state is not state):
+                welcomes.add(task := asyncio.create_task(on_confirmed(tok.subscriber_id)))
+                task.add_done_callback(welcomes.discard)
             return message(langs, "confirmed_title", "confirmed_body")
         return confirm_bad(langs)
 

@@ -11,6 +11,7 @@ from mailer.cli import (
     dkim,  # noqa: F401  (registers commands)
     editions,  # noqa: F401  (registers commands)
     feeds,  # noqa: F401  (registers commands)
+    inbound,  # noqa: F401  (registers commands)
     mirrors,  # noqa: F401  (registers commands)
     pipeline,  # noqa: F401  (registers commands)
     preview,  # noqa: F401  (registers commands)

@@ -268,16 +268,15 @@ def subscribers_forget(app: App, ids: tuple[int, ...], from_stdin: bool,
 
 @subscribers_group.command("mailin")
 @click.option("--maildir", type=click.Path(path_type=Path), default=None,
-              help="The Maildir to read (default: [web] unsubscribe_maildir).")
+              help="The Maildir to read (default: [inbound] maildir).")
 @pass_app
 def subscribers_mailin(app: App, maildir: Path | None) -> None:
-    """Unsubscribe the readers who asked by mail (List-Unsubscribe's mailto). The daemon does
-    this every half minute when [web] unsubscribe_maildir is set."""
+    """The older name of 'newsletter inbound' (it handles the unsubscribe mail and the rest:
+    bounces, complaints, readers' commands)."""
+    from mailer.cli.inbound import print_report
     from mailer.pipeline import unsubscribe_by_mail
 
-    report = unsubscribe_by_mail(app, maildir)
-    click.echo(f"{report.read} messages: {report.unsubscribed} readers unsubscribed, "
-               f"{report.unmatched} without a valid token (moved to .unmatched)")
+    print_report(unsubscribe_by_mail(app, maildir))
 
 
 @subscribers_group.command("count")

@@ -286,6 +286,7 @@ class DeliveryEngine(Generic[R]):
         message_for: Callable[[OutboxRow, R], bytes],
         envelope_from: str,
         settings: DeliverySettings,
+        envelope_for: Callable[[OutboxRow], str] | None = None,
         clock: Clock,
         on_bounce: Callable[[int], object] | None = None,
         progress: Progress | bool | None = None,
@@ -304,6 +305,8 @@ class DeliveryEngine(Generic[R]):
         self.recipients = recipients
         self.message_for = message_for
         self.envelope_from = envelope_from
+        # Per message (VERP, ``bounces+TOKEN@``): a bounce that comes back later names its row.
+        self.envelope_for = envelope_for
         self.settings = settings
         self.clock = clock
         self.on_bounce = on_bounce
@@ -504,7 +507,8 @@ class DeliveryEngine(Generic[R]):
             return  # left in 'sending'; released when the run ends
         try:
             data = self.message_for(row, rcpt)
-            result = await self.transport.send(self.envelope_from, rcpt.address, data)
+            sender = self.envelope_for(row) if self.envelope_for is not None else self.envelope_from
+            result = await self.transport.send(sender, rcpt.address, data)
         except Exception as exc:
             # A bug, not a reply: stop cleanly (the row is released) and raise from run().
             self._error = self._error or exc

@@ -291,6 +291,33 @@ class Outbox:
                 result = conn.execute(stmt, params)
         return max(int(result.rowcount), 0)
 
+    def mark_returned(self, edition_id: int, subscriber_id: int, state: OutboxState,
+                      code: int | None, reply: str) -> bool:
+        """A bounce that came back after the relay accepted (mailer/inbound): the row the relay
+        took as ``sent`` becomes ``bounced``, ``content_rejected`` or ``failed``, so the
+        edition report counts it per domain. ``reply`` must already be scrubbed. A row already
+        returned keeps its verdict unless this one is a bounce (the strongest); False if there
+        is no such row or nothing changed."""
+        allowed = [OutboxState.SENT.value, OutboxState.FAILED.value]
+        if state is OutboxState.BOUNCED:
+            allowed.append(OutboxState.CONTENT_REJECTED.value)
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(outbox)
+                .where(outbox.c.edition_id == edition_id, outbox.c.subscriber_id == subscriber_id,
+                       outbox.c.state.in_(allowed), outbox.c.state != state.value)
+                .values(state=state.value, last_code=code, last_reply=reply or None,
+                        updated_at=self.clock())).rowcount
+        return bool(changed)
+
+    def exists(self, edition_id: int, subscriber_id: int) -> bool:
+        """Whether we sent (or queued) this message: a Message-ID from a report is believed
+        only for a row that exists."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(outbox.c.state).where(
+                outbox.c.edition_id == edition_id,
+                outbox.c.subscriber_id == subscriber_id)).first() is not None
+
     def renew(self, edition_id: int, owner: str, lease: timedelta) -> int:
         """Extend the lease on this owner's rows, so a long batch is not taken over mid-send.
 

@@ -21,8 +21,9 @@ from mailer.app import App
 from mailer.delivery.progress import LogProgress
 from mailer.editions.notify import Notifier
 from mailer.editions.store import Decision, EditionInfo, decide
-from mailer.errors import EditionError, InputError
+from mailer.errors import EditionError
 from mailer.feeds.poll import PollReport, poll_feeds
+from mailer.inbound.maildir import InboundReport
 from mailer.lock import process_is_gone
 from mailer.mirrors.health import CheckResult, MirrorChecker
 from mailer.mirrors.state import load_health
@@ -30,7 +31,6 @@ from mailer.models import EditionState
 from mailer.pipeline import observe
 from mailer.pipeline.archive import archive_after_send, retry_failed_targets
 from mailer.pipeline.send import Held, SendSummary, send_edition, send_new_posts
-from subscribers.mailin import MailinReport
 
 __all__ = [
     "DAEMON_PAUSE_REASON",
@@ -45,6 +45,7 @@ __all__ = [
     "digest_slot_taken",
     "ensure_sample_subscribers",
     "forget_suppressed",
+    "inbound",
     "missed_digest",
     "pause_for_stop",
     "per_post_editions",
@@ -256,17 +257,30 @@ def ensure_sample_subscribers(app: App, notice: Callable[[str], None]) -> int:
     return added
 
 
-def unsubscribe_by_mail(app: App, maildir: Path | None = None) -> MailinReport:
-    """Unsubscribe the readers named by the mail waiting in ``maildir`` (default: the config's
-    ``[web] unsubscribe_maildir``); see ``subscribers.mailin``."""
-    from subscribers.mailin import process_maildir
+async def inbound(app: App) -> InboundReport:
+    """The daemon's 30 s job: everything waiting in the inbound Maildir (unsubscribe mail,
+    bounces, complaints, readers' commands), through ``mailer.pipeline.inbound``."""
+    from mailer.pipeline.inbound import process_inbound
 
-    folder = maildir or app.config.web.unsubscribe_maildir
-    if folder is None:
-        raise InputError("no Maildir: set [web] unsubscribe_maildir or pass --maildir")
-    if not (folder / "new").is_dir():
-        raise InputError("not a Maildir (no new/ folder)", source=str(folder))
-    return process_maildir(folder, app.subscribers, app.tokens.verify_unsubscribe)
+    report = await process_inbound(app)
+    if report.read:
+        log.info("inbound: %d message(s): %s", report.read, dict(report.kinds))
+    return report
+
+
+def unsubscribe_by_mail(app: App, maildir: Path | None = None) -> InboundReport:
+    """``newsletter inbound`` and ``subscribers mailin``, once, from a command (no loop
+    running): the answers' relay connections are closed before it returns."""
+    from mailer.pipeline.inbound import process_inbound
+
+    async def once() -> InboundReport:
+        try:
+            return await process_inbound(app, maildir)
+        finally:
+            if app.built("transport"):
+                await app.transport.aclose()
+
+    return asyncio.run(once())
 
 
 async def poll(app: App, client: httpx.AsyncClient | None = None) -> PollReport:

@@ -18,7 +18,7 @@ import httpx
 from mailer.app import App
 from mailer.delivery.outbox import OutboxRow
 from mailer.errors import EditionError, InputError
-from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
+from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots, feedback_id
 from mailer.models import Edition
 from mailer.pipeline.archive import archive_links
 from mailer.render.images import fetch_images
@@ -53,6 +53,7 @@ def header_settings(app: App) -> HeaderSettings:
         reply_to=nl.reply_to,
         feedback_id=nl.feedback_id,
         unsubscribe_mailto=nl.unsubscribe_mailto,
+        reply_tagged=app.config.inbound.address,
     )
 
 
@@ -111,7 +112,8 @@ def prepare(app: App, edition: Edition, *, date: datetime | None = None, strict:
                                     strict=strict, inliner=counted_inline, onions=onions)
     # "Read this issue on …": the edition's page on each healthy archive host.
     ctx = dataclasses.replace(ctx, archive_links=archive_links(app, edition.id, wanted))
-    headers = header_settings(app)
+    headers = dataclasses.replace(header_settings(app), feedback_id=feedback_id(
+        edition.id, edition.kind, app.config.newsletter.feedback_id or app.config.from_domain))
     templates = {
         choice: MessageTemplate.build(render_variant(edition, choice, ctx), edition_id=edition.id,
                                       headers=headers, date=date, clock=app.clock)
@@ -141,6 +143,8 @@ def personalise(app: App, prepared: PreparedEdition, reader: Reader) -> bytes:
         address=reader.address,
         unsubscribe_url=unsubscribe,
         mirrors=chosen,
+        reply_token=app.tokens.bounce_token(prepared.edition_id, reader.subscriber_id)
+        if template.headers.reply_tagged and not template.headers.reply_to else "",
     ))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,10 +19,12 @@ from sqlalchemy.exc import IntegrityError
 from mailer.app import App
 from mailer.delivery.classify import SendResult
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
+from mailer.delivery.outbox import OutboxRow
 from mailer.delivery.progress import Progress
 from mailer.editions.notify import Notifier
 from mailer.editions.testsend import TEST_SUBSCRIBER_ID, check_test_addresses, mark_as_test
 from mailer.errors import EditionError
+from mailer.inbound.addresses import tagged, verp_base
 from mailer.mirrors.exposure import record_exposure
 from mailer.models import EditionState, OutboxState
 from mailer.pipeline.prepare import (
@@ -47,6 +49,7 @@ __all__ = [
     "send_test",
     "start_edition",
     "unblock_provider",
+    "welcome",
 ]
 
 log = logging.getLogger("newsletter.pipeline")
@@ -63,6 +66,20 @@ def start_edition(app: App, edition_id: int) -> int:
     added = app.outbox.enqueue(edition_id, app.subscribers.stream_active())
     app.editions.set_total(edition_id, app.outbox.total(edition_id))
     return added
+
+
+def envelope_for(app: App) -> Callable[[OutboxRow], str] | None:
+    """VERP: with ``[delivery] envelope_from``, each message's envelope sender is
+    ``base+TOKEN@domain`` (``mailer.inbound.addresses``), so its bounce names the row."""
+    base = verp_base(app.config)
+    if base is None:
+        return None
+    tokens = app.tokens
+
+    def sender(row: OutboxRow) -> str:
+        return tagged(base, tokens.bounce_token(row.edition_id, row.subscriber_id))
+
+    return sender
 
 
 def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool | Progress = False,
@@ -83,6 +100,7 @@ def delivery_engine(app: App, prepared: PreparedEdition, *, progress: bool | Pro
         recipients=app.subscribers.get_recipients,
         message_for=personaliser(app, prepared),
         envelope_from=app.config.envelope_sender,
+        envelope_for=envelope_for(app),
         settings=app.config.delivery,
         clock=app.clock,
         on_bounce=lambda sid: app.subscribers.apply(sid, Event.BOUNCE),
@@ -265,3 +283,24 @@ def unblock_provider(app: App, family: str) -> int | None:
         return None
     DomainBudget(app.engine).lift(family)
     return app.outbox.release_held(fam.domains)
+
+
+async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
+    """Readers who just confirmed get the latest edition now, not only the next one. Through
+    the outbox like any send, so each gets it once: afterwards the row (edition, subscriber)
+    exists, and a reader who had it already (a re-subscription) gets nothing. Only active
+    readers are enqueued. Returns how many rows were new."""
+    latest = app.editions.find([EditionState.SENT], limit=1)
+    if not latest or not subscriber_ids:
+        return 0
+    edition_id = latest[0].id
+    # Only the still-active ones (``get_recipients`` filters), decrypted for the outbox's domain.
+    readers = await asyncio.to_thread(app.subscribers.get_recipients, list(subscriber_ids))
+    active = list(readers.values())
+    added = await asyncio.to_thread(app.outbox.enqueue, edition_id, active) if active else 0
+    if not added:
+        return 0
+    prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
+    await deliver(app, delivery_engine(app, prepared), prepared, edition_id)
+    log.info("welcome: edition %d to %d new reader(s)", edition_id, added)
+    return added

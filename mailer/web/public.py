@@ -4,41 +4,25 @@ transport; ``newsletter serve`` runs what this builds."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.applications import Starlette
 
 from mailer.app import App
-from mailer.render.catalog import catalog_for
-from subscribers.confirmations import ConfirmationSender, Delivered
-from subscribers.languages import KNOWN_LANGUAGES
-from subscribers.mail import MSGIDS, ConfirmTexts
+from mailer.pipeline.confirm import confirmation_sender, confirmation_texts
+from mailer.pipeline.send import welcome
 from subscribers.settings import PageSettings
 from subscribers.web import make_web_app
 
-__all__ = ["build_public_app", "confirmation_texts"]
+__all__ = ["build_public_app", "confirmation_sender", "confirmation_texts"]
 
 
-def confirmation_texts(app: App) -> ConfirmTexts:
-    """The confirmation mail in every known language, from the one message catalog (a
-    deployment's own ``locale/`` wins, as for the emails)."""
-    catalogs = {lang: catalog_for(lang, override_dir=app.config.newsletter.templates_dir)
-                for lang in KNOWN_LANGUAGES}
-    return {kind: {lang: (c.gettext(subject), c.gettext(body)) for lang, c in catalogs.items()}
-            for kind, (subject, body) in MSGIDS.items()}
+log = logging.getLogger("newsletter.web")
 
 
 def build_public_app(app: App) -> Starlette:
     """Wire the public endpoints to this config's store, tokens, templates and transport."""
     cfg = app.config
-    envelope_from = cfg.envelope_sender
-
-    async def deliver(recipient: str, data: bytes) -> Delivered:
-        """One attempt; the confirmation queue decides when to try again."""
-        result = await app.transport.send(envelope_from, recipient, data)
-        if result.accepted:
-            return "sent"
-        return "refused" if 500 <= result.code < 600 else "deferred"
-
     settings = PageSettings(public_url=cfg.newsletter.public_url, names=dict(cfg.newsletter.name),
                             rate_limit=cfg.web.rate_limit, confirm_ttl=cfg.web.confirm_ttl,
                             trusted_proxies=cfg.web.trusted_proxies,
@@ -46,11 +30,8 @@ def build_public_app(app: App) -> Starlette:
                             contact=cfg.newsletter.contact,
                             mail_address=cfg.newsletter.unsubscribe_mailto,
                             mirrors=cfg.web.mirrors)
-    sender = ConfirmationSender(
-        app.signup.queue, app.subscribers, app.tokens, deliver,
-        from_addr=cfg.newsletter.from_addr, public_url=cfg.newsletter.public_url,
-        names=dict(cfg.newsletter.name), clock=app.clock, intake=app.signup.intake,
-        texts=confirmation_texts(app))
+    sender = confirmation_sender(app)
+
     async def follow_keys() -> None:
         """``keys rotate`` on a running ``serve``: new rows are sealed with the new key."""
         every = cfg.storage.key_reload_every.total_seconds()
@@ -58,5 +39,14 @@ def build_public_app(app: App) -> Starlette:
             await asyncio.sleep(every)
             await asyncio.to_thread(app.refresh_keys)
 
+    async def welcome_reader(subscriber_id: int) -> object:
+        """A reader who confirmed on the page gets the latest edition now, as by mail."""
+        try:
+            return await welcome(app, [subscriber_id])
+        except Exception:  # a relay outage must not reach the reader's page
+            log.exception("welcome of a newly confirmed reader failed; they get the next edition")
+            return 0
+
     return make_web_app(app.subscribers, app.tokens, app.jinja, settings, signup=app.signup,
-                        confirmations=sender, background=(follow_keys,))
+                        confirmations=sender, background=(follow_keys,),
+                        on_confirmed=welcome_reader)

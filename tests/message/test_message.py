@@ -142,3 +142,23 @@ def test_the_date_header_comes_from_the_clock_passed_in() -> None:
     template = MessageTemplate.build(variant, edition_id=1, headers=HEADERS, clock=lambda: at)
     raw = template.personalise(PersonalSlots(1, "a@example.org", "https://x.example/u/t"))
     assert b"Date: Wed, 02 Dec 2026 08:00:05 +0000\r\n" in raw
+
+
+def test_the_tagged_reply_to_carries_the_token_and_nothing_else() -> None:
+    """Issue 17: replies ("退订") reach the inbound address with the message's token; a token
+    that is not alphanumeric can never put a header line into the message."""
+    import dataclasses
+
+    headers = dataclasses.replace(HEADERS, reply_tagged="digest@example.org")
+    tpl = MessageTemplate.build(variant("t", "<p>h</p>", slots=0), edition_id=7, headers=headers)
+
+    def reply_to(token: str) -> str:
+        return str(parse(tpl.personalise(PersonalSlots(
+            subscriber_id=1, address="r@example.com", unsubscribe_url="https://x/u/T",
+            reply_token=token)))["Reply-To"])
+
+    assert reply_to("abc234") == "digest+r-abc234@example.org"
+    assert reply_to("x\r\nBcc: evil@example.com") == "digest+r-0@example.org"
+    explicit = dataclasses.replace(headers, reply_to="editors@example.org")
+    tpl = MessageTemplate.build(variant("t", "<p>h</p>", slots=0), edition_id=7, headers=explicit)
+    assert "editors@example.org" in reply_to("abc234")  # the operator's Reply-To wins

@@ -8,11 +8,14 @@ import pytest
 from babel.messages.extract import extract_from_dir
 
 from mailer.errors import RenderError
+from mailer.inbound import replies
 from mailer.render import variant
 from mailer.render.catalog import BilingualCatalog, Lazy, MessageCatalog, catalog_for, load_catalog
 from mailer.render.env import TEMPLATES_DIR
 from subscribers import mail
+from mailer.web.admin.text import ADMIN_CONTEXT
 from subscribers.catalog import PAGE_TEXT
+from tests.web.test_admin_catalog import admin_msgids
 
 REPO = Path(__file__).resolve().parents[2]
 LANGUAGES = ["zh-Hans", "zh-Hant", "en"]
@@ -31,7 +34,9 @@ def used_msgids() -> set[str]:
         ids.add(message if isinstance(message, str) else message[0])
     ids.update(variant._LANGUAGE_NAMES.values())
     ids.update(m for pair in mail.MSGIDS.values() for m in pair)  # the confirmation mails' text
+    ids.update(replies.MSGIDS)  # the answers to readers who write (mailer/inbound)
     ids.update(f"web\x04{v}" for v in PAGE_TEXT.values())  # the public pages' text
+    ids.update(f"{ADMIN_CONTEXT}\x04{m}" for m in admin_msgids())  # the editors' admin
     return ids
 
 
@@ -64,7 +69,8 @@ def test_placeholders_survive_translation() -> None:
         assert isinstance(cat, MessageCatalog)
         for msgid, msgstr in cat.messages.items():
             assert isinstance(msgstr, str)
-            for name in ("%(n)s", "%(name)s", "%(alt)s", "%(language)s"):
+            for name in ("%(n)s", "%(name)s", "%(alt)s", "%(language)s", "%(address)s",
+                         "%(subject)s"):
                 assert (name in msgid) == (name in msgstr), (language, msgid)
 
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from mailer.config import ImageSettings
-from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots
+from mailer.message import HeaderSettings, MessageTemplate, PersonalSlots, feedback_id
 from mailer.models import Edition, Post
 from mailer.render.images import FetchedImage, fit_images
 from mailer.render.safe import remote_references
@@ -34,10 +34,12 @@ HEADERS = HeaderSettings(
     from_addr="公民权利通讯 <digest@example.org>",
     list_id="<newsletter.news.example.org>",
     message_id_domain="example.org",
-    reply_to="editors@example.org",
-    feedback_id="7:digest:newsletter",
+    feedback_id=feedback_id(7, "digest", "example.org"),
     unsubscribe_mailto="unsubscribe@example.org",
+    # Readers' replies go to the inbound address, tagged with the message's token (issue 17).
+    reply_tagged="digest@example.org",
 )
+REPLY_TOKEN = "a" * 42
 MIRRORS = ("https://d1a2b3c4.cloudfront.net", "https://storage.googleapis.com/cr-mirror-7f3a")
 UNSUB = "https://news.example.org/u/" + "T" * 43
 IMAGE_URL = "https://blogger.googleusercontent.com/img/b/R29vZ2xl/s1600/photo.png"
@@ -81,6 +83,7 @@ def build(ctx: RenderContext, layout: str, choice: str, subscriber_id: int = 42)
             address=f"reader{subscriber_id}@example.com",
             unsubscribe_url=UNSUB,
             mirrors=MIRRORS,
+            reply_token=REPLY_TOKEN,
         )
     )
 

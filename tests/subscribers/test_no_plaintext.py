@@ -4,6 +4,7 @@ any byte the project wrote (database, WAL, backups) or logged, nor a rare recipi
 from __future__ import annotations
 
 import email
+import mailbox
 import re
 import sqlite3
 from email import policy
@@ -34,10 +35,12 @@ def needles(address: str) -> list[bytes]:
 
 
 def project_bytes(folder: Path) -> dict[str, bytes]:
-    """Every file the project wrote except the delivered mail itself."""
+    """Every file the project wrote except the delivered mail itself and the inbound mail kept
+    for a person (``.unmatched``: it is a reader's letter)."""
     out = {}
     for f in folder.rglob("*"):
-        if f.is_file() and "outbox" not in f.parts and f.suffix not in (".csv", ".toml"):
+        if f.is_file() and "outbox" not in f.parts and ".unmatched" not in f.parts and \
+                f.suffix not in (".csv", ".toml"):
             out[str(f.relative_to(folder))] = f.read_bytes()
     return out
 
@@ -52,6 +55,13 @@ def assert_clean(blobs: dict[str, bytes]) -> None:
 
 def test_no_address_in_any_byte_written(tmp_path: Path) -> None:
     config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('maildir = "data/outbox"\n', 'maildir = "data/outbox"\n'
+                                   'envelope_from = "bounces@example.org"\n')
+                      + '[inbound]\nmaildir = "mail/inbound"\naddress = "digest@example.org"\n',
+                      encoding="utf-8")
+    (tmp_path / "mail").mkdir()
+    inbox = mailbox.Maildir(tmp_path / "mail" / "inbound", create=True)
     logs: list[str] = []
 
     def cli(*args: str) -> None:
@@ -81,6 +91,26 @@ def test_no_address_in_any_byte_written(tmp_path: Path) -> None:
     # Positive control: the search finds an address where one must be (the delivered mail).
     assert any(ADDRESSES[0].encode() in m.read_bytes() for m in mails)
     first = email.message_from_bytes(mails[0].read_bytes(), policy=policy.default)
+    # Inbound mail (issue 17): a bounce that spells the address, a reader's command, a letter.
+    for m in mails:
+        letter = email.message_from_bytes(m.read_bytes(), policy=policy.default)
+        if str(letter["To"]) == ADDRESSES[2]:
+            inbox.add((
+                "From: MAILER-DAEMON@126.com\r\nTo: bounces@example.org\r\nSubject: failure\r\n"
+                'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+                f"--B\r\nContent-Type: text/plain\r\n\r\n<{ADDRESSES[2]}>: user unknown\r\n"
+                f"--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; 126.com\r\n"
+                f"\r\nFinal-Recipient: rfc822; {ADDRESSES[2]}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+                f"Diagnostic-Code: smtp; 550 5.1.1 user {ADDRESSES[2]} unknown\r\n\r\n"
+                f"--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {letter['Message-ID']}\r\n"
+                "\r\n--B--\r\n").encode())
+    inbox.add(f"From: {ADDRESSES[3]}\r\nTo: digest@example.org\r\nSubject: help\r\n\r\n\r\n"
+              .encode())
+    inbox.add(f"From: {ADDRESSES[4]}\r\nTo: digest@example.org\r\nSubject: hi\r\n\r\nthanks\r\n"
+              .encode())
+    cli("inbound")
+    assert len(inbox) == 0
+    assert len(inbox.get_folder("unmatched")) == 1
     unsub = re.search(r"/u/([A-Za-z0-9_-]+)>", str(first["List-Unsubscribe"]))
     assert unsub is not None
 
@@ -102,7 +132,7 @@ def test_no_address_in_any_byte_written(tmp_path: Path) -> None:
     assert_clean(project_bytes(tmp_path))
     assert_clean({f"log {i}": text.encode() for i, text in enumerate(logs)})
     count = run(config, "subscribers", "count")
-    assert count.out.strip() == str(len(ADDRESSES) - 1)  # the one-click unsubscribe held
+    assert count.out.strip() == str(len(ADDRESSES) - 2)  # the unsubscribe and the bounce held
 
 
 # A relay that names the recipient without angle brackets, as some do (issue 15, item 6).
