@@ -126,6 +126,18 @@ def _recipient_pattern(recipient: str) -> re.Pattern[str] | None:
     return re.compile("|".join(parts), re.IGNORECASE)
 
 
+def _may_name(text: str, recipient: str) -> bool:
+    """False only when no spelling ``_recipient_pattern`` knows can be in ``text``: with both
+    in ASCII and no ``%`` in the text, that is plain case-insensitive substrings. Every message's
+    recipient differs, so compiling its pattern for a "250 Ok" (about 2 ms) cost more than
+    sending it; this check costs a microsecond."""
+    if "%" in text or not (text.isascii() and recipient.isascii()):
+        return True
+    low = text.lower()
+    local, _, domain = recipient.lower().rpartition("@")
+    return bool((local and local in low) or (domain and domain in low))
+
+
 def scrub_reply(reply: str, limit: int = 500, *, recipient: str = "") -> str:
     """Remove addresses from a relay's words before they reach the database or a log.
 
@@ -136,7 +148,8 @@ def scrub_reply(reply: str, limit: int = 500, *, recipient: str = "") -> str:
     plaintext address is stored anywhere.
     """
     text = _ADDRESS.sub("<address>", reply.replace("\r", " ").replace("\n", " "))
-    pattern = _recipient_pattern(recipient) if recipient else None
+    pattern = (_recipient_pattern(recipient)
+               if recipient and _may_name(text, recipient) else None)
     if pattern is not None:
         text = pattern.sub("<recipient>", text)
     return text[:limit]

@@ -176,3 +176,17 @@ def test_every_reply_gets_exactly_one_outcome(code: int, reply: str, attempts: i
     assert (d.retry_in is not None) == (d.state is OutboxState.DEFERRED)
     if d.retry_in is not None and d.verdict is not Verdict.BLOCKLISTED:
         assert age + d.retry_in <= C.max_age  # a blocklisted provider's row is held, not failed
+
+
+@given(_LOCAL, _DOMAIN, st.text(st.sampled_from("aBc xyz.@%-5ÉÅ好"), max_size=60))
+def test_the_quick_check_never_skips_a_reply_that_names_the_recipient(
+        local: str, domain: str, reply: str) -> None:
+    """Skipping the recipient's pattern (compiled per recipient) must change nothing."""
+    from mailer.delivery import classify
+
+    recipient = f"{local}@{domain}"
+    for text in (reply, f"{reply} {local.upper()} {reply}", f"{reply}{domain}"):
+        pattern = classify._recipient_pattern(recipient)
+        assert pattern is not None
+        full = pattern.sub("<recipient>", classify._ADDRESS.sub("<address>", text))[:500]
+        assert scrub_reply(text, recipient=recipient) == full
