@@ -11,8 +11,8 @@ pool costs more to start than they take.
 from __future__ import annotations
 
 import asyncio
-import functools
 import base64
+import functools
 import logging
 import multiprocessing
 import os

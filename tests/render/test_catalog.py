@@ -12,8 +12,8 @@ from mailer.inbound import replies
 from mailer.render import variant
 from mailer.render.catalog import BilingualCatalog, Lazy, MessageCatalog, catalog_for, load_catalog
 from mailer.render.env import TEMPLATES_DIR
-from subscribers import mail
 from mailer.web.admin.text import ADMIN_CONTEXT
+from subscribers import mail
 from subscribers.catalog import PAGE_TEXT
 from tests.web.test_admin_catalog import admin_msgids
 
