@@ -494,14 +494,17 @@ class Outbox:
 
     def counts_by_domain(self, edition_id: int) -> Mapping[str, dict[OutboxState, int]]:
         """Rows per destination domain and state: what qq.com or 163.com did with the edition."""
+        return self._counts_by(outbox.c.domain, edition_id)
+
+    def _counts_by(self, column: Any, edition_id: int) -> Mapping[str, dict[OutboxState, int]]:
         out: dict[str, dict[OutboxState, int]] = defaultdict(lambda: dict.fromkeys(OutboxState, 0))
         with self.engine.connect() as conn:
-            for domain, state, n in conn.execute(
-                select(outbox.c.domain, outbox.c.state, func.count())
+            for key, state, n in conn.execute(
+                select(column, outbox.c.state, func.count())
                 .where(outbox.c.edition_id == edition_id)
-                .group_by(outbox.c.domain, outbox.c.state)
+                .group_by(column, outbox.c.state)
             ):
-                out[str(domain)][OutboxState(state)] = int(n)
+                out[str(key)][OutboxState(state)] = int(n)
         return dict(out)
 
     def due_by_domain(self, edition_id: int) -> Mapping[str, datetime]:
@@ -521,15 +524,7 @@ class Outbox:
 
     def counts_by_language(self, edition_id: int) -> Mapping[str, dict[OutboxState, int]]:
         """Rows per language choice (as enqueued) and state."""
-        out: dict[str, dict[OutboxState, int]] = defaultdict(lambda: dict.fromkeys(OutboxState, 0))
-        with self.engine.connect() as conn:
-            for language, state, n in conn.execute(
-                select(outbox.c.language, outbox.c.state, func.count())
-                .where(outbox.c.edition_id == edition_id)
-                .group_by(outbox.c.language, outbox.c.state)
-            ):
-                out[str(language)][OutboxState(state)] = int(n)
-        return dict(out)
+        return self._counts_by(outbox.c.language, edition_id)
 
     def next_due(self, edition_id: int) -> datetime | None:
         """When the earliest deferred row becomes due (None if none is waiting)."""
