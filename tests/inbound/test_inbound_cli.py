@@ -125,17 +125,27 @@ def row_state(config: Path, address: str) -> str:
 
 def test_each_message_gets_a_verp_envelope_a_tagged_reply_to_and_a_feedback_id(
         tmp_path: Path, relay: SMTPServer) -> None:
-    setup(tmp_path, relay)
+    config = setup(tmp_path, relay)
     letters = sent(relay)
     assert len(letters) == len(READERS)
     envelopes = {verp for verp, _ in letters.values()}
     assert len(envelopes) == len(READERS)  # one per message
-    for address, (verp, letter) in letters.items():
-        assert re.fullmatch(r"bounces\+[a-z2-7]{42}@example\.org", verp)
-        assert re.fullmatch(r"digest\+r-[a-z2-7]{42}@example\.org", str(letter["Reply-To"]))
-        assert re.fullmatch(r"e1:[a-z-]+:newsletter:example\.org", str(letter["Feedback-ID"]))
-        local = address.partition("@")[0]
-        assert local not in verp + str(letter["Feedback-ID"])
+    app = App.from_path(config)
+    try:
+        for address, (verp, letter) in letters.items():
+            assert re.fullmatch(r"bounces\+[a-z2-7]{42}@example\.org", verp)
+            assert re.fullmatch(r"digest\+r-[a-z2-7]{42}@example\.org", str(letter["Reply-To"]))
+            assert re.fullmatch(r"e1:[a-z-]+:newsletter:example\.org", str(letter["Feedback-ID"]))
+            # The token is the MAC of (edition, subscriber): it maps back without decryption
+            # and carries nothing of the address (a substring test would fail by chance).
+            token = verp.partition("+")[2].partition("@")[0]
+            record = app.subscribers.lookup(address)
+            assert record is not None
+            assert app.tokens.verify_bounce(token) == (1, record.id)
+            assert str(letter["Reply-To"]) == f"digest+r-{token}@example.org"
+            assert address.partition("@")[2] not in verp + str(letter["Feedback-ID"])
+    finally:
+        app.engine.dispose()
 
 
 def test_bounces_and_complaints_act_once_and_leave_nothing_behind(tmp_path: Path, relay: SMTPServer) -> None:
