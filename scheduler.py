@@ -291,11 +291,12 @@ class Daemon:
         if edition_id in self._sending:  # a tick and a date job can both find it due
             return
         store = self.app.editions
-        if store.info(edition_id).state in (EditionState.SCHEDULED, EditionState.APPROVED,
-                                            EditionState.DRAFT):
+        before = store.info(edition_id).state
+        if before in (EditionState.SCHEDULED, EditionState.APPROVED, EditionState.DRAFT):
             store.set_state(edition_id, EditionState.SENDING)
         self._sending.add(edition_id)
-        log.info("sending edition %d", edition_id)
+        log.info("sending edition %d%s", edition_id, " (rows added since it was sent)"
+                 if before is EditionState.SENT else "")
         try:
             await self.actions.send(self.app, edition_id, self.stop_event)
         finally:
@@ -303,8 +304,10 @@ class Daemon:
         log.info("edition %d is %s", edition_id, store.info(edition_id).state)
 
     async def _send_and_report(self, edition_id: int) -> None:
+        # An edition sent already (its late rows: welcomes) was reported when it went out.
+        was_sent = self.app.editions.info(edition_id).state is EditionState.SENT
         await self._send(edition_id)
-        if (info := self.app.editions.info(edition_id)).state is EditionState.SENT:
+        if (info := self.app.editions.info(edition_id)).state is EditionState.SENT and not was_sent:
             await self.notifier.sent(info)
 
     async def _startup(self) -> None:

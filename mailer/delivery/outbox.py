@@ -40,6 +40,7 @@ from mailer.models import EditionState, OutboxState
 from mailer.schema import editions, outbox
 
 __all__ = [
+    "DELIVERING",
     "STOP_STATES",
     "Outbox",
     "OutboxRow",
@@ -49,6 +50,11 @@ __all__ = [
 
 # Edition states in which no further row may be claimed (checked between batches).
 STOP_STATES = frozenset({"paused", "cancelled"})
+# Edition states whose rows senders hand out. ``sent`` as well as ``sending``: an edition gets
+# rows after it went out (the welcome of a reader who just confirmed, issue 17), and such a row
+# that the relay deferred, or that a crashed sender left leased, must still go out with the
+# usual backoff. Paused and cancelled editions are not (``STOP_STATES``); no other has rows.
+DELIVERING = frozenset({EditionState.SENDING.value, EditionState.SENT.value})
 _ENQUEUE_BATCH = 2000
 
 
@@ -163,36 +169,45 @@ class Outbox:
             and_(outbox.c.state == OutboxState.SENDING.value, outbox.c.lease_expires_at < now),
         )
 
-    def has_work(self, edition_id: int) -> bool:
-        """A sender could take a row of ``edition_id`` now, or it has no rows at all (it was
-        interrupted before its recipients were enqueued)."""
-        c = outbox.c
-        with self.engine.connect() as conn:
-            total, ready = conn.execute(
-                select(func.count(), func.count().filter(self.claimable(self.clock())))
-                .where(c.edition_id == edition_id)
-            ).one()
-        return bool(ready) or not total
+    def _work(self, *, unstarted: bool) -> ColumnElement[bool]:
+        """The one rule for which editions a sender picks up now: delivering (``DELIVERING``)
+        with a row it may claim (:meth:`claimable`). With ``unstarted``, also an edition in
+        ``sending`` with no rows at all: it was interrupted before its recipients were
+        enqueued, so sending it again enqueues them (the scheduler's job, never a worker's)."""
+        ready = and_(editions.c.state.in_(sorted(DELIVERING)),
+                     exists().where(outbox.c.edition_id == editions.c.id,
+                                    self.claimable(self.clock())))
+        if not unstarted:
+            return ready
+        empty = and_(editions.c.state == EditionState.SENDING.value,
+                     ~exists().where(outbox.c.edition_id == editions.c.id))
+        return or_(ready, empty)
 
-    def editions_with_work(self) -> list[int]:
-        """Editions in ``sending`` that have at least one row a sender may claim now."""
-        stmt = (
-            select(editions.c.id)
-            .where(editions.c.state == EditionState.SENDING.value)
-            .where(exists().where(outbox.c.edition_id == editions.c.id,
-                                  self.claimable(self.clock())))
-            .order_by(editions.c.id)
-        )
+    def has_work(self, edition_id: int) -> bool:
+        """A sender could take a row of ``edition_id`` now, or it is sending and has no rows
+        at all (:meth:`_work` with ``unstarted``)."""
+        stmt = select(editions.c.id).where(editions.c.id == edition_id,
+                                           self._work(unstarted=True))
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def editions_with_work(self, *, unstarted: bool = False) -> list[int]:
+        """Editions a sender should pick up now, in id order: in ``sending``, or ``sent`` with
+        rows added since (welcomes), that have a row it may claim; with ``unstarted``, also
+        those sending with no rows yet (the scheduler re-enqueues them; a worker must not, so
+        it never asks)."""
+        stmt = select(editions.c.id).where(self._work(unstarted=unstarted)).order_by(editions.c.id)
         with self.engine.connect() as conn:
             return [int(i) for i in conn.execute(stmt).scalars()]
 
     def editions_unfinished(self) -> list[int]:
-        """Editions in ``sending`` with rows still queued, leased (maybe elsewhere) or deferred."""
+        """Delivering editions (``DELIVERING``: sending, or sent with rows added since) with
+        rows still queued, leased (maybe elsewhere) or deferred."""
         open_states = [OutboxState.QUEUED.value, OutboxState.SENDING.value,
                        OutboxState.DEFERRED.value]
         stmt = (
             select(editions.c.id)
-            .where(editions.c.state == EditionState.SENDING.value)
+            .where(editions.c.state.in_(sorted(DELIVERING)))
             .where(exists().where(outbox.c.edition_id == editions.c.id,
                                   outbox.c.state.in_(open_states)))
             .order_by(editions.c.id)

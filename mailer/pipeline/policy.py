@@ -346,6 +346,8 @@ def pause_for_stop(app: App, edition_ids: Iterable[int]) -> None:
     """The daemon is stopping: pause what it sends, so the delivery engine (which reads the
     state between batches) claims no more rows and the ones in flight finish, recorded."""
     for eid in sorted(edition_ids):
+        if app.editions.info(eid).state is EditionState.SENT:
+            continue  # a welcome's rows: sent is final; the stop event alone ends its engine
         try:
             app.editions.set_state(eid, EditionState.PAUSED, DAEMON_PAUSE_REASON)
             log.info("edition %d paused until the daemon starts again", eid)
@@ -355,20 +357,23 @@ def pause_for_stop(app: App, edition_ids: Iterable[int]) -> None:
 
 async def carry_on(app: App, send: SendOne, *, busy: Collection[int],
                    should_stop: Callable[[], bool] = lambda: False) -> list[int]:
-    """Editions still sending that no one here is sending (``busy``): pick them up again.
+    """Editions with rows to send now that no one here is sending (``busy``): pick them up.
 
     That covers deferred rows whose time came (the ``retry`` job), an edition an editor
-    resumed, and rows a dead sender left leased. The outbox hands each row to one sender,
-    so a ``newsletter worker`` busy with the same edition is no problem.
+    resumed, rows a dead sender left leased, and the welcome of a reader who confirmed after
+    the edition went out (its edition is ``sent``). Which editions those are is the outbox's
+    rule (``Outbox.editions_with_work``). The outbox hands each row to one sender, so a
+    ``newsletter worker`` busy with the same edition is no problem.
     """
     retried = []
-    for info in app.editions.find([EditionState.SENDING]):
-        if should_stop() or info.id in busy or not app.outbox.has_work(info.id):
+    for eid in app.outbox.editions_with_work(unstarted=True):
+        if should_stop():
+            break
+        if eid in busy:
             continue
-        log.info("edition %d: sending what is left (queued, due for retry, or orphaned)",
-                 info.id)
-        await send(info.id)
-        retried.append(info.id)
+        log.info("edition %d: sending what is left (queued, due for retry, or orphaned)", eid)
+        await send(eid)
+        retried.append(eid)
     return retried
 
 
@@ -427,21 +432,27 @@ async def resume_interrupted(app: App, send: SendOne, *,
     deferred to later is left to them and to the ``retry`` job. An edition with nothing
     unfinished is still sent, which only marks it sent: a crash can come between the last
     row and that mark. The outbox keeps every row exactly-once.
+
+    A sent edition with rows still open (a welcome that a crash left queued or leased, or that
+    the relay deferred) is resumed the same way once a row is due; a sent one with nothing
+    open is not sent again.
     """
     stopped = set(resume_after_stop(app))
+    sending = {info.id for info in app.editions.find([EditionState.SENDING])}
     resumed = []
-    for info in app.editions.find([EditionState.SENDING]):
+    for eid in sorted(sending | set(app.outbox.editions_unfinished())):
         if should_stop():
             break
-        reclaimed = sum(app.outbox.expire_lease(info.id, owner)
-                        for owner in app.outbox.lease_holders(info.id) if process_is_gone(owner))
-        left = app.outbox.unfinished(info.id)
-        if left and not app.outbox.has_work(info.id):
+        reclaimed = sum(app.outbox.expire_lease(eid, owner)
+                        for owner in app.outbox.lease_holders(eid) if process_is_gone(owner))
+        left = app.outbox.unfinished(eid)
+        if not app.outbox.has_work(eid) and (left or eid not in sending):
             continue
-        how = "stopped" if info.id in stopped else "interrupted"
-        log.info("resuming edition %d, %s while sending: %d left, %d reclaimed from a dead sender",
-                 info.id, how, left, reclaimed)
-        resumed.append(Resumed(info.id, left, reclaimed, await send(info.id)))
+        how = ("stopped while sending" if eid in stopped else "interrupted while sending"
+               if eid in sending else "sent, with rows added since (welcomes)")
+        log.info("resuming edition %d, %s: %d left, %d reclaimed from a dead sender",
+                 eid, how, left, reclaimed)
+        resumed.append(Resumed(eid, left, reclaimed, await send(eid)))
     return resumed
 
 
@@ -449,8 +460,11 @@ async def send_with_stop(app: App, edition_id: int, stop: asyncio.Event) -> obje
     """The daemon's send: :func:`send_edition` with its ``stop`` (finish in flight, claim no more),
     and a log line every few seconds (``edition 7: 1,200 of 30,000 sent …``), never a bar; once
     the edition is sent, the web archive is built and published ([archive] targets)."""
+    # Rows added to an edition already sent (welcomes) change nothing the archive shows.
+    was_sent = app.editions.info(edition_id).state is EditionState.SENT
     summary = await send_edition(app, edition_id, stop=stop, progress=LogProgress())
-    if not stop.is_set() and app.editions.info(edition_id).state is EditionState.SENT:
+    if not stop.is_set() and not was_sent \
+            and app.editions.info(edition_id).state is EditionState.SENT:
         await archive_after_send(app)
     return summary
 

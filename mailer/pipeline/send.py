@@ -59,8 +59,14 @@ DEFAULT_ENGINE_LEASE = timedelta(minutes=5)  # one sender per edition: renewals 
 
 def start_edition(app: App, edition_id: int) -> int:
     """Move to ``sending`` and enqueue every active subscriber once (idempotent after a crash).
-    Returns how many rows were new."""
+    Returns how many rows were new.
+
+    An edition already sent is left as it is and gets nobody new: a sender comes back to it
+    only for the rows added since (:func:`welcome`) that still wait (``Outbox.DELIVERING``);
+    enqueueing the list again would mail an old edition to everyone who joined since."""
     info = app.editions.info(edition_id)
+    if info.state is EditionState.SENT:
+        return 0
     if info.state is not EditionState.SENDING:
         app.editions.set_state(edition_id, EditionState.SENDING)
     added = app.outbox.enqueue(edition_id, app.subscribers.stream_active())
@@ -181,7 +187,8 @@ async def send_edition(app: App, edition_id: int, *, progress: bool | Progress =
     """Enqueue every active subscriber once, then deliver until nothing is due.
 
     Safe to call again after a crash: enqueueing is idempotent and the outbox only hands out
-    rows whose reply is not yet known. ``stop`` is the caller's (the CLI and the daemon set it
+    rows whose reply is not yet known. For an edition already sent it only delivers the rows
+    added since that are due (welcomes, :func:`start_edition`). ``stop`` is the caller's (the CLI and the daemon set it
     on SIGTERM/SIGINT): when it is set, messages in flight finish and nothing more is claimed.
     """
     prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
@@ -289,7 +296,13 @@ async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
     """Readers who just confirmed get the latest edition now, not only the next one. Through
     the outbox like any send, so each gets it once: afterwards the row (edition, subscriber)
     exists, and a reader who had it already (a re-subscription) gets nothing. Only active
-    readers are enqueued. Returns how many rows were new."""
+    readers are enqueued. Returns how many rows were new.
+
+    Only a ``sent`` edition is chosen: a cancelled one never reached readers, and ``sent`` is
+    final, so no editor can cancel it under us. What the relay defers now, or a crash leaves
+    queued or leased, stays in the outbox of that sent edition, and every sender comes back
+    for it with the usual backoff (``Outbox.editions_with_work``: the daemon's ``retry`` job,
+    ``send``, ``run --once``, workers) until it is sent or fails for good."""
     latest = app.editions.find([EditionState.SENT], limit=1)
     if not latest or not subscriber_ids:
         return 0
@@ -300,6 +313,9 @@ async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
     added = await asyncio.to_thread(app.outbox.enqueue, edition_id, active) if active else 0
     if not added:
         return 0
+    # ``editions show`` counts what was enqueued; the report reads the outbox itself.
+    await asyncio.to_thread(lambda: app.editions.set_total(edition_id,
+                                                         app.outbox.total(edition_id)))
     prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
     await deliver(app, delivery_engine(app, prepared), prepared, edition_id)
     log.info("welcome: edition %d to %d new reader(s)", edition_id, added)
