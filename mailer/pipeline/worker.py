@@ -3,12 +3,13 @@
 The scale-out deployment (issue 9, docs/deployment.md) is one scheduler and several workers on
 one PostgreSQL database. The scheduler decides *what* goes out and enqueues it
 (:func:`mailer.pipeline.send.start_edition`); every worker loops: find editions in ``sending``
-with claimable rows (``Outbox.editions_with_work``), claim small batches (``Outbox.claim``:
-``FOR UPDATE SKIP LOCKED`` with a lease, so workers never share a row), send them through the
-same delivery engine as ``send`` (:func:`mailer.pipeline.send.deliver`), and record each reply.
-A worker that dies holds its rows only until their lease expires; then another one takes them,
-so the duplicates stay within the delivery engine's bound (messages in flight, at most the dead
-worker's connections). With SQLite, ``newsletter run`` sends by itself and no worker is needed.
+(or ``sent`` with a welcome waiting) with claimable rows (``Outbox.editions_with_work``), claim
+small batches (``Outbox.claim``: ``FOR UPDATE SKIP LOCKED`` with a lease, so workers never
+share a row), send them through the same delivery engine as ``send``
+(:func:`mailer.pipeline.send.deliver`), and record each reply. A worker that dies holds its
+rows only until their lease expires; then another one takes them, so the duplicates stay within
+the delivery engine's bound (messages in flight, at most the dead worker's connections). With
+SQLite, ``newsletter run`` sends by itself and no worker is needed.
 
 Signals belong to the caller (``newsletter worker``): it calls :meth:`SenderWorker.stop`.
 """

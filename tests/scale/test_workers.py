@@ -287,3 +287,28 @@ def test_three_worker_processes_one_sigkilled_everyone_gets_the_edition(
     assert held > 0
     assert retried > 0
     app.engine.dispose()
+
+
+async def test_a_worker_delivers_a_welcome_left_waiting_in_a_sent_edition(
+        tmp_path: Path, db_url: str, sink: CountingHandler) -> None:
+    """Issue 17: a reader who confirmed after the edition went out has a row in that ``sent``
+    edition (the welcome), left queued by a crash right after ``welcome`` enqueued it. A worker
+    delivers it once; the edition stays sent and is not marked or reported again."""
+    app = _app(tmp_path, db_url, sink)
+    addresses = seed_subscribers(app, 6)
+    edition_id = make_edition(app)
+    start_edition(app, edition_id)
+    assert (await SenderWorker(app, once=True, poll=0.1).run()).finished == [edition_id]
+    late = app.subscribers.add("late@example9.org", "en", confirmed=True)
+    assert app.outbox.enqueue(edition_id, app.subscribers.get_recipients([late]).values()) == 1
+    assert app.outbox.editions_with_work() == [edition_id]
+    again = App.from_path(app.config.path, environ={})
+    report = await SenderWorker(again, once=True, poll=0.1).run()
+    assert report.sent == 1
+    assert report.finished == []
+    assert sink.per_rcpt == {**dict.fromkeys(addresses, 1), "late@example9.org": 1}
+    assert again.editions.info(edition_id).state is EditionState.SENT
+    assert _states(again, edition_id) == {OutboxState.SENT: 7}
+    assert again.outbox.editions_unfinished() == []
+    for a in (app, again):
+        a.engine.dispose()
