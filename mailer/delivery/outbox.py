@@ -55,6 +55,10 @@ STOP_STATES = frozenset({"paused", "cancelled"})
 # that the relay deferred, or that a crashed sender left leased, must still go out with the
 # usual backoff. Paused and cancelled editions are not (``STOP_STATES``); no other has rows.
 DELIVERING = frozenset({EditionState.SENDING.value, EditionState.SENT.value})
+# Row states still waiting for a reply. Spelled out beside ``claimable`` so that both databases
+# walk ix_outbox_claim (edition, state, …) to the few open rows: a sent edition holds mostly
+# sent rows, and every 30 s tick asks about every sent edition.
+_OPEN = (OutboxState.QUEUED.value, OutboxState.DEFERRED.value, OutboxState.SENDING.value)
 _ENQUEUE_BATCH = 2000
 
 
@@ -176,7 +180,7 @@ class Outbox:
         enqueued, so sending it again enqueues them (the scheduler's job, never a worker's)."""
         ready = and_(editions.c.state.in_(sorted(DELIVERING)),
                      exists().where(outbox.c.edition_id == editions.c.id,
-                                    self.claimable(self.clock())))
+                                    outbox.c.state.in_(_OPEN), self.claimable(self.clock())))
         if not unstarted:
             return ready
         empty = and_(editions.c.state == EditionState.SENDING.value,
@@ -203,13 +207,11 @@ class Outbox:
     def editions_unfinished(self) -> list[int]:
         """Delivering editions (``DELIVERING``: sending, or sent with rows added since) with
         rows still queued, leased (maybe elsewhere) or deferred."""
-        open_states = [OutboxState.QUEUED.value, OutboxState.SENDING.value,
-                       OutboxState.DEFERRED.value]
         stmt = (
             select(editions.c.id)
             .where(editions.c.state.in_(sorted(DELIVERING)))
             .where(exists().where(outbox.c.edition_id == editions.c.id,
-                                  outbox.c.state.in_(open_states)))
+                                  outbox.c.state.in_(_OPEN)))
             .order_by(editions.c.id)
         )
         with self.engine.connect() as conn:
@@ -226,12 +228,8 @@ class Outbox:
         # The IN on state lets both databases walk ix_outbox_claim (edition, state, …) instead
         # of every row of the edition: otherwise each claim re-reads all the rows already sent,
         # and a 100,000-recipient edition turns quadratic (45 ms a claim at 90 % sent).
-        eligible = and_(
-            outbox.c.edition_id == edition_id,
-            outbox.c.state.in_([OutboxState.QUEUED.value, OutboxState.DEFERRED.value,
-                                OutboxState.SENDING.value]),
-            self.claimable(now),
-        )
+        eligible = and_(outbox.c.edition_id == edition_id, outbox.c.state.in_(_OPEN),
+                        self.claimable(now))
         if skip_domains:
             eligible = and_(eligible, outbox.c.domain.not_in(sorted(skip_domains)))
         # SQLite's compiler drops FOR UPDATE; there the single statement is the whole lock.
