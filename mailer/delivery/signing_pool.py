@@ -107,11 +107,9 @@ class _Worker:
         self._flush()
 
     def submit(self, data: bytes) -> asyncio.Future[bytes]:
-        assert self.loop is not None
+        if self.broken or self.loop is None:
+            raise PoolBroken("a DKIM signing worker exited")
         future = self.loop.create_future()
-        if self.broken:
-            future.set_exception(PoolBroken("a DKIM signing worker exited"))
-            return future
         self.waiting.append(future)
         pending = bool(self.outgoing)
         self.outgoing += _LENGTH.pack(len(data))
