@@ -3,23 +3,19 @@
 
 Every message body differs (mirror links, unsubscribe token), so each needs its own signature.
 An RSA-2048 signature is CPU work the event loop must not do: past a few messages the signing
-moves to a process pool (one worker per core, each loading the keys once) so both cores sign
-while the loop keeps the relay connections busy. Confirmations and test-sends sign inline; a
-pool costs more to start than they take.
+moves to worker processes (``signing_pool``: one per core, each loading the keys once, on pipes
+the loop reads) so both cores sign while the loop keeps the relay connections busy.
+Confirmations and test-sends sign inline; a pool costs more to start than they take.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import logging
-import multiprocessing
 import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +29,7 @@ from dkim.canonicalization import Relaxed, correct_empty_body, strip_trailing_li
 from dkim.crypto import RSASSA_PKCS1_v1_5_sign as _pure_rsa_sign
 
 from mailer.delivery.classify import SendResult
+from mailer.delivery.signing_pool import PoolBroken, SigningFailed, SigningPool
 from mailer.delivery.transport import Transport
 from mailer.errors import KeyStoreError
 
@@ -176,11 +173,15 @@ class DKIMSigner:
         _use_openssl_rsa()
 
     def sign(self, data: bytes) -> bytes:
+        return self.signature(data) + data
+
+    def signature(self, data: bytes) -> bytes:
+        """The ``DKIM-Signature`` header lines to put on top of ``data`` (empty without From)."""
         import dkim
 
         headers = _present(data)
         if b"From" not in headers:
-            return data  # RFC 6376 §5.4: From is mandatory; a message without it is not ours
+            return b""  # RFC 6376 §5.4: From is mandatory; a message without it is not ours
         out = b""
         # Each signature covers the message as built; DKIM-Signature is not among the signed
         # fields, so the order of the two does not matter to verifiers (RFC 8463 §3).
@@ -188,7 +189,7 @@ class DKIMSigner:
             out += dkim.sign(data, key.selector.encode(), key.domain.encode(), key.private,
                              canonicalize=_CANON, signature_algorithm=key.algorithm.encode(),
                              include_headers=headers, linesep=b"\r\n")
-        return out + data
+        return out
 
 
 _rsa_keys: dict[int, rsa.RSAPrivateKey] = {}
@@ -252,19 +253,6 @@ def _rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
     return headers, message[end + 4:]
 
 
-_worker_signer: DKIMSigner | None = None
-
-
-def _init_worker(keys: tuple[DKIMKey, ...]) -> None:
-    global _worker_signer
-    _worker_signer = DKIMSigner(keys)
-
-
-def _sign_in_worker(data: bytes) -> bytes:
-    assert _worker_signer is not None
-    return _worker_signer.sign(data)
-
-
 class SigningTransport:
     """Wraps any ``Transport``: signs each message, then hands exactly those bytes on.
 
@@ -279,7 +267,7 @@ class SigningTransport:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         self.pool_after = pool_after
         self._count = 0
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: SigningPool | None = None
 
     @property
     def concurrency(self) -> int:
@@ -300,19 +288,19 @@ class SigningTransport:
         if self.workers < 2 or self._count <= self.pool_after:
             return self.signer.sign(data)
         if self._pool is None:
-            # forkserver: forking a process that runs an event loop and threads can copy a held
-            # lock into the child; the workers need nothing of ours but the keys.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
-                                             initializer=_init_worker, initargs=(self.signer.keys,))
+            self._pool = SigningPool(self.signer.keys, self.workers)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, _sign_in_worker, data)
-        except BrokenProcessPool:
+            return await self._pool.signature(data) + data
+        except SigningFailed:
+            return self.signer.sign(data)  # raises here what the worker met, with its type
+        except PoolBroken:
             # A worker was killed (OOM killer, an operator's kill): sign here for the rest of the
             # run rather than fail every message; the send goes on at one core's speed.
-            log.warning("DKIM signing pool broke; signing in this process from now on")
-            self.workers = 1
-            self._pool.shutdown(wait=False)
-            self._pool = None
+            if self._pool is not None:
+                log.warning("DKIM signing pool broke; signing in this process from now on")
+                self.workers = 1
+                pool, self._pool = self._pool, None
+                await pool.aclose()
             return self.signer.sign(data)
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
@@ -321,5 +309,5 @@ class SigningTransport:
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            await pool.aclose()
         await self.inner.aclose()

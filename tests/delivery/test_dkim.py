@@ -175,7 +175,9 @@ async def test_a_killed_signing_worker_does_not_fail_the_send(tmp_path: Path, ke
     try:
         assert (await transport.send("b@example.org", "r@example.com", MSG)).code == 250
         assert transport._pool is not None
-        for pid in list(transport._pool._processes):  # type: ignore[attr-defined]
+        pids = transport._pool.pids
+        assert len(pids) == 2
+        for pid in pids:
             os.kill(pid, signal.SIGKILL)
         for _ in range(2):
             assert (await transport.send("b@example.org", "r@example.com", MSG)).code == 250
@@ -185,6 +187,102 @@ async def test_a_killed_signing_worker_does_not_fail_the_send(tmp_path: Path, ke
     files = list((tmp_path / "md" / "new").iterdir())
     assert len(files) == 3
     assert all(len(verify_all(f.read_bytes(), keys)) == 2 for f in files)
+
+
+def numbered(i: int) -> bytes:
+    return MSG.replace(b"Message-ID: <1@", f"Message-ID: <{i}@".encode()) + f"reader {i}\r\n".encode() * i
+
+
+async def test_the_pool_answers_each_message_with_its_own_signature(tmp_path: Path,
+                                                                     keys: tuple[DKIMKey, ...]) -> None:
+    """Many messages in flight at once: each comes back with the signature of its own body
+    (answers are matched to requests by order; a mix-up would fail verification)."""
+    import asyncio
+
+    transport = SigningTransport(MaildirTransport(tmp_path / "md"), keys, workers=2, pool_after=0)
+    try:
+        signed = await asyncio.gather(*(transport.sign(numbered(i)) for i in range(120)))
+        assert transport._pool is not None
+        assert len(set(transport._pool.pids)) == 2
+    finally:
+        await transport.aclose()
+    for i, data in enumerate(signed):
+        assert data.endswith(numbered(i))
+        assert sorted(verify_all(data, keys)) == [b"ed25519-sha256", b"rsa-sha256"]
+
+
+def test_the_same_transport_signs_in_a_second_event_loop(tmp_path: Path, keys: tuple[DKIMKey, ...]) -> None:
+    """The CLI may run several ``asyncio.run`` calls with one App: the pool starts again."""
+    import asyncio
+
+    transport = SigningTransport(MaildirTransport(tmp_path / "md"), keys, workers=2, pool_after=0)
+    first = asyncio.run(transport.sign(numbered(1)))
+    assert transport._pool is not None
+    old = transport._pool.pids
+    second = asyncio.run(transport.sign(numbered(2)))
+    assert transport._pool.pids != old
+    asyncio.run(transport.aclose())
+    assert verify_all(first, keys)
+    assert verify_all(second, keys)
+
+
+async def test_a_message_a_worker_cannot_sign_fails_alone(tmp_path: Path, keys: tuple[DKIMKey, ...]) -> None:
+    from mailer.delivery.signing_pool import SigningFailed, SigningPool
+
+    pool = SigningPool(keys, 1)
+    try:
+        # A header line with no colon: dkimpy refuses it.
+        with pytest.raises(SigningFailed, match="Error"):
+            await pool.signature(b"From: a@example.org\r\nnot a header\r\n\r\nbody\r\n")
+        assert verify_all(await pool.signature(MSG) + MSG, keys)  # the worker lives on
+    finally:
+        await pool.aclose()
+
+
+def test_signing_workers_exit_when_their_sender_is_killed(tmp_path: Path, keys: tuple[DKIMKey, ...]) -> None:
+    """SIGKILL of the sending process closes the workers' pipes: they read EOF and exit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "sender.py"
+    script.write_text(
+        "import asyncio, sys, time\n"
+        "from pathlib import Path\n"
+        "from mailer.delivery.dkim import load_keys\n"
+        "from mailer.delivery.signing_pool import SigningPool\n"
+        "async def main():\n"
+        f"    pool = SigningPool(load_keys([Path({str(keyfile_rsa(tmp_path))!r})], 'news', 'example.org'), 2)\n"
+        "    await pool.signature(b'From: a@example.org\\r\\n\\r\\nbody\\r\\n')\n"
+        "    print(*pool.pids, flush=True)\n"
+        "    time.sleep(60)\n"
+        "asyncio.run(main())\n")
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        pids = [int(p) for p in child.stdout.readline().split()]
+        assert len(pids) == 2
+        os.kill(child.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)
+
+
+def keyfile_rsa(tmp_path: Path) -> Path:
+    path = tmp_path / "rsa.pem"
+    create_key_file(path, "rsa-sha256")
+    return path
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie whose parent died is reaped by init: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 _body_pieces = st.sampled_from([b"a", b"Z9", b" ", b"  ", b"\t", b"\r\n", b"\n", b"\r", b"=20",

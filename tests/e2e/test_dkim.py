@@ -3,13 +3,16 @@ message a real `newsletter send` hands to the relay verifies against those recor
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import dkim
 import dns.resolver
 
-from tests.e2e.test_end_to_end import FEED, newsletter, smtp_config
+from mailer.delivery.dkim import POOL_AFTER, dns_record, load_keys
+from tests.e2e.test_end_to_end import FEED, NEWSLETTER, newsletter, smtp_config
 from tests.support.dns import DNSServer
 from tests.support.http import HTTPServer, Reply
 from tests.support.smtp import SMTPServer
@@ -93,3 +96,50 @@ def test_dkim_init_without_a_section_is_one_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("newsletter: error:")
     assert "[dkim]" in result.stderr
+
+
+def test_a_send_past_the_inline_threshold_signs_in_the_workers_and_every_message_verifies(
+        tmp_path: Path, http_server: HTTPServer, smtp_server: SMTPServer) -> None:
+    """Past ``POOL_AFTER`` messages the real `newsletter send` signs in its worker processes:
+    each message carries its own signatures (matched to its own body), and no worker is left
+    running once the command has exited."""
+    http_server.routes["/feed"] = Reply(body=FEED, headers={"Content-Type": "application/atom+xml"})
+    config = smtp_config(tmp_path, http_server.url("/feed"), smtp_server.port)
+    config.write_text(config.read_text(encoding="utf-8") + DKIM, encoding="utf-8")
+    assert newsletter(config, "dkim", "init").returncode == 0
+    readers = POOL_AFTER + 28
+    csv = tmp_path / "list.csv"
+    csv.write_text("email,language\n" + "".join(
+        f"reader{i}@{('qq.example', '163.example', 'mail.example')[i % 3]},"
+        f"{('zh-Hans', 'zh-Hant', 'en')[i % 3]}\n" for i in range(readers)), encoding="utf-8")
+    assert newsletter(config, "keys", "init").returncode == 0
+    assert newsletter(config, "subscribers", "import", str(csv), "--confirmed").returncode == 0
+    assert newsletter(config, "poll").returncode == 0
+    # Output to files, not pipes: a pipe would make us wait for any worker still holding it.
+    tag = f"TEST_SIGNING_RUN={tmp_path}"  # inherited by the workers: finds ours only
+    out, err = tmp_path / "send.out", tmp_path / "send.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        code = subprocess.run([*NEWSLETTER, "--config", str(config), "send"], stdout=stdout, stderr=stderr,
+                              env={**os.environ, "NEWSLETTER_MIRROR_SECRET": "e2e-secret", "TEST_SIGNING_RUN":
+                                   str(tmp_path)}, timeout=120, check=False).returncode
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and tag.encode() in _environ(p)]
+    assert code == 0, err.read_text()
+    assert f"{readers} sent" in out.read_text()
+    assert "signing pool broke" not in err.read_text()
+    assert left == []  # no signer outlives the command
+
+    keys = load_keys([tmp_path / "keys" / "dkim-rsa.pem", tmp_path / "keys" / "dkim-ed25519.pem"],
+                     "news2026", "example.org")
+    zone = {f"{k.record_name}.".encode(): dns_record(k).encode() for k in keys}
+    assert len(smtp_server.received) == readers
+    for r in smtp_server.received:
+        assert r.rcpt_tos[0].encode() in r.data  # the To: is this recipient's
+        for i in range(2):
+            assert dkim.DKIM(r.data).verify(idx=i, dnsfunc=lambda name, timeout=5: zone.get(name, b""))
+
+
+def _environ(proc: Path) -> list[bytes]:
+    try:
+        return (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return []

@@ -1,0 +1,274 @@
+"""Worker processes that sign DKIM on pipes the event loop reads: both cores sign, and the loop
+pays only a pipe write and a short read per message.
+
+Why not ``ProcessPoolExecutor``: it pickles each call through a queue fed by one thread and
+answered through a second, and those threads fight the event loop for the GIL; measured on this
+2-core machine, the sending process spent most of a core on that bookkeeping and signed sending
+reached 0.25x of smtp-source. Here each worker is a plain child process (``python -m
+mailer.delivery.signing_pool``, started by exec, so nothing of the parent's threads or locks is
+copied) speaking a framed protocol on its stdin and stdout:
+
+* parent → worker, once: the keys (JSON; they stay in the pipe, never in argv or the environment);
+* parent → worker, per message: a 4-byte big-endian length and the message bytes;
+* worker → parent, per message, in order: a status byte (``0`` signed, ``1`` failed), a 4-byte
+  length and the ``DKIM-Signature`` header lines (or the error text). Only the header travels
+  back, not the message.
+
+Answers come back in the order asked, so each worker keeps a FIFO of futures; a request goes to
+the worker with the fewest in flight. A worker that dies (an operator's kill, the OOM killer)
+fails what it held with ``PoolBroken``; the transport then signs those and the rest inline. A
+message the worker cannot sign fails alone (``SigningFailed``), and the transport signs it
+inline, where the real exception is raised. The workers read EOF and exit when the parent
+closes their pipes or dies, even by SIGKILL: no signer outlives its sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailer.delivery.dkim import DKIMKey
+
+__all__ = ["PoolBroken", "SigningFailed", "SigningPool"]
+
+log = logging.getLogger("newsletter.delivery.dkim")
+
+_LENGTH = struct.Struct(">I")
+_ANSWER = struct.Struct(">BI")
+# Linux pipes hold 64 kB by default, three of our messages; a megabyte lets the loop hand a
+# worker a backlog in one write each instead of waiting on the pipe (fcntl F_SETPIPE_SZ).
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+class PoolBroken(RuntimeError):
+    """A signing worker exited; what it held was not signed."""
+
+
+class SigningFailed(RuntimeError):
+    """The worker could not sign this one message (it goes on with the next)."""
+
+
+def _keys_json(keys: Sequence[DKIMKey]) -> bytes:
+    return json.dumps([{"algorithm": k.algorithm, "selector": k.selector, "domain": k.domain,
+                        "private": base64.b64encode(k.private).decode(), "public_b64": k.public_b64}
+                       for k in keys]).encode()
+
+
+def _keys_from_json(data: bytes) -> tuple[DKIMKey, ...]:
+    from mailer.delivery.dkim import DKIMKey
+
+    return tuple(DKIMKey(k["algorithm"], k["selector"], k["domain"], base64.b64decode(k["private"]),
+                         k["public_b64"]) for k in json.loads(data))
+
+
+def _grow_pipe(fd: int) -> None:
+    with contextlib.suppress(OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+
+
+class _Worker:
+    """One child and its two pipes, as plain non-blocking file descriptors: they belong to no
+    event loop, so the same transport can sign under a later ``asyncio.run`` (the CLI runs
+    several) once the worker is registered with that loop."""
+
+    def __init__(self, keys: bytes) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailer.delivery.signing_pool"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.request_fd = self.process.stdin.fileno()
+        self.answer_fd = self.process.stdout.fileno()
+        os.set_blocking(self.request_fd, False)
+        os.set_blocking(self.answer_fd, False)
+        self.waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
+        self.outgoing = bytearray(_LENGTH.pack(len(keys)) + keys)
+        self.incoming = bytearray()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.broken = False
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        loop.add_reader(self.answer_fd, self._readable)
+        self._flush()
+
+    def submit(self, data: bytes) -> asyncio.Future[bytes]:
+        if self.broken or self.loop is None:
+            raise PoolBroken("a DKIM signing worker exited")
+        future = self.loop.create_future()
+        self.waiting.append(future)
+        pending = bool(self.outgoing)
+        self.outgoing += _LENGTH.pack(len(data))
+        self.outgoing += data
+        if not pending:
+            self._flush()
+        return future
+
+    def _flush(self) -> None:
+        """Write what the pipe takes now; the loop calls again when it has room."""
+        assert self.loop is not None
+        try:
+            while self.outgoing:
+                written = os.write(self.request_fd, self.outgoing)
+                del self.outgoing[:written]
+        except BlockingIOError:
+            self.loop.add_writer(self.request_fd, self._flush)
+            return
+        except OSError:  # EPIPE: the worker is gone
+            self._break()
+            return
+        self.loop.remove_writer(self.request_fd)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self.answer_fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._break()
+            return
+        self.incoming += chunk
+        while len(self.incoming) >= _ANSWER.size:
+            status, size = _ANSWER.unpack_from(self.incoming)
+            if len(self.incoming) < _ANSWER.size + size:
+                break
+            payload = bytes(self.incoming[_ANSWER.size:_ANSWER.size + size])
+            del self.incoming[:_ANSWER.size + size]
+            future = self.waiting.popleft()
+            if future.done():
+                continue
+            if status == 0:
+                future.set_result(payload)
+            else:
+                future.set_exception(SigningFailed(payload.decode("utf-8", "replace")))
+
+    def _break(self) -> None:
+        self.broken = True
+        self.detach()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(PoolBroken("a DKIM signing worker exited"))
+
+    def detach(self) -> None:
+        loop, self.loop = self.loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.answer_fd)
+            loop.remove_writer(self.request_fd)
+
+    def stop(self, timeout: float) -> None:
+        """Close the request pipe (the worker exits on EOF), then wait; kill if it hangs."""
+        self.detach()
+        for pipe in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class SigningPool:
+    """``size`` signing workers, started on first use and attached to the running loop."""
+
+    def __init__(self, keys: Sequence[DKIMKey], size: int) -> None:
+        self.keys = tuple(keys)
+        self.size = size
+        self._workers: list[_Worker] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def _ready(self) -> list[_Worker]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # Answers still owed to a finished loop would land on the wrong futures: start afresh.
+            self._stop(timeout=1)
+            self._loop = loop
+        if not self._workers:
+            secret = _keys_json(self.keys)
+            self._workers = [_Worker(secret) for _ in range(self.size)]
+            for worker in self._workers:
+                worker.attach(loop)
+        return self._workers
+
+    async def signature(self, data: bytes) -> bytes:
+        """The ``DKIM-Signature`` lines for ``data``, from the least busy worker."""
+        worker = min(self._ready(), key=lambda w: (w.broken, len(w.waiting)))
+        return await worker.submit(data)
+
+    def _stop(self, timeout: float) -> None:
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.stop(timeout)
+
+    async def aclose(self) -> None:
+        """Close the workers' pipes (they exit on EOF) and wait for them, off the loop."""
+        await asyncio.to_thread(self._stop, 5)
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
+    """The worker's loop: keys once, then sign each message until the parent closes the pipe."""
+    from mailer.delivery.dkim import DKIMSigner
+
+    head = _read_exactly(source, _LENGTH.size)
+    if head is None:
+        return
+    keys = _read_exactly(source, _LENGTH.unpack(head)[0])
+    if keys is None:
+        return
+    signer = DKIMSigner(_keys_from_json(keys))
+    while (head := _read_exactly(source, _LENGTH.size)) is not None:
+        data = _read_exactly(source, _LENGTH.unpack(head)[0])
+        if data is None:
+            return
+        try:
+            status, answer = 0, signer.signature(data)
+        except Exception as exc:  # one bad message must not take the worker down
+            status, answer = 1, f"{type(exc).__name__}: {exc}".encode()
+        sink.write(_ANSWER.pack(status, len(answer)) + answer)
+        sink.flush()
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when signing stops (it
+    # closes our stdin), so a daemon pausing on SIGINT still has its signers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _grow_pipe(0)
+    _grow_pipe(1)
+    _serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    main()
