@@ -295,6 +295,16 @@ def test_the_fast_relaxed_body_is_dkimpys_own(body: bytes) -> None:
     assert ours._relaxed_body(body) == ours._DKIMPY_RELAXED_BODY(body)
 
 
+_header_pieces = st.sampled_from([b"a", b"Z9", b" ", b"  ", b"\t", b"\r\n ", b"\r\n\t", b"\n", b"\r",
+                                  b"\x0b", b"\x0c", b":", b"\xe4\xb8\xad"])
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"From", b"Subject ", b"to", b"List-Id\t"]),
+                          st.lists(_header_pieces, max_size=30).map(b"".join)), max_size=6))
+def test_the_fast_relaxed_headers_are_dkimpys_own(headers: list[tuple[bytes, bytes]]) -> None:
+    assert ours._relaxed_headers(headers) == [tuple(h) for h in ours._DKIMPY_RELAXED_HEADERS(headers)]
+
+
 @given(head=st.lists(st.sampled_from([b"From: a@example.org", b"To: b@qq.com", b" folded",
                                       b"\tfolded", b"Subject: x  y"]), max_size=6),
        body=st.lists(_body_pieces, max_size=60).map(b"".join),
