@@ -3,8 +3,9 @@
 
 Every message body differs (mirror links, unsubscribe token), so each needs its own signature.
 An RSA-2048 signature is CPU work the event loop must not do: past a few messages the signing
-moves to worker processes (``signing_pool``: one per core, each loading the keys once, on sockets
-the loop reads) so both cores sign while the loop keeps the relay connections busy.
+moves to worker processes (``signing_pool`` runs ``signing_worker``: one per core, each loading
+the keys once, on sockets the loop reads) so both cores sign while the loop keeps the relay
+connections busy.
 Confirmations and test-sends sign inline; a pool costs more to start than they take.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import logging
 import os
 import re
@@ -43,6 +45,8 @@ __all__ = [
     "SigningTransport",
     "create_key_file",
     "dns_record",
+    "keys_from_json",
+    "keys_to_json",
     "load_keys",
     "selector_for",
 ]
@@ -145,6 +149,18 @@ def create_key_file(path: Path, algorithm: Algorithm) -> None:
         raise KeyStoreError(f"{path}: already exists; not replacing a DKIM key that DNS may publish") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
+
+
+def keys_to_json(keys: Sequence[DKIMKey]) -> bytes:
+    """The keys as a signing worker reads them from its socket (never argv or the environment)."""
+    return json.dumps([{"algorithm": k.algorithm, "selector": k.selector, "domain": k.domain,
+                        "private": base64.b64encode(k.private).decode(), "public_b64": k.public_b64}
+                       for k in keys]).encode()
+
+
+def keys_from_json(data: bytes) -> tuple[DKIMKey, ...]:
+    return tuple(DKIMKey(k["algorithm"], k["selector"], k["domain"], base64.b64decode(k["private"]),
+                         k["public_b64"]) for k in json.loads(data))
 
 
 def dns_record(key: DKIMKey) -> str:
@@ -306,7 +322,7 @@ class SigningTransport:
         if self.workers < 2 or self._count <= self.pool_after:
             return self.signer.sign(data)
         if self._pool is None:
-            self._pool = SigningPool(self.signer.keys, self.workers)
+            self._pool = SigningPool(keys_to_json(self.signer.keys), self.workers)
         try:
             return await self._pool.signature(data) + data
         except SigningFailed:

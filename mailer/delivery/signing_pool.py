@@ -5,7 +5,7 @@ Why not ``ProcessPoolExecutor``: it pickles each call through a queue fed by one
 answered through a second, and those threads fight the event loop for the GIL; measured on this
 2-core machine, the sending process spent most of a core on that bookkeeping and signed sending
 reached 0.25x of smtp-source. Here each worker is a plain child process (``python -m
-mailer.delivery.signing_pool``, started by exec, so nothing of the parent's threads or locks is
+mailer.delivery.signing_worker``, started by exec, so nothing of the parent's threads or locks is
 copied) speaking a framed protocol on its stdin and stdout, both one end of a Unix socket pair:
 
 * parent → worker, once: the keys (JSON; they stay in the socket, never in argv or the environment);
@@ -25,31 +25,26 @@ closes its end or dies, even by SIGKILL: no signer outlives its sender.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
-import json
 import logging
 import os
-import signal
 import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
-if TYPE_CHECKING:
-    from mailer.delivery.dkim import DKIMKey
-
-__all__ = ["PoolBroken", "SigningFailed", "SigningPool"]
+__all__ = ["ANSWER", "LENGTH", "PoolBroken", "SigningFailed", "SigningPool", "read_exactly"]
 
 log = logging.getLogger("newsletter.delivery.dkim")
 
-_LENGTH = struct.Struct(">I")
-_ANSWER = struct.Struct(">BI")
+LENGTH = struct.Struct(">I")
+ANSWER = struct.Struct(">BI")
 # Room for a backlog of messages in the kernel, so the loop hands each over in one write
 # instead of waiting for the worker to read (the kernel caps it at net.core.wmem_max).
 _SEND_BUFFER = 1 << 20
+# The worker's own module: it knows DKIM, this one only the framing.
+WORKER_MODULE = "mailer.delivery.signing_worker"
 
 
 class PoolBroken(RuntimeError):
@@ -58,19 +53,6 @@ class PoolBroken(RuntimeError):
 
 class SigningFailed(RuntimeError):
     """The worker could not sign this one message (it goes on with the next)."""
-
-
-def _keys_json(keys: Sequence[DKIMKey]) -> bytes:
-    return json.dumps([{"algorithm": k.algorithm, "selector": k.selector, "domain": k.domain,
-                        "private": base64.b64encode(k.private).decode(), "public_b64": k.public_b64}
-                       for k in keys]).encode()
-
-
-def _keys_from_json(data: bytes) -> tuple[DKIMKey, ...]:
-    from mailer.delivery.dkim import DKIMKey
-
-    return tuple(DKIMKey(k["algorithm"], k["selector"], k["domain"], base64.b64decode(k["private"]),
-                         k["public_b64"]) for k in json.loads(data))
 
 
 class _Worker:
@@ -85,7 +67,7 @@ class _Worker:
         try:
             self.channel.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailer.delivery.signing_pool"],
+                [sys.executable, "-m", WORKER_MODULE],
                 stdin=theirs.fileno(), stdout=theirs.fileno(), close_fds=True)
         except BaseException:
             self.channel.close()
@@ -95,7 +77,7 @@ class _Worker:
         self.channel.setblocking(False)
         self.request_fd = self.answer_fd = self.channel.fileno()
         self.waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
-        self.outgoing = bytearray(_LENGTH.pack(len(keys)) + keys)
+        self.outgoing = bytearray(LENGTH.pack(len(keys)) + keys)
         self.incoming = bytearray()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.broken = False
@@ -111,7 +93,7 @@ class _Worker:
         future = self.loop.create_future()
         self.waiting.append(future)
         pending = bool(self.outgoing)
-        self.outgoing += _LENGTH.pack(len(data))
+        self.outgoing += LENGTH.pack(len(data))
         self.outgoing += data
         if not pending:
             self._flush()
@@ -143,12 +125,12 @@ class _Worker:
             self._break()
             return
         self.incoming += chunk
-        while len(self.incoming) >= _ANSWER.size:
-            status, size = _ANSWER.unpack_from(self.incoming)
-            if len(self.incoming) < _ANSWER.size + size:
+        while len(self.incoming) >= ANSWER.size:
+            status, size = ANSWER.unpack_from(self.incoming)
+            if len(self.incoming) < ANSWER.size + size:
                 break
-            payload = bytes(self.incoming[_ANSWER.size:_ANSWER.size + size])
-            del self.incoming[:_ANSWER.size + size]
+            payload = bytes(self.incoming[ANSWER.size:ANSWER.size + size])
+            del self.incoming[:ANSWER.size + size]
             future = self.waiting.popleft()
             if future.done():
                 continue
@@ -185,8 +167,8 @@ class _Worker:
 class SigningPool:
     """``size`` signing workers, started on first use and attached to the running loop."""
 
-    def __init__(self, keys: Sequence[DKIMKey], size: int) -> None:
-        self.keys = tuple(keys)
+    def __init__(self, secret: bytes, size: int) -> None:
+        self.secret = secret  # what each worker reads first: the keys, in the worker's own form
         self.size = size
         self._workers: list[_Worker] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -202,8 +184,7 @@ class SigningPool:
             self._stop(timeout=1)
             self._loop = loop
         if not self._workers:
-            secret = _keys_json(self.keys)
-            self._workers = [_Worker(secret) for _ in range(self.size)]
+            self._workers = [_Worker(self.secret) for _ in range(self.size)]
             for worker in self._workers:
                 worker.attach(loop)
         return self._workers
@@ -223,7 +204,8 @@ class SigningPool:
         await asyncio.to_thread(self._stop, 5)
 
 
-def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
+def read_exactly(stream: IO[bytes], size: int) -> bytes | None:
+    """``size`` bytes from a blocking stream, or None at end of file (the worker's side)."""
     chunks, left = [], size
     while left:
         chunk = stream.read(left)
@@ -232,37 +214,3 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
-    """The worker's loop: keys once, then sign each message until the parent closes its end."""
-    from mailer.delivery.dkim import DKIMSigner
-
-    head = _read_exactly(source, _LENGTH.size)
-    if head is None:
-        return
-    keys = _read_exactly(source, _LENGTH.unpack(head)[0])
-    if keys is None:
-        return
-    signer = DKIMSigner(_keys_from_json(keys))
-    while (head := _read_exactly(source, _LENGTH.size)) is not None:
-        data = _read_exactly(source, _LENGTH.unpack(head)[0])
-        if data is None:
-            return
-        try:
-            status, answer = 0, signer.signature(data)
-        except Exception as exc:  # one bad message must not take the worker down
-            status, answer = 1, f"{type(exc).__name__}: {exc}".encode()
-        sink.write(_ANSWER.pack(status, len(answer)) + answer)
-        sink.flush()
-
-
-def main() -> None:
-    # Ctrl-C reaches the whole process group; the parent decides when signing stops (it
-    # closes our stdin), so a daemon pausing on SIGINT still has its signers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
-
-
-if __name__ == "__main__":
-    main()

@@ -14,7 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailer.delivery import dkim as ours
-from mailer.delivery.dkim import DKIMKey, DKIMSigner, SigningTransport, create_key_file, dns_record, load_keys
+from mailer.delivery.dkim import (
+    DKIMKey,
+    DKIMSigner,
+    SigningTransport,
+    create_key_file,
+    dns_record,
+    keys_to_json,
+    load_keys,
+)
 from mailer.delivery.maildir import MaildirTransport
 from mailer.delivery.smtp import SMTPTransport
 from mailer.errors import KeyStoreError
@@ -229,7 +237,7 @@ def test_the_same_transport_signs_in_a_second_event_loop(tmp_path: Path, keys: t
 async def test_a_message_a_worker_cannot_sign_fails_alone(tmp_path: Path, keys: tuple[DKIMKey, ...]) -> None:
     from mailer.delivery.signing_pool import SigningFailed, SigningPool
 
-    pool = SigningPool(keys, 1)
+    pool = SigningPool(keys_to_json(keys), 1)
     try:
         # A header line with no colon: dkimpy refuses it.
         with pytest.raises(SigningFailed, match="Error"):
@@ -251,10 +259,11 @@ def test_signing_workers_exit_when_their_sender_is_killed(tmp_path: Path, keys: 
     script.write_text(
         "import asyncio, sys, time\n"
         "from pathlib import Path\n"
-        "from mailer.delivery.dkim import load_keys\n"
+        "from mailer.delivery.dkim import keys_to_json, load_keys\n"
         "from mailer.delivery.signing_pool import SigningPool\n"
         "async def main():\n"
-        f"    pool = SigningPool(load_keys([Path({str(keyfile_rsa(tmp_path))!r})], 'news', 'example.org'), 2)\n"
+        f"    keys = load_keys([Path({str(keyfile_rsa(tmp_path))!r})], 'news', 'example.org')\n"
+        "    pool = SigningPool(keys_to_json(keys), 2)\n"
         "    await pool.signature(b'From: a@example.org\\r\\n\\r\\nbody\\r\\n')\n"
         "    print(*pool.pids, flush=True)\n"
         "    time.sleep(60)\n"
