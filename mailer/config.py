@@ -30,6 +30,8 @@ from mailer.delivery.providers import (
 )
 from mailer.errors import ConfigError
 from mailer.mirrors.sites import is_origin_host, same_place
+from mailer.render.convert import has_han
+from mailer.render.phrases import SHIPPED_PHRASES, Phrases
 from subscribers.languages import KNOWN_LANGUAGES, choices, is_pair_of
 
 __all__ = [
@@ -94,6 +96,9 @@ class NewsletterSettings:
     taiwan_phrases: bool = True
     # Traditional -> Simplified with mainland wording (軟體 -> 软件), OpenCC's tw2sp; false: t2s.
     mainland_phrases: bool = True
+    # The words OpenCC's phrase conversion misses (覆议 -> 复议): mailer/render/phrases.toml,
+    # with the operator's `phrases_file` on top.
+    phrases: Phrases = field(default_factory=lambda: _default_phrases())
     # Where readers can write to a person (footer, the bad-link page); None: not shown.
     contact: str | None = None
     templates_dir: Path | None = None
@@ -254,6 +259,10 @@ class DeliverySettings:
     def limited_domains(self) -> frozenset[str]:
         """Every domain ``domain_rates`` names, with a rate or a cap (kept by name in the outbox)."""
         return frozenset(self.domain_rates) | frozenset(self.domain_caps)
+
+
+def _default_phrases() -> Phrases:
+    return shipped_phrases()
 
 
 def _default_rules() -> ProviderRules:
@@ -560,9 +569,10 @@ def _locate(text: str, dotted: str) -> int | None:
             table = _expand(name, counts)
             header_line[_fmt(table)] = lineno
             continue
-        m = re.match(r"^\"?([A-Za-z0-9_\-]+)\"?\s*=", line)
+        m = re.match(r"^(?:\"([^\"]+)\"|([A-Za-z0-9_\-]+))\s*=", line)
         # The key itself, or an element inside it (``languages[1]``): report the key's line.
-        if m and len(want) > len(table) and want[: len(table)] == table and want[len(table)][0] == m.group(1):
+        key = m and (m.group(1) or m.group(2))
+        if key and len(want) > len(table) and want[: len(table)] == table and want[len(table)][0] == key:
             return lineno
     return header_line.get(_fmt(want))
 
@@ -600,6 +610,10 @@ class _Section:
 
     def has(self, name: str) -> bool:
         return name in self._data
+
+    def names(self) -> list[str]:
+        """The keys of a table whose keys are data (words), not settings."""
+        return list(self._data)
 
     def get(self, name: str, kind: type[T] | tuple[type, ...], default: Any = ...) -> Any:
         self._seen.add(name)
@@ -758,6 +772,7 @@ def _newsletter(ld: _Loader, s: _Section) -> NewsletterSettings:
         require_approval=s.get("require_approval", bool, False),
         taiwan_phrases=s.get("taiwan_phrases", bool, True),
         mainland_phrases=s.get("mainland_phrases", bool, True),
+        phrases=_phrases(ld, s, "phrases_file"),
         contact=s.convert("contact", str, _bare_address, None),
         templates_dir=ld.resolve(templates) if templates else None,
         content_rejection_alert=float(threshold),
@@ -1050,6 +1065,53 @@ def _domain_rate(t: _Section) -> tuple[float, DomainCap]:
         limits[name] = value
     t.done()
     return rate, DomainCap(**limits)
+
+
+@functools.cache
+def shipped_phrases() -> Phrases:
+    """``mailer/render/phrases.toml`` alone (what ``NewsletterSettings()`` starts from)."""
+    return _phrases_file(SHIPPED_PHRASES)
+
+
+def _phrases(ld: _Loader, s: _Section, key: str) -> Phrases:
+    """The shipped phrase pairs, with the operator's file (``phrases_file``) on top."""
+    name = s.get(key, str, None)
+    if name is None:
+        return shipped_phrases()
+    path = ld.resolve(name)
+    if not path.is_file():
+        raise s.error(key, f"{path} does not exist")
+    return shipped_phrases().merged(_phrases_file(path))
+
+
+def _phrases_file(path: Path) -> Phrases:
+    """One phrases file (``mailer/render/phrases.toml`` format); errors name file, key, line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read phrases: {exc}", path=path) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", path=path,
+                          line=int(m.group(1)) if m else None) from None
+    root = _Section(_Loader(path, text, {}), data, "")
+    tables = {}
+    for region in ("mainland", "taiwan"):
+        t = root.table(region)
+        pairs = []
+        for word in t.names():
+            value = t.get(word, str)
+            if not has_han(word):
+                raise t.error(word, "must hold Chinese characters (it is matched in converted text)")
+            if not value:
+                raise t.error(word, "must not be empty")
+            pairs.append((word, value))
+        t.done()
+        tables[region] = tuple(sorted(pairs))
+    root.done()
+    return Phrases(tables["mainland"], tables["taiwan"])
 
 
 @functools.cache

@@ -4,20 +4,25 @@ Only text is converted, never markup or URLs: a link to ``/软件/`` must keep w
 visible text around it became ``軟體``. OpenCC leaves Latin text alone, so every post is converted,
 English ones too: "Liu Xiaobo Rally (释放刘晓波)" reaches a Traditional reader as "(釋放劉曉波)".
 Chinese quotation marks follow the script (「」 in Traditional, “” in Simplified); English ones,
-with Latin letters on both sides, are left alone.
+with Latin letters on both sides, are left alone. After OpenCC come the region's own words that
+its phrase conversion misses (``phrases.py``: 覆议 -> 复议 for mainland readers).
 """
 
 from __future__ import annotations
 
 import html
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from html.parser import HTMLParser
 
 import opencc
 
+from mailer.render.phrases import NO_PHRASES, Phrases, PhraseTable, apply_phrases
+
 __all__ = [
     "CHINESE",
+    "Conversion",
     "conversion_for",
     "convert_html",
     "convert_quotes",
@@ -37,21 +42,37 @@ def has_han(text: str) -> bool:
     return _HAN.search(text) is not None
 
 
-def conversion_for(source: str, target: str, *, taiwan_phrases: bool,
-                   mainland_phrases: bool = True) -> str | None:
-    """The OpenCC config that turns ``source`` text into ``target`` script, or None for none.
+_NO_PAIRS = Phrases()
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """How text reaches one script: an OpenCC config, then the region's own phrase pairs."""
+
+    opencc: str
+    phrases: PhraseTable = NO_PHRASES
+
+    @property
+    def target(self) -> str:
+        return "zh-Hant" if self.opencc.startswith("s2t") else "zh-Hans"
+
+
+def conversion_for(source: str, target: str, *, taiwan_phrases: bool, mainland_phrases: bool = True,
+                   phrases: Phrases = _NO_PAIRS) -> Conversion | None:
+    """How ``source`` text is turned into ``target`` script, or None for not at all.
 
     ``s2twp`` also swaps mainland words for Taiwan ones (软件 -> 軟體); ``s2t`` changes only the
     characters, which Hong Kong and diaspora readers often prefer. ``tw2sp`` is the way back,
     Taiwan words to mainland ones (軟體 -> 软件, 資訊 -> 信息), ``t2s`` characters only. A mixed
     or English post may hold either script, so it is converted toward the target whichever it
-    holds (OpenCC leaves Latin letters alone).
+    holds (OpenCC leaves Latin letters alone). ``phrases`` adds the words OpenCC misses, only
+    where the phrase conversion is on: characters-only readers get characters only.
     """
     if target not in CHINESE or source == target:
         return None
     if target == "zh-Hant":
-        return "s2twp" if taiwan_phrases else "s2t"
-    return "tw2sp" if mainland_phrases else "t2s"
+        return Conversion("s2twp", phrases.taiwan) if taiwan_phrases else Conversion("s2t")
+    return Conversion("tw2sp", phrases.mainland) if mainland_phrases else Conversion("t2s")
 
 
 @lru_cache(maxsize=8)
@@ -86,23 +107,20 @@ def convert_quotes(text: str, target: str) -> str:
     return marks.sub(one, text)
 
 
-def _target_of(config: str) -> str:
-    return "zh-Hant" if config.startswith("s2t") else "zh-Hans"
-
-
-def convert_text(text: str, config: str | None) -> str:
-    """Convert plain text (titles, alt text) with the named OpenCC config; None leaves it."""
-    if config is None or not has_han(text):
+def convert_text(text: str, conversion: Conversion | None) -> str:
+    """Convert plain text (titles, alt text) into the conversion's script; None leaves it."""
+    if conversion is None or not has_han(text):
         return text
-    return convert_quotes(str(_converter(config).convert(text)), _target_of(config))
+    converted = apply_phrases(str(_converter(conversion.opencc).convert(text)), conversion.phrases)
+    return convert_quotes(converted, conversion.target)
 
 
 class _TextConverter(HTMLParser):
     """Re-emit HTML unchanged except for text nodes and alt/title attribute values."""
 
-    def __init__(self, config: str) -> None:
+    def __init__(self, conversion: Conversion) -> None:
         super().__init__(convert_charrefs=False)
-        self.config = config
+        self.conversion = conversion
         self.out: list[str] = []
         self.text_at: list[int] = []  # which pieces of ``out`` are text nodes
 
@@ -113,7 +131,7 @@ class _TextConverter(HTMLParser):
                 parts.append(f" {name}")
                 continue
             if name in _TEXT_ATTRS:
-                value = convert_text(value, self.config)
+                value = convert_text(value, self.conversion)
             parts.append(f' {name}="{html.escape(value, quote=True)}"')
         return "".join(parts)
 
@@ -128,14 +146,14 @@ class _TextConverter(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self.text_at.append(len(self.out))
-        self.out.append(convert_text(data, self.config))
+        self.out.append(convert_text(data, self.conversion))
 
     def quotes_across_tags(self) -> None:
         """A quotation mark whose Chinese neighbour is in the next text node (“<b>自由</b>”):
         judge it on the visible text, tags left out. Marks only swap one for one, so each node
         keeps its length and takes its own slice back."""
         pieces = [self.out[i] for i in self.text_at]
-        joined = convert_quotes("".join(pieces), _target_of(self.config))
+        joined = convert_quotes("".join(pieces), self.conversion.target)
         start = 0
         for i, piece in zip(self.text_at, pieces, strict=True):
             self.out[i] = joined[start:start + len(piece)]
@@ -154,11 +172,11 @@ class _TextConverter(HTMLParser):
         self.out.append(f"<!{decl}>")
 
 
-def convert_html(fragment: str, config: str | None) -> str:
+def convert_html(fragment: str, conversion: Conversion | None) -> str:
     """Convert the visible text of an HTML fragment; tags, hrefs and srcs are left as they are."""
-    if config is None or not has_han(fragment):
+    if conversion is None or not has_han(fragment):
         return fragment
-    parser = _TextConverter(config)
+    parser = _TextConverter(conversion)
     parser.feed(fragment)
     parser.close()
     parser.quotes_across_tags()

@@ -26,7 +26,7 @@ from mailer.feeds.sanitise import strip_tags
 from mailer.mirrors.rewrite import mirror_alternatives
 from mailer.models import Edition, InlineImage, Post, RenderedVariant
 from mailer.render.catalog import Lazy, PerLanguage, Translator, catalog_for
-from mailer.render.convert import CHINESE, conversion_for, convert_html, convert_text
+from mailer.render.convert import CHINESE, Conversion, conversion_for, convert_html, convert_text
 from mailer.render.env import make_environment
 from mailer.render.safe import make_self_contained, remote_references
 from mailer.render.text import Reference, flow, html_to_text
@@ -227,11 +227,11 @@ class _Chrome:
         # A no-break space: "镜像 2" must never be cut between the word and its number.
         return self._("mirror %(n)s", n=i + 1).replace(" ", "\u00a0")
 
-    def marker(self, post: Post, target_config: str | None) -> str | None:
+    def marker(self, post: Post, conversion: Conversion | None) -> str | None:
         if post.language in self.halves:
             return None
         name = Lazy(_LANGUAGE_NAMES.get(post.language, "English"))
-        if target_config is not None and post.language in CHINESE:
+        if conversion is not None and post.language in CHINESE:
             return self._("Converted from %(language)s", language=name)
         return self._("Written in %(language)s", language=name)
 
@@ -241,7 +241,8 @@ def _show_post(post: Post, index: int, chrome: _Chrome, ctx: RenderContext) -> _
     # Every post, English ones too: the Han characters in "Liu Xiaobo Rally (释放刘晓波)" reach
     # a Traditional reader in Traditional (OpenCC leaves the Latin letters alone).
     config = conversion_for(post.language, target, taiwan_phrases=ctx.newsletter.taiwan_phrases,
-                            mainland_phrases=ctx.newsletter.mainland_phrases) if target else None
+                            mainland_phrases=ctx.newsletter.mainland_phrases,
+                            phrases=ctx.newsletter.phrases) if target else None
     converted = config is not None and post.language in CHINESE
     title = convert_text(defuse(_no_crlf(post.title)), config) or chrome._("(untitled)")
     body = convert_html(defuse(post.content_html), config)

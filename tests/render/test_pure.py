@@ -7,7 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer.render.convert import conversion_for, convert_html, convert_text
+from mailer.render.convert import Conversion, conversion_for, convert_html, convert_text
 from mailer.render.safe import make_self_contained, remote_references
 from mailer.render.text import display_width, flow, html_to_text, unflow, wrap
 
@@ -48,7 +48,7 @@ def test_wrap_never_starts_a_line_with_closing_punctuation(chars: list[str]) -> 
 def test_convert_html_changes_text_only(words: str) -> None:
     href = "https://x.org/软件/信息.html"
     fragment = f'<p class="信息"><a href="{href}" title="软件">{_escape(words)}</a></p>'
-    out = convert_html(fragment, "s2twp")
+    out = convert_html(fragment, Conversion("s2twp"))
     assert f'href="{href}"' in out
     assert 'class="信息"' in out  # only alt and title are words a reader sees
     assert 'title="軟體"' in out
@@ -68,13 +68,13 @@ def test_simplified_to_traditional_and_back_round_trips_characters(text: str) ->
 
 
 def test_conversion_choice() -> None:
-    assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=True) == "s2twp"
-    assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=False) == "s2t"
-    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True) == "tw2sp"  # mainland words
-    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True, mainland_phrases=False) == "t2s"
-    assert conversion_for("mixed", "zh-Hans", taiwan_phrases=True) == "tw2sp"
+    assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=True) == Conversion("s2twp")
+    assert conversion_for("zh-Hans", "zh-Hant", taiwan_phrases=False) == Conversion("s2t")
+    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True) == Conversion("tw2sp")  # mainland words
+    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True, mainland_phrases=False) == Conversion("t2s")
+    assert conversion_for("mixed", "zh-Hans", taiwan_phrases=True) == Conversion("tw2sp")
     # English posts too: their Han characters (a name, a slogan) reach the reader's script.
-    assert conversion_for("en", "zh-Hant", taiwan_phrases=True) == "s2twp"
+    assert conversion_for("en", "zh-Hant", taiwan_phrases=True) == Conversion("s2twp")
     assert conversion_for("zh-Hant", "zh-Hant", taiwan_phrases=True) is None
     assert conversion_for("zh-Hans", "en", taiwan_phrases=True) is None
 

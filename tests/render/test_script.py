@@ -18,7 +18,7 @@ import pytest
 from mailer.config import Config
 from mailer.feeds.sanitise import strip_tags
 from mailer.models import Edition, EditionState, Post
-from mailer.render.convert import conversion_for, convert_html, convert_quotes, convert_text
+from mailer.render.convert import Conversion, conversion_for, convert_html, convert_quotes, convert_text
 from mailer.render.text import unflow
 from mailer.render.variant import RenderContext, render_variant
 from tests.render.conftest import BUILD_DATE, ORIGIN, sample_posts
@@ -97,21 +97,21 @@ def test_mainland_phrases_are_configurable(config: Config) -> None:
     one = Edition(id=3, kind="post", state=EditionState.APPROVED, posts=(TAIWAN,))
     assert "“软件”与信息安全" in render_variant(one, "zh-Hans", phrases).subject
     assert "“软体”与资讯安全" in render_variant(one, "zh-Hans", plain).subject
-    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True) == "tw2sp"
+    assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True) == Conversion("tw2sp")
     assert conversion_for("zh-Hant", "zh-Hans", taiwan_phrases=True,
-                          mainland_phrases=False) == "t2s"
-    assert conversion_for("en", "zh-Hant", taiwan_phrases=False) == "s2t"
+                          mainland_phrases=False) == Conversion("t2s")
+    assert conversion_for("en", "zh-Hant", taiwan_phrases=False) == Conversion("s2t")
 
 
 def test_quotes_change_only_next_to_chinese() -> None:
     assert convert_quotes("他说“你好”", "zh-Hant") == "他说「你好」"
     assert convert_quotes("他說「你好」，『好』", "zh-Hans") == "他說“你好”，‘好’"
     assert convert_quotes("“Hello,” she said; don’t", "zh-Hant") == "“Hello,” she said; don’t"
-    assert convert_text("“释放刘晓波”", "s2t") == "「釋放劉曉波」"
-    assert convert_html('<p title="“自由”">他说“自由”</p>', "s2t") == \
+    assert convert_text("“释放刘晓波”", Conversion("s2t")) == "「釋放劉曉波」"
+    assert convert_html('<p title="“自由”">他说“自由”</p>', Conversion("s2t")) == \
         '<p title="「自由」">他說「自由」</p>'
     # A mark whose Chinese neighbour sits in the next text node, across a tag.
-    assert convert_html("<p>他说“<b>自由</b>”。</p>", "s2t") == "<p>他說「<b>自由</b>」。</p>"
-    assert convert_html("<p>他說「<a href='/x'>自由</a>」</p>", "t2s") == \
+    assert convert_html("<p>他说“<b>自由</b>”。</p>", Conversion("s2t")) == "<p>他說「<b>自由</b>」。</p>"
+    assert convert_html("<p>他說「<a href='/x'>自由</a>」</p>", Conversion("t2s")) == \
         '<p>他说“<a href="/x">自由</a>”</p>'
-    assert convert_html("<p>“<i>Hello</i>” 中文</p>", "s2t") == "<p>“<i>Hello</i>” 中文</p>"
+    assert convert_html("<p>“<i>Hello</i>” 中文</p>", Conversion("s2t")) == "<p>“<i>Hello</i>” 中文</p>"
