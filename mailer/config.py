@@ -398,6 +398,9 @@ class InboundSettings:
 
     maildir: Path | None = None
     address: str | None = None
+    # Other mailboxes the MTA delivers here (a feedback loop's, postmaster): ``--lmtp`` takes
+    # mail for these, ``address``, the VERP base and ``unsubscribe_mailto``, and refuses the rest.
+    mailboxes: tuple[str, ...] = ()
     soft_bounce_threshold: float = 3.0
     soft_bounce_half_life: timedelta = timedelta(days=7)
     replies_per_day: int = 3
@@ -1384,9 +1387,17 @@ def _inbound(ld: _Loader, s: _Section) -> InboundSettings:
             raise ValueError("must be more than 0")
         return float(value)
 
+    mailboxes = []
+    for i, value in enumerate(s.strings("mailboxes", [])):
+        try:
+            mailboxes.append(plain(value))
+        except ValueError as exc:
+            raise s.error(f"mailboxes[{i}]", str(exc)) from None
+
     out = InboundSettings(
         maildir=ld.resolve(maildir) if maildir else None,
         address=s.convert("address", str, plain, None),
+        mailboxes=tuple(mailboxes),
         soft_bounce_threshold=s.convert("soft_bounce_threshold", (int, float), positive,
                                         d.soft_bounce_threshold),
         soft_bounce_half_life=s.convert("soft_bounce_half_life", (str, int, float),

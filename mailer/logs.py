@@ -18,7 +18,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-__all__ = ["LOG_FORMATS", "DemoteRoutine", "JsonFormatter", "LogFormat", "configure_logging"]
+__all__ = ["LOG_FORMATS", "DemoteRoutine", "JsonFormatter", "LogFormat", "configure_logging",
+           "quiet_private_loggers"]
 
 LOG_FORMATS = ("text", "json")
 LogFormat = Literal["text", "json"]
@@ -27,6 +28,9 @@ _HANDLER = "newsletter"
 
 # Loggers whose INFO records are routine bookkeeping, not events an operator acts on.
 ROUTINE_LOGGERS = ("apscheduler",)
+# Loggers that write addresses below WARNING: aiosmtpd's ("sender: …", "recip: …" for every
+# LMTP envelope). Their INFO and DEBUG lines are dropped even with ``-v``: no address in a log.
+PRIVATE_LOGGERS = ("mail.log",)
 
 # The attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime",
@@ -69,11 +73,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+def quiet_private_loggers() -> None:
+    """``PRIVATE_LOGGERS`` keep only warnings and errors, whoever configured logging."""
+    for name in PRIVATE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure_logging(*, verbose: bool, fmt: LogFormat = "text",
                       stream: TextIO | None = None) -> None:
     """Set up the root logger once per command (replacing our earlier handler). Like
     ``logging.basicConfig``, it leaves logging alone when someone else (a test harness, an
     embedding program) already put a handler on the root logger."""
+    quiet_private_loggers()
     if not verbose:
         # Schema checks run on every command; alembic's "Context impl SQLiteImpl" lines are noise.
         logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -47,7 +47,7 @@ def inbound_cmd(app: App, maildir: Path | None, listen: str | None) -> None:
     async def serve() -> None:
         stop = asyncio.Event()
         server = await start_lmtp(host, port, lambda raw, rcpts: inbound.accept(
-            app, folder, raw, rcpts))
+            app, folder, raw, rcpts), inbound.inbound_addresses(app).accepts)
         bound = server.sockets[0].getsockname()
         click.echo(f"listening for LMTP on {bound[0]}:{bound[1]}; the Maildir {folder} is the spool",
                    err=True)

@@ -64,6 +64,9 @@ class InboundAddresses:
     bounce_base: str | None
     reader: str | None
     domains: frozenset[str] = frozenset()
+    # Other mailboxes delivered to the same intake (``[newsletter] unsubscribe_mailto``,
+    # ``[inbound] mailboxes``).
+    mailboxes: tuple[str, ...] = ()
 
     def _matches(self, base: str | None, address: str) -> str | None:
         """The tag of ``address`` if it is ``base`` with a tag, else None."""
@@ -89,6 +92,14 @@ class InboundAddresses:
         local, _, domain = self.bounce_base.rpartition("@")
         pattern = re.escape(local) + _TOKEN_IN_TEXT + re.escape(domain)
         return [Reference("verp", m.lower()) for m in re.findall(pattern, text, re.IGNORECASE)]
+
+    def accepts(self, address: str) -> bool:
+        """Whether mail to ``address`` is ours to take: one of our mailboxes, with or without a
+        tag. An MTA handing in anything else (a typo, a misrouted domain) is told ``550 5.1.1``
+        for that recipient rather than having it vanish into ``.unmatched``. Knowing no mailbox
+        at all, everything is taken, as the Maildir does."""
+        bases = [b for b in (self.bounce_base, self.reader, *self.mailboxes) if b]
+        return not bases or any(self._matches(b, address) is not None for b in bases)
 
     def is_ours(self, domain: str) -> bool:
         return domain.lower() in self.domains

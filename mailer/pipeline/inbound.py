@@ -70,10 +70,11 @@ _OUTBOX_STATE = {Kind.HARD_BOUNCE: OutboxState.BOUNCED,
 def inbound_addresses(app: App) -> InboundAddresses:
     cfg = app.config
     domains = {cfg.from_domain}
-    for address in (verp_base(cfg), cfg.inbound.address):
+    mailboxes = tuple(a for a in (cfg.newsletter.unsubscribe_mailto, *cfg.inbound.mailboxes) if a)
+    for address in (verp_base(cfg), cfg.inbound.address, *mailboxes):
         if address:
             domains.add(address.rpartition("@")[2].lower())
-    return InboundAddresses(verp_base(cfg), cfg.inbound.address, frozenset(domains))
+    return InboundAddresses(verp_base(cfg), cfg.inbound.address, frozenset(domains), mailboxes)
 
 
 def _day(now: datetime) -> datetime:

@@ -4,6 +4,7 @@ inbound Maildir, the real command in a subprocess, the real database read back."
 
 from __future__ import annotations
 
+import contextlib
 import email
 import mailbox
 import os
@@ -321,20 +322,7 @@ def test_lmtp_hands_mail_straight_in(tmp_path: Path, relay: SMTPServer) -> None:
     text = (text.replace("@@VERP@@", verp).replace("@@RCPT@@", READERS["hard"])
             .replace("@@MSGID@@", str(letter["Message-ID"])))
     text = "\n".join(line for line in text.split("\n") if not line.startswith("Delivered-To"))
-    log = (tmp_path / "lmtp.log").open("wb")
-    proc = subprocess.Popen([*NEWSLETTER, "--config", str(config), "inbound", "--lmtp",
-                             "127.0.0.1:0"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        port = None
-        for _ in range(200):
-            found = re.search(r"LMTP on 127\.0\.0\.1:(\d+)",
-                              (tmp_path / "lmtp.log").read_text(errors="replace"))
-            if found:
-                port = int(found.group(1))
-                break
-            time.sleep(0.05)
-        assert port is not None, (tmp_path / "lmtp.log").read_text()
+    with lmtp_listener(config) as port:
         with smtplib.LMTP("127.0.0.1", port) as lmtp:
             refused = lmtp.sendmail("", [verp], text.replace("\n", "\r\n").encode())
         assert refused == {}
@@ -344,10 +332,66 @@ def test_lmtp_hands_mail_straight_in(tmp_path: Path, relay: SMTPServer) -> None:
             time.sleep(0.05)
         assert state(config, READERS["hard"]) is SubscriberState.BOUNCED
         assert len(inbox(config)) == 0  # spooled, handled, removed
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0
-        log.close()
+
+
+@contextlib.contextmanager
+def lmtp_listener(config: Path, *options: str) -> Iterator[int]:
+    """``newsletter inbound --lmtp 127.0.0.1:0`` in a subprocess; yields its port, then stops
+    it with SIGTERM (exit 0). Its output is in ``lmtp.log`` beside the config."""
+    log_path = config.parent / "lmtp.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([*NEWSLETTER, *options, "--config", str(config), "inbound",
+                                 "--lmtp", "127.0.0.1:0"], cwd=config.parent, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            port = None
+            for _ in range(200):
+                found = re.search(r"LMTP on 127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
+                if found:
+                    port = int(found.group(1))
+                    break
+                time.sleep(0.05)
+            assert port is not None, log_path.read_text()
+            yield port
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=20) == 0
+
+
+def test_lmtp_answers_for_each_recipient_and_logs_no_address(tmp_path: Path, relay: SMTPServer) -> None:
+    """RFC 2033: a recipient that is not ours is refused at RCPT (550 5.1.1), DATA answers once
+    for each recipient taken; and with ``-v`` the log still holds no address."""
+    config = setup(tmp_path, relay)
+    verp, letter = sent(relay)[READERS["hard"]]
+    text = (FIXTURES / "postfix_user_unknown.eml").read_text(encoding="utf-8")
+    text = (text.replace("@@VERP@@", verp).replace("@@RCPT@@", READERS["hard"])
+            .replace("@@MSGID@@", str(letter["Message-ID"])))
+    stranger = "someone.else@elsewhere.example"
+    text_config = config.read_text(encoding="utf-8")
+    config.write_text(text_config.replace('address = "digest@example.org"\n',
+                                          'address = "digest@example.org"\nmailboxes = ["fbl@example.org"]\n'),
+                      encoding="utf-8")
+    with lmtp_listener(config, "-v") as port, smtplib.LMTP("127.0.0.1", port) as lmtp:
+        assert lmtp.ehlo_or_helo_if_needed() is None
+        assert lmtp.mail("")[0] == 250
+        assert lmtp.rcpt(verp)[0] == 250
+        code, reply = lmtp.rcpt(stranger)
+        assert (code, reply) == (550, b"5.1.1 no such mailbox here")
+        assert lmtp.rcpt("Digest+zh-Hant@EXAMPLE.org")[0] == 250  # a tag, any case
+        assert lmtp.rcpt("digest@example.org.evil.example")[0] == 550
+        assert lmtp.rcpt("fbl@example.org")[0] == 250  # [inbound] mailboxes
+        first = lmtp.data(text.replace("\n", "\r\n").encode())
+        rest = [lmtp.getreply()[0] for _ in range(2)]
+        assert [first[0], *rest] == [250, 250, 250]  # one answer for each recipient taken
+        for _ in range(100):
+            if state(config, READERS["hard"]) is SubscriberState.BOUNCED:
+                break
+            time.sleep(0.05)
+    assert state(config, READERS["hard"]) is SubscriberState.BOUNCED
+    log = (tmp_path / "lmtp.log").read_text(encoding="utf-8", errors="replace")
+    assert "refused a recipient" in log
+    for address in (stranger, verp, READERS["hard"], "digest+zh-hant"):
+        assert address.lower() not in log.lower()
 
 
 def test_a_bad_inbound_setting_names_file_key_and_line(tmp_path: Path) -> None:
@@ -362,6 +406,11 @@ def test_a_bad_inbound_setting_names_file_key_and_line(tmp_path: Path) -> None:
     assert "inbound.address" in result.err
     assert f":{line}" in result.err
     assert "newsletter.toml" in result.err
+    config.write_text(text + '\n[inbound]\nmaildir = "mail/inbound"\n'
+                      'mailboxes = ["fbl@example.org", "fbl+x@example.org"]\n', encoding="utf-8")
+    tagged = run(config, "inbound")
+    assert tagged.code == 2
+    assert "inbound.mailboxes[1]" in tagged.err
     config.write_text(text + '\n[inbound]\nmaildir = "mail/nowhere"\n', encoding="utf-8")
     missing = run(config, "inbound")
     assert missing.code == 2
