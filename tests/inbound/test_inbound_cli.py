@@ -372,7 +372,7 @@ def test_lmtp_answers_for_each_recipient_and_logs_no_address(tmp_path: Path, rel
                                           'address = "digest@example.org"\nmailboxes = ["fbl@example.org"]\n'),
                       encoding="utf-8")
     with lmtp_listener(config, "-v") as port, smtplib.LMTP("127.0.0.1", port) as lmtp:
-        assert lmtp.ehlo_or_helo_if_needed() is None
+        lmtp.ehlo_or_helo_if_needed()
         assert lmtp.mail("")[0] == 250
         assert lmtp.rcpt(verp)[0] == 250
         code, reply = lmtp.rcpt(stranger)
@@ -449,3 +449,63 @@ def test_a_reader_who_confirms_on_the_web_gets_the_latest_edition_at_once(
     [_, welcome] = delivered_to(relay, reader)
     assert str(welcome["Message-ID"]).startswith("<e1.")
     assert state(config, reader) is SubscriberState.ACTIVE
+
+
+def test_newsletter_inbound_killed_before_its_commit_loses_nothing_and_acts_once(
+        tmp_path: Path, relay: SMTPServer) -> None:
+    """SIGKILL of the real command between reading a bounce and committing its effect: this
+    test holds the database's write lock, so the command reads the message and then waits on
+    the commit; the message stays, and the next run counts the bounce exactly once. Then the
+    other window, after the commit and before the file is removed: the same bytes put back
+    are recognised and not counted again."""
+    import sqlite3
+
+    config = setup(tmp_path, relay)
+    drop(config, relay, "gmail_over_quota.eml", READERS["soft1"])
+    [key] = list(inbox(config).keys())
+    message = tmp_path / "mail" / "inbound" / "new" / key
+    raw = message.read_bytes()
+    os.utime(message, (message.stat().st_mtime - 10, message.stat().st_mtime))  # a read moves it
+    read_before = message.stat().st_atime
+
+    lock = sqlite3.connect(tmp_path / "data" / "newsletter.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # WAL: the command can read, not write
+    try:
+        output = tmp_path / "inbound.log"
+        with output.open("wb") as out:
+            proc = subprocess.Popen([*NEWSLETTER, "--config", str(config), "inbound"], cwd=tmp_path,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + 60
+        while message.stat().st_atime == read_before:  # the command has read the message
+            assert proc.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, "the command never read the message"
+            time.sleep(0.02)
+        time.sleep(1.0)  # classified, and now waiting on the lock (busy_timeout is 30 s)
+        assert proc.poll() is None
+        proc.kill()
+        proc.wait(timeout=20)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+
+    assert message.exists()  # nothing was lost
+    assert soft_score(config) is None  # and nothing was done
+
+    assert "soft_bounce 1" in inbound(config)
+    assert soft_score(config) == pytest.approx(1.0)
+    assert len(inbox(config)) == 0
+
+    inbox(config).add(raw)  # the crash after the commit: the file is still there
+    assert "1 message(s)" in inbound(config)
+    assert soft_score(config) == pytest.approx(1.0)  # counted once, not twice
+    assert len(inbox(config)) == 0
+
+
+def soft_score(config: Path) -> float | None:
+    app = App.from_path(config)
+    try:
+        with app.engine.connect() as conn:
+            return conn.execute(select(soft_bounces.c.score)).scalar_one_or_none()
+    finally:
+        app.engine.dispose()
