@@ -49,6 +49,9 @@ def fixture(name: str, *, token: str | None = None) -> bytes:
     ("yahoo_deferred.eml", Kind.SOFT_BOUNCE, "4.7.0"),
     ("qq_content_denied.eml", Kind.CONTENT_REJECTED, ""),
     ("netease_dt_spm.eml", Kind.CONTENT_REJECTED, ""),
+    # Sina's own shape: GBK, quoted-printable, no DSN part, the returned headers only.
+    ("sina_user_unknown.eml", Kind.HARD_BOUNCE, "5.1.1"),
+    ("sina_content_spam.eml", Kind.CONTENT_REJECTED, "5.7.1"),
     # QQ says this when throttling or refusing content: never a hard bounce on its own.
     ("qq_access_denied.eml", Kind.SOFT_BOUNCE, ""),
     ("postfix_delayed.eml", Kind.IGNORED, ""),
@@ -64,6 +67,16 @@ def test_each_shape_gets_its_kind(name: str, kind: Kind, status: str) -> None:
     if kind in (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.CONTENT_REJECTED):
         # The VERP address names the message, whatever the provider's shape.
         assert Reference("verp", SIGNER.bounce_token(EDITION, SUBSCRIBER)) in verdict.references
+
+
+def test_a_gbk_provider_bounce_is_read_in_its_own_charset() -> None:
+    """Sina writes its notice in GBK, quoted-printable: the reply line is found in the decoded
+    text."""
+    raw = fixture("sina_content_spam.eml")
+    assert "垃圾邮件".encode() not in raw  # only as GBK quoted-printable
+    verdict = classify(raw, addresses=ADDRESSES, rules=RULES)
+    assert verdict.reply == "554 5.7.1 Message rejected: content looks like spam"
+    assert verdict.kind is Kind.CONTENT_REJECTED  # the reader stays; the edition's report counts it
 
 
 def test_a_redacted_arf_report_still_names_our_message_by_its_message_id() -> None:

@@ -31,7 +31,7 @@ from tests.subscribers.support import NEWSLETTER, REPO, in_process, listed_ids, 
 from tests.support.smtp import SMTPServer
 
 READERS = {name: f"{name}@corp.example.net" for name in
-           ("hard", "content", "complaint", "away", "soft1", "soft3", "qq", "leaver")}
+           ("hard", "content", "complaint", "away", "soft1", "soft3", "qq", "leaver", "sina")}
 
 
 @pytest.fixture
@@ -156,12 +156,14 @@ def test_bounces_and_complaints_act_once_and_leave_nothing_behind(tmp_path: Path
     drop(config, relay, "yahoo_arf.eml", READERS["complaint"])
     drop(config, relay, "vacation_to_verp.eml", READERS["away"])
     drop(config, relay, "qq_access_denied.eml", READERS["qq"])
+    drop(config, relay, "sina_user_unknown.eml", READERS["sina"])  # GBK, Sina's own shape
     before = len(relay.received)
 
     out = inbound(config)
-    assert out.splitlines()[0] == ("5 message(s): complaint 1, content_rejected 1, hard_bounce 1, "
+    assert out.splitlines()[0] == ("6 message(s): complaint 1, content_rejected 1, hard_bounce 2, "
                                    "ignored 1, soft_bounce 1; 0 answer(s) sent")
     assert state(config, READERS["hard"]) is SubscriberState.BOUNCED
+    assert state(config, READERS["sina"]) is SubscriberState.BOUNCED
     assert row_state(config, READERS["hard"]) == "bounced"
     # A content verdict is the editors' problem, not the reader's: they stay.
     assert state(config, READERS["content"]) is SubscriberState.ACTIVE
@@ -179,7 +181,7 @@ def test_bounces_and_complaints_act_once_and_leave_nothing_behind(tmp_path: Path
     head = next(line for line in lines if line.startswith("domain")).split()
     total = next(line for line in lines if line.startswith("total")).split()
     columns = dict(zip(head[1:], total[1:], strict=True))
-    assert (columns["content_rejected"], columns["bounced"]) == ("1", "1")
+    assert (columns["content_rejected"], columns["bounced"]) == ("1", "2")
     # Privacy: nothing in the inbound folder or the database spells the addresses.
     for path in [*(tmp_path / "mail").rglob("*"), tmp_path / "data" / "newsletter.db"]:
         if path.is_file():
