@@ -40,8 +40,8 @@ from subscribers.schema import forgotten, list_meta
 from subscribers.schema import subscribers as t
 from subscribers.settings import ListSettings
 
-__all__ = ["INDEX_RULES", "INSERT_COLUMNS", "BatchResult", "SubscriberStore", "bulk_connection", "insert_rows",
-           "new_id"]
+__all__ = ["INDEX_RULES", "INSERT_COLUMNS", "BatchResult", "InConfirmation", "SubscriberStore",
+           "bulk_connection", "insert_rows", "new_id"]
 
 log = logging.getLogger("newsletter.subscribers")
 
@@ -131,6 +131,10 @@ class BatchResult:
     suppressed: int = 0  # existing rows left alone because they unsubscribed/bounced/complained
     ids: list[int] = field(default_factory=list)  # one per input row, in order
     pending_ids: list[int] = field(default_factory=list)  # rows pending after the batch
+
+
+# Work that commits with a confirmation: (the open transaction, the reader just confirmed).
+InConfirmation = Callable[[Connection, Recipient], None]
 
 
 class SubscriberStore:
@@ -579,12 +583,15 @@ class SubscriberStore:
     def unsubscribe(self, subscriber_id: int) -> SubscriberState | None:
         return self.apply(subscriber_id, Event.UNSUBSCRIBE)
 
-    def confirm(self, subscriber_id: int, issued_at: datetime | None = None) -> SubscriberState | None:
+    def confirm(self, subscriber_id: int, issued_at: datetime | None = None, *,
+                then: InConfirmation | None = None) -> SubscriberState | None:
         """Confirm a pending subscriber. A token issued before the subscriber's last state
-        change (e.g. before a later unsubscribe) confirms nothing."""
+        change (e.g. before a later unsubscribe) confirms nothing. ``then`` runs inside the
+        confirming transaction, so what it writes (the welcome's outbox row) commits with the
+        confirmation or not at all."""
         with self.engine.begin() as conn:
-            row = conn.execute(select(t.c.state, t.c.state_changed_at)
-                               .where(t.c.id == subscriber_id)).first()
+            row = conn.execute(select(t.c.state, t.c.state_changed_at, t.c.key_id, t.c.email_ct,
+                                      t.c.language).where(t.c.id == subscriber_id)).first()
             if row is None:
                 return None
             before = SubscriberState(row.state)
@@ -597,6 +604,9 @@ class SubscriberStore:
             conn.execute(update(t).where(and_(t.c.id == subscriber_id,
                                               t.c.state == before.value))
                          .values(**self._state_values(SubscriberState.ACTIVE, self.clock())))
+            if then is not None:
+                then(conn, Recipient(subscriber_id, self.codec.open(
+                    subscriber_id, row.key_id, row.email_ct).decode("utf-8"), row.language))
             log.info("subscriber %d confirmed", subscriber_id)
             return SubscriberState.ACTIVE
 

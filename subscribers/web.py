@@ -54,7 +54,7 @@ from subscribers.languages import KNOWN_LANGUAGES
 from subscribers.lifecycle import Subscriber, SubscriberState
 from subscribers.settings import PageSettings
 from subscribers.signup import SignupDesk
-from subscribers.store import SubscriberStore
+from subscribers.store import InConfirmation, SubscriberStore
 from subscribers.tokens import BadToken, ConfirmToken, LanguageToken, TokenSigner
 
 __all__ = ["RateLimiter", "SecurityHeaders", "is_cross_site", "make_web_app", "page_languages"]
@@ -198,12 +198,15 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
                  confirmations: ConfirmationSender | None = None,
                  background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
                  on_confirmed: Callable[[int], Coroutine[Any, Any, object]] | None = None,
+                 in_confirmation: InConfirmation | None = None,
                  ) -> Starlette:
     """Build the ASGI app. ``env`` is the project's one strict Jinja environment. The form
     hands requests to ``signup``; with ``confirmations``, its worker decides them and sends
     the mails for as long as the app runs (its lifespan), as do the ``background`` tasks
-    (the caller's timers, such as following a key rotation). ``on_confirmed`` is called with a
-    reader who has just confirmed (the welcome: the latest edition at once), once per reader."""
+    (the caller's timers, such as following a key rotation). ``in_confirmation`` runs in the
+    transaction that confirms a reader (the welcome's outbox row commits with it);
+    ``on_confirmed`` is called afterwards with the reader (the welcome: the latest edition at
+    once, delivered), once per reader."""
     parts = urlsplit(settings.public_url)
     ctx = _Ctx(
         store=store, tokens=tokens, env=env, settings=settings, strings=_load_strings(env),
@@ -358,7 +361,8 @@ def make_web_app(store: SubscriberStore, tokens: TokenSigner, env: Environment,
             return checked
         langs, tok = checked
         before = await run_in_threadpool(store.get, tok.subscriber_id)
-        state = await run_in_threadpool(store.confirm, tok.subscriber_id, tok.issued_at)
+        state = await run_in_threadpool(lambda: store.confirm(tok.subscriber_id, tok.issued_at,
+                                                              then=in_confirmation))
         record = await run_in_threadpool(store.get, tok.subscriber_id)
         langs = reader_langs(request, record, langs)
         if state is SubscriberState.ACTIVE:

@@ -121,6 +121,17 @@ class Outbox:
 
     # ------------------------------------------------------------------ writing
 
+    def enqueue_in(self, conn: Connection, edition_id: int, recipient: RecipientLike) -> bool:
+        """One queued row, in the caller's transaction (a reader's confirmation and their
+        welcome commit together); False if the row was there already."""
+        now = self.clock()
+        stmt = self._insert(outbox).values(
+            edition_id=edition_id, subscriber_id=recipient.id, language=recipient.language,
+            domain=outbox_domain(recipient.domain, self.rate_limited),
+            state=OutboxState.QUEUED.value, attempts=0, created_at=now, updated_at=now,
+        ).on_conflict_do_nothing(index_elements=[outbox.c.edition_id, outbox.c.subscriber_id])
+        return bool(conn.execute(stmt).rowcount)
+
     def enqueue(self, edition_id: int, recipients: Iterable[RecipientLike]) -> int:
         """Add a queued row per recipient; returns how many were new (0 on a repeat). A
         recipient's domain is kept only if it says nothing about the reader (``outbox_domain``).
@@ -322,6 +333,15 @@ class Outbox:
                 .values(state=state.value, last_code=code, last_reply=reply or None,
                         updated_at=self.clock())).rowcount
         return bool(changed)
+
+    def waiting_among(self, edition_id: int, subscriber_ids: Sequence[int]) -> int:
+        """How many of these readers' rows of ``edition_id`` are not yet sent or given up."""
+        c = outbox.c
+        stmt = select(func.count()).where(c.edition_id == edition_id,
+                                          c.subscriber_id.in_(list(subscriber_ids)),
+                                          c.state.in_(_OPEN))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     def exists(self, edition_id: int, subscriber_id: int) -> bool:
         """Whether we sent (or queued) this message: a Message-ID from a report is believed

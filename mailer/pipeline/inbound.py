@@ -241,8 +241,11 @@ class Inbound:
         """A reply to one of our confirmations: its token confirms, like the link."""
         tokens, store = self.app.tokens, self.app.subscribers
         if tag.kind == "confirm":
+            from mailer.pipeline.send import queue_welcome
+
             tok = tokens.verify_confirm(tag.value)
-            state = store.confirm(tok.subscriber_id, tok.issued_at)
+            # The welcome's row commits with the confirmation; send_answers delivers it.
+            state = store.confirm(tok.subscriber_id, tok.issued_at, then=queue_welcome(self.app))
             if state is SubscriberState.ACTIVE:
                 self.confirmed.append(tok.subscriber_id)
             return Handled("confirmed" if state is SubscriberState.ACTIVE else "refused")

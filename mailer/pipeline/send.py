@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from mailer.app import App
@@ -292,11 +293,26 @@ def unblock_provider(app: App, family: str) -> int | None:
     return app.outbox.release_held(fam.domains)
 
 
+def queue_welcome(app: App) -> Callable[[Connection, Recipient], None]:
+    """The welcome's outbox row, written in the transaction that confirms the reader
+    (``SubscriberStore.on_confirmed``): a crash right after the confirmation cannot lose the
+    welcome, because the row commits with it; :func:`welcome` then delivers it, or any sender
+    does later (a queued row in a sent edition is work, ``Outbox.editions_with_work``)."""
+
+    def queue(conn: Connection, reader: Recipient) -> None:
+        latest = app.editions.find([EditionState.SENT], limit=1)  # a read: another connection
+        if latest:
+            app.outbox.enqueue_in(conn, latest[0].id, reader)
+
+    return queue
+
+
 async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
     """Readers who just confirmed get the latest edition now, not only the next one. Through
-    the outbox like any send, so each gets it once: afterwards the row (edition, subscriber)
-    exists, and a reader who had it already (a re-subscription) gets nothing. Only active
-    readers are enqueued. Returns how many rows were new.
+    the outbox like any send, so each gets it once: the row (edition, subscriber) was queued
+    with the confirmation (:func:`queue_welcome`; queued here if not), and a reader who had
+    the edition already (a re-subscription) gets nothing. Only active readers count. Returns
+    how many of them had the welcome waiting.
 
     Only a ``sent`` edition is chosen: a cancelled one never reached readers, and ``sent`` is
     final, so no editor can cancel it under us. What the relay defers now, or a crash leaves
@@ -310,13 +326,16 @@ async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
     # Only the still-active ones (``get_recipients`` filters), decrypted for the outbox's domain.
     readers = await asyncio.to_thread(app.subscribers.get_recipients, list(subscriber_ids))
     active = list(readers.values())
-    added = await asyncio.to_thread(app.outbox.enqueue, edition_id, active) if active else 0
-    if not added:
+    if not active:
+        return 0
+    await asyncio.to_thread(app.outbox.enqueue, edition_id, active)  # a no-op when queued already
+    waiting = await asyncio.to_thread(app.outbox.waiting_among, edition_id, [r.id for r in active])
+    if not waiting:
         return 0
     # ``editions show`` counts what was enqueued; the report reads the outbox itself.
     await asyncio.to_thread(lambda: app.editions.set_total(edition_id,
                                                          app.outbox.total(edition_id)))
     prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
     await deliver(app, delivery_engine(app, prepared), prepared, edition_id)
-    log.info("welcome: edition %d to %d new reader(s)", edition_id, added)
-    return added
+    log.info("welcome: edition %d to %d new reader(s)", edition_id, waiting)
+    return waiting

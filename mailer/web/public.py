@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 
 from mailer.app import App
 from mailer.pipeline.confirm import confirmation_sender, confirmation_texts
-from mailer.pipeline.send import welcome
+from mailer.pipeline.send import queue_welcome, welcome
 from subscribers.settings import PageSettings
 from subscribers.web import make_web_app
 
@@ -49,4 +49,4 @@ def build_public_app(app: App) -> Starlette:
 
     return make_web_app(app.subscribers, app.tokens, app.jinja, settings, signup=app.signup,
                         confirmations=sender, background=(follow_keys,),
-                        on_confirmed=welcome_reader)
+                        on_confirmed=welcome_reader, in_confirmation=queue_welcome(app))

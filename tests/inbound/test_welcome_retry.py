@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -258,3 +259,45 @@ def test_newsletter_send_delivers_a_welcome_a_killed_sender_left_behind(
     assert len(welcomes(relay)) == 1
     assert run(config, "send").out.startswith("nothing to send")
     assert report(config)["total"]["sent"] == len(READERS) + 1
+
+
+KILLED_AFTER_CONFIRMING = """\
+import os, signal, sys
+from mailer.app import App
+from mailer.pipeline.inbound import Inbound
+app = App.from_path(sys.argv[1])
+handled = Inbound(app).handle(open(sys.argv[2], "rb").read())  # committed; nothing sent yet
+print(handled.kind, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the batch's answers and the welcome never go out
+"""
+
+
+def test_a_process_killed_right_after_the_confirmation_leaves_the_welcome_queued(
+        tmp_path: Path, relay: SMTPServer) -> None:
+    """The confirmation and the welcome's outbox row commit in one transaction: a process
+    killed the moment the confirmation committed (before it could deliver, or even queue, the
+    welcome) leaves the welcome queued in the sent edition, and ``newsletter send`` delivers it,
+    once. Before, the row was added only after the commit, and this reader got no welcome."""
+    config = setup(tmp_path, relay)
+    inbox(config).add(mail(STRANGER, "digest+zh-hant@example.org", "订阅"))
+    assert "subscribe 1" in inbound(config)
+    [confirmation] = delivered_to(relay, STRANGER)
+    reply = tmp_path / "reply.eml"
+    reply.write_bytes(mail(STRANGER, str(confirmation["Reply-To"]),
+                           "Re: " + str(confirmation["Subject"]), "> please confirm"))
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_AFTER_CONFIRMING, encoding="utf-8")
+    killed = subprocess.run([sys.executable, str(script), str(config), str(reply)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert killed.stdout.strip() == "confirmed"
+    assert state(config, STRANGER) is SubscriberState.ACTIVE
+    assert welcome_row(config) == ("queued", 0)
+    assert welcomes(relay) == []
+
+    resumed = run(config, "send")
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert len(welcomes(relay)) == 1
+    assert welcome_row(config) == ("sent", 1)
+    assert run(config, "send").out.startswith("nothing to send")
