@@ -31,7 +31,8 @@ from sqlalchemy import Engine, func, select
 from mailer.clock import as_utc
 from mailer.config import Config
 from mailer.delivery.domains import metric_domain
-from mailer.models import OutboxState
+from mailer.delivery.outbox import OPEN_STATES
+from mailer.models import EditionState, OutboxState
 from mailer.schema import editions, feeds, outbox, webhook_deliveries
 from subscribers.schema import confirmations
 
@@ -125,7 +126,8 @@ class DatabaseCollector(Collector):
     def _collect(self) -> Iterator[Metric]:
         cfg = self.config()
         rows = GaugeMetricFamily("newsletter_outbox_rows", "Outbox rows of editions that are "
-                                 "sending or paused, by state.", labels=["state"])
+                                 "sending or paused, and rows still open in sent editions "
+                                 "(welcomes), by state.", labels=["state"])
         progress = GaugeMetricFamily("newsletter_edition_rows", "An edition's outbox rows by "
                                      "state, for editions sending or paused.",
                                      labels=["edition", "state"])
@@ -144,6 +146,14 @@ class DatabaseCollector(Collector):
                         .group_by(outbox.c.edition_id, outbox.c.state)):
                     totals[OutboxState(state)] += int(n)
                     progress.add_metric([str(eid), str(state)], int(n))
+            # A sent edition's open rows are welcomes waiting (or retrying): the queue too.
+            for state, n in conn.execute(
+                    select(outbox.c.state, func.count())
+                    .select_from(outbox.join(editions, editions.c.id == outbox.c.edition_id))
+                    .where(editions.c.state == EditionState.SENT.value,
+                           outbox.c.state.in_(OPEN_STATES))
+                    .group_by(outbox.c.state)):
+                totals[OutboxState(state)] += int(n)
             for state, n in totals.items():
                 rows.add_metric([state.value], n)
             for eid, created in live.items():

@@ -41,6 +41,7 @@ from mailer.schema import editions, outbox
 
 __all__ = [
     "DELIVERING",
+    "OPEN_STATES",
     "STOP_STATES",
     "Outbox",
     "OutboxRow",
@@ -58,7 +59,7 @@ DELIVERING = frozenset({EditionState.SENDING.value, EditionState.SENT.value})
 # Row states still waiting for a reply. Spelled out beside ``claimable`` so that both databases
 # walk ix_outbox_claim (edition, state, …) to the few open rows: a sent edition holds mostly
 # sent rows, and every 30 s tick asks about every sent edition.
-_OPEN = (OutboxState.QUEUED.value, OutboxState.DEFERRED.value, OutboxState.SENDING.value)
+OPEN_STATES = (OutboxState.QUEUED.value, OutboxState.DEFERRED.value, OutboxState.SENDING.value)
 _ENQUEUE_BATCH = 2000
 
 
@@ -191,7 +192,7 @@ class Outbox:
         enqueued, so sending it again enqueues them (the scheduler's job, never a worker's)."""
         ready = and_(editions.c.state.in_(sorted(DELIVERING)),
                      exists().where(outbox.c.edition_id == editions.c.id,
-                                    outbox.c.state.in_(_OPEN), self.claimable(self.clock())))
+                                    outbox.c.state.in_(OPEN_STATES), self.claimable(self.clock())))
         if not unstarted:
             return ready
         empty = and_(editions.c.state == EditionState.SENDING.value,
@@ -222,7 +223,7 @@ class Outbox:
             select(editions.c.id)
             .where(editions.c.state.in_(sorted(DELIVERING)))
             .where(exists().where(outbox.c.edition_id == editions.c.id,
-                                  outbox.c.state.in_(_OPEN)))
+                                  outbox.c.state.in_(OPEN_STATES)))
             .order_by(editions.c.id)
         )
         with self.engine.connect() as conn:
@@ -239,7 +240,7 @@ class Outbox:
         # The IN on state lets both databases walk ix_outbox_claim (edition, state, …) instead
         # of every row of the edition: otherwise each claim re-reads all the rows already sent,
         # and a 100,000-recipient edition turns quadratic (45 ms a claim at 90 % sent).
-        eligible = and_(outbox.c.edition_id == edition_id, outbox.c.state.in_(_OPEN),
+        eligible = and_(outbox.c.edition_id == edition_id, outbox.c.state.in_(OPEN_STATES),
                         self.claimable(now))
         if skip_domains:
             eligible = and_(eligible, outbox.c.domain.not_in(sorted(skip_domains)))
@@ -339,7 +340,7 @@ class Outbox:
         c = outbox.c
         stmt = select(func.count()).where(c.edition_id == edition_id,
                                           c.subscriber_id.in_(list(subscriber_ids)),
-                                          c.state.in_(_OPEN))
+                                          c.state.in_(OPEN_STATES))
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 

@@ -225,3 +225,41 @@ def test_serve_and_a_worker_expose_metrics_too(tmp_path: Path) -> None:
                          cwd=config.parent)
     assert bad.returncode == 2
     assert "--metrics-listen" in bad.stderr
+
+
+def test_the_queue_gauge_counts_a_welcome_waiting_in_a_sent_edition(tmp_path: Path) -> None:
+    """A welcome is a row added to a sent edition: while it waits (or retries), the outbox
+    queue gauge must show it, or an operator's "queue stuck" alert never sees it."""
+    from prometheus_client import generate_latest
+
+    from mailer.metrics import DatabaseCollector
+    from mailer.mirrors.state import load_health
+    from mailer.models import EditionState
+
+    app = make_app(write_config(tmp_path, f"sqlite:///{tmp_path / 'n.db'}"))
+    try:
+        add_posts(app.engine, 1)
+        eid = app.editions.create()
+        assert eid is not None
+        done = app.subscribers.add("early@gmail.com", "en", confirmed=True)
+        late = app.subscribers.add("late@gmail.com", "en", confirmed=True)
+        readers = app.subscribers.get_recipients([done, late])
+        app.outbox.enqueue(eid, [readers[done]])
+        with app.engine.begin() as conn:
+            conn.execute(outbox.update().values(state="sent"))
+        app.editions.approve(eid)
+        for state in (EditionState.SENDING, EditionState.SENT):
+            app.editions.set_state(eid, state)
+
+        def gauge() -> dict[str, float]:
+            m = Metrics()
+            m.expose(DatabaseCollector(app.engine, lambda: app.config, lambda: load_health(app.engine)))
+            samples = _samples(generate_latest(m.registry).decode())
+            return {dict(lb)["state"]: v for (n, lb), v in samples.items() if n == "newsletter_outbox_rows"}
+
+        assert gauge()["queued"] == 0  # a sent edition's sent rows are history, not queue
+        app.outbox.enqueue(eid, [readers[late]])  # the welcome
+        assert gauge()["queued"] == 1
+        assert gauge()["sent"] == 0
+    finally:
+        app.engine.dispose()
