@@ -1070,6 +1070,24 @@ def _domain_rate(t: _Section) -> tuple[float, DomainCap]:
     return rate, DomainCap(**limits)
 
 
+def _data_file(path: Path, what: str) -> tuple[str, dict[str, Any]]:
+    """A data file beside the config (phrases, provider rules): its text and its tables.
+    Errors name the file, and a TOML error its line; a missing file is left to the caller,
+    which names the key that named it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what}: {exc}", path=path) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", path=path,
+                          line=int(m.group(1)) if m else None) from None
+
+
 @functools.cache
 def shipped_phrases() -> Phrases:
     """``mailer/render/phrases.toml`` alone (what ``NewsletterSettings()`` starts from)."""
@@ -1089,16 +1107,7 @@ def _phrases(ld: _Loader, s: _Section, key: str) -> Phrases:
 
 def _phrases_file(path: Path) -> Phrases:
     """One phrases file (``mailer/render/phrases.toml`` format); errors name file, key, line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read phrases: {exc}", path=path) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(f"not valid TOML: {exc}", path=path,
-                          line=int(m.group(1)) if m else None) from None
+    text, data = _data_file(path, "phrases")
     root = _Section(_Loader(path, text, {}), data, "")
     tables = {}
     for region in ("mainland", "taiwan"):
@@ -1147,18 +1156,7 @@ def _provider_rules(extra: Path | None, s: _Section, key: str) -> ProviderRules:
 
 def _rules_file(path: Path) -> list[Family]:
     """One rules file (``mailer/delivery/providers.toml`` format); errors name file, key, line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read provider rules: {exc}", path=path) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(f"not valid TOML: {exc}", path=path,
-                          line=int(m.group(1)) if m else None) from None
+    text, data = _data_file(path, "provider rules")
     ld = _Loader(path, text, {})
     root = _Section(ld, data, "")
     families = []

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tomllib
 from html import escape as html_escape
 from pathlib import Path
@@ -19,6 +16,7 @@ from mailer.errors import ConfigError
 from mailer.render.convert import conversion_for, convert_html, convert_text
 from mailer.render.phrases import SHIPPED_PHRASES, Phrases, apply_phrases
 from tests.render.conftest import write_config
+from tests.support.cli import newsletter
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = shipped_phrases()
@@ -154,15 +152,9 @@ def test_the_real_preview_of_a_taiwan_post_for_a_mainland_reader(tmp_path: Path,
             .replace("# mainland_phrases = true", f"mainland_phrases = {str(mainland).lower()}"))
     config = tmp_path / "newsletter.toml"
     config.write_text(text, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-
-    def newsletter(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mailer", "--config", str(config), *args],
-                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-
-    polled = newsletter("poll")
+    polled = newsletter(config, "poll")
     assert polled.returncode == 0, polled.stderr
-    shown = newsletter("preview", "--language", "zh-Hans", "--out", str(tmp_path / "p"))
+    shown = newsletter(config, "preview", "--language", "zh-Hans", "--out", str(tmp_path / "p"))
     assert shown.returncode == 0, shown.stderr
     html = (tmp_path / "p" / "zh-Hans.html").read_text(encoding="utf-8")
     plain = (tmp_path / "p" / "zh-Hans.txt").read_text(encoding="utf-8")
