@@ -303,17 +303,10 @@ class Daemon:
             self._sending.discard(edition_id)
         log.info("edition %d is %s", edition_id, store.info(edition_id).state)
 
-    async def _send_and_report(self, edition_id: int) -> None:
-        # An edition sent already (its late rows: welcomes) was reported when it went out.
-        was_sent = self.app.editions.info(edition_id).state is EditionState.SENT
-        await self._send(edition_id)
-        if (info := self.app.editions.info(edition_id)).state is EditionState.SENT and not was_sent:
-            await self.notifier.sent(info)
-
     async def _startup(self) -> None:
         """Editions interrupted by the last stop carry on; then those that came due meanwhile."""
         async def one(eid: int) -> None:
-            await self._guard(f"edition {eid}", self._send_and_report(eid))
+            await self._guard(f"edition {eid}", self._send(eid))
 
         await policy.resume_interrupted(self.app, one, should_stop=lambda: self.stopping)
         if not self.stopping:
@@ -324,7 +317,7 @@ class Daemon:
 
     async def _carry_on(self) -> list[int]:
         stop = lambda: self.stopping  # noqa: E731
-        return await policy.carry_on(self.app, self._send_and_report, busy=self._sending, should_stop=stop)
+        return await policy.carry_on(self.app, self._send, busy=self._sending, should_stop=stop)
 
     async def check_mirrors(self) -> None:
         await self._guard("mirrors", self.actions.check_mirrors(self.app))

@@ -124,10 +124,7 @@ async def process_due(app: App, send: SendOne, notifier: Notifier | None = None,
         decision = decide(info, now, grace=grace, require_approval=store.require_approval)
         try:
             if decision is Decision.SEND:
-                await send(eid)
-                after = store.info(eid)
-                if after.state is EditionState.SENT:
-                    await notifier.sent(after)
+                await send(eid)  # reported when it ends (send.finish_and_report)
             elif decision is Decision.HOLD:
                 store.hold(eid, "not approved at its send time")
                 log.warning("edition %d held: approval is required and it is not approved", eid)

@@ -44,6 +44,7 @@ __all__ = [
     "cancel_edition",
     "deliver",
     "delivery_engine",
+    "finish_and_report",
     "finish_if_done",
     "send_edition",
     "send_new_posts",
@@ -167,6 +168,21 @@ def finish_if_done(app: App, edition_id: int) -> bool:
     return True
 
 
+async def finish_and_report(app: App, edition_id: int) -> bool:
+    """:func:`finish_if_done`, then, from the one caller whose mark won, the editors' report
+    and the ``edition.sent`` event (``Notifier.sent``). Every sender ends an edition through
+    this: the daemon, ``send``, ``run --once`` and workers alike, so an edition finished by a
+    retry or a resumed send is reported too, once."""
+    if not await asyncio.to_thread(finish_if_done, app, edition_id):
+        return False
+    log.info("edition %d: every row has its outcome; marked sent", edition_id)
+    try:
+        await Notifier.for_app(app).sent(app.editions.info(edition_id))
+    except Exception:  # the send is done; a report that fails must not undo it
+        log.exception("edition %d: the editors' report could not be sent", edition_id)
+    return True
+
+
 def cancel_edition(app: App, edition_id: int, reason: str | None = None) -> int:
     """Cancel an edition (the CLI and the admin): the store refuses what cannot be cancelled;
     rows never sent become ``cancelled`` in the outbox. Returns how many rows that was.
@@ -201,7 +217,7 @@ async def send_edition(app: App, edition_id: int, *, progress: bool | Progress =
     finally:
         if watcher is not None:
             watcher.cancel()
-    finish_if_done(app, edition_id)
+    await finish_and_report(app, edition_id)
     return SendSummary(edition_id, enqueued, report)
 
 

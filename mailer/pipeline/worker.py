@@ -28,10 +28,9 @@ from datetime import timedelta
 
 from mailer.app import App
 from mailer.delivery.engine import DeliveryEngine, DeliveryReport
-from mailer.editions.notify import Notifier
 from mailer.errors import NewsletterError
 from mailer.pipeline.prepare import PreparedEdition, prepare_edition
-from mailer.pipeline.send import deliver, delivery_engine, finish_if_done
+from mailer.pipeline.send import deliver, delivery_engine, finish_and_report
 from subscribers.lifecycle import Recipient
 
 __all__ = ["DEFAULT_LEASE", "SenderWorker", "WorkerReport", "worker_owner"]
@@ -147,11 +146,5 @@ class SenderWorker:
         finally:
             self._current = None
         report.runs.append(result)
-        if await asyncio.to_thread(finish_if_done, app, edition_id):
+        if await finish_and_report(app, edition_id):  # the editors hear it once, from the winner
             report.finished.append(edition_id)
-            log.info("edition %d: every row has its outcome; marked sent", edition_id)
-            # Only the worker whose compare-and-set won gets here, so the editors hear it once.
-            try:
-                await Notifier.for_app(app).sent(app.editions.info(edition_id))
-            except Exception:
-                log.exception("edition %d: the editors' report could not be sent", edition_id)

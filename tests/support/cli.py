@@ -19,9 +19,10 @@ def newsletter_cmd(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "mailer", "--config", str(config), *args]
 
 
-def newsletter(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def newsletter(config: Path, *args: str, stdin: str | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(newsletter_cmd(config, *args), capture_output=True, text=True, input=stdin,
-                          env=ENV, timeout=300, check=False, cwd=config.parent)
+                          env=env or ENV, timeout=300, check=False, cwd=config.parent)
 
 
 def write_config(tmp_path: Path, db_url: str, smtp_port: int, *, connections: int = 4,
