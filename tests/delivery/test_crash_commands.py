@@ -76,11 +76,16 @@ def edition_states(db_url: str) -> list[str]:
         engine.dispose()
 
 
+EDITORS = "editors@example.org"  # the shipped newsletter.toml's
+
+
 def assert_everyone_once(server: SMTPServer) -> None:
     counts = collections.Counter(r.rcpt_tos[0] for r in server.received)
+    reports = counts.pop(EDITORS, 0)
     assert set(counts) == set(addresses())  # every recipient got the edition
     duplicates = sum(c - 1 for c in counts.values())
     assert duplicates <= CONNECTIONS  # only the messages in flight at the kill
+    assert reports == 1  # the run that finished it told the editors, once
 
 
 @pytest.mark.parametrize("command", [("send",), ("run", "--once")], ids=["send", "run-once"])
