@@ -80,7 +80,9 @@ def test_dkim_init_then_every_sent_message_verifies(tmp_path: Path, http_server:
             answer = resolver.resolve(name.decode(), "TXT")
             return b"".join(answer[0].strings)  # type: ignore[attr-defined, no-any-return]
 
-        assert len(smtp_server.received) == 3
+        # Three readers and the editors' report: every mail we send is signed.
+        assert sorted(r.rcpt_tos[0] for r in smtp_server.received).count("editors@example.org") == 1
+        assert len(smtp_server.received) == 3 + 1
         for r in smtp_server.received:
             sigs = re.findall(rb"^DKIM-Signature:", r.data, re.MULTILINE)
             assert len(sigs) == 2
@@ -131,7 +133,7 @@ def test_a_send_past_the_inline_threshold_signs_in_the_workers_and_every_message
     keys = load_keys([tmp_path / "keys" / "dkim-rsa.pem", tmp_path / "keys" / "dkim-ed25519.pem"],
                      "news2026", "example.org")
     zone = {f"{k.record_name}.".encode(): dns_record(k).encode() for k in keys}
-    assert len(smtp_server.received) == readers
+    assert len(smtp_server.received) == readers + 1  # and the editors' report
     for r in smtp_server.received:
         assert r.rcpt_tos[0].encode() in r.data  # the To: is this recipient's
         for i in range(2):

@@ -24,6 +24,8 @@ NEWSLETTER = [sys.executable, "-m", "mailer"]
 FEED = (REPO / "examples" / "sample-feed.atom.xml").read_bytes()
 
 
+EDITORS = "editors@example.org"  # the shipped newsletter.toml's
+
 def newsletter(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "NEWSLETTER_MIRROR_SECRET": "e2e-secret", **(env or {})}
     return subprocess.run([*NEWSLETTER, "--config", str(config), *args], capture_output=True, text=True,
@@ -74,6 +76,8 @@ def test_poll_send_deliver_to_a_real_smtp_server(tmp_path: Path, http_server: HT
     assert "3 sent" in sent.stdout
 
     got = {r.rcpt_tos[0]: parse(r.data) for r in smtp_server.received}
+    report = got.pop(EDITORS)  # the editors hear that it went out, with the counts
+    assert "sent 3" in report.get_body(("plain",)).get_content()
     assert sorted(got) == ["chen.wei@163.example", "li.hua@qq.example", "sam@mail.example"]
     expectations = {
         "li.hua@qq.example": ("zh-Hans", "公民权利通讯", "维权律师"),  # Traditional post shown Simplified
@@ -113,7 +117,7 @@ def test_poll_send_deliver_to_a_real_smtp_server(tmp_path: Path, http_server: HT
     assert repoll.stdout.startswith("0 new posts")
     # the second poll sent the stored validator, so the feed server could answer 304
     assert http_server.requests[-1][1].get("if-none-match") == '"v1"'
-    assert len(smtp_server.received) == 3
+    assert len(smtp_server.received) == 3 + 1
 
 
 def test_embedded_default_writes_eml_files_and_second_run_sends_nothing(tmp_path: Path) -> None:
@@ -129,10 +133,14 @@ def test_embedded_default_writes_eml_files_and_second_run_sends_nothing(tmp_path
     key = tmp_path / "data" / "keys.json"
     assert key.stat().st_mode & 0o777 == 0o600
     files = sorted((tmp_path / "data" / "outbox" / "new").iterdir())
-    assert len(files) == 5  # one sample reader per language choice
+    mails = [parse(f.read_bytes()) for f in files]
+    reports = [m for m in mails if m["To"] == EDITORS]
+    assert len(reports) == 1  # the editors' "sent" report, beside the readers' mail
+    assert len(mails) == 5 + 1  # one sample reader per language choice
     languages = set()
-    for f in files:
-        msg = parse(f.read_bytes())
+    for msg in mails:
+        if msg in reports:
+            continue
         assert not msg.defects
         assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
         languages.add(msg["Content-Language"])
@@ -147,7 +155,7 @@ def test_embedded_default_writes_eml_files_and_second_run_sends_nothing(tmp_path
     second = newsletter(config, "run", "--once")
     assert second.returncode == 0, second.stderr
     assert "new posts: 0" in second.stdout
-    assert len(list((tmp_path / "data" / "outbox" / "new").iterdir())) == 5
+    assert len(list((tmp_path / "data" / "outbox" / "new").iterdir())) == 5 + 1
 
 
 def test_bad_config_exits_2_naming_file_key_and_line(tmp_path: Path) -> None:
