@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
               f"(with enqueue: {whole:,.0f} msg/s)")
         print(f"  our CPU during the send: {cpu:.1f}s = {cpu / max(report.sent, 1) * 1e6:.0f} µs "
               f"per message (user+system, all threads; {cpu / report.elapsed:.0%} of one core)")
-        print(f"  messages in flight: {engine.concurrency} (connections; the duplicate bound)")
+        print(f"  messages in flight: {engine.concurrency} (connections, plus those signed ahead; the "
+              "duplicate bound)")
         print(f"  peak RSS: {rss_mb:.0f} MB")
         print(f"  RATIO ours / smtp-source: {ours / ref:.2f}x "
               f"(with enqueue {whole / ref:.2f}x); "

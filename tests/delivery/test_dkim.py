@@ -324,3 +324,12 @@ def test_the_fast_header_split_is_dkimpys_own(head: list[bytes], body: bytes,
         head = head[1:]
     message = separator.join([*head, b"", body]) if head else b"\r\n" + body
     assert ours._rfc822_parse(message) == ours._dkimpy_rfc822_parse(message)
+
+
+def test_a_pooled_signer_keeps_a_few_messages_signed_ahead_of_the_connections(
+        tmp_path: Path, keys: tuple[DKIMKey, ...]) -> None:
+    """With workers, the engine runs SIGN_AHEAD more sends per worker than there are
+    connections, so a connection never waits for its signature; inline, just the connections."""
+    inner = MaildirTransport(tmp_path / "out", concurrency=4)
+    assert SigningTransport(inner, keys, workers=2).concurrency == 4 + 2 * ours.SIGN_AHEAD
+    assert SigningTransport(inner, keys, workers=1).concurrency == 4
