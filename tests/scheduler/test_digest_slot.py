@@ -69,21 +69,23 @@ async def test_an_editors_edition_at_digest_time_is_the_only_mail(
 def test_the_daemon_announces_one_mail_not_two(tmp_path: Path, sqlite_url: str) -> None:
     """``newsletter run`` as a process: its "next digest" line says the editors' edition goes
     out instead, where it used to announce both."""
-    config = write_config(tmp_path, sqlite_url, digest="0 8 * * *")
+    # The digest's hour two to three hours from now, whatever the time of day the suite runs
+    # (a fixed 08:00 failed between 07:00 and 08:00: the next digest was still today).
+    slot = (datetime.now(UTC) + timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    day, hour = slot.date(), f"{slot.hour:02d}:00"
+    config = write_config(tmp_path, sqlite_url, digest=f"0 {slot.hour} * * *")
     app = make_app(config)
     a, _b = add_posts(app.engine, 2)
-    now = datetime.now(UTC)
-    day = now.date() if now.hour < 7 else (now + timedelta(days=1)).date()
     assert newsletter(config, "editions", "create", "--posts", str(a)).returncode == 0
-    scheduled = newsletter(config, "editions", "schedule", "1", "--at", f"{day} 08:00",
+    scheduled = newsletter(config, "editions", "schedule", "1", "--at", f"{day} {hour}",
                            "--tz", "UTC")
     assert scheduled.returncode == 0, scheduled.stderr
     proc = Proc(config, tmp_path / "daemon.log")
     try:
         proc.wait_for("next digest:")
         line = next(x for x in proc.text().splitlines() if "next digest:" in x)
-        assert f"{day} 08:00 UTC: none then, edition 1 goes out instead" in line, line
-        assert f"next send: edition 1 at {day} 08:00" in proc.text()
+        assert f"{day} {hour} UTC: none then, edition 1 goes out instead" in line, line
+        assert f"next send: edition 1 at {day} {hour}" in proc.text()
     finally:
         assert proc.stop() == 0
     app.engine.dispose()
