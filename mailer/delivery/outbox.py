@@ -125,13 +125,17 @@ class Outbox:
     def enqueue_in(self, conn: Connection, edition_id: int, recipient: RecipientLike) -> bool:
         """One queued row, in the caller's transaction (a reader's confirmation and their
         welcome commit together); False if the row was there already."""
-        now = self.clock()
-        stmt = self._insert(outbox).values(
-            edition_id=edition_id, subscriber_id=recipient.id, language=recipient.language,
-            domain=outbox_domain(recipient.domain, self.rate_limited),
-            state=OutboxState.QUEUED.value, attempts=0, created_at=now, updated_at=now,
-        ).on_conflict_do_nothing(index_elements=[outbox.c.edition_id, outbox.c.subscriber_id])
+        stmt = self._insert(outbox).values(self._new_row(edition_id, recipient, self.clock())
+                                           ).on_conflict_do_nothing(
+            index_elements=[outbox.c.edition_id, outbox.c.subscriber_id])
         return bool(conn.execute(stmt).rowcount)
+
+    def _new_row(self, edition_id: int, r: RecipientLike, stamp: Any) -> dict[str, Any]:
+        """A queued row's values; the domain kept only if it says nothing about the reader."""
+        return {"edition_id": edition_id, "subscriber_id": r.id, "language": r.language,
+                "domain": outbox_domain(r.domain, self.rate_limited),
+                "state": OutboxState.QUEUED.value, "attempts": 0, "created_at": stamp,
+                "updated_at": stamp}
 
     def enqueue(self, edition_id: int, recipients: Iterable[RecipientLike]) -> int:
         """Add a queued row per recipient; returns how many were new (0 on a repeat). A
@@ -153,7 +157,6 @@ class Outbox:
         stamp = to_db(now) if to_db is not None else now
         order = list(compiled.positiontup or []) if compiled.positional else None
         sql = str(compiled)
-        queued = OutboxState.QUEUED.value
 
         def flush(batch: list[dict[str, Any]]) -> None:
             params: list[Any] = batch if order is None else [
@@ -163,11 +166,7 @@ class Outbox:
 
         batch: list[dict[str, Any]] = []
         for r in recipients:
-            batch.append({
-                "edition_id": edition_id, "subscriber_id": r.id, "language": r.language,
-                "domain": outbox_domain(r.domain, self.rate_limited), "state": queued,
-                "attempts": 0, "created_at": stamp, "updated_at": stamp,
-            })
+            batch.append(self._new_row(edition_id, r, stamp))
             if len(batch) >= _ENQUEUE_BATCH:
                 flush(batch)
                 batch = []

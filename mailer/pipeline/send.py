@@ -311,7 +311,7 @@ def unblock_provider(app: App, family: str) -> int | None:
 
 def queue_welcome(app: App) -> Callable[[Connection, Recipient], None]:
     """The welcome's outbox row, written in the transaction that confirms the reader
-    (``SubscriberStore.on_confirmed``): a crash right after the confirmation cannot lose the
+    (``SubscriberStore.confirm(then=…)``): a crash right after the confirmation cannot lose the
     welcome, because the row commits with it; :func:`welcome` then delivers it, or any sender
     does later (a queued row in a sent edition is work, ``Outbox.editions_with_work``)."""
 
@@ -326,9 +326,9 @@ def queue_welcome(app: App) -> Callable[[Connection, Recipient], None]:
 async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
     """Readers who just confirmed get the latest edition now, not only the next one. Through
     the outbox like any send, so each gets it once: the row (edition, subscriber) was queued
-    with the confirmation (:func:`queue_welcome`; queued here if not), and a reader who had
-    the edition already (a re-subscription) gets nothing. Only active readers count. Returns
-    how many of them had the welcome waiting.
+    with the confirmation (:func:`queue_welcome`), and a reader who had the edition already (a
+    re-subscription) has no row waiting and gets nothing. Returns how many had one waiting;
+    one who left meanwhile is suppressed by the engine, as in any send.
 
     Only a ``sent`` edition is chosen: a cancelled one never reached readers, and ``sent`` is
     final, so no editor can cancel it under us. What the relay defers now, or a crash leaves
@@ -339,13 +339,7 @@ async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
     if not latest or not subscriber_ids:
         return 0
     edition_id = latest[0].id
-    # Only the still-active ones (``get_recipients`` filters), decrypted for the outbox's domain.
-    readers = await asyncio.to_thread(app.subscribers.get_recipients, list(subscriber_ids))
-    active = list(readers.values())
-    if not active:
-        return 0
-    await asyncio.to_thread(app.outbox.enqueue, edition_id, active)  # a no-op when queued already
-    waiting = await asyncio.to_thread(app.outbox.waiting_among, edition_id, [r.id for r in active])
+    waiting = await asyncio.to_thread(app.outbox.waiting_among, edition_id, list(subscriber_ids))
     if not waiting:
         return 0
     # ``editions show`` counts what was enqueued; the report reads the outbox itself.
