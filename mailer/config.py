@@ -414,7 +414,7 @@ class DKIMSettings:
     domain: str
     selector: str
     key_files: tuple[Path, ...]  # one or two PEM files: RSA-2048 and/or Ed25519
-    workers: int | None = None  # signing processes; default one per core
+    workers: int | None = None  # signing processes (0: none); default: dkim.default_workers
 
 
 @dataclass(frozen=True)
@@ -1458,8 +1458,8 @@ def _dkim(ld: _Loader, s: _Section) -> DKIMSettings | None:
     if not 1 <= len(files) <= 2:
         raise s.error("key_file", "must name one or two key files (RSA-2048 and/or Ed25519)")
     workers = s.get("workers", int, None)
-    if workers is not None and workers < 1:
-        raise s.error("workers", "must be at least 1")
+    if workers is not None and workers < 0:
+        raise s.error("workers", "must be 0 (sign in the sending process) or more")
     out = DKIMSettings(domain=domain.lower(), selector=selector,
                        key_files=tuple(ld.resolve(f) for f in files), workers=workers)
     s.done()

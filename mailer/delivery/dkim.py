@@ -44,6 +44,7 @@ __all__ = [
     "DKIMSigner",
     "SigningTransport",
     "create_key_file",
+    "default_workers",
     "dns_record",
     "keys_from_json",
     "keys_to_json",
@@ -61,7 +62,8 @@ SIGNED_HEADERS = (
     "From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe",
     "List-Unsubscribe-Post", "Feedback-ID", "MIME-Version", "Content-Type",
 )
-_SIGNED_LOWER = frozenset(h.lower().encode() for h in SIGNED_HEADERS)
+_SIGNED_NAMES = tuple((h.encode(), h.lower().encode()) for h in SIGNED_HEADERS)
+_SIGNED_LOWER = frozenset(lower for _, lower in _SIGNED_NAMES)
 
 # Relaxed/relaxed (RFC 6376 §3.4.2, §3.4.4): header re-folding and trailing white space
 # added by relays (some rewrap long lines) must not invalidate the signature.
@@ -169,17 +171,6 @@ def dns_record(key: DKIMKey) -> str:
     return f"v=DKIM1; k={k}; p={key.public_b64}"
 
 
-_HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
-
-
-def _present(data: bytes) -> list[bytes]:
-    """The signed-header names this message carries, from its header block only."""
-    end = data.find(b"\r\n\r\n")
-    head = data if end < 0 else data[: end + 2]
-    seen = {m.group(1).lower() for m in _HEADER_NAME.finditer(head)}
-    return [h.encode() for h in SIGNED_HEADERS if h.lower().encode() in seen]
-
-
 class DKIMSigner:
     """Pure: message bytes in, the same bytes with one ``DKIM-Signature`` per key on top."""
 
@@ -193,19 +184,29 @@ class DKIMSigner:
         return self.signature(data) + data
 
     def signature(self, data: bytes) -> bytes:
-        """The ``DKIM-Signature`` header lines to put on top of ``data`` (empty without From)."""
+        """The ``DKIM-Signature`` header lines to put on top of ``data`` (empty without From).
+
+        The message is split once for all keys, and dkimpy is handed only the fields it will
+        hash (those of ``SIGNED_HEADERS`` present), in their order: ``select_headers`` picks
+        the same ones from either list, so the signature is the same, without dkimpy parsing
+        the message and canonicalizing every field again for each key.
+        """
         import dkim
 
-        headers = _present(data)
-        if b"From" not in headers:
+        fields, body = _rfc822_parse(data)
+        signed = [f for f in fields if f[0].lower() in _SIGNED_LOWER]
+        present = {f[0].lower() for f in signed}
+        if b"from" not in present:
             return b""  # RFC 6376 §5.4: From is mandatory; a message without it is not ours
+        include = [h for h, lower in _SIGNED_NAMES if lower in present]
         out = b""
         # Each signature covers the message as built; DKIM-Signature is not among the signed
         # fields, so the order of the two does not matter to verifiers (RFC 8463 §3).
         for key in self.keys:
-            out += dkim.sign(data, key.selector.encode(), key.domain.encode(), key.private,
-                             canonicalize=_CANON, signature_algorithm=key.algorithm.encode(),
-                             include_headers=headers, linesep=b"\r\n")
+            signer = dkim.DKIM(None, signature_algorithm=key.algorithm.encode(), linesep=b"\r\n")
+            signer.headers, signer.body = signed, body
+            out += signer.sign(key.selector.encode(), key.domain.encode(), key.private,
+                               canonicalize=_CANON, include_headers=include)
         return out
 
 
@@ -290,13 +291,34 @@ def _relaxed_headers(headers: Sequence[Sequence[bytes]]) -> list[tuple[bytes, by
 
 
 def _rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
-    """dkimpy's header/body split, splitting only the header block into lines when every line
-    ends in CRLF (ours do): the body then comes back as it is, not split and joined again."""
+    """dkimpy's header/body split, done with ``split`` and ``partition`` when every line ends in
+    CRLF (ours do) and every field is plain ``name:value`` or a fold: dkimpy's own runs a regex
+    split and a regex per field (a twentieth of a signature here), and splits and joins the
+    body again. Anything else goes to dkimpy's own, errors included (tests/delivery/test_dkim.py
+    checks the two agree on any message)."""
     end = message.find(b"\r\n\r\n")
     if end < 0 or message.startswith(b"\r\n") or message.count(b"\n") != message.count(b"\r\n"):
         return _dkimpy_rfc822_parse(message)  # type: ignore[no-any-return]
-    headers, _ = _dkimpy_rfc822_parse(message[: end + 4])
+    headers: list[list[bytes]] = []
+    for line in message[:end].split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and headers:
+            headers[-1][1] += line + b"\r\n"
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or _FIELD_NAME.fullmatch(name) is None:
+            return _dkimpy_rfc822_parse(message)  # type: ignore[no-any-return]
+        headers.append([name, value + b"\r\n"])
     return headers, message[end + 4:]
+
+
+# dkimpy's field name (``[\x21-\x7e]+?:``): printable US-ASCII up to the first colon.
+_FIELD_NAME = re.compile(rb"[\x21-\x7e]+")
+
+
+def default_workers(cores: int) -> int:
+    """Signing processes when ``[dkim] workers`` is not set: one per core, none on one core
+    (a worker there only takes turns with the sending loop; 0 signs in the sending process)."""
+    return cores if cores >= 2 else 0
 
 
 # Messages each signing worker may sign ahead of the connections (see SigningTransport).
@@ -314,7 +336,7 @@ class SigningTransport:
                  pool_after: int = POOL_AFTER) -> None:
         self.inner = inner
         self.signer = DKIMSigner(keys)
-        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        self.workers = workers if workers is not None else default_workers(os.cpu_count() or 1)
         self.pool_after = pool_after
         self._count = 0
         self._pool: SigningPool | None = None
@@ -324,7 +346,7 @@ class SigningTransport:
         """The inner transport's, and with signing workers ``SIGN_AHEAD`` more per worker:
         those messages are signed while every connection is busy, and wait for the next free
         one already signed, so no connection stands idle while its message is signed."""
-        ahead = SIGN_AHEAD * self.workers if self.workers >= 2 else 0
+        ahead = SIGN_AHEAD * self.workers
         return self.inner.concurrency + ahead
 
     @property
@@ -339,7 +361,7 @@ class SigningTransport:
 
     async def sign(self, data: bytes) -> bytes:
         self._count += 1
-        if self.workers < 2 or self._count <= self.pool_after:
+        if not self.workers or self._count <= self.pool_after:
             return self.signer.sign(data)
         if self._pool is None:
             self._pool = SigningPool(keys_to_json(self.signer.keys), self.workers)
@@ -352,7 +374,7 @@ class SigningTransport:
             # run rather than fail every message; the send goes on at one core's speed.
             if self._pool is not None:
                 log.warning("DKIM signing pool broke; signing in this process from now on")
-                self.workers = 1
+                self.workers = 0
                 pool, self._pool = self._pool, None
                 await pool.aclose()
             return self.signer.sign(data)

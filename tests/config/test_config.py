@@ -164,6 +164,9 @@ def test_dkim_section_is_optional_and_resolves_key_files(tmp_path: Path) -> None
                                                           '"k.pem"')), env).dkim
     assert one is not None
     assert one.key_files == (tmp_path / "k.pem",)
+    inline = load_config(write(tmp_path, GOOD + DKIM + "workers = 0\n"), env).dkim
+    assert inline is not None
+    assert inline.workers == 0
 
 
 @pytest.mark.parametrize(("edit", "key"), [
@@ -172,6 +175,7 @@ def test_dkim_section_is_optional_and_resolves_key_files(tmp_path: Path) -> None
     (('selector = "news2026"\n', ''), "dkim.selector"),
     (('"keys/dkim-ed25519.pem"]', '"b.pem", "c.pem"]'), "dkim.key_file"),
     (('selector = "news2026"', 'selector = "news2026"\nselectr = "x"'), "dkim.selectr"),
+    (('selector = "news2026"', 'selector = "news2026"\nworkers = -1'), "dkim.workers"),
 ])
 def test_dkim_errors_name_the_key_and_line(tmp_path: Path, edit: tuple[str, str], key: str) -> None:
     path = write(tmp_path, GOOD + DKIM.replace(*edit))
