@@ -6,7 +6,10 @@ for, through the doors that own each effect:
 * subscriber state: ``SubscriberStore.apply(Event.BOUNCE | COMPLAINT | UNSUBSCRIBE)`` and
   ``confirm`` (the lifecycle: a complaint outranks everything);
 * the outbox row of the returned message: ``Outbox.mark_returned`` (the edition report counts
-  ``bounced`` and ``content_rejected`` per domain);
+  ``bounced`` and ``content_rejected`` per domain). Two doors lead to it, and one
+  ``Inbound._record``: a reference that proves the message (VERP token, our Message-ID), or a
+  bounce's failed recipient found by blind index, with their latest sent message: unproven,
+  so it scores one soft bounce at most (``Inbound._by_recipient`` says why);
 * subscribing and changing language by mail: ``SignupDesk.request``, the web form's use case,
   with its limits; the confirmation goes out through the same ``ConfirmationSender``;
 * answers (help, mirrors, "reply to leave"): at most ``[inbound] replies_per_day`` per address
