@@ -1187,8 +1187,9 @@ def _rules_file(path: Path) -> list[Family]:
                 raise r.error("hold", "only a 'blocklisted' rule holds a provider")
             if verdict is Verdict.BLOCKLISTED and hold is None:
                 hold = DEFAULT_BLOCK_HOLD
+            notice = r.get("notice", bool, False)
             r.done()
-            rules.append(Rule(compiled, verdict, frozenset(codes), retry_after, hold))
+            rules.append(Rule(compiled, verdict, frozenset(codes), retry_after, hold, notice))
         label = fam.get("label", str, "")  # empty: the shipped family's, or the name
         fam.done()
         families.append(Family(name, label, domains, tuple(rules)))

@@ -18,6 +18,11 @@ Why each rule (issue 7):
 - A 5.1.x code outranks a provider rule: the mailbox is gone whatever else the reply says.
 - ``content_rejections`` (config) are the operator's own content patterns, for any provider.
 - Any other 5xx is *failed*.
+- A bounce that comes back by mail has a notice for people besides its SMTP reply, and QQ,
+  NetEase and Sina often give their verdict only there, in Chinese ("邮件内容被系统判定为垃圾
+  邮件", "收件人地址不存在"). :meth:`Classifier.judge_notice` reads it with the rules marked
+  ``notice`` in ``providers.toml``, after :func:`notice_text` undid the width and spacing of
+  such notices; ``mailer.inbound.classify`` asks it only when the reply says nothing certain.
 
 Replies are stored and logged only after :func:`scrub_reply` removed any address from them.
 """
@@ -25,6 +30,7 @@ Replies are stored and logged only after :func:`scrub_reply` removed any address
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +46,7 @@ __all__ = [
     "SendResult",
     "backoff",
     "dot_stuff",
+    "notice_text",
     "scrub_reply",
 ]
 
@@ -58,6 +65,11 @@ _USER_UNKNOWN = re.compile(
 # Generous on purpose: any run of non-space around an "@" goes (RFC 5322 atext is wide).
 _ADDRESS = re.compile(r"[^\s<>@:;,()\[\]]+@[^\s<>@:;,()\[\]]+")
 _MAX_BACKOFF = timedelta(hours=6)
+# Ideographs and CJK punctuation: providers space out their labels ("收 件 人", "主　　题")
+# and sometimes their verdicts; between two of these a space carries no meaning.
+# (No kana, no combining tone marks: joining those could compose them, and the text change.)
+_HAN = r"[\u3001-\u3029\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+_HAN_GAP = re.compile(rf"(?<={_HAN})[^\S\n]+(?={_HAN})")
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,14 @@ def scrub_reply(reply: str, limit: int = 500, *, recipient: str = "") -> str:
     return text[:limit]
 
 
+def notice_text(text: str) -> str:
+    """A bounce notice as the ``notice`` rules read it: NFKC (full-width "：" and letters become
+    ASCII, the ideographic space a space) and no spaces between two Chinese characters, so
+    "收件人地址 不存在" and "邮件内容被系统判定为垃圾　邮件" match their rule. Lines stay lines;
+    ASCII text is unchanged."""
+    return _HAN_GAP.sub("", unicodedata.normalize("NFKC", text))
+
+
 def backoff(attempts: int, base: timedelta, rand: float, cap: timedelta = _MAX_BACKOFF) -> timedelta:
     """Exponential backoff with "equal jitter": half fixed, half random, so retries spread out.
 
@@ -214,6 +234,21 @@ class Classifier:
         if _USER_UNKNOWN.search(reply):
             return OutboxState.BOUNCED, None, None
         return OutboxState.FAILED, None, None
+
+    def judge_notice(self, code: int, notice: str,
+                     domain: str = "") -> tuple[OutboxState, str] | None:
+        """What a bounce notice's text says by the ``notice`` rules, with the line that said
+        it; None if no such rule matches. ``code`` is the notice's SMTP code if it has one,
+        else 550 (the message came back). A temporary code never proves a bounce or a content
+        verdict, as in :meth:`judge`."""
+        text = notice_text(notice)
+        hit = self.providers.match(code, text, domain, notice=True)
+        if hit is None:
+            return None
+        _, rule = hit
+        temporary = not 500 <= code < 600
+        line = next((ln.strip() for ln in text.splitlines() if rule.pattern.search(ln)), "")
+        return _RULE_STATE[rule.verdict][temporary], line
 
     def state_for(self, code: int, reply: str, domain: str = "") -> OutboxState:
         """The outcome class of one reply, ignoring retry limits."""

@@ -351,6 +351,19 @@ class Outbox:
                 outbox.c.edition_id == edition_id,
                 outbox.c.subscriber_id == subscriber_id)).first() is not None
 
+    def latest_sent(self, subscriber_id: int) -> int | None:
+        """The edition of this reader's latest message the relay took (``sent_at`` set, in any
+        state since: a bounce may already have marked it): what a bounce that names only its
+        recipient is most likely about. No index serves a lookup by subscriber, so this scans;
+        it is asked only for such a bounce, and an index would cost every enqueue."""
+        c = outbox.c
+        with self.engine.connect() as conn:
+            edition: int | None = conn.execute(
+                select(c.edition_id).where(c.subscriber_id == subscriber_id,
+                                           c.sent_at.is_not(None))
+                .order_by(c.sent_at.desc(), c.edition_id.desc()).limit(1)).scalar_one_or_none()
+        return edition
+
     def renew(self, edition_id: int, owner: str, lease: timedelta) -> int:
         """Extend the lease on this owner's rows, so a long batch is not taken over mid-send.
 

@@ -5,6 +5,11 @@ denied"), so the rules are data that operators extend, not code: the shipped
 ``mailer/delivery/providers.toml`` and, optionally, the file named by ``[delivery]
 providers_file``. ``mailer.config`` reads and validates both once (errors name the file, the
 key and its line); :class:`ProviderRules` only matches, so ``classify`` stays pure.
+
+A rule marked ``notice = true`` is also searched in the human-readable notice of a bounce that
+came back by mail (QQ, NetEase and Sina often write their verdict only there, in Chinese:
+"用户不存在", "被判定为垃圾邮件"). The others see only the one-line SMTP reply: a pattern such
+as Sina's ``(spam|content)`` would match half the words of a whole notice.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Rule:
     codes: frozenset[int] = frozenset()
     retry_after: timedelta | None = None
     hold: timedelta | None = None
+    notice: bool = False  # also searched in a bounce notice's text, not only in the reply
 
     def matches(self, code: int, reply: str) -> bool:
         if self.codes and code not in self.codes:
@@ -93,13 +99,17 @@ class ProviderRules:
     def get(self, name: str) -> Family | None:
         return next((f for f in self.families if f.name == name), None)
 
-    def match(self, code: int, reply: str, domain: str = "") -> tuple[Family, Rule] | None:
+    def match(self, code: int, reply: str, domain: str = "", *,
+              notice: bool = False) -> tuple[Family, Rule] | None:
         """The first rule that matches: the recipient's own family first, then every family
-        in order (a relay, or a domain hosted at NetEase, passes the provider's wording on)."""
+        in order (a relay, or a domain hosted at NetEase, passes the provider's wording on).
+        With ``notice``, ``reply`` is a bounce notice's text and only ``notice`` rules count."""
         own = self.family_of(domain) if domain else None
         order = ([own] if own is not None else []) + [f for f in self.families if f is not own]
         for fam in order:
             for rule in fam.rules:
+                if notice and not rule.notice:
+                    continue
                 if rule.matches(code, reply):
                     return fam, rule
         return None

@@ -23,11 +23,28 @@ A status decides the kind of a bounce (RFC 3463): 5.1.x (bad mailbox or destinat
 5.1.x code is soft, since QQ says it when throttling or refusing content. Any other permanent
 failure is soft too: it says nothing certain about the mailbox, and the decaying score
 suppresses an address that keeps failing.
+
+When the status and the SMTP reply say nothing certain (or there is none), the notice for
+people decides, read by :meth:`~mailer.delivery.classify.Classifier.judge_notice` with the
+``notice`` rules of ``providers.toml``: QQ, NetEase and Sina often write "用户不存在" or
+"被判定为垃圾邮件" only there. Its text is decoded by :func:`decode_text`, which reads a
+"gb2312" or "GBK" label as GB18030 (their superset, which Chinese mailers write under those
+labels) and guesses UTF-8, then GB18030, for a missing or wrong one.
+
+**A bounce that reaches a plain address** (a relay rewrote the envelope sender, so no VERP
+token comes back) is still a bounce when it is a DSN or Mailman's detectors find a failure in
+it, or it is a mailer daemon's and returns one of our Message-IDs: rule 2 applies to it as to
+mail to a VERP address. Its failed recipients (``Final-Recipient``, ``Original-Recipient``,
+``X-Failed-Recipients``, flufl.bounce's) go in ``Verdict.recipients``, for the pipeline to
+look up by blind index when no reference names our message; what it then trusts is said
+there (``mailer.pipeline.inbound``).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import dataclasses
 import email
 import email.utils
 import enum
@@ -42,7 +59,7 @@ from mailer.inbound.addresses import InboundAddresses, Reference
 from mailer.inbound.commands import Command, parse_command
 from mailer.models import OutboxState
 
-__all__ = ["Kind", "Verdict", "classify", "is_auto_reply"]
+__all__ = ["Kind", "Verdict", "classify", "decode_text", "is_auto_reply"]
 
 
 class Kind(enum.StrEnum):
@@ -58,7 +75,8 @@ class Kind(enum.StrEnum):
 @dataclass(frozen=True)
 class Verdict:
     """The kind of one message and what it points at; never an address except ``sender``
-    (the From of a reader's command, needed to answer it; it is not stored)."""
+    (the From of a reader's command, needed to answer it) and ``recipients`` (the failed
+    recipients a bounce names, looked up by blind index); neither is stored nor shown."""
 
     kind: Kind
     reason: str = ""
@@ -72,6 +90,7 @@ class Verdict:
     # folded it): a case-sensitive token is tried in each.
     tags: tuple[Reference, ...] = ()
     sender: str = field(default="", repr=False)
+    recipients: tuple[str, ...] = field(default=(), repr=False)
 
 
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -84,14 +103,38 @@ _VACATION_SUBJECT = re.compile(
 _BODY_LIMIT = 50_000
 
 
+# Labels Chinese mailers put on text that is GBK or GB18030 (a superset of both GB2312 and GBK:
+# a "gb2312" notice routinely holds GBK-only characters).
+_GB_LABELS = frozenset({"gb2312", "gbk", "gb18030", "cp936", "ms936", "windows-936", "x-gbk",
+                        "euc-cn", "csgb2312", "x-euc-cn", "gb_2312-80", "chinese"})
+
+
+def decode_text(data: bytes, charset: str | None) -> str:
+    """``data`` (already without its transfer encoding) as text; never raises. A GB label
+    reads as GB18030. Another declared charset is tried as declared, then as UTF-8 (mailers
+    label UTF-8 wrongly more than anything), then as declared with U+FFFD for the bad bytes.
+    No label, an unknown one or "us-ascii" with 8-bit bytes: UTF-8, then GB18030, then UTF-8
+    with U+FFFD."""
+    label = (charset or "").strip().strip('"').lower()
+    codec = ""
+    if label:
+        with contextlib.suppress(LookupError, ValueError):  # ValueError: a NUL in the label
+            codec = codecs.lookup(label).name
+    if label in _GB_LABELS or codec in ("gb2312", "gbk", "gb18030"):
+        return data.decode("gb18030", errors="replace")
+    guesses = ("utf-8", "gb18030") if codec in ("", "ascii") else (codec, "utf-8")
+    for guess in guesses:
+        with contextlib.suppress(UnicodeError, LookupError):  # LookupError: "hex", "base64"
+            return data.decode(guess)
+    with contextlib.suppress(UnicodeError, LookupError):
+        return data.decode(guesses[0], errors="replace")
+    return data.decode("utf-8", errors="replace")
+
+
 def _text_of(part: Message) -> str:
     payload = part.get_payload(decode=True)
     if isinstance(payload, bytes):
-        charset = part.get_content_charset() or "utf-8"
-        try:
-            return payload.decode(charset, errors="replace")
-        except LookupError:
-            return payload.decode("utf-8", errors="replace")
+        return decode_text(payload, part.get_content_charset())
     if isinstance(payload, str):
         return payload
     return ""
@@ -131,25 +174,33 @@ def is_auto_reply(msg: Message) -> str:
     return ""
 
 
-def _status_kind(status: str, reply: str, rules: Classifier, domain: str = "") -> Kind:
-    """A failed recipient's status and diagnostic, by RFC 3463 and the delivery classifier."""
+def _status_kind(status: str, reply: str, rules: Classifier, domain: str = "",
+                 notice: str = "") -> tuple[Kind, str]:
+    """A failed recipient's kind by its status and diagnostic (RFC 3463 and the delivery
+    classifier), with the words that decided it: ``reply``, or the line of ``notice`` (the
+    bounce's text for people) when the reply says nothing certain and the notice does."""
     code_match = _SMTP_CODE.search(reply)
     klass = status[:1] if status else (code_match.group(1)[:1] if code_match else "5")
     code = int(code_match.group(1)) if code_match else (450 if klass == "4" else 550)
     if klass == "4":
-        return Kind.SOFT_BOUNCE
+        return Kind.SOFT_BOUNCE, reply
     if status.startswith("5.2.2") or status.startswith("5.2.0"):  # mailbox full
-        return Kind.SOFT_BOUNCE
+        return Kind.SOFT_BOUNCE, reply
     if status.startswith("5.2.1"):  # mailbox disabled
-        return Kind.HARD_BOUNCE
+        return Kind.HARD_BOUNCE, reply
     # The delivery classifier reads the enhanced code at the start of its text.
     text = (status + " " + reply) if status else reply
-    state = rules.state_for(code if code >= 500 else 550, text, domain)
+    code = code if code >= 500 else 550
+    state = rules.state_for(code, text, domain)
+    if state is OutboxState.FAILED and notice:  # "any other failure": the notice may know
+        found = rules.judge_notice(code, notice, domain)
+        if found is not None:
+            state, reply = found[0], found[1] or reply
     if state is OutboxState.CONTENT_REJECTED:
-        return Kind.CONTENT_REJECTED
+        return Kind.CONTENT_REJECTED, reply
     if state is OutboxState.BOUNCED:  # 5.1.x, or the words ("user unknown") alone
-        return Kind.HARD_BOUNCE
-    return Kind.SOFT_BOUNCE  # deferred (QQ's ambiguous refusal) or any other failure
+        return Kind.HARD_BOUNCE, reply
+    return Kind.SOFT_BOUNCE, reply  # deferred (QQ's ambiguous refusal) or any other failure
 
 
 def _fields(text: str) -> list[dict[str, str]]:
@@ -211,9 +262,19 @@ def _recipients(msg: Message, envelope: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(a.strip() for a in out))
 
 
-def _dsn(msg: Message, rules: Classifier, refs: Sequence[Reference]) -> Verdict:
+def _address_field(value: str) -> str:
+    """The address of a DSN recipient field (``rfc822; bob@qq.com``, RFC 3464 §2.3.2)."""
+    kind, sep, rest = value.partition(";")
+    address = (rest if sep else kind).strip().strip("<>").strip()
+    return address if "@" in address and (not sep or kind.strip().lower() == "rfc822") else ""
+
+
+def _dsn(msg: Message, rules: Classifier, refs: Sequence[Reference],
+         failed: Iterable[str] = ()) -> Verdict:
     worst: Verdict | None = None
     rank = {Kind.HARD_BOUNCE: 3, Kind.CONTENT_REJECTED: 2, Kind.SOFT_BOUNCE: 1}
+    notice = _walk_text(msg)
+    recipients: list[str] = []
     for text in _report_parts(msg, "message/delivery-status"):
         for group in _fields(text):
             action = group.get("action", "").lower()
@@ -221,42 +282,72 @@ def _dsn(msg: Message, rules: Classifier, refs: Sequence[Reference]) -> Verdict:
                 continue  # the per-message group
             if not action.startswith("failed"):
                 continue  # delayed, delivered, relayed, expanded: news, not a failure
+            named = [a for name in ("original-recipient", "final-recipient")
+                     if (a := _address_field(group.get(name, "")))]
+            recipients += named
             status = _STATUS.search(group.get("status", ""))
             code = status.group(0) if status else ""
             reply = group.get("diagnostic-code", "").partition(";")[2].strip() or \
                 group.get("diagnostic-code", "")
-            kind = _status_kind(code, reply, rules)
-            verdict = Verdict(kind, f"DSN {code or 'failed'}", tuple(refs), code, reply)
+            domain = named[0].rpartition("@")[2].lower() if named else ""
+            kind, words = _status_kind(code, reply, rules, domain, notice)
+            verdict = Verdict(kind, f"DSN {code or 'failed'}", tuple(refs), code, words)
             if worst is None or rank[kind] > rank[worst.kind]:
                 worst = verdict
     if worst is None:
         return Verdict(Kind.IGNORED, "a delivery notice without a failure", tuple(refs))
-    return worst
+    return dataclasses.replace(worst, recipients=tuple(dict.fromkeys([*recipients, *failed])))
 
 
-def _flufl(msg: Message) -> tuple[bool, bool]:
-    """(temporary, permanent) failures that Mailman's detectors find in ``msg``."""
+def _flufl(msg: Message) -> tuple[list[str], list[str]]:
+    """The (temporary, permanent) failed recipients Mailman's detectors find in ``msg``."""
     from flufl.bounce import all_failures
 
     try:
         temporary, permanent = all_failures(msg)
     except Exception:  # a detector tripping over a shape it does not know: no opinion
-        return False, False
-    return bool(temporary), bool(permanent)
+        return [], []
+
+    def text(found: Iterable[bytes | str]) -> list[str]:
+        return sorted(a.decode("utf-8", "replace") if isinstance(a, bytes) else a
+                      for a in found)
+
+    return text(temporary), text(permanent)
 
 
-def _provider_bounce(msg: Message, rules: Classifier, refs: Sequence[Reference]) -> Verdict | None:
+def _failed_recipients(msg: Message, flufl: tuple[list[str], list[str]]) -> list[str]:
+    """Who a bounce says failed: Exim's ``X-Failed-Recipients`` and Mailman's detectors."""
+    named = [a for value in msg.get_all("X-Failed-Recipients", [])
+             for _, a in email.utils.getaddresses([str(value)]) if "@" in a]
+    return list(dict.fromkeys([*named, *flufl[1], *flufl[0]]))
+
+
+def _from_the_mail_system(msg: Message) -> bool:
+    """Whether ``msg`` comes from a mail system rather than a person: a mailer daemon's From,
+    Exim's ``X-Failed-Recipients``, or the null sender of every bounce (RFC 5321 §4.5.5) in
+    the Return-Path. Mail to a plain address is read for a bounce only then, so a reader's
+    mail never goes through Mailman's heuristic detectors."""
+    sender = email.utils.parseaddr(str(msg.get("From", "")))[1]
+    return bool(_DAEMON.match(sender) or msg.get("X-Failed-Recipients") or
+                str(msg.get("Return-Path", "")).strip() == "<>")
+
+
+def _provider_bounce(msg: Message, rules: Classifier, refs: Sequence[Reference],
+                     flufl: tuple[list[str], list[str]]) -> Verdict | None:
     """A bounce in a provider's own shape (not RFC 3464), or None if it does not look like one:
     it must come from a mailer daemon (or name ``X-Failed-Recipients``), or Mailman's
-    detectors must find a failure in it, so that a vacation reply quoting "550" is no bounce."""
+    detectors must find a failure in it, so that a vacation reply quoting "550" is no bounce;
+    and it must carry a failure: flufl's, a status or SMTP code, or a verdict in its notice."""
     text = _walk_text(msg)
-    temporary, permanent = _flufl(msg)
+    temporary, permanent = bool(flufl[0]), bool(flufl[1])
     sender = email.utils.parseaddr(str(msg.get("From", "")))[1]
+    domain = sender.rpartition("@")[2].lower()
     if not (temporary or permanent or _DAEMON.match(sender) or msg.get("X-Failed-Recipients")):
         return None
     status = _STATUS.search(text)
     code = _SMTP_CODE.search(text)
-    if not (temporary or permanent or status or code):
+    if not (temporary or permanent or status or code) and \
+            rules.judge_notice(550, text, domain) is None:
         return None
     # The reply line: the one with the status or code, where providers put their verdict.
     line = ""
@@ -267,11 +358,10 @@ def _provider_bounce(msg: Message, rules: Classifier, refs: Sequence[Reference])
     reply = line or text.strip().splitlines()[0] if text.strip() else ""
     if status is None and temporary and not permanent:
         return Verdict(Kind.SOFT_BOUNCE, "a temporary failure", tuple(refs), "", reply)
-    kind = _status_kind(status.group(0) if status else "", reply, rules,
-                        sender.rpartition("@")[2].lower())
+    kind, words = _status_kind(status.group(0) if status else "", reply, rules, domain, text)
     # Content verdicts and soft words win over flufl's "permanent", which only means "failed".
     return Verdict(kind, "a provider's bounce", tuple(refs), status.group(0) if status else "",
-                   reply)
+                   words or reply)
 
 
 def classify(raw: bytes, *, addresses: InboundAddresses, rules: Classifier,
@@ -292,14 +382,26 @@ def classify(raw: bytes, *, addresses: InboundAddresses, rules: Classifier,
         return Verdict(Kind.COMPLAINT, "ARF " + (feedback.group(1).lower() if feedback else "abuse"),
                        refs)
     if ctype == "multipart/report" and report == "delivery-status":
-        return _dsn(msg, rules, tuple(verp or _original_references(msg, addresses)))
+        flufl = _flufl(msg)
+        return _dsn(msg, rules, tuple(verp or _original_references(msg, addresses)),
+                    _failed_recipients(msg, flufl))
     if verp:
-        found = _provider_bounce(msg, rules, verp)
+        found = _provider_bounce(msg, rules, verp, _flufl(msg))
         if found is not None:
             return found
         why = is_auto_reply(msg)
         return Verdict(Kind.IGNORED if why else Kind.UNMATCHED,
                        why or "mail to the bounce address that is not a bounce", tuple(verp))
+    if _from_the_mail_system(msg):
+        # A bounce at a plain address (a relay rewrote the envelope sender): only with failed
+        # recipients, or one of our Message-IDs returned, is it one.
+        flufl = _flufl(msg)
+        returned = _original_references(msg, addresses)
+        failed = _failed_recipients(msg, flufl)
+        if returned or failed:
+            found = _provider_bounce(msg, rules, returned, flufl)
+            if found is not None:
+                return dataclasses.replace(found, recipients=tuple(failed))
     why = is_auto_reply(msg)
     if why:
         return Verdict(Kind.IGNORED, why)

@@ -6,7 +6,10 @@ for, through the doors that own each effect:
 * subscriber state: ``SubscriberStore.apply(Event.BOUNCE | COMPLAINT | UNSUBSCRIBE)`` and
   ``confirm`` (the lifecycle: a complaint outranks everything);
 * the outbox row of the returned message: ``Outbox.mark_returned`` (the edition report counts
-  ``bounced`` and ``content_rejected`` per domain);
+  ``bounced`` and ``content_rejected`` per domain). Two doors lead to it, and one
+  ``Inbound._record``: a reference that proves the message (VERP token, our Message-ID), or a
+  bounce's failed recipient found by blind index, with their latest sent message: unproven,
+  so it scores one soft bounce at most (``Inbound._by_recipient`` says why);
 * subscribing and changing language by mail: ``SignupDesk.request``, the web form's use case,
   with its limits; the confirmation goes out through the same ``ConfirmationSender``;
 * answers (help, mirrors, "reply to leave"): at most ``[inbound] replies_per_day`` per address
@@ -143,11 +146,45 @@ class Inbound:
 
     def _returned(self, verdict: Verdict, digest: bytes) -> Handled:
         pairs = [p for ref in verdict.references if (p := self._message(ref)) is not None]
-        if not pairs:
-            log.warning("inbound: a %s names none of our messages; kept for a person",
-                        verdict.kind.value)
-            return Handled("unmatched", keep=True)
-        edition_id, sid = pairs[0]
+        if pairs:
+            return self._record(verdict, *pairs[0], digest)
+        if verdict.recipients and verdict.kind is not Kind.COMPLAINT:
+            return self._by_recipient(verdict, digest)
+        log.warning("inbound: a %s names none of our messages; kept for a person",
+                    verdict.kind.value)
+        return Handled("unmatched", keep=True)
+
+    def _by_recipient(self, verdict: Verdict, digest: bytes) -> Handled:
+        """The second door: a bounce that names none of our messages (a relay rewrote the
+        envelope sender, so no VERP token came back, and no Message-ID of ours is returned)
+        but names its failed recipients. Each is looked up by blind index; the first that is a
+        subscriber's is taken with their latest message the relay took, and recorded by
+        :meth:`_record` like a VERP bounce, unproven. One that is nobody's is dropped.
+
+        Spoofing: anyone who knows a reader's address can write such a DSN, and a hard bounce
+        would suppress the reader at once. So an unproven bounce is classified and marked on
+        the outbox row as usual, but it moves the reader only through the decaying soft-bounce
+        score, by one, and once per outbox row however many copies come: suppressing takes
+        ``soft_bounce_threshold`` editions bouncing close together, as for a mailbox that keeps
+        failing, and a forger gains one point per edition we send. A bounce that proves itself
+        (a VERP token: a MAC; or our Message-ID, which holds the reader's random id, for a
+        message we sent) takes the first door and acts at once. List-Id and Feedback-ID prove
+        nothing, every reader sees them, so they are not asked for."""
+        store = self.app.subscribers
+        for address in verdict.recipients:
+            record = store.lookup(address)
+            if record is None:
+                continue
+            edition_id = self.app.outbox.latest_sent(record.id)
+            if edition_id is not None:
+                return self._record(verdict, edition_id, record.id, digest, proven=False)
+        log.info("inbound: a %s names no subscriber of ours; dropped", verdict.kind.value)
+        return Handled("bounce_unknown")
+
+    def _record(self, verdict: Verdict, edition_id: int, sid: int, digest: bytes, *,
+                proven: bool = True) -> Handled:
+        """One bounce or complaint about (edition, subscriber), whichever door named it; an
+        unproven one (see :meth:`_by_recipient`) scores one soft bounce per outbox row."""
         # Providers echo the recipient in every spelling: scrub it like a relay's reply.
         reply = scrub_reply(verdict.reply, recipient=self.app.subscribers.address_of(sid) or "")
         smtp = re.search(r"\b([245]\d\d)\b", verdict.reply)
@@ -158,12 +195,18 @@ class Inbound:
             return Handled("complaint")
         if verdict.kind in _OUTBOX_STATE:
             self.app.outbox.mark_returned(edition_id, sid, _OUTBOX_STATE[verdict.kind], code, reply)
-        if verdict.kind is Kind.HARD_BOUNCE:
+        if not proven:
+            if verdict.kind in (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE):
+                # Keyed by the row, not the bytes: a second copy about this message adds nothing.
+                self._soft(sid, hashlib.sha256(b"unproven %d %d" % (edition_id, sid)).digest())
+        elif verdict.kind is Kind.HARD_BOUNCE:
             self.app.subscribers.apply(sid, Event.BOUNCE)
         elif verdict.kind is Kind.SOFT_BOUNCE:
             self._soft(sid, digest)
-        log.info("inbound: %s %s for edition %d, subscriber %d: %s", verdict.kind.value,
-                 verdict.status, edition_id, sid, reply[:120])
+        log.info("inbound: %s %s for edition %d, subscriber %d%s: %s", verdict.kind.value,
+                 verdict.status, edition_id, sid,
+                 "" if proven else " (named by its recipient only: one soft bounce at most)",
+                 reply[:120])
         return Handled(verdict.kind.value)
 
     def _soft(self, sid: int, digest: bytes) -> None:

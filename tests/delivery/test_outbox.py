@@ -150,3 +150,26 @@ def test_renew_keeps_a_long_batch_from_being_taken_over(db: Engine) -> None:
     assert box.claim(ed, 10, "other", LEASE) == []  # without the renewal these would go
     clock.advance(LEASE * 0.2)
     assert len(box.claim(ed, 10, "other", LEASE)) == 3
+
+
+def test_latest_sent_is_the_readers_latest_message_the_relay_took(db: Engine) -> None:
+    """What a bounce that names only its recipient is about (mailer/pipeline/inbound.py)."""
+    clock = FakeClock()
+    box = Outbox(db, clock)
+    people = recipients(3)
+    first, second, queued = make_edition(db), make_edition(db), make_edition(db)
+    for ed in (first, second, queued):
+        box.enqueue(ed, people)
+    reader, never = people[0].id, people[2].id
+    for ed in (second, first):  # the older edition is sent last, an hour later
+        rows = box.claim(ed, 10, "me", LEASE)
+        box.record(ed, "me", [Outcome(r.subscriber_id, OutboxState.FAILED if
+                                      r.subscriber_id == never else OutboxState.SENT, 250)
+                              for r in rows])
+        clock.advance(timedelta(hours=1))
+    assert box.latest_sent(reader) == first
+    # A bounce already marked on it does not hide it: another copy may come.
+    assert box.mark_returned(first, reader, OutboxState.BOUNCED, 550, "gone")
+    assert box.latest_sent(reader) == first
+    assert box.latest_sent(never) is None  # queued or left failed: never taken by the relay
+    assert box.latest_sent(424242) is None

@@ -7,6 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailer.config import (
     DEFAULT_CONTENT_REJECTIONS,
@@ -14,7 +16,7 @@ from mailer.config import (
     load_config,
     shipped_provider_rules,
 )
-from mailer.delivery.classify import Classifier, SendResult
+from mailer.delivery.classify import Classifier, SendResult, notice_text
 from mailer.delivery.providers import SHIPPED_RULES, Verdict
 from mailer.errors import ConfigError
 from mailer.models import OutboxState
@@ -137,6 +139,8 @@ def test_an_operators_file_adds_families_and_puts_its_rules_first(tmp_path: Path
      "x.rules[0].hold", 7),
     ('[x]\ndomains = ["not a domain"]\n', "x.domains[0]", 2),
     ('[x]\ndomain = ["x.example"]\n', "x.domain", 2),
+    ('[x]\ndomains = ["x.example"]\n\n[[x.rules]]\nmatch = "a"\noutcome = "defer"\nnotice = "yes"\n',
+     "x.rules[0].notice", 7),
 ])
 def test_a_bad_rules_file_names_its_file_key_and_line(tmp_path: Path, body: str, key: str,
                                                       line: int) -> None:
@@ -176,3 +180,79 @@ def test_domain_rates_take_hourly_and_daily_caps(tmp_path: Path) -> None:
 def test_the_shipped_file_is_next_to_the_code() -> None:
     assert SHIPPED_RULES.name == "providers.toml"
     assert SHIPPED_RULES.exists()
+
+
+# The Chinese verdicts QQ, NetEase and Sina write in a bounce's notice (issue: only the reply
+# line was matched). Each classifies like the English reply that means the same.
+@pytest.mark.parametrize(("notice", "domain", "state"), [
+    ("退信原因：邮件内容被系统判定为垃圾邮件。", "163.com", OutboxState.CONTENT_REJECTED),
+    ("您的邮件内容不符合规范，已被退回。", "126.com", OutboxState.CONTENT_REJECTED),
+    ("该邮件被退回: 被判定为垃圾邮件", "sina.com", OutboxState.CONTENT_REJECTED),
+    ("发送的邮件内容包含了未被许可的信息，或被系统识别为垃圾邮件。请检查是否有用户发送病毒或者垃圾邮件",
+     "qq.com", OutboxState.CONTENT_REJECTED),
+    ("退信原因\n用户不存在", "qq.com", OutboxState.BOUNCED),
+    ("退信原因：邮箱不存在。", "163.com", OutboxState.BOUNCED),
+    ("收件人地址不存在", "sina.cn", OutboxState.BOUNCED),
+    ("退信原因：收件人邮箱地址不存在。", "sina.com", OutboxState.BOUNCED),
+    ("收件人邮箱空间已满，无法接收邮件", "qq.com", OutboxState.DEFERRED),
+    ("对方邮箱容量已满", "163.com", OutboxState.DEFERRED),
+    ("收件人拒收", "qq.com", OutboxState.DEFERRED),  # like "rejected by recipient": soft
+    # Traditional characters, full-width spaces and a space in the middle of the verdict.
+    ("退信原因：用戶不存在", "qq.com", OutboxState.BOUNCED),
+    ("邮件内容被系统判定为垃圾　邮件", "163.com", OutboxState.CONTENT_REJECTED),
+    ("收件人地址 不存在", "example.net", OutboxState.BOUNCED),  # hosted: every family is asked
+])
+def test_a_chinese_verdict_in_a_notice_classifies_like_the_english_reply(
+        notice: str, domain: str, state: OutboxState) -> None:
+    found = C.judge_notice(550, notice, domain)
+    assert found is not None, notice
+    assert found[0] is state
+    assert found[1]
+    assert found[1] in notice_text(notice)  # the line that said it
+
+
+def test_a_notice_is_read_only_by_notice_rules_and_a_4xx_proves_nothing() -> None:
+    # Sina's reply rule "(spam|content)" would match half the words of an English notice.
+    assert C.judge_notice(550, "The content of your message could not be delivered. Is it spam?",
+                          "sina.com") is None
+    assert C.judge_notice(550, "很抱歉您发送的邮件被退回，以下是该邮件的相关信息", "qq.com") is None
+    assert C.judge_notice(450, "用户不存在", "qq.com") == (OutboxState.DEFERRED, "用户不存在")
+    # The same words in an SMTP reply count too, through the ordinary rules.
+    assert C.state_for(550, "用户不存在", "qq.com") is OutboxState.BOUNCED
+    assert C.state_for(554, "邮件内容被系统判定为垃圾邮件", "163.com") is OutboxState.CONTENT_REJECTED
+
+
+def test_an_operators_notice_rule_is_read(tmp_path: Path) -> None:
+    (tmp_path / "providers.toml").write_text(
+        '[corpmail]\ndomains = ["corp.example"]\n\n[[corpmail.rules]]\nmatch = "信箱已停用"\n'
+        'outcome = "bounce"\nnotice = true\n', encoding="utf-8")
+    text = GOOD.replace('transport = "smtp"', 'transport = "smtp"\nproviders_file = "providers.toml"')
+    rules = load_config(write(tmp_path, text), {"SMTP_PASSWORD": "x"}).delivery.providers
+    c = Classifier((), max_attempts=3, max_age=timedelta(days=1),
+                   backoff_base=timedelta(minutes=1), providers=rules)
+    assert c.judge_notice(550, "退信原因：信箱 已停用", "corp.example") == (
+        OutboxState.BOUNCED, "退信原因:信箱已停用")
+
+
+_HANZI = st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF)
+_GAP = st.text(alphabet=" \t\u3000", min_size=1, max_size=3)
+
+
+@given(st.lists(_HANZI, min_size=1, max_size=12), st.data())
+def test_notice_text_drops_any_spacing_between_chinese_characters(chars: list[str],
+                                                                  data: st.DataObject) -> None:
+    spaced = "".join(c + (data.draw(_GAP) if i < len(chars) - 1 and data.draw(st.booleans())
+                          else "") for i, c in enumerate(chars))
+    assert notice_text(spaced) == notice_text("".join(chars))
+
+
+@given(st.text(max_size=80))
+def test_notice_text_is_idempotent_and_keeps_lines(text: str) -> None:
+    once = notice_text(text)
+    assert notice_text(once) == once
+    assert once.count("\n") == text.count("\n")  # only spaces inside a line go
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80))
+def test_notice_text_leaves_ascii_alone(text: str) -> None:
+    assert notice_text(text) == text

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mailer.config import DEFAULT_CONTENT_REJECTIONS, DeliverySettings
 from mailer.delivery.classify import Classifier
 from mailer.inbound.addresses import InboundAddresses, Reference, tagged
-from mailer.inbound.classify import Kind, classify
+from mailer.inbound.classify import Kind, classify, decode_text
 from mailer.inbound.commands import Command, language_code, parse_command
 from mailer.inbound.score import add_soft_bounce, decayed
 from mailer.message import message_id_for
@@ -52,6 +52,12 @@ def fixture(name: str, *, token: str | None = None) -> bytes:
     # Sina's own shape: GBK, quoted-printable, no DSN part, the returned headers only.
     ("sina_user_unknown.eml", Kind.HARD_BOUNCE, "5.1.1"),
     ("sina_content_spam.eml", Kind.CONTENT_REJECTED, "5.7.1"),
+    # The verdict only in the notice, in Chinese: no SMTP line, or one that says nothing.
+    ("qq_content_zh_only.eml", Kind.CONTENT_REJECTED, ""),  # UTF-8, base64
+    ("qq_mailbox_full_zh_only.eml", Kind.SOFT_BOUNCE, ""),  # UTF-8, quoted-printable
+    ("netease_user_unknown_gbk.eml", Kind.HARD_BOUNCE, ""),  # GBK, base64, no charset label
+    ("sina_rejected_zh_verdict.eml", Kind.CONTENT_REJECTED, ""),  # GBK labelled gb2312, QP
+    ("aliyun_dsn_zh_content.eml", Kind.CONTENT_REJECTED, "5.0.0"),  # a DSN, GB18030 notice
     # QQ says this when throttling or refusing content: never a hard bounce on its own.
     ("qq_access_denied.eml", Kind.SOFT_BOUNCE, ""),
     ("postfix_delayed.eml", Kind.IGNORED, ""),
@@ -77,6 +83,110 @@ def test_a_gbk_provider_bounce_is_read_in_its_own_charset() -> None:
     verdict = classify(raw, addresses=ADDRESSES, rules=RULES)
     assert verdict.reply == "554 5.7.1 Message rejected: content looks like spam"
     assert verdict.kind is Kind.CONTENT_REJECTED  # the reader stays; the edition's report counts it
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("qq_content_zh_only.eml", "未被许可的信息"),
+    ("netease_user_unknown_gbk.eml", "用户不存在"),
+    ("sina_rejected_zh_verdict.eml", "被判定为垃圾邮件"),
+    ("aliyun_dsn_zh_content.eml", "判定为垃圾邮件"),
+])
+def test_the_chinese_line_that_decided_is_the_reply_kept(name: str, words: str) -> None:
+    """The editors' report shows why: the notice's line, decoded from its own charset."""
+    raw = fixture(name)
+    assert words.encode("utf-8") not in raw  # encoded: base64 or GBK quoted-printable
+    verdict = classify(raw, addresses=ADDRESSES, rules=RULES)
+    assert words in verdict.reply
+
+
+def test_an_english_reply_that_is_certain_outranks_the_notice() -> None:
+    """A 5.1.1 is a bounce and QQ's ambiguous refusal stays soft, whatever the notice adds."""
+    raw = fixture("qq_access_denied.eml").replace(
+        "退信原因".encode(), "退信原因 该邮件被退回: 被判定为垃圾邮件".encode())
+    assert classify(raw, addresses=ADDRESSES, rules=RULES).kind is Kind.SOFT_BOUNCE
+    raw = fixture("sina_user_unknown.eml")
+    assert classify(raw, addresses=ADDRESSES, rules=RULES).kind is Kind.HARD_BOUNCE
+
+
+_GB_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+@given(_GB_TEXT, st.sampled_from(["gb2312", "GBK", "gb18030", "cp936", "x-gbk", "euc-cn"]))
+def test_decode_text_reads_every_gb_label_as_gb18030(text: str, label: str) -> None:
+    assert decode_text(text.encode("gb18030"), label) == text
+
+
+@given(_GB_TEXT, st.sampled_from([None, "", "us-ascii", "x-unknown", "utf-8", "UTF8"]))
+def test_decode_text_reads_utf8_under_a_missing_or_wrong_label(text: str, label: str | None) -> None:
+    assert decode_text(text.encode("utf-8"), label) == text
+
+
+@given(st.text(st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5), min_size=2,
+               max_size=40))
+def test_decode_text_guesses_gbk_without_a_label(text: str) -> None:
+    data = text.encode("gbk")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        assert decode_text(data, None) == text
+    else:
+        assert decode_text(data, None) == data.decode("utf-8")  # both read: UTF-8 first
+
+
+@given(st.binary(max_size=200), st.one_of(st.none(), st.text(max_size=20),
+                                          st.sampled_from(["hex", "base64", "utf-16", "big5"])))
+def test_decode_text_never_raises(data: bytes, label: str | None) -> None:
+    assert isinstance(decode_text(data, label), str)
+
+
+def plain(name: str, message_id: str | None = None) -> bytes:
+    """A fixture as it comes when a relay rewrote the envelope sender: to the plain bounce
+    address, no VERP token anywhere; ``message_id``: what the returned headers carry instead
+    of ours."""
+    raw = fixture(name).replace(tagged("bounces@example.org", SIGNER.bounce_token(
+        EDITION, SUBSCRIBER)).encode(), b"bounces@example.org")
+    if message_id is not None:
+        raw = raw.replace(message_id_for(EDITION, SUBSCRIBER, "example.org").encode(),
+                          message_id.encode())
+    return raw
+
+
+def test_a_dsn_at_the_plain_address_names_its_failed_recipient() -> None:
+    verdict = classify(plain("postfix_user_unknown.eml", "<x.1@relay.example.net>"),
+                       addresses=ADDRESSES, rules=RULES)
+    assert (verdict.kind, verdict.status, verdict.references) == (Kind.HARD_BOUNCE, "5.1.1", ())
+    assert verdict.recipients == ("wei.lan@corp.example.net",)
+    assert "recipients" not in repr(verdict)  # not shown (the reply is scrubbed before use)
+    # Our Message-ID, when it comes back, names the message: the pipeline prefers it.
+    ours = classify(plain("postfix_user_unknown.eml"), addresses=ADDRESSES, rules=RULES)
+    assert ours.references == (Reference("message-id", f"{EDITION}.{SUBSCRIBER:016x}"),)
+    relayed = classify(fixture("relay_rewritten_dsn.eml"), addresses=ADDRESSES, rules=RULES)
+    assert (relayed.kind, relayed.references) == (Kind.HARD_BOUNCE, ())
+    assert relayed.recipients == ("wei.lan@corp.example.net",)
+
+
+def test_a_providers_bounce_at_the_plain_address_is_a_bounce_not_an_auto_reply() -> None:
+    """Exim's own shape (Mailman's detectors know it), and QQ's with our Message-ID returned."""
+    exim = classify(plain("exim_mailbox_full.eml", "<x.2@relay.example.net>"),
+                    addresses=ADDRESSES, rules=RULES)
+    assert (exim.kind, exim.status) == (Kind.SOFT_BOUNCE, "5.2.2")
+    assert exim.recipients == ("wei.lan@corp.example.net",)
+    qq = classify(plain("qq_content_zh_only.eml"), addresses=ADDRESSES, rules=RULES)
+    assert qq.kind is Kind.CONTENT_REJECTED
+    assert qq.references == (Reference("message-id", f"{EDITION}.{SUBSCRIBER:016x}"),)
+    # Without recipients nor our Message-ID it names nothing: still only an automatic mail.
+    lost = classify(plain("qq_content_zh_only.eml", "<x.3@relay.example.net>"),
+                    addresses=ADDRESSES, rules=RULES)
+    assert lost.kind is Kind.IGNORED
+
+
+def test_a_persons_mail_quoting_a_bounce_is_no_bounce() -> None:
+    body = ("Final-Recipient: rfc822; wei.lan@corp.example.net\r\nAction: failed\r\n"
+            "550 5.1.1 User unknown\r\n用户不存在\r\n")
+    for to in ("bounces@example.org", "digest@example.org"):
+        verdict = classify(reader_mail("why did this bounce?", body, to=to),
+                           addresses=ADDRESSES, rules=RULES)
+        assert verdict.kind not in (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.CONTENT_REJECTED)
 
 
 def test_a_redacted_arf_report_still_names_our_message_by_its_message_id() -> None:

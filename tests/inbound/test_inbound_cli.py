@@ -511,3 +511,105 @@ def soft_score(config: Path) -> float | None:
             return conn.execute(select(soft_bounces.c.score)).scalar_one_or_none()
     finally:
         app.engine.dispose()
+
+
+def test_chinese_only_verdicts_are_read_in_their_own_charset_end_to_end(
+        tmp_path: Path, relay: SMTPServer) -> None:
+    """QQ, NetEase and Sina notices whose verdict is only in Chinese (UTF-8 base64, GBK base64
+    without a charset label, GBK labelled gb2312): the real command classifies them like the
+    English replies, and the row keeps the Chinese line, scrubbed."""
+    config = setup(tmp_path, relay)
+    drop(config, relay, "qq_content_zh_only.eml", READERS["content"])
+    drop(config, relay, "netease_user_unknown_gbk.eml", READERS["hard"])
+    drop(config, relay, "qq_mailbox_full_zh_only.eml", READERS["soft1"])
+    drop(config, relay, "sina_rejected_zh_verdict.eml", READERS["sina"])
+    out = inbound(config)
+    assert out.splitlines()[0] == ("4 message(s): content_rejected 2, hard_bounce 1, "
+                                   "soft_bounce 1; 0 answer(s) sent")
+    assert state(config, READERS["hard"]) is SubscriberState.BOUNCED
+    assert row_state(config, READERS["hard"]) == "bounced"
+    for reader in (READERS["content"], READERS["sina"]):
+        assert state(config, reader) is SubscriberState.ACTIVE  # the content's fault
+        assert row_state(config, reader) == "content_rejected"
+    assert state(config, READERS["soft1"]) is SubscriberState.ACTIVE
+    assert soft_score(config) == pytest.approx(1.0)
+    app = App.from_path(config)
+    try:
+        with app.engine.connect() as conn:
+            replies = {r.last_reply for r in conn.execute(select(outbox.c.last_reply))}
+    finally:
+        app.engine.dispose()
+    assert any(r and "未被许可的信息" in r for r in replies)
+    assert any(r and "用户不存在" in r for r in replies)
+
+
+def lmtp_send(port: int, to: str, text: str) -> None:
+    with smtplib.LMTP("127.0.0.1", port) as lmtp:
+        assert lmtp.sendmail("", [to], text.replace("\n", "\r\n").encode()) == {}
+
+
+def wait_for(log: Path, needle: str, count: int = 1) -> None:
+    deadline = time.monotonic() + 30
+    while log.read_text(encoding="utf-8", errors="replace").count(needle) < count:
+        assert time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.05)
+
+
+def test_a_bounce_at_the_plain_bounce_address_is_recorded_without_its_address(
+        tmp_path: Path, relay: SMTPServer) -> None:
+    """A relay rewrote the envelope sender, so the DSN comes to ``bounces@example.org`` with no
+    VERP token, through the real LMTP server. Its failed recipient is found by blind index and
+    their latest message marked; with nothing else to prove it, it is one soft bounce, once per
+    message. With our Message-ID returned it is proven and acts at once; one that names no
+    subscriber is dropped; the log never spells an address."""
+    config = setup(tmp_path, relay)
+    log = tmp_path / "lmtp.log"
+    rewritten = (FIXTURES / "relay_rewritten_dsn.eml").read_text(encoding="utf-8")
+    _, letter = sent(relay)[READERS["sina"]]
+    proven = ((FIXTURES / "postfix_user_unknown.eml").read_text(encoding="utf-8")
+              .replace("@@VERP@@", "bounces@example.org").replace("@@RCPT@@", READERS["sina"])
+              .replace("@@MSGID@@", str(letter["Message-ID"])))
+    exim = ((FIXTURES / "exim_mailbox_full.eml").read_text(encoding="utf-8")
+            .replace("@@VERP@@", "bounces@example.org").replace("@@RCPT@@", READERS["soft3"])
+            .replace("@@MSGID@@", "<relay.9@relay.isp.example>"))
+    stranger = "not.a.reader@corp.example.net"
+    with lmtp_listener(config, "-v") as port:
+        lmtp_send(port, "bounces@example.org", rewritten.replace("@@RCPT@@", READERS["hard"]))
+        wait_for(log, "named by its recipient only")
+        assert row_state(config, READERS["hard"]) == "bounced"  # the edition report counts it
+        assert state(config, READERS["hard"]) is SubscriberState.ACTIVE  # unproven: one point
+        assert soft_scores(config) == {READERS["hard"]: pytest.approx(1.0)}
+        # Another copy of it (the relay tried again): the same message, no second point.
+        again = rewritten.replace("@@RCPT@@", READERS["hard"]).replace("10:04:51", "11:04:51")
+        lmtp_send(port, "bounces@example.org", again)
+        wait_for(log, "named by its recipient only", 2)
+        assert soft_scores(config) == {READERS["hard"]: pytest.approx(1.0)}
+        # Exim's own shape, which flufl.bounce knows, at the plain address: no auto-reply.
+        lmtp_send(port, "bounces@example.org", exim)
+        wait_for(log, "named by its recipient only", 3)
+        assert soft_scores(config)[READERS["soft3"]] == pytest.approx(1.0)
+        # Our Message-ID came back: it names the message, so the bounce acts at once.
+        lmtp_send(port, "bounces@example.org", proven)
+        for _ in range(200):
+            if state(config, READERS["sina"]) is SubscriberState.BOUNCED:
+                break
+            time.sleep(0.05)
+        assert state(config, READERS["sina"]) is SubscriberState.BOUNCED
+        lmtp_send(port, "digest@example.org", rewritten.replace("@@RCPT@@", stranger))
+        wait_for(log, "names no subscriber of ours; dropped")
+    assert len(inbox(config)) == 0  # handled, removed; nothing kept for a person
+    text = log.read_text(encoding="utf-8", errors="replace").lower()
+    for address in (stranger, *READERS.values()):
+        assert address.lower() not in text
+    assert "not.a.reader" not in text
+
+
+def soft_scores(config: Path) -> dict[str, float]:
+    app = App.from_path(config)
+    try:
+        with app.engine.connect() as conn:
+            rows = conn.execute(select(soft_bounces.c.subscriber_id, soft_bounces.c.score)).all()
+        return {address: score for sid, score in rows for address in READERS.values()
+                if (record := app.subscribers.lookup(address)) is not None and record.id == sid}
+    finally:
+        app.engine.dispose()
