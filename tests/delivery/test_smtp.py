@@ -137,6 +137,29 @@ async def test_550_user_unknown_bounces_and_suppresses(sqlite_db: Engine,
     assert "user2@qq.com" not in reply  # the relay's words, address scrubbed
 
 
+class _CountingRSET(RecordingHandler):
+    """Counts the RSET commands the client sends."""
+
+    rsets = 0
+
+    async def handle_RSET(self, server: object, session: object, envelope: object) -> str:
+        self.rsets += 1
+        return "250 OK"
+
+
+async def test_rset_only_after_an_aborted_transaction(sqlite_db: Engine,
+                                                      server_factory: type[SMTPServer],
+                                                      pipelining: bool) -> None:
+    """A completed transaction leaves the relay reset (RFC 5321 §4.1.1.4): no RSET before the
+    next; a refused RCPT leaves MAIL open, so the next one starts with RSET (else 503)."""
+    handler = _CountingRSET(fault=nth("rcpt", 3, "550 5.1.1 User unknown"), pipelining=pipelining)
+    server = server_factory(handler).start()
+    report = await deliver(sqlite_db, server.port, 6, connections=1)
+    assert (report.sent, report.bounced) == (5, 1)
+    assert len(server.received) == 5
+    assert handler.rsets == 1
+
+
 async def test_550_content_denied_is_not_a_bounce(sqlite_db: Engine,
                                                   server_factory: type[SMTPServer]) -> None:
     def fault(step: str, envelope: object, n: int) -> str | None:
