@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 import mailer.delivery.outbox as outbox_module
 from mailer.app import App
 from mailer.models import EditionState, OutboxState
-from mailer.pipeline.send import start_edition
+from mailer.pipeline.send import cancel_edition, start_edition
 from mailer.schema import outbox
 from subscribers.lifecycle import Recipient
 from tests.scale.helpers import (
@@ -58,6 +58,24 @@ def _rows(app: App, edition_id: int) -> list[int]:
             select(outbox.c.subscriber_id).where(outbox.c.edition_id == edition_id)).scalars()]
 
 
+def _hold_midway(app: App, monkeypatch: pytest.MonkeyPatch,
+                 at: int) -> tuple[threading.Event, threading.Event]:
+    """Make this app's enqueue stop after ``at`` readers: the first event is set when it does,
+    and it goes on when the test sets the second."""
+    halfway, go_on = threading.Event(), threading.Event()
+    active = app.subscribers.stream_active
+
+    def held_midway() -> Iterator[Recipient]:
+        for i, reader in enumerate(active()):
+            if i == at:
+                halfway.set()
+                assert go_on.wait(120)
+            yield reader
+
+    monkeypatch.setattr(app.subscribers, "stream_active", held_midway)
+    return halfway, go_on
+
+
 def _readers_got_it_once(app: App, sink: CountingHandler, addresses: list[str],
                          edition_id: int) -> None:
     """The promise: one row per active reader, the total is the count, one mail each, and the
@@ -87,17 +105,7 @@ def test_a_worker_never_finishes_an_edition_that_is_still_being_enqueued(
     addresses = seed_subscribers(app, n)
     edition_id = make_edition(app)
     monkeypatch.setattr(outbox_module, "_ENQUEUE_BATCH", 8)  # several inserts before the hold
-    halfway, go_on = threading.Event(), threading.Event()
-    active = app.subscribers.stream_active
-
-    def held_midway() -> Iterator[Recipient]:
-        for i, reader in enumerate(active()):
-            if i == n // 2:
-                halfway.set()
-                assert go_on.wait(120)
-            yield reader
-
-    monkeypatch.setattr(app.subscribers, "stream_active", held_midway)
+    halfway, go_on = _hold_midway(app, monkeypatch, n // 2)
     added: list[int] = []
     enqueuer = threading.Thread(target=lambda: added.append(start_edition(app, edition_id)))
     enqueuer.start()
@@ -118,6 +126,33 @@ def test_a_worker_never_finishes_an_edition_that_is_still_being_enqueued(
                        log=tmp_path / "worker2.log")
     assert worker.wait(120) == 0, (tmp_path / "worker2.log").read_text()[-2000:]
     _readers_got_it_once(app, sink, addresses, edition_id)
+    app.engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(120)
+def test_an_edition_cancelled_while_it_is_enqueued_keeps_no_queued_row(
+        tmp_path: Path, postgres_url: str, sink: CountingHandler,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The editor's cancel is not locked out by an enqueue in progress, and the rows that
+    commit after it (which its ``cancel_unsent`` could not see) become ``cancelled`` too."""
+    n = 30
+    app = _app(tmp_path, postgres_url, sink)
+    seed_subscribers(app, n)
+    edition_id = make_edition(app)
+    halfway, go_on = _hold_midway(app, monkeypatch, n // 2)
+    enqueuer = threading.Thread(target=start_edition, args=(app, edition_id))
+    enqueuer.start()
+    try:
+        assert halfway.wait(60)
+        assert cancel_edition(app, edition_id, "changed our mind") == 0  # nothing visible yet
+        assert app.editions.info(edition_id).state is EditionState.CANCELLED
+    finally:
+        go_on.set()
+        enqueuer.join(60)
+    assert {k: v for k, v in app.outbox.counts(edition_id).items() if v} == {
+        OutboxState.CANCELLED: n}
+    assert sink.total == 0
     app.engine.dispose()
 
 
