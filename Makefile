@@ -30,4 +30,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) data/newsletter.db* data/outbox data/keys.json
+	rm -rf $(VENV) data/newsletter.db* data/outbox data/outbox-tests data/outbox-editors data/keys.json

@@ -199,9 +199,8 @@ class Daemon:
             scheduler.shutdown(wait=False)
             await asyncio.sleep(0)  # shutdown runs via call_soon
             self._scheduler = None
-            if self.app.built("transport"):  # close the relay connections politely (QUIT)
-                with contextlib.suppress(Exception):
-                    await self.app.transport.aclose()
+            with contextlib.suppress(Exception):  # the relay connections politely (QUIT)
+                await self.app.close_transports()
 
     def reload(self) -> None:
         """SIGHUP: read the config again (once); keep the old one if the new one is wrong."""

@@ -303,8 +303,29 @@ class App:
             delivery.require_secrets()  # the relay password is needed now, and only now
             inner = SMTPTransport(delivery.relays)
         else:
-            inner = MaildirTransport(delivery.maildir)
+            inner = MaildirTransport(delivery.maildir_for("readers"))
         return signing(self.config, inner)
+
+    @cached_property
+    def editors_transport(self) -> Transport:
+        """Where the editors' reports go (``Notifier.for_app``): with SMTP (or an injected
+        transport) the readers' one, the same relays and connections; with Maildir the
+        ``editors_maildir`` folder, so the readers' folder holds readers' mail only."""
+        from mailer.delivery.maildir import MaildirTransport
+
+        if self.transport_override is not None or self.config.delivery.transport == "smtp":
+            return self.transport
+        return signing(self.config, MaildirTransport(self.config.delivery.maildir_for("editors")))
+
+    async def close_transports(self) -> None:
+        """Close the transports this process opened (QUIT to the relays, signing workers)."""
+        closed: list[Transport] = []
+        for name in ("transport", "editors_transport"):
+            if self.built(name):
+                transport = self.__dict__[name]
+                if all(transport is not c for c in closed):
+                    await transport.aclose()
+                    closed.append(transport)
 
     def open_test_transport(self) -> Transport:
         """A transport of its own for test sends, which the caller closes: the relays (or the
@@ -319,7 +340,7 @@ class App:
         if delivery.transport == "smtp":
             delivery.require_secrets()
             return signing(self.config, SMTPTransport(delivery.relays))
-        return signing(self.config, MaildirTransport(delivery.test_maildir))
+        return signing(self.config, MaildirTransport(delivery.maildir_for("tests")))
 
 
 def dkim_signer(config: Config) -> DKIMSigner | None:

@@ -48,6 +48,7 @@ __all__ = [
     "FetchSettings",
     "ImageSettings",
     "InboundSettings",
+    "MailKind",
     "MetricsSettings",
     "MirrorSettings",
     "MirrorSite",
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_NAME = "newsletter.toml"
+
+# The kinds of mail that go to Maildir folders of their own (``DeliverySettings.maildir_for``).
+MailKind = Literal["readers", "tests", "editors"]
 
 # Provider answers that mean "we refused the content", not "the address is bad" (issue 7).
 DEFAULT_CONTENT_REJECTIONS = (
@@ -238,6 +242,17 @@ class DeliverySettings:
     # Where ``editions test-send`` writes with the Maildir transport: never the subscribers'
     # outbox, so a test is never picked up with their mail (default: ``<maildir>-tests``).
     test_maildir: Path = Path("data/outbox-tests")
+    # Where the editors' reports (sent, held, missed, blocklisted) go with the Maildir
+    # transport: apart from readers' mail, so a count or pickup of it is readers' mail only
+    # (default: ``<maildir>-editors``).
+    editors_maildir: Path = Path("data/outbox-editors")
+
+    def maildir_for(self, kind: MailKind) -> Path:
+        """The Maildir folder for one kind of mail: readers' (editions, confirmations,
+        answers), an editor's test copy, or the editors' reports. Each has its own, so nothing
+        picked up for readers is a test or a report (``App`` opens each transport here)."""
+        return {"readers": self.maildir, "tests": self.test_maildir,
+                "editors": self.editors_maildir}[kind]
 
     def require_secrets(self) -> None:
         """Raise the ``ConfigError`` of a relay whose password is missing from the environment.
@@ -720,6 +735,12 @@ def _url(value: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
     return value.rstrip("/")
 
 
+def _overlaps(a: Path, b: Path) -> bool:
+    """The same folder, or one inside the other: a Maildir reader of one would see the other."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 def _address(value: str) -> str:
     if "\r" in value or "\n" in value or "@" not in value:
         raise ValueError(f"{value!r} is not an email address")
@@ -1031,15 +1052,25 @@ def _delivery(ld: _Loader, s: _Section) -> DeliverySettings:
     maildir = ld.resolve(s.get("maildir", str, "data/outbox"))
     test_raw = s.get("test_maildir", str, None)
     test_maildir = ld.resolve(test_raw) if test_raw else maildir.with_name(f"{maildir.name}-tests")
-    if test_maildir.resolve() == maildir.resolve() or maildir.resolve() in (
-            test_maildir.resolve().parents) or test_maildir.resolve() in maildir.resolve().parents:
-        raise s.error("test_maildir" if test_raw else "maildir",
-                      "test_maildir must be a folder of its own, neither maildir nor inside it "
-                      "(test sends must never sit among subscribers' mail)")
+    editors_raw = s.get("editors_maildir", str, None)
+    editors_maildir = (ld.resolve(editors_raw) if editors_raw
+                       else maildir.with_name(f"{maildir.name}-editors"))
+    for key, raw, folder, what in (
+            ("test_maildir", test_raw, test_maildir, "test sends"),
+            ("editors_maildir", editors_raw, editors_maildir, "editors' reports")):
+        if _overlaps(folder, maildir):
+            raise s.error(key if raw else "maildir",
+                          f"{key} must be a folder of its own, neither maildir nor inside it "
+                          f"({what} must never sit among subscribers' mail)")
+    if _overlaps(test_maildir, editors_maildir):
+        raise s.error("editors_maildir" if editors_raw else "test_maildir",
+                      "test_maildir and editors_maildir must be folders of their own, neither "
+                      "the other nor inside it")
     out = DeliverySettings(
         transport=transport,
         maildir=maildir,
         test_maildir=test_maildir,
+        editors_maildir=editors_maildir,
         relays=relays,
         max_attempts=s.get("max_attempts", int, d.max_attempts),
         max_age=s.convert("max_age", dur, parse_duration, d.max_age),

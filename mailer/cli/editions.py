@@ -314,7 +314,7 @@ def test_send(app: App, edition_id: int, to_addrs: Sequence[str], language: str 
                          f"{', '.join(app.config.newsletter.choices)}")
     addresses = check_test_addresses(to_addrs)
     sent = asyncio.run(send_test(app, edition_id, addresses, choice))
-    where = (f" (Maildir {app.config.delivery.test_maildir / 'new'})"
+    where = (f" (Maildir {app.config.delivery.maildir_for('tests') / 'new'})"
              if app.config.delivery.transport == "maildir" and app.transport_override is None
              else "")
     refused = 0

@@ -55,7 +55,6 @@ def inbound_cmd(app: App, maildir: Path | None, listen: str | None) -> None:
             await stop.wait()
         server.close()
         await server.wait_closed()
-        if app.built("transport"):
-            await app.transport.aclose()
+        await app.close_transports()
 
     asyncio.run(serve())

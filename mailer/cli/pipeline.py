@@ -21,8 +21,11 @@ def print_send(app: App, summary: object) -> None:
     """One line per edition: sent, deferred and failed counts, and where the mail went."""
     assert isinstance(summary, SendSummary)
     r = summary.report
-    where = (f"Maildir {app.config.delivery.maildir / 'new'}" if app.config.delivery.transport == "maildir"
-             else ", ".join(x.label for x in app.config.delivery.relays))
+    delivery = app.config.delivery
+    where = (f"Maildir {delivery.maildir_for('readers') / 'new'}" if delivery.transport == "maildir"
+             else ", ".join(x.label for x in delivery.relays))
+    if delivery.transport == "maildir" and app.config.newsletter.editors:
+        where += f" (editors' reports: {delivery.maildir_for('editors') / 'new'})"
     click.echo(f"edition {summary.edition_id}: {r.sent} sent, {r.deferred} deferred, {r.failed} failed"
                f"{f', {r.bounced} bounced' if r.bounced else ''}"
                f"{f', {r.content_rejected} content rejected' if r.content_rejected else ''}"
@@ -78,8 +81,7 @@ def send(app: App) -> None:
                     return resumed, None
                 return resumed, await send_new_posts(app, progress=True, stop=stop)
         finally:
-            if app.built("transport"):  # close the relay connections politely (QUIT)
-                await app.transport.aclose()
+            await app.close_transports()  # the relay connections politely (QUIT)
             await flush_webhooks(app)
 
     resumed, summary = asyncio.run(go())

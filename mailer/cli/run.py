@@ -70,8 +70,7 @@ async def _once(app: App) -> int:
             summary = await run_once(app, notice, progress=True, stop=stop)
     finally:
         lock.release()
-        if app.built("transport"):
-            await app.transport.aclose()
+        await app.close_transports()
         await flush_webhooks(app)
     what = {"hold": "held for approval", "miss": "missed its time; not sent"}
     for eid, decision in summary.decisions:

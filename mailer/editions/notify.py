@@ -128,10 +128,12 @@ class Notifier:
 
     @classmethod
     def for_app(cls, app: Any) -> Notifier:
-        """Wire to the app's transport and outbox; a missing piece only costs the report."""
+        """Wire to the app's editors' transport (``App.editors_transport``: with Maildir a
+        folder apart from readers' mail) and its outbox; a missing piece only costs the
+        report."""
 
         async def send(envelope_from: str, recipient: str, data: bytes) -> Any:
-            return await app.transport.send(envelope_from, recipient, data)
+            return await app.editors_transport.send(envelope_from, recipient, data)
 
         def counts(edition_id: int) -> Mapping[str, int]:
             from mailer.delivery.outbox import Outbox

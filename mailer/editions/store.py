@@ -480,11 +480,16 @@ class EditionStore:
             self._content_changed(conn, info)
             return self._info(conn, edition_id)
 
-    def set_total(self, edition_id: int, total: int) -> None:
-        """Record how many recipients were enqueued (the delivery stage calls this)."""
-        with self.engine.begin() as conn:
-            conn.execute(update(editions).where(editions.c.id == edition_id)
-                         .values(total=total, updated_at=self.clock()))
+    def set_total(self, edition_id: int, total: int, conn: Connection | None = None) -> None:
+        """Record how many recipients were enqueued (the delivery stage calls this); in
+        ``conn``, the enqueue's own transaction, so the total commits with the rows."""
+        stmt = (update(editions).where(editions.c.id == edition_id)
+                .values(total=total, updated_at=self.clock()))
+        if conn is not None:
+            conn.execute(stmt)
+            return
+        with self.engine.begin() as own:
+            own.execute(stmt)
 
     def claim_sent_report(self, edition_id: int) -> bool:
         """True for exactly one caller per edition: the one that sends the editors' report."""

@@ -274,8 +274,7 @@ def unsubscribe_by_mail(app: App, maildir: Path | None = None) -> InboundReport:
         try:
             return await process_inbound(app, maildir)
         finally:
-            if app.built("transport"):
-                await app.transport.aclose()
+            await app.close_transports()
 
     return asyncio.run(once())
 

@@ -65,14 +65,31 @@ def start_edition(app: App, edition_id: int) -> int:
 
     An edition already sent is left as it is and gets nobody new: a sender comes back to it
     only for the rows added since (:func:`welcome`) that still wait (``Outbox.DELIVERING``);
-    enqueueing the list again would mail an old edition to everyone who joined since."""
-    info = app.editions.info(edition_id)
-    if info.state is EditionState.SENT:
-        return 0
-    if info.state is not EditionState.SENDING:
-        app.editions.set_state(edition_id, EditionState.SENDING)
-    added = app.outbox.enqueue(edition_id, app.subscribers.stream_active())
-    app.editions.set_total(edition_id, app.outbox.total(edition_id))
+    enqueueing the list again would mail an old edition to everyone who joined since.
+
+    Several senders may start one edition at once (``send`` and ``run --once`` resuming it, the
+    daemon, with workers polling). All of it happens in ``Outbox.enqueuing``, the edition's
+    one enqueue transaction (on PostgreSQL under its advisory lock), so they take turns:
+
+    - the state is read under the lock, so the second sees ``sending`` and does not try the
+      transition again (which the store refuses: "changed state while we looked");
+    - the rows and their total commit together, so the total is the count and a worker never
+      delivers part of the list and marks the edition sent before the rest is there;
+    - the second sender's inserts all meet existing rows and add nobody.
+
+    An editor's cancel or pause is not locked out: the transition is a compare-and-set
+    (``EditionStore.set_state``), and rows committed into a cancelled edition become
+    ``cancelled`` at once (``Outbox.enqueuing``)."""
+    with app.outbox.enqueuing(edition_id) as conn:
+        info = app.editions.info(edition_id)
+        if info.state is EditionState.SENT:
+            return 0
+        if info.state is not EditionState.SENDING:
+            # Its own short transaction, committed now: the rows' transaction has written
+            # nothing yet, so on SQLite it holds no write lock that this would wait on.
+            app.editions.set_state(edition_id, EditionState.SENDING)
+        added = app.outbox.enqueue(edition_id, app.subscribers.stream_active(), conn)
+        app.editions.set_total(edition_id, app.outbox.total(edition_id, conn), conn)
     return added
 
 

@@ -127,7 +127,7 @@ class SenderWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.poll)
         finally:
-            await self.app.transport.aclose()
+            await self.app.close_transports()
         log.info("%s", report.summary())
         return report
 

@@ -200,3 +200,31 @@ def test_another_blogs_country_domain_is_a_mirror_like_any_other(tmp_path: Path)
     path = write(tmp_path, GOOD + '\n[[mirrors.sites]]\nurl = "https://other.blogspot.hk/"\n')
     cfg = load_config(path, {"SMTP_PASSWORD": "x", "MIRROR_SECRET": "m"})
     assert [s.url for s in cfg.mirrors.sites] == ["https://other.blogspot.hk"]
+
+
+def test_each_kind_of_mail_has_a_maildir_of_its_own(tmp_path: Path) -> None:
+    """Readers' mail, test copies and the editors' reports: three folders beside each other
+    (defaults named after ``maildir``), so a pickup of readers' mail takes nothing else."""
+    text = GOOD.replace('transport = "smtp"', 'transport = "maildir"\nmaildir = "mail/out"')
+    cfg = load_config(write(tmp_path, text), {"SMTP_PASSWORD": "x"}).delivery
+    assert cfg.maildir_for("readers") == cfg.maildir == tmp_path / "mail/out"
+    assert cfg.maildir_for("tests") == tmp_path / "mail/out-tests"
+    assert cfg.maildir_for("editors") == tmp_path / "mail/out-editors"
+    own = text.replace('maildir = "mail/out"', 'maildir = "mail/out"\neditors_maildir = "eds"')
+    assert load_config(write(tmp_path, own), {}).delivery.maildir_for("editors") == tmp_path / "eds"
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ('editors_maildir = "mail/out"', "delivery.editors_maildir"),
+    ('editors_maildir = "mail/out/editors"', "delivery.editors_maildir"),
+    ('editors_maildir = "mail"', "delivery.editors_maildir"),
+    ('test_maildir = "mail/out/tests"', "delivery.test_maildir"),
+    ('test_maildir = "eds"\neditors_maildir = "eds"', "delivery.editors_maildir"),
+])
+def test_an_editors_or_test_maildir_among_readers_mail_is_refused(
+        tmp_path: Path, extra: str, key: str) -> None:
+    text = GOOD.replace('transport = "smtp"', f'transport = "maildir"\nmaildir = "mail/out"\n{extra}')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), {})
+    assert info.value.key == key
+    assert "folder" in str(info.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import dkim
 import dns.resolver
 
 from mailer.delivery.dkim import POOL_AFTER, dns_record, load_keys
-from tests.e2e.test_end_to_end import FEED, NEWSLETTER, newsletter, smtp_config
+from tests.conftest import REPO
+from tests.e2e.test_end_to_end import EDITORS, FEED, NEWSLETTER, newsletter, parse, smtp_config
 from tests.support.dns import DNSServer
 from tests.support.http import HTTPServer, Reply
 from tests.support.smtp import SMTPServer
@@ -89,6 +91,41 @@ def test_dkim_init_then_every_sent_message_verifies(tmp_path: Path, http_server:
             for i in range(2):
                 assert dkim.DKIM(r.data).verify(idx=i, dnsfunc=dnsfunc)
         assert "news2026-ed25519._domainkey.example.org" in dns_server.queries
+
+
+def test_on_maildir_readers_mail_and_the_editors_report_sit_apart_and_both_are_signed(
+        tmp_path: Path) -> None:
+    """The embedded default (Maildir) with ``[dkim]``: a real ``newsletter send`` writes the
+    readers' mail to ``data/outbox`` and the editors' report to ``data/outbox-editors``, each
+    folder holding its own kind only, and every file verifies (the signer wraps both)."""
+    shutil.copy(REPO / "newsletter.toml", tmp_path / "newsletter.toml")
+    (tmp_path / "examples").mkdir()
+    shutil.copy(REPO / "examples" / "sample-feed.atom.xml", tmp_path / "examples")
+    config = tmp_path / "newsletter.toml"
+    config.write_text(config.read_text(encoding="utf-8") + DKIM, encoding="utf-8")
+    assert newsletter(config, "dkim", "init").returncode == 0
+    csv = tmp_path / "list.csv"
+    csv.write_text("email,language\nli.hua@qq.example,zh-Hans\nsam@mail.example,en\n",
+                   encoding="utf-8")
+    assert newsletter(config, "keys", "init").returncode == 0
+    assert newsletter(config, "subscribers", "import", str(csv), "--confirmed").returncode == 0
+    assert newsletter(config, "poll").returncode == 0
+    sent = newsletter(config, "send")
+    assert sent.returncode == 0, sent.stderr
+    assert "2 sent" in sent.stdout
+
+    readers = [f.read_bytes() for f in sorted((tmp_path / "data/outbox/new").iterdir())]
+    editors = [f.read_bytes() for f in sorted((tmp_path / "data/outbox-editors/new").iterdir())]
+    assert sorted(parse(d)["To"] for d in readers) == ["li.hua@qq.example", "sam@mail.example"]
+    assert [parse(d)["To"] for d in editors] == [EDITORS]
+    assert "sent 2" in parse(editors[0]).get_body(("plain",)).get_content()
+    keys = load_keys([tmp_path / "keys" / "dkim-rsa.pem", tmp_path / "keys" / "dkim-ed25519.pem"],
+                     "news2026", "example.org")
+    zone = {f"{k.record_name}.".encode(): dns_record(k).encode() for k in keys}
+    for data in readers + editors:
+        assert len(re.findall(rb"^DKIM-Signature:", data, re.MULTILINE)) == 2
+        for i in range(2):
+            assert dkim.DKIM(data).verify(idx=i, dnsfunc=lambda name, timeout=5: zone.get(name, b""))
 
 
 def test_dkim_init_without_a_section_is_one_clear_error(tmp_path: Path) -> None:

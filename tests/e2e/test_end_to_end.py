@@ -134,13 +134,15 @@ def test_embedded_default_writes_eml_files_and_second_run_sends_nothing(tmp_path
     assert key.stat().st_mode & 0o777 == 0o600
     files = sorted((tmp_path / "data" / "outbox" / "new").iterdir())
     mails = [parse(f.read_bytes()) for f in files]
-    reports = [m for m in mails if m["To"] == EDITORS]
-    assert len(reports) == 1  # the editors' "sent" report, beside the readers' mail
-    assert len(mails) == 5 + 1  # one sample reader per language choice
+    assert len(mails) == 5  # one sample reader per language choice, and readers' mail only
+    assert all(m["To"] != EDITORS for m in mails)
+    # The editors' "sent" report sits in a folder of its own ([delivery] editors_maildir).
+    reports = [parse(f.read_bytes())
+               for f in sorted((tmp_path / "data" / "outbox-editors" / "new").iterdir())]
+    assert [m["To"] for m in reports] == [EDITORS]
+    assert "sent 5" in reports[0].get_body(("plain",)).get_content()
     languages = set()
     for msg in mails:
-        if msg in reports:
-            continue
         assert not msg.defects
         assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
         languages.add(msg["Content-Language"])
@@ -155,7 +157,8 @@ def test_embedded_default_writes_eml_files_and_second_run_sends_nothing(tmp_path
     second = newsletter(config, "run", "--once")
     assert second.returncode == 0, second.stderr
     assert "new posts: 0" in second.stdout
-    assert len(list((tmp_path / "data" / "outbox" / "new").iterdir())) == 5 + 1
+    assert len(list((tmp_path / "data" / "outbox" / "new").iterdir())) == 5
+    assert len(list((tmp_path / "data" / "outbox-editors" / "new").iterdir())) == 1
 
 
 def test_bad_config_exits_2_naming_file_key_and_line(tmp_path: Path) -> None:

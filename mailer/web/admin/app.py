@@ -467,7 +467,7 @@ def build_admin_app(app: App) -> Starlette:
         copies = await send_test(app, eid, addresses, language)
         audit(session, "test-send", f"edition {eid}",
               f"{language}, {len(addresses)} address(es)")  # never the addresses themselves
-        folder = (str(cfg.delivery.test_maildir / "new")
+        folder = (str(cfg.delivery.maildir_for("tests") / "new")
                   if cfg.delivery.transport == "maildir" and app.transport_override is None else "")
         return render(request, "test_sent.html", session, info=app.editions.info(eid),
                       language=language, folder=folder,
