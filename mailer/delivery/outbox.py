@@ -137,8 +137,22 @@ class Outbox:
         welcome commit together); False if the row was there already."""
         stmt = self._insert(outbox).values(self._new_row(edition_id, recipient, self.clock())
                                            ).on_conflict_do_nothing(
-            index_elements=[outbox.c.edition_id, outbox.c.subscriber_id])
-        return bool(conn.execute(stmt).rowcount)
+            index_elements=[outbox.c.edition_id, outbox.c.subscriber_id]
+        ).returning(outbox.c.subscriber_id)
+        # RETURNING, not rowcount: SQLAlchemy's psycopg dialect reports -1 for this INSERT.
+        added = len(conn.execute(stmt).all())
+        self._count_added(conn, edition_id, added)
+        return bool(added)
+
+    @staticmethod
+    def _count_added(conn: Connection, edition_id: int, added: int) -> None:
+        """``editions.total`` (what ``editions show`` and the admin call enqueued) grows by the
+        rows this transaction inserted, in the same transaction: the outbox is its only writer,
+        so no crash between the insert and a later recount can leave it short (a welcome
+        queued with a confirmation whose process died before it delivered). An increment, not a
+        recount: a recount in a concurrent transaction would miss rows not yet committed."""
+        conn.execute(update(editions).where(editions.c.id == edition_id)
+                     .values(total=func.coalesce(editions.c.total, 0) + added))
 
     def _new_row(self, edition_id: int, r: RecipientLike, stamp: Any) -> dict[str, Any]:
         """A queued row's values; the domain kept only if it says nothing about the reader."""
@@ -169,8 +183,10 @@ class Outbox:
 
     def enqueue(self, edition_id: int, recipients: Iterable[RecipientLike],
                 conn: Connection | None = None) -> int:
-        """Add a queued row per recipient; returns how many were new (0 on a repeat). A
-        recipient's domain is kept only if it says nothing about the reader (``outbox_domain``).
+        """Add a queued row per recipient; returns how many were new (0 on a repeat), and the
+        edition's total counts them in the same transaction (``_count_added``; 0 once enqueued
+        with nobody). A recipient's domain is kept only if it says nothing about the reader
+        (``outbox_domain``).
 
         All in one transaction, the caller's ``conn`` from :meth:`enqueuing` or else one of
         its own: the rows appear together. Rows go to the driver's executemany in batches, with
@@ -184,7 +200,7 @@ class Outbox:
             with self.enqueuing(edition_id) as own:
                 return self.enqueue(edition_id, recipients, own)
         now = self.clock()
-        before = self.total(edition_id, conn)
+        added = 0
         dialect = self.engine.dialect
         cols = ["edition_id", "subscriber_id", "language", "domain", "state", "attempts",
                 "created_at", "updated_at"]
@@ -196,22 +212,25 @@ class Outbox:
         order = list(compiled.positiontup or []) if compiled.positional else None
         sql = str(compiled)
 
-        def flush(batch: list[dict[str, Any]]) -> None:
+        def flush(batch: list[dict[str, Any]]) -> int:
             params: list[Any] = batch if order is None else [
                 tuple(row[k] for k in order) for row in batch]
-            conn.exec_driver_sql(sql, params)
+            # executemany's rowcount is the sum over the batch on both drivers (sqlite3,
+            # psycopg 3.1+); rows already there (ON CONFLICT) count 0.
+            return max(int(conn.exec_driver_sql(sql, params).rowcount), 0)
 
         batch: list[dict[str, Any]] = []
         for r in recipients:
             batch.append(self._new_row(edition_id, r, stamp))
             if len(batch) >= _ENQUEUE_BATCH:
-                flush(batch)
+                added += flush(batch)
                 batch = []
         if batch:
-            flush(batch)
-        # Under the edition's lock nobody else adds to this edition meanwhile (a welcome's
-        # row goes only to a sent one, and start_edition enqueues no sent edition).
-        return self.total(edition_id, conn) - before
+            added += flush(batch)
+        # The rows this transaction inserted, not the count's change: a welcome may add a row
+        # to a sending edition meanwhile (``queue_welcome``), and counts its own.
+        self._count_added(conn, edition_id, added)
+        return added
 
     @staticmethod
     def claimable(now: datetime) -> ColumnElement[bool]:

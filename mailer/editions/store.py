@@ -32,6 +32,7 @@ __all__ = [
     "MAX_NOTE",
     "MAX_SUBJECT",
     "TRANSITIONS",
+    "WELCOME_STATES",
     "Decision",
     "EditionInfo",
     "EditionStore",
@@ -58,6 +59,13 @@ TRANSITIONS: Mapping[EditionState, frozenset[EditionState]] = {
     S.SENT: frozenset(),
     S.CANCELLED: frozenset(),
 }
+# A new reader's welcome is the newest edition in one of these: going out (sending, or paused
+# mid-send: the send claims their row when it goes on) or gone out (sent). Never a cancelled
+# one: it did not reach readers. ``EditionStore.welcome_edition`` is the one place this is read.
+WELCOME_STATES = (S.SENDING, S.PAUSED, S.SENT)
+# The states that can move straight to sending without being a welcome yet.
+_STARTABLE = tuple(sorted(s.value for s, nxt in TRANSITIONS.items()
+                          if S.SENDING in nxt and s not in WELCOME_STATES))
 
 # States in which editors may still change the posts, order, notes and subjects.
 EDITABLE = frozenset({S.DRAFT, S.SCHEDULED, S.APPROVED, S.HELD, S.MISSED})
@@ -242,6 +250,29 @@ class EditionStore:
         with self.engine.connect() as conn:
             ids = [int(i) for i in conn.execute(q).scalars()]
             return self._infos(conn, ids)
+
+    def welcome_edition(self, conn: Connection | None = None) -> EditionInfo | None:
+        """The edition a reader who confirms now gets at once: the newest in ``WELCOME_STATES``
+        (the one going out, else the last sent); None before the first send.
+
+        ``conn``: the confirming transaction, which has already made the reader active. On
+        PostgreSQL it also locks (FOR SHARE) the editions that could start sending, so none
+        starts between this choice and the commit: ``start_edition`` enumerates the readers
+        after the state change, and a start that slipped in between would see this reader
+        still pending while the welcome went to the edition before it, and the reader would
+        get neither. SQLite needs no lock: the confirming transaction holds the write lock."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._newest_welcome(own)
+        conn.execute(select(editions.c.id).where(editions.c.state.in_(_STARTABLE))
+                     .with_for_update(read=True)).all()
+        return self._newest_welcome(conn)
+
+    def _newest_welcome(self, conn: Connection) -> EditionInfo | None:
+        newest = conn.execute(select(editions.c.id)
+                              .where(editions.c.state.in_([s.value for s in WELCOME_STATES]))
+                              .order_by(editions.c.id.desc()).limit(1)).scalar()
+        return None if newest is None else self._info(conn, int(newest))
 
     def load(self, edition_id: int) -> Edition:
         """The edition with its posts in order, excluded ones left out."""
@@ -479,17 +510,6 @@ class EditionStore:
                                    edition_id=edition_id)
             self._content_changed(conn, info)
             return self._info(conn, edition_id)
-
-    def set_total(self, edition_id: int, total: int, conn: Connection | None = None) -> None:
-        """Record how many recipients were enqueued (the delivery stage calls this); in
-        ``conn``, the enqueue's own transaction, so the total commits with the rows."""
-        stmt = (update(editions).where(editions.c.id == edition_id)
-                .values(total=total, updated_at=self.clock()))
-        if conn is not None:
-            conn.execute(stmt)
-            return
-        with self.engine.begin() as own:
-            own.execute(stmt)
 
     def claim_sent_report(self, edition_id: int) -> bool:
         """True for exactly one caller per edition: the one that sends the editors' report."""

@@ -73,8 +73,8 @@ def start_edition(app: App, edition_id: int) -> int:
 
     - the state is read under the lock, so the second sees ``sending`` and does not try the
       transition again (which the store refuses: "changed state while we looked");
-    - the rows and their total commit together, so the total is the count and a worker never
-      delivers part of the list and marks the edition sent before the rest is there;
+    - the rows and their total commit together (``Outbox.enqueue`` counts them), so a worker
+      never delivers part of the list and marks the edition sent before the rest is there;
     - the second sender's inserts all meet existing rows and add nobody.
 
     An editor's cancel or pause is not locked out: the transition is a compare-and-set
@@ -88,9 +88,7 @@ def start_edition(app: App, edition_id: int) -> int:
             # Its own short transaction, committed now: the rows' transaction has written
             # nothing yet, so on SQLite it holds no write lock that this would wait on.
             app.editions.set_state(edition_id, EditionState.SENDING)
-        added = app.outbox.enqueue(edition_id, app.subscribers.stream_active(), conn)
-        app.editions.set_total(edition_id, app.outbox.total(edition_id, conn), conn)
-    return added
+        return app.outbox.enqueue(edition_id, app.subscribers.stream_active(), conn)
 
 
 def envelope_for(app: App) -> Callable[[OutboxRow], str] | None:
@@ -329,39 +327,51 @@ def unblock_provider(app: App, family: str) -> int | None:
 def queue_welcome(app: App) -> Callable[[Connection, Recipient], None]:
     """The welcome's outbox row, written in the transaction that confirms the reader
     (``SubscriberStore.confirm(then=…)``): a crash right after the confirmation cannot lose the
-    welcome, because the row commits with it; :func:`welcome` then delivers it, or any sender
-    does later (a queued row in a sent edition is work, ``Outbox.editions_with_work``)."""
+    welcome, because the row commits with it (and the edition's total counts it, in the same
+    transaction: ``Outbox.enqueue_in``). The edition is ``EditionStore.welcome_edition``'s: the
+    one going out if an edition is sending (or paused mid-send), so the reader gets the edition
+    the list is getting, not the one before; else the last sent. :func:`welcome` then
+    delivers it, or the running send claims it like any queued row, or any sender does later
+    (``Outbox.editions_with_work``). ON CONFLICT keeps it one row: a reader the running send
+    already enqueued keeps that row."""
 
     def queue(conn: Connection, reader: Recipient) -> None:
-        latest = app.editions.find([EditionState.SENT], limit=1)  # a read: another connection
-        if latest:
-            app.outbox.enqueue_in(conn, latest[0].id, reader)
+        edition = app.editions.welcome_edition(conn)
+        if edition is not None:
+            app.outbox.enqueue_in(conn, edition.id, reader)
 
     return queue
 
 
 async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
-    """Readers who just confirmed get the latest edition now, not only the next one. Through
+    """Readers who just confirmed get the welcome edition now, not only the next one. Through
     the outbox like any send, so each gets it once: the row (edition, subscriber) was queued
     with the confirmation (:func:`queue_welcome`), and a reader who had the edition already (a
-    re-subscription) has no row waiting and gets nothing. Returns how many had one waiting;
-    one who left meanwhile is suppressed by the engine, as in any send.
+    re-subscription) has no row waiting and gets nothing. Returns how many had one waiting and
+    were delivered now; one who left meanwhile is suppressed by the engine, as in any send.
 
-    Only a ``sent`` edition is chosen: a cancelled one never reached readers, and ``sent`` is
-    final, so no editor can cancel it under us. What the relay defers now, or a crash leaves
-    queued or leased, stays in the outbox of that sent edition, and every sender comes back
-    for it with the usual backoff (``Outbox.editions_with_work``: the daemon's ``retry`` job,
-    ``send``, ``run --once``, workers) until it is sent or fails for good."""
-    latest = app.editions.find([EditionState.SENT], limit=1)
-    if not latest or not subscriber_ids:
+    The edition is the one :func:`queue_welcome` chose (``EditionStore.welcome_edition``, the
+    one rule). If it is still going out (sending or paused), nothing is done here: its sender
+    claims the new row at its next batch, or the sender that resumes it does (``send``,
+    ``run --once``, the daemon); a second engine here would take over the list's rows too.
+    If it is ``sent`` (final, so no editor can cancel it under us), the row is delivered now.
+    What the relay defers, or a crash leaves queued or leased, stays in that edition's outbox,
+    and every sender comes back for it with the usual backoff (``Outbox.editions_with_work``:
+    the daemon's ``retry`` job, ``send``, ``run --once``, workers) until it is sent or fails
+    for good."""
+    if not subscriber_ids:
         return 0
-    edition_id = latest[0].id
+    edition = await asyncio.to_thread(app.editions.welcome_edition)
+    if edition is None:
+        return 0
+    if edition.state is not EditionState.SENT:
+        log.info("welcome: edition %d is %s; its send delivers the new reader(s)",
+                 edition.id, edition.state.value)
+        return 0
+    edition_id = edition.id
     waiting = await asyncio.to_thread(app.outbox.waiting_among, edition_id, list(subscriber_ids))
     if not waiting:
         return 0
-    # ``editions show`` counts what was enqueued; the report reads the outbox itself.
-    await asyncio.to_thread(lambda: app.editions.set_total(edition_id,
-                                                         app.outbox.total(edition_id)))
     prepared = await asyncio.to_thread(prepare_edition, app, edition_id)
     await deliver(app, delivery_engine(app, prepared), prepared, edition_id)
     log.info("welcome: edition %d to %d new reader(s)", edition_id, waiting)
