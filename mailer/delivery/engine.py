@@ -105,6 +105,19 @@ class DeliveryReport:
     def rate(self) -> float:
         return self.attempted / self.elapsed if self.elapsed > 0 else 0.0
 
+    def then(self, later: DeliveryReport) -> DeliveryReport:
+        """This run followed by ``later`` on the same edition (a send that claimed again for
+        rows queued after its last claim): counts add up, the state is the later one's."""
+        relays = dict(self.by_relay)
+        for name, n in later.by_relay.items():
+            relays[name] = relays.get(name, 0) + n
+        return replace(
+            later, sent=self.sent + later.sent, deferred=self.deferred + later.deferred,
+            failed=self.failed + later.failed, bounced=self.bounced + later.bounced,
+            content_rejected=self.content_rejected + later.content_rejected,
+            suppressed=self.suppressed + later.suppressed, elapsed=self.elapsed + later.elapsed,
+            by_relay=relays, held=self.held + later.held)
+
     def summary(self) -> str:
         text = (f"edition {self.edition_id}: sent {self.sent}, deferred {self.deferred}, "
                 f"failed {self.failed}, bounced {self.bounced}, "

@@ -642,6 +642,17 @@ class Outbox:
             ).scalar()
         return as_utc(value)
 
+    def queued(self, edition_id: int) -> int:
+        """Rows never claimed yet (on ix_outbox_claim). After a send's last claim found none,
+        these are rows added since: a reader who confirmed meanwhile (``queue_welcome``)."""
+        with self.engine.connect() as conn:
+            n = conn.execute(
+                select(func.count()).select_from(outbox).where(
+                    outbox.c.edition_id == edition_id,
+                    outbox.c.state == OutboxState.QUEUED.value)
+            ).scalar()
+        return int(n or 0)
+
     def unfinished(self, edition_id: int) -> int:
         """Rows that still need a send: queued, sending (maybe leased elsewhere) or deferred."""
         with self.engine.connect() as conn:

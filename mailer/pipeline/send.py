@@ -229,6 +229,14 @@ async def send_edition(app: App, edition_id: int, *, progress: bool | Progress =
     watcher = asyncio.create_task(_stop_when_set(stop, engine)) if stop is not None else None
     try:
         report = await deliver(app, engine, prepared, edition_id)
+        # The engine's last claim came while its last messages were in flight: a reader who
+        # confirmed meanwhile has a row queued since (``queue_welcome``). This send delivers
+        # it too, instead of leaving the edition unfinished for the next sender. Each pass
+        # claims every queued row, so this ends once no one confirms during a pass.
+        while report.stopped in ("done", "deferred") and not (stop and stop.is_set()):
+            if await asyncio.to_thread(app.outbox.queued, edition_id) == 0:
+                break
+            report = report.then(await deliver(app, engine, prepared, edition_id))
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -351,9 +359,11 @@ async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
     were delivered now; one who left meanwhile is suppressed by the engine, as in any send.
 
     The edition is the one :func:`queue_welcome` chose (``EditionStore.welcome_edition``, the
-    one rule). If it is still going out (sending or paused), nothing is done here: its sender
-    claims the new row at its next batch, or the sender that resumes it does (``send``,
-    ``run --once``, the daemon); a second engine here would take over the list's rows too.
+    one rule). If it is still going out (sending or paused), nothing is done here: the running
+    send claims the new row (at its next batch, or in the pass :func:`send_edition` makes for
+    rows queued after its last claim), or the sender that resumes it does (``send``,
+    ``run --once``, the daemon's ``retry`` job); a second engine here would take over the
+    list's rows too.
     If it is ``sent`` (final, so no editor can cancel it under us), the row is delivered now.
     What the relay defers, or a crash leaves queued or leased, stays in that edition's outbox,
     and every sender comes back for it with the usual backoff (``Outbox.editions_with_work``:

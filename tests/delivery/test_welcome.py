@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from mailer.app import App
+from mailer.delivery.engine import DeliveryReport
 from mailer.models import EditionState, OutboxState
 from mailer.pipeline.send import queue_welcome, send_edition, start_edition, welcome
 from mailer.schema import outbox
@@ -168,3 +169,14 @@ def test_the_enqueued_total_is_kept_by_the_outbox_in_the_inserting_transaction(
         assert not app.outbox.enqueue_in(conn, edition_id, late)  # ON CONFLICT: no second row
     assert app.editions.info(edition_id).total == 3001 == app.outbox.total(edition_id)
     assert app.outbox.counts(edition_id)[OutboxState.QUEUED] == 3001
+
+
+def test_a_second_pass_adds_to_the_first_report() -> None:
+    first = DeliveryReport(7, sent=9, deferred=1, elapsed=2.0, by_relay={"a": 9, "b": 1},
+                           stopped="deferred", remaining=1)
+    later = DeliveryReport(7, sent=1, elapsed=0.5, by_relay={"b": 1}, stopped="deferred",
+                           remaining=1)
+    both = first.then(later)
+    assert (both.sent, both.deferred, both.attempted, both.elapsed) == (10, 1, 11, 2.5)
+    assert both.by_relay == {"a": 9, "b": 2}
+    assert (both.stopped, both.remaining) == ("deferred", 1)
