@@ -4,7 +4,8 @@ A reader confirms by replying to the confirmation (``newsletter inbound``); the 
 answers 451 to the welcome; the edition it belongs to is ``sent`` already, so only the outbox's
 rule (``Outbox.editions_with_work``) brings a sender back to it: here the real daemon
 (``newsletter run``) with a one-second backoff, and ``newsletter send``, including after the
-process that was delivering the welcome was killed.
+process that was delivering the welcome was killed (``inbound``, and ``serve`` for the web's
+confirm page). A reader who confirms while an edition is going out gets that edition, once.
 """
 
 from __future__ import annotations
@@ -58,11 +59,17 @@ class WelcomeRelay(RecordingHandler):
         self.hang = 0.0
         self.attempts = 0  # RCPTs of edition mail after ``watch()``
         self.watching = False
+        self.hold_next = False  # hold the next edition RCPT until ``holding`` is cleared
+        self.holding = False
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if self.watching and str(envelope.mail_from).startswith("bounces+"):
             self.attempts += 1
+            if self.hold_next:  # a send kept under way (one connection) while the test acts
+                self.hold_next, self.holding = False, True
+                while self.holding:  # noqa: ASYNC110 - cleared from the test's thread
+                    await asyncio.sleep(0.05)
             if self.hang:  # the sender is killed meanwhile; its line goes with it
                 await asyncio.sleep(self.hang)
                 return "451 4.3.0 Temporary local problem, try again later"
@@ -114,16 +121,17 @@ def outbox_editions(config: Path) -> set[int]:
         app.engine.dispose()
 
 
-def welcomes(relay: SMTPServer) -> list[str]:
-    return [str(m["Message-ID"]) for m in delivered_to(relay, STRANGER)
-            if str(m["Message-ID"]).startswith("<e1.")]
+def welcomes(relay: SMTPServer, reader: str = STRANGER, edition_id: int = 1) -> list[str]:
+    """The Message-IDs of edition ``edition_id`` the relay took for ``reader``."""
+    return [str(m["Message-ID"]) for m in delivered_to(relay, reader)
+            if str(m["Message-ID"]).startswith(f"<e{edition_id}.")]
 
 
-def welcome_row(config: Path) -> tuple[str, int]:
-    """The stranger's outbox row of edition 1: its state and attempts."""
+def welcome_row(config: Path, reader: str = STRANGER) -> tuple[str, int]:
+    """The reader's outbox row of edition 1: its state and attempts."""
     app = App.from_path(config)
     try:
-        record = app.subscribers.lookup(STRANGER)
+        record = app.subscribers.lookup(reader)
         assert record is not None
         with app.engine.connect() as conn:
             row = conn.execute(select(outbox.c.state, outbox.c.attempts).where(
@@ -272,13 +280,9 @@ os.kill(os.getpid(), signal.SIGKILL)  # the batch's answers and the welcome neve
 """
 
 
-def test_a_process_killed_right_after_the_confirmation_leaves_the_welcome_queued(
-        tmp_path: Path, relay: SMTPServer) -> None:
-    """The confirmation and the welcome's outbox row commit in one transaction: a process
-    killed the moment the confirmation committed (before it could deliver, or even queue, the
-    welcome) leaves the welcome queued in the sent edition, and ``newsletter send`` delivers it,
-    once. Before, the row was added only after the commit, and this reader got no welcome."""
-    config = setup(tmp_path, relay)
+def confirm_and_die(tmp_path: Path, config: Path, relay: SMTPServer) -> None:
+    """The stranger subscribes by mail, then the process handling their reply is killed the
+    moment the confirmation committed, before it could deliver the welcome."""
     inbox(config).add(mail(STRANGER, "digest+zh-hant@example.org", "订阅"))
     assert "subscribe 1" in inbound(config)
     [confirmation] = delivered_to(relay, STRANGER)
@@ -293,6 +297,16 @@ def test_a_process_killed_right_after_the_confirmation_leaves_the_welcome_queued
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert killed.stdout.strip() == "confirmed"
     assert state(config, STRANGER) is SubscriberState.ACTIVE
+
+
+def test_a_process_killed_right_after_the_confirmation_leaves_the_welcome_queued(
+        tmp_path: Path, relay: SMTPServer) -> None:
+    """The confirmation and the welcome's outbox row commit in one transaction: a process
+    killed the moment the confirmation committed (before it could deliver, or even queue, the
+    welcome) leaves the welcome queued in the sent edition, and ``newsletter send`` delivers it,
+    once. Before, the row was added only after the commit, and this reader got no welcome."""
+    config = setup(tmp_path, relay)
+    confirm_and_die(tmp_path, config, relay)
     assert welcome_row(config) == ("queued", 0)
     assert welcomes(relay) == []
 
@@ -301,3 +315,136 @@ def test_a_process_killed_right_after_the_confirmation_leaves_the_welcome_queued
     assert len(welcomes(relay)) == 1
     assert welcome_row(config) == ("sent", 1)
     assert run(config, "send").out.startswith("nothing to send")
+
+
+def test_editions_show_counts_a_welcome_whose_process_died_after_the_confirmation(
+        tmp_path: Path, relay: SMTPServer) -> None:
+    """The edition's enqueued total grows in the transaction that adds the welcome's row, so a
+    crash right after the confirmation leaves it right. Before, only ``welcome`` (which the
+    crash skipped) updated it, and ``editions show`` was one short until the next welcome."""
+    config = setup(tmp_path, relay)
+    enqueued = f"enqueued: {len(READERS)}\n"
+    assert enqueued in run(config, "editions", "show", "1").out
+    confirm_and_die(tmp_path, config, relay)
+    assert welcome_row(config) == ("queued", 0)
+    show = run(config, "editions", "show", "1")
+    assert show.code == 0, show.err
+    assert f"enqueued: {len(READERS) + 1}\n" in show.out, show.out
+    assert run(config, "send").code == 0
+    assert f"enqueued: {len(READERS) + 1}\n" in run(config, "editions", "show", "1").out
+
+
+def test_a_reader_who_confirms_while_an_edition_is_sending_gets_that_edition_once(
+        tmp_path: Path, relay: SMTPServer) -> None:
+    """Edition 2 is going out (``run --once``, held at the relay's first RCPT) when the stranger
+    confirms by mail: their welcome is edition 2, delivered by that send, once; edition 1 never
+    reaches them. Before, the welcome was edition 1 (the last *sent*), and edition 2, whose list
+    was enumerated before they confirmed, never came."""
+    config = setup(tmp_path, relay)
+    inbox(config).add(mail(STRANGER, "digest+zh-hant@example.org", "订阅"))
+    assert "subscribe 1" in inbound(config)
+    [confirmation] = delivered_to(relay, STRANGER)
+    assert in_process(config, "editions", "create", "--posts", "1", "--include-sent") == 0
+    assert in_process(config, "editions", "approve", "2") == 0
+    relay_state = handler(relay)
+    relay_state.watching, relay_state.hold_next = True, True
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        sender = subprocess.Popen([*NEWSLETTER, "--config", str(config), "run", "--once"],
+                                  cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 60
+        while not relay_state.holding:
+            assert sender.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        show = run(config, "editions", "show", "2")
+        assert "edition 2 (digest): sending" in show.out, show.out
+        assert f"enqueued: {len(READERS)}\n" in show.out, show.out  # the list, without them
+        inbox(config).add(mail(STRANGER, str(confirmation["Reply-To"]),
+                               "Re: " + str(confirmation["Subject"]), "> please confirm"))
+        assert "confirmed 1" in inbound(config)
+        assert state(config, STRANGER) is SubscriberState.ACTIVE
+        assert len(delivered_to(relay, STRANGER)) == 1  # the confirmation; the send has it
+        assert outbox_editions_of(config, STRANGER) == {2: "queued"}
+        show = run(config, "editions", "show", "2")
+        assert f"enqueued: {len(READERS) + 1}\n" in show.out, show.out
+    finally:
+        relay_state.holding = False
+        try:
+            code = sender.wait(timeout=120)
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait()
+    assert code == 0, log_path.read_text()
+
+    assert len(welcomes(relay, STRANGER, 2)) == 1
+    assert welcomes(relay, STRANGER, 1) == []
+    assert outbox_editions_of(config, STRANGER) == {2: "sent"}
+    for reader in READERS.values():
+        assert len(welcomes(relay, reader, 2)) == 1
+    assert run(config, "send").out.startswith("nothing to send")
+    assert len(welcomes(relay, STRANGER, 2)) == 1
+
+
+def outbox_editions_of(config: Path, reader: str) -> dict[int, str]:
+    """The reader's outbox rows: edition → state."""
+    app = App.from_path(config)
+    try:
+        record = app.subscribers.lookup(reader)
+        assert record is not None
+        with app.engine.connect() as conn:
+            return {int(e): str(st) for e, st in conn.execute(
+                select(outbox.c.edition_id, outbox.c.state)
+                .where(outbox.c.subscriber_id == record.id))}
+    finally:
+        app.engine.dispose()
+
+
+def test_newsletter_serve_killed_between_the_confirmation_and_the_welcome_loses_nothing(
+        tmp_path: Path, relay: SMTPServer) -> None:
+    """The web's confirm page commits the welcome's row with the confirmation, like the mail
+    path. The real ``newsletter serve`` is SIGKILLed while the relay holds the welcome's RCPT
+    (committed, not delivered); ``newsletter send`` then delivers it, exactly once."""
+    import httpx
+
+    from tests.subscribers.support import serve
+
+    config = setup(tmp_path, relay)
+    reader = "web.reader@qq.com"
+    relay_state = handler(relay)
+    with serve(config) as server:
+        assert httpx.post(f"{server.base}/subscribe", data={"email": reader, "language": "en"},
+                          timeout=30).status_code == 200
+        deadline = time.monotonic() + 30
+        while not delivered_to(relay, reader):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        [confirmation] = delivered_to(relay, reader)
+        body = confirmation.get_body(("plain",))
+        assert body is not None
+        link = re.search(r"http://127\.0\.0\.1(/confirm/\S+)", body.get_content())
+        assert link is not None
+        relay_state.watching, relay_state.hang = True, 30.0
+        assert httpx.post(server.base + link.group(1), timeout=30).status_code == 200
+        while relay_state.attempts == 0:  # the welcome is on the wire
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        server.process.kill()
+        assert server.process.wait(timeout=10) == -signal.SIGKILL
+    assert state(config, reader) is SubscriberState.ACTIVE
+    assert welcome_row(config, reader) == ("sending", 1)  # leased by the dead server
+    assert welcomes(relay, reader) == []
+    relay_state.hang = 0.0
+
+    resumed = run(config, "send")
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "resumed edition 1: 1 left" in resumed.out, resumed.out
+    assert len(welcomes(relay, reader)) == 1
+    assert welcome_row(config, reader) == ("sent", 2)
+    assert run(config, "send").out.startswith("nothing to send")
+    assert len(welcomes(relay, reader)) == 1
+    assert len(delivered_to(relay, reader)) == 2  # the confirmation and the welcome, once each
+    assert f"enqueued: {len(READERS) + 1}\n" in run(config, "editions", "show", "1").out
