@@ -8,7 +8,8 @@ Why it is shaped this way (issues 7 and 9):
   PostgreSQL under the edition's advisory lock: senders that start the same edition at once
   take turns, and a worker never sees part of the list. With a commit per batch, a worker
   delivered the first rows, found nothing unfinished and marked the edition sent while the
-  enqueuer was still adding readers (tests/scale/test_start_race.py).
+  enqueuer was still adding readers (tests/scale/test_start_race.py). A welcome's row
+  (``enqueue_in``, which may go to an edition still sending) takes the same lock.
 - ``claim`` moves a small batch to ``sending`` under a lease in ONE statement
   (``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``): several workers on
   PostgreSQL share an edition without overlap, SQLite serialises it as one short write, and a dead
@@ -134,7 +135,13 @@ class Outbox:
 
     def enqueue_in(self, conn: Connection, edition_id: int, recipient: RecipientLike) -> bool:
         """One queued row, in the caller's transaction (a reader's confirmation and their
-        welcome commit together); False if the row was there already."""
+        welcome commit together); False if the row was there already.
+
+        Under the edition's enqueue lock, like :meth:`enqueuing`: a welcome may go to an
+        edition still sending (``queue_welcome``), and a row committed while that edition's
+        list is still being enqueued would let a worker deliver it, find nothing unfinished and
+        mark the edition sent before its list exists. So it waits for the list."""
+        self._lock_enqueue(conn, edition_id)
         stmt = self._insert(outbox).values(self._new_row(edition_id, recipient, self.clock())
                                            ).on_conflict_do_nothing(
             index_elements=[outbox.c.edition_id, outbox.c.subscriber_id]
@@ -176,10 +183,14 @@ class Outbox:
         An editor may cancel while the rows are still invisible: the cancel then finds none to
         mark ``cancelled``, so once they are committed the edition's state is read again."""
         with self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                conn.execute(text(_ENQUEUE_LOCK_SQL), {"edition_id": str(edition_id)})
+            self._lock_enqueue(conn, edition_id)
             yield conn
         self._cancelled_stay_cancelled(edition_id)
+
+    def _lock_enqueue(self, conn: Connection, edition_id: int) -> None:
+        """The edition's transaction-scoped enqueue lock (PostgreSQL; SQLite has one writer)."""
+        if self.engine.dialect.name == "postgresql":
+            conn.execute(text(_ENQUEUE_LOCK_SQL), {"edition_id": str(edition_id)})
 
     def enqueue(self, edition_id: int, recipients: Iterable[RecipientLike],
                 conn: Connection | None = None) -> int:

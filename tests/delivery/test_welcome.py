@@ -18,7 +18,7 @@ from mailer.delivery.engine import DeliveryReport
 from mailer.models import EditionState, OutboxState
 from mailer.pipeline.send import queue_welcome, send_edition, start_edition, welcome
 from mailer.schema import outbox
-from subscribers.lifecycle import SubscriberState
+from subscribers.lifecycle import Recipient, SubscriberState
 from tests.delivery.helpers import recipients
 from tests.scale.helpers import CountingHandler, make_edition, seed_subscribers, write_config
 from tests.support.smtp import SMTPServer
@@ -150,6 +150,50 @@ def test_an_edition_cannot_start_between_the_choice_of_welcome_and_the_commit(ap
     assert waited == [True]  # the start waited for the confirmation
     assert rows_of(app, sid) == {old: "queued", new: "queued"}  # the welcome, and the new one
     assert app.editions.info(new).total == 3
+
+
+def test_a_welcome_into_an_edition_still_being_enqueued_waits_for_its_list(
+        app: App, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL a welcome row committed while the edition's list is still being enqueued
+    (one long transaction) would be a worker's only claimable row: delivered, nothing
+    unfinished, the edition marked sent before its list exists. ``enqueue_in`` takes the
+    edition's enqueue lock, so the confirmation waits for the list. (SQLite deployments have
+    one sending process, and the list's transaction is that process's.)"""
+    if db_url.startswith("sqlite"):
+        pytest.skip("the enqueue lock is PostgreSQL's")
+    seed_subscribers(app, 4)
+    edition_id = make_edition(app)
+    halfway, go_on = threading.Event(), threading.Event()
+    active = app.subscribers.stream_active
+
+    def held_midway() -> Iterator[Recipient]:
+        for i, reader in enumerate(active()):
+            if i == 2:
+                halfway.set()
+                assert go_on.wait(60)
+            yield reader
+
+    monkeypatch.setattr(app.subscribers, "stream_active", held_midway)
+    starter = threading.Thread(target=start_edition, args=(app, edition_id))
+    starter.start()
+    confirmer = threading.Thread(target=confirm, args=(app,))
+    try:
+        assert halfway.wait(30)
+        assert app.editions.info(edition_id).state is EditionState.SENDING
+        confirmer.start()
+        time.sleep(1.0)
+        assert confirmer.is_alive()  # waiting for the list
+        assert app.outbox.total(edition_id) == 0
+        assert app.outbox.editions_with_work() == []  # nothing a worker could take yet
+    finally:
+        go_on.set()
+        starter.join(timeout=30)
+        if confirmer.ident is not None:  # started
+            confirmer.join(timeout=30)
+    sid = app.subscribers.lookup(NEW)
+    assert sid is not None
+    assert rows_of(app, sid.id) == {edition_id: "queued"}
+    assert app.outbox.total(edition_id) == 5 == app.editions.info(edition_id).total
 
 
 def test_the_enqueued_total_is_kept_by_the_outbox_in_the_inserting_transaction(
