@@ -364,6 +364,7 @@ async def welcome(app: App, subscriber_ids: Sequence[int]) -> int:
     rows queued after its last claim), or the sender that resumes it does (``send``,
     ``run --once``, the daemon's ``retry`` job); a second engine here would take over the
     list's rows too.
+
     If it is ``sent`` (final, so no editor can cancel it under us), the row is delivered now.
     What the relay defers, or a crash leaves queued or leased, stays in that edition's outbox,
     and every sender comes back for it with the usual backoff (``Outbox.editions_with_work``:
