@@ -344,6 +344,8 @@ def test_a_pooled_signer_keeps_a_few_messages_signed_ahead_of_the_connections(
     assert SigningTransport(inner, keys, workers=2).concurrency == 4 + 2 * ours.SIGN_AHEAD
     assert SigningTransport(inner, keys, workers=1).concurrency == 4 + ours.SIGN_AHEAD
     assert SigningTransport(inner, keys, workers=0).concurrency == 4
+    # Unset: one per core, and none on one core, where a worker only takes turns with the loop.
+    assert [ours.default_workers(n) for n in (1, 2, 4)] == [0, 2, 4]
 
 
 @pytest.mark.parametrize("message", [
