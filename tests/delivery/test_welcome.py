@@ -20,20 +20,15 @@ from mailer.pipeline.send import queue_welcome, send_edition, start_edition, wel
 from mailer.schema import outbox
 from subscribers.lifecycle import Recipient, SubscriberState
 from tests.delivery.helpers import recipients
-from tests.scale.helpers import CountingHandler, make_edition, seed_subscribers, write_config
-from tests.support.smtp import SMTPServer
+from tests.scale.helpers import CountingHandler, counting_sink, make_edition, seed_subscribers, write_config
 
 NEW = "new.reader@example9.org"
 
 
 @pytest.fixture
 def sink() -> Iterator[CountingHandler]:
-    handler = CountingHandler()
-    server = SMTPServer(handler)  # type: ignore[arg-type]
-    server.start()
-    handler.port = server.port
-    yield handler
-    server.stop()
+    with counting_sink() as handler:
+        yield handler
 
 
 @pytest.fixture

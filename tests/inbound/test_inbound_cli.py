@@ -27,7 +27,15 @@ from mailer.render.catalog import catalog_for
 from mailer.schema import outbox, soft_bounces
 from subscribers.lifecycle import SubscriberState
 from tests.inbound.test_classify import FIXTURES
-from tests.subscribers.support import NEWSLETTER, REPO, in_process, listed_ids, run, write_config
+from tests.subscribers.support import (
+    NEWSLETTER,
+    REPO,
+    Server,
+    in_process,
+    listed_ids,
+    run,
+    write_config,
+)
 from tests.support.smtp import SMTPServer
 
 READERS = {name: f"{name}@corp.example.net" for name in
@@ -70,6 +78,24 @@ def sent(relay: SMTPServer) -> dict[str, tuple[str, EmailMessage]]:
 
 def delivered_to(relay: SMTPServer, address: str) -> list[EmailMessage]:
     return [got.message() for got in relay.received if address in got.rcpt_tos]
+
+
+def subscribe_on_the_web(server: Server, relay: SMTPServer, reader: str) -> str:
+    """Subscribe ``reader`` on the real server's form; the confirm link's path, from the mail."""
+    import httpx
+
+    assert httpx.post(f"{server.base}/subscribe", data={"email": reader, "language": "en"},
+                      timeout=30).status_code == 200
+    deadline = time.monotonic() + 30
+    while not delivered_to(relay, reader):
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    [confirmation] = delivered_to(relay, reader)
+    body = confirmation.get_body(("plain",))
+    assert body is not None
+    link = re.search(r"http://127\.0\.0\.1(/confirm/\S+)", body.get_content())
+    assert link is not None
+    return link.group(1)
 
 
 def drop(config: Path, relay: SMTPServer, name: str, reader: str) -> None:
@@ -429,24 +455,15 @@ def test_a_reader_who_confirms_on_the_web_gets_the_latest_edition_at_once(
     config = setup(tmp_path, relay)
     reader = "web.reader@qq.com"
     with serve(config) as server:
-        assert httpx.post(f"{server.base}/subscribe", data={"email": reader, "language": "en"},
-                          timeout=30).status_code == 200
+        confirm = subscribe_on_the_web(server, relay, reader)
         deadline = time.monotonic() + 30
-        while not delivered_to(relay, reader):
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.1)
-        [confirmation] = delivered_to(relay, reader)
-        body = confirmation.get_body(("plain",))
-        assert body is not None
-        link = re.search(r"http://127\.0\.0\.1(/confirm/\S+)", body.get_content())
-        assert link is not None
-        page = httpx.post(server.base + link.group(1), timeout=30)
+        page = httpx.post(server.base + confirm, timeout=30)
         assert page.status_code == 200
         while len(delivered_to(relay, reader)) < 2:
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.1)
         # Confirming again (a second click) sends nothing more.
-        assert httpx.post(server.base + link.group(1), timeout=30).status_code == 200
+        assert httpx.post(server.base + confirm, timeout=30).status_code == 200
         time.sleep(1)
     [_, welcome] = delivered_to(relay, reader)
     assert str(welcome["Message-ID"]).startswith("<e1.")

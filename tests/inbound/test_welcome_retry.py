@@ -38,6 +38,7 @@ from tests.inbound.test_inbound_cli import (
     mail,
     setup,
     state,
+    subscribe_on_the_web,
 )
 from tests.subscribers.support import NEWSLETTER, REPO, in_process, run
 from tests.support.smtp import RecordingHandler, SMTPServer
@@ -416,19 +417,10 @@ def test_newsletter_serve_killed_between_the_confirmation_and_the_welcome_loses_
     reader = "web.reader@qq.com"
     relay_state = handler(relay)
     with serve(config) as server:
-        assert httpx.post(f"{server.base}/subscribe", data={"email": reader, "language": "en"},
-                          timeout=30).status_code == 200
+        confirm = subscribe_on_the_web(server, relay, reader)
         deadline = time.monotonic() + 30
-        while not delivered_to(relay, reader):
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.1)
-        [confirmation] = delivered_to(relay, reader)
-        body = confirmation.get_body(("plain",))
-        assert body is not None
-        link = re.search(r"http://127\.0\.0\.1(/confirm/\S+)", body.get_content())
-        assert link is not None
         relay_state.watching, relay_state.hang = True, 30.0
-        assert httpx.post(server.base + link.group(1), timeout=30).status_code == 200
+        assert httpx.post(server.base + confirm, timeout=30).status_code == 200
         while relay_state.attempts == 0:  # the welcome is on the wire
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.05)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailer.app import App
 from subscribers.lifecycle import Event
 from tests.editions.helpers import add_posts
+from tests.support.smtp import SMTPServer
 
 __all__ = ["REPO", "CountingHandler", "make_edition", "seed_subscribers", "spawn_cli",
            "write_config"]
@@ -50,6 +53,19 @@ class CountingHandler:
             self.per_rcpt.update(str(r) for r in envelope.rcpt_tos)
             self.message_ids[mid] += 1
         return "250 2.0.0 Ok: queued"
+
+
+@contextmanager
+def counting_sink(delay: float = 0.0) -> Iterator[CountingHandler]:
+    """An aiosmtpd relay on an ephemeral port that only counts; ``handler.port`` is its port."""
+    handler = CountingHandler(delay)
+    server = SMTPServer(handler)  # type: ignore[arg-type]
+    server.start()
+    handler.port = server.port
+    try:
+        yield handler
+    finally:
+        server.stop()
 
 
 def write_config(tmp: Path, db_url: str, smtp_port: int, *, connections: int = 2,

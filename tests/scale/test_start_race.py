@@ -27,24 +27,20 @@ from mailer.schema import outbox
 from subscribers.lifecycle import Recipient
 from tests.scale.helpers import (
     CountingHandler,
+    counting_sink,
     make_edition,
     seed_subscribers,
     spawn_cli,
     write_config,
 )
-from tests.support.smtp import SMTPServer
 
 EDITOR = "eds@example.net"
 
 
 @pytest.fixture
 def sink() -> Iterator[CountingHandler]:
-    handler = CountingHandler()
-    server = SMTPServer(handler)  # type: ignore[arg-type]
-    server.start()
-    handler.port = server.port
-    yield handler
-    server.stop()
+    with counting_sink() as handler:
+        yield handler
 
 
 def _app(tmp_path: Path, db_url: str, sink: CountingHandler) -> App:

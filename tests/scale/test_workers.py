@@ -23,6 +23,7 @@ from mailer.pipeline.worker import SenderWorker
 from mailer.schema import outbox
 from tests.scale.helpers import (
     CountingHandler,
+    counting_sink,
     make_edition,
     seed_subscribers,
     spawn_cli,
@@ -33,12 +34,8 @@ from tests.support.smtp import SMTPServer
 
 @pytest.fixture
 def sink() -> Iterator[CountingHandler]:
-    handler = CountingHandler()
-    server = SMTPServer(handler)  # type: ignore[arg-type]
-    server.start()
-    handler.port = server.port
-    yield handler
-    server.stop()
+    with counting_sink() as handler:
+        yield handler
 
 
 def _app(tmp_path: Path, db_url: str, sink: CountingHandler, connections: int = 2,
