@@ -31,6 +31,19 @@ def published(zone: str) -> dict[bytes, bytes]:
     return out
 
 
+def import_poll_send(config: Path, readers_csv: str) -> str:
+    """Keys, these confirmed readers, one poll and ``newsletter send``, as an operator runs
+    them; what ``send`` printed."""
+    csv = config.parent / "list.csv"
+    csv.write_text("email,language\n" + readers_csv, encoding="utf-8")
+    assert newsletter(config, "keys", "init").returncode == 0
+    assert newsletter(config, "subscribers", "import", str(csv), "--confirmed").returncode == 0
+    assert newsletter(config, "poll").returncode == 0
+    sent = newsletter(config, "send")
+    assert sent.returncode == 0, sent.stderr
+    return sent.stdout
+
+
 def test_dkim_init_then_every_sent_message_verifies(tmp_path: Path, http_server: HTTPServer,
                                                     smtp_server: SMTPServer) -> None:
     http_server.routes["/feed"] = Reply(body=FEED, headers={"Content-Type": "application/atom+xml"})
@@ -50,15 +63,9 @@ def test_dkim_init_then_every_sent_message_verifies(tmp_path: Path, http_server:
     assert published(again.stdout) == records
     assert (tmp_path / "keys" / "dkim-rsa.pem").read_bytes() == key_before
 
-    csv = tmp_path / "list.csv"
-    csv.write_text("email,language\nli.hua@qq.example,zh-Hans\nchen.wei@163.example,zh-Hant\n"
-                   "sam@mail.example,en\n", encoding="utf-8")
-    assert newsletter(config, "keys", "init").returncode == 0
-    assert newsletter(config, "subscribers", "import", str(csv), "--confirmed").returncode == 0
-    assert newsletter(config, "poll").returncode == 0
-    sent = newsletter(config, "send")
-    assert sent.returncode == 0, sent.stderr
-    assert "3 sent" in sent.stdout
+    sent = import_poll_send(config, "li.hua@qq.example,zh-Hans\nchen.wei@163.example,zh-Hant\n"
+                                    "sam@mail.example,en\n")
+    assert "3 sent" in sent
 
     zone = {name.decode().rstrip("."): [value.decode()] for name, value in records.items()}
     with DNSServer(zone) as dns_server:
@@ -104,15 +111,8 @@ def test_on_maildir_readers_mail_and_the_editors_report_sit_apart_and_both_are_s
     config = tmp_path / "newsletter.toml"
     config.write_text(config.read_text(encoding="utf-8") + DKIM, encoding="utf-8")
     assert newsletter(config, "dkim", "init").returncode == 0
-    csv = tmp_path / "list.csv"
-    csv.write_text("email,language\nli.hua@qq.example,zh-Hans\nsam@mail.example,en\n",
-                   encoding="utf-8")
-    assert newsletter(config, "keys", "init").returncode == 0
-    assert newsletter(config, "subscribers", "import", str(csv), "--confirmed").returncode == 0
-    assert newsletter(config, "poll").returncode == 0
-    sent = newsletter(config, "send")
-    assert sent.returncode == 0, sent.stderr
-    assert "2 sent" in sent.stdout
+    sent = import_poll_send(config, "li.hua@qq.example,zh-Hans\nsam@mail.example,en\n")
+    assert "2 sent" in sent
 
     readers = [f.read_bytes() for f in sorted((tmp_path / "data/outbox/new").iterdir())]
     editors = [f.read_bytes() for f in sorted((tmp_path / "data/outbox-editors/new").iterdir())]
