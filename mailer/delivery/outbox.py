@@ -588,13 +588,13 @@ class Outbox:
             value = conn.execute(select(editions.c.state).where(editions.c.id == edition_id)).scalar()
         return None if value is None else str(value)
 
-    def total(self, edition_id: int, conn: Connection | None = None) -> int:
-        """How many rows the edition has; in ``conn``, counting its uncommitted ones."""
-        stmt = select(func.count()).select_from(outbox).where(outbox.c.edition_id == edition_id)
-        if conn is not None:
-            return int(conn.execute(stmt).scalar() or 0)
-        with self.engine.connect() as own:
-            return int(own.execute(stmt).scalar() or 0)
+    def total(self, edition_id: int) -> int:
+        """How many rows the edition has (``editions.total`` is kept by ``_count_added``)."""
+        with self.engine.connect() as conn:
+            n = conn.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.edition_id == edition_id)
+            ).scalar()
+        return int(n or 0)
 
     def counts(self, edition_id: int) -> dict[OutboxState, int]:
         """Rows per state (every state present, zeros included)."""

@@ -327,9 +327,13 @@ def _from_the_mail_system(msg: Message) -> bool:
     Exim's ``X-Failed-Recipients``, or the null sender of every bounce (RFC 5321 §4.5.5) in
     the Return-Path. Mail to a plain address is read for a bounce only then, so a reader's
     mail never goes through Mailman's heuristic detectors."""
+    return _daemon_signed(msg) or str(msg.get("Return-Path", "")).strip() == "<>"
+
+
+def _daemon_signed(msg: Message) -> bool:
+    """A mailer daemon's From, or Exim's ``X-Failed-Recipients``: a bounce says so itself."""
     sender = email.utils.parseaddr(str(msg.get("From", "")))[1]
-    return bool(_DAEMON.match(sender) or msg.get("X-Failed-Recipients") or
-                str(msg.get("Return-Path", "")).strip() == "<>")
+    return bool(_DAEMON.match(sender) or msg.get("X-Failed-Recipients"))
 
 
 def _provider_bounce(msg: Message, rules: Classifier, refs: Sequence[Reference],
@@ -342,7 +346,7 @@ def _provider_bounce(msg: Message, rules: Classifier, refs: Sequence[Reference],
     temporary, permanent = bool(flufl[0]), bool(flufl[1])
     sender = email.utils.parseaddr(str(msg.get("From", "")))[1]
     domain = sender.rpartition("@")[2].lower()
-    if not (temporary or permanent or _DAEMON.match(sender) or msg.get("X-Failed-Recipients")):
+    if not (temporary or permanent or _daemon_signed(msg)):
         return None
     status = _STATUS.search(text)
     code = _SMTP_CODE.search(text)
