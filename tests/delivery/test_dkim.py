@@ -164,6 +164,22 @@ async def test_signing_maildir_inline_and_in_the_pool(tmp_path: Path, keys: tupl
         assert len(verify_all(f.read_bytes(), keys)) == 2
 
 
+@pytest.mark.parametrize(("workers", "processes"), [(1, 1), (0, 0)])
+async def test_workers_is_the_number_of_signing_processes(tmp_path: Path, keys: tuple[DKIMKey, ...],
+                                                          workers: int, processes: int) -> None:
+    """``[dkim] workers = 1`` is one signing process beside the loop; ``0`` signs inline."""
+    transport = SigningTransport(MaildirTransport(tmp_path / "md"), keys, workers=workers,
+                                 pool_after=0)
+    try:
+        for _ in range(3):
+            assert (await transport.send("bounce@example.org", "r@example.com", MSG)).code == 250
+        assert len(transport._pool.pids if transport._pool is not None else []) == processes
+    finally:
+        await transport.aclose()
+    for f in (tmp_path / "md" / "new").iterdir():
+        assert len(verify_all(f.read_bytes(), keys)) == 2
+
+
 async def test_signing_smtp_verifies_after_dot_stuffing(smtp_server: SMTPServer,
                                                         keys: tuple[DKIMKey, ...]) -> None:
     transport = SigningTransport(SMTPTransport([relay(smtp_server.port)]), keys)
